@@ -1,0 +1,27 @@
+"""decaylab: exact L1, L2, elastic-net, group-lasso and L2-SP regularization for PyTorch.
+
+>>> import torch, decaylab as dl
+>>> model = torch.nn.Linear(4, 2)
+>>> opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0),
+...                     model, dl.L1(1e-4))
+
+The library depends on torch only; the lab (``decaylab.lab``) is imported separately.
+"""
+
+from . import functional, groups
+from .groups import Channels, Columns, Grouping, Indexed, Rows
+from .optim import Regularized, regularize
+from .penalties import L1, L2, L2SP, MODES, ElasticNet, GroupLasso, Penalty
+from .rules import Rule, biases, default_selection, embeddings, norm_layers, weights
+from .stats import layer_stats, live_groups, sparsity, summary, surviving_inputs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "regularize", "Regularized", "Rule",
+    "Penalty", "L2", "L1", "ElasticNet", "GroupLasso", "L2SP", "MODES",
+    "Grouping", "Rows", "Columns", "Channels", "Indexed",
+    "norm_layers", "embeddings", "biases", "weights", "default_selection",
+    "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary",
+    "functional", "groups",
+]

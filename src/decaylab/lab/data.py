@@ -1,0 +1,377 @@
+"""Data sets for the lab: small ones bundled or generated, MNIST-style ones from IDX files.
+
+Every data set comes back as a :class:`Dataset` of flattened float32 feature tensors with a
+fixed test split and a seeded validation split carved from the training portion (for
+choosing λ; the test set is kept for the end). Features are normalized with statistics of
+the final training split only:
+
+* images (``digits``, ``mnist``, ``fashion-mnist``) and the ``mnist1d`` signal: pixels
+  scaled to [0, 1] (digits /16, MNIST /255), then ``(x - mean) / std`` with one scalar
+  mean and std of the training split;
+* tabular sets (``breast_cancer``, ``diabetes``, ``synthetic``): per-feature
+  standardization. The ``diabetes`` regression target is standardized the same way.
+
+``seed`` picks the validation split and the ``n_train`` subsample; the train/test split and
+the generated data sets are fixed, so every run is scored on the same test set.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "breast_cancer", "diabetes", "mnist1d", "synthetic", "fashion-mnist", "mnist")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# Download bases, tried in order (tests point these at a local server).
+MIRRORS = {
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/",),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+# MD5 of the official .gz files, as published by torchvision and zalandoresearch/fashion-mnist.
+# (Debian's dataset-fashion-mnist recompresses them, so only downloads are checked.)
+MD5 = {
+    "mnist": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+              "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+              "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+    "fashion-mnist": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                      "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                      "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                      "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+}
+SYSTEM_DIRS = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist",), "mnist": ()}
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_SPLIT_SEED = 0  # fixed train/test split of the bundled and generated sets
+
+
+class DataNotFoundError(FileNotFoundError):
+    """An IDX data set is in none of the folders searched and could not be downloaded."""
+
+
+@dataclass
+class Dataset:
+    """A data set split into train / validation / test tensors.
+
+    Attributes:
+        name: The name passed to :func:`load`.
+        task: ``"classification"`` or ``"regression"``.
+        x_train, x_val, x_test: float32 features, shape ``[N, n_features]`` (images flattened).
+        y_train, y_val, y_test: int64 labels (classification) or float32 targets.
+        n_features: Number of features per example.
+        n_classes: Number of classes, ``None`` for regression.
+        image_shape: ``(H, W)`` for image data sets, else ``None``.
+        feature_names: One name per feature for tabular sets, else ``None``.
+    """
+
+    name: str
+    task: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_features: int
+    n_classes: int | None
+    image_shape: tuple[int, int] | None
+    feature_names: list[str] | None
+
+    def info(self) -> dict:
+        """Return a JSON-able summary (the run folder's ``data.json``).
+
+        >>> load("digits").info()["n_features"]
+        64
+        """
+        return {"name": self.name, "task": self.task, "n_train": len(self.x_train),
+                "n_val": len(self.x_val), "n_test": len(self.x_test),
+                "n_features": self.n_features, "n_classes": self.n_classes,
+                "image_shape": list(self.image_shape) if self.image_shape else None,
+                "feature_names": self.feature_names}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (plain or gzipped, detected by its magic bytes) into an array.
+
+    The header is ``0x00 0x00 <dtype code> <ndim>`` then ``ndim`` big-endian uint32 sizes.
+    Dtype codes: 0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64.
+
+    Raises:
+        ValueError: Bad magic, unknown dtype code, or a size that disagrees with the header.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x-idx1-ubyte"
+    >>> _ = p.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+    >>> read_idx(p).tolist()
+    [7, 8, 9]
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    fix = "re-download it or delete it so that it is fetched again"
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path}: gzip data is truncated or corrupt ({err}); {fix}") from err
+    if len(raw) < 4 or raw[:2] != b"\x00\x00":
+        raise ValueError(f"{path}: bad IDX magic {raw[:4].hex() or 'empty file'}, expected "
+                         f"0000<dtype><ndim>; not an IDX file or corrupt; {fix}")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown IDX dtype code 0x{code:02x}, expected one of "
+                         f"{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}; {fix}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header: {len(raw)} bytes, need {header}; {fix}")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    want = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != want:
+        kind = "truncated" if len(raw) < want else "trailing bytes after the data"
+        raise ValueError(f"{path}: {kind}: header says shape {dims} ({want} bytes), "
+                         f"file has {len(raw)} bytes; {fix}")
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """Folders searched, in order, for the IDX files of ``name``.
+
+    ``root`` and ``root/<name>``; ``$DECAYLAB_DATA/<name>`` and ``$DECAYLAB_DATA``; the
+    user cache ``$XDG_CACHE_HOME/decaylab/<name>`` (default ``~/.cache``); system folders
+    such as Debian's ``/usr/share/datasets/fashion-mnist``.
+
+    >>> [str(p) for p in search_dirs("mnist", root="/data")[:2]]
+    ['/data', '/data/mnist']
+    """
+    dirs = [Path(root), Path(root) / name] if root is not None else []
+    if os.environ.get("DECAYLAB_DATA"):
+        env = Path(os.environ["DECAYLAB_DATA"]).expanduser()
+        dirs += [env / name, env]
+    return dirs + [_cache_dir(name)] + [Path(d) for d in SYSTEM_DIRS.get(name, ())]
+
+
+def _cache_dir(name: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "decaylab" / name
+
+
+def _idx_paths(folder: Path) -> dict[str, Path] | None:
+    """The four IDX files in ``folder`` (``.gz`` or plain), or None if any is missing."""
+    found = {}
+    for stem in IDX_FILES:
+        hits = [folder / f for f in (stem, stem + ".gz") if (folder / f).is_file()]
+        if not hits:
+            return None
+        found[stem] = hits[0]
+    return found
+
+
+def _fetch(url: str, target: Path, md5: str) -> None:
+    """Download ``url`` to ``target`` via a temp file; keep it only if its MD5 matches."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != md5:
+            raise ValueError(f"MD5 mismatch for {url}: got {digest.hexdigest()}, expected {md5}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _download(name: str, folder: Path) -> list[str]:
+    """Fetch the missing official files of ``name`` into ``folder``; return the errors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for fname, md5 in MD5[name].items():
+        if (folder / fname).is_file():
+            continue
+        for base in MIRRORS[name]:
+            try:
+                _fetch(base.rstrip("/") + "/" + fname, folder / fname, md5)
+                break
+            except (OSError, ValueError, http.client.HTTPException) as err:
+                errors.append(f"{base}{fname}: {err}")
+        else:
+            return errors
+    return []
+
+
+def _not_found(name: str, dirs: list[Path], errors: list[str]) -> DataNotFoundError:
+    how = ["set $DECAYLAB_DATA to a folder holding them (or pass root=)",
+           "allow download=True" if not errors else "retry the download"]
+    if name == "fashion-mnist":
+        how.insert(0, "apt-get install dataset-fashion-mnist")
+    msg = (f"{name}: the IDX files {', '.join(IDX_FILES)} (.gz or plain) are in none of: "
+           + "; ".join(map(str, dirs)) + ".")
+    if errors:
+        msg += " Download failed: " + " | ".join(errors) + "."
+    return DataNotFoundError(msg + " To get them: " + ", or ".join(how) + ".")
+
+
+def _load_idx(name: str, root, download: bool):
+    dirs = search_dirs(name, root)
+    paths = next((p for p in map(_idx_paths, dirs) if p is not None), None)
+    errors = []
+    if paths is None and download:
+        errors = _download(name, _cache_dir(name))
+        paths = _idx_paths(_cache_dir(name))
+    if paths is None:
+        raise _not_found(name, dirs, errors)
+    out = []
+    for split in ("train", "t10k"):
+        images = read_idx(paths[f"{split}-images-idx3-ubyte"])
+        labels = read_idx(paths[f"{split}-labels-idx1-ubyte"])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"{name}: {split} images have shape {images.shape} but labels "
+                             f"{labels.shape}; expected [N, H, W] and [N] with the same N; "
+                             f"the files are mismatched or corrupt, re-download or delete them")
+        out += [images.reshape(len(images), -1) / np.float32(255), labels.astype(np.int64)]
+    return (*out, tuple(images.shape[1:]))
+
+
+_TEMPLATES = np.array([  # ten digit-like strokes, 12 control points each
+    [0, 4, 8, 8, 4, 0, 0, 4, 8, 8, 4, 0], [0, 0, 0, 0, 0, 9, 9, 0, 0, 0, 0, 0],
+    [6, 8, 6, 2, 0, -2, -4, -6, -6, 6, 6, 6], [6, 8, 4, 0, 4, 8, 4, 0, 4, 8, 4, 0],
+    [0, 0, 6, 6, 6, 6, -6, -6, 0, 0, 0, 0], [8, 8, 8, 0, -4, -6, -4, 0, 4, 4, 0, 0],
+    [0, 2, 4, 6, 8, 8, 6, -4, -6, -4, 0, 0], [8, 8, 8, 8, 6, 4, 2, 0, -2, -4, -6, -8],
+    [0, 6, 0, -6, 0, 6, 0, -6, 0, 6, 0, -6], [-6, -8, -6, 0, 6, 8, 8, 8, 8, 8, 8, 8],
+], dtype=np.float64) / 8
+
+
+def make_mnist1d(n: int, seed: int = 0, length: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Generate an MNIST-1D-like set: digit strokes, stretched, shifted, sheared and noised.
+
+    Each class is a 12-point stroke; a sample stretches it to 24-30 points, scales its
+    amplitude by U(0.7, 1.3), places it at a random offset in a zero signal of ``length``,
+    adds a random linear trend, Gaussian-smoothed noise (σ = 2 samples) and white noise.
+    A linear model gets about 40 % of the test set, an MLP about 85 % (chance 10 %).
+
+    >>> x, y = make_mnist1d(5)
+    >>> x.shape, x.dtype.name, y.dtype.name
+    ((5, 40), 'float32', 'int64')
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    width = rng.integers(24, 31, (n, 1))
+    offset = (rng.random((n, 1)) * (length - width + 1)).astype(np.int64)
+    t = (np.arange(length) - offset) * 11.0 / (width - 1)  # position along the stroke
+    i0 = np.minimum(np.clip(t, 0, 11).astype(np.int64), 10)
+    frac = np.clip(t, 0, 11) - i0
+    strokes = _TEMPLATES[y]
+    signal = (np.take_along_axis(strokes, i0, 1) * (1 - frac)
+              + np.take_along_axis(strokes, i0 + 1, 1) * frac)
+    x = np.where((t >= 0) & (t <= 11), signal * rng.uniform(0.7, 1.3, (n, 1)), 0.0)
+    x += rng.uniform(-0.5, 0.5, (n, 1)) * np.linspace(-1, 1, length)
+    kernel = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)
+    noise = np.lib.stride_tricks.sliding_window_view(rng.normal(size=(n, length + 12)), 13, 1)
+    x += 0.25 * noise @ (kernel / np.linalg.norm(kernel)) + 0.1 * rng.normal(size=(n, length))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _load_small(name: str):
+    """Bundled/generated sets: (x, y, task, image_shape, feature_names, kind)."""
+    from sklearn import datasets as skd
+
+    if name == "digits":
+        d = skd.load_digits()
+        return d.data / 16.0, d.target, "classification", (8, 8), None, "image"
+    if name in ("breast_cancer", "diabetes"):
+        d = getattr(skd, f"load_{name}")()
+        task = "classification" if name == "breast_cancer" else "regression"
+        return d.data, d.target, task, None, [str(f) for f in d.feature_names], "tabular"
+    if name == "mnist1d":
+        x, y = make_mnist1d(5000, seed=_SPLIT_SEED)
+        return x, y, "classification", None, None, "signal"
+    k = 5  # synthetic: shuffle=False keeps the informative features first
+    x, y = skd.make_classification(n_samples=3000, n_features=40, n_informative=k,
+                                   n_redundant=0, n_classes=3, shuffle=False,
+                                   random_state=_SPLIT_SEED)
+    names = [f"informative_{i}" for i in range(k)] + [f"noise_{i}" for i in range(40 - k)]
+    return x, y, "classification", None, names, "tabular"
+
+
+def _split(n: int, fraction: float, seed: int, labels: np.ndarray | None):
+    """Seeded (stratified when ``labels`` is given) split of ``range(n)`` -> (keep, held)."""
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c)
+                                                  for c in np.unique(labels)]
+    held = [rng.permutation(g)[:int(round(fraction * len(g)))] for g in groups]
+    held = np.concatenate(held) if held else np.array([], dtype=np.int64)
+    if len(held) == 0 or len(held) == n:
+        raise ValueError(f"a {fraction} split of {n} examples leaves one side empty; "
+                         f"use a fraction nearer 0.5 or more data (larger n_train)")
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _normalize(train: np.ndarray, *others: np.ndarray, per_feature: bool):
+    mean = train.mean(axis=0) if per_feature else train.mean()
+    std = train.std(axis=0) if per_feature else train.std()
+    std = np.where(std > 0, std, 1.0)
+    return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+
+
+def load(name: str = "digits", *, root: str | os.PathLike | None = None,
+         val_fraction: float = 0.1, seed: int = 0, download: bool = True,
+         n_train: int | None = None) -> Dataset:
+    """Load a data set with a fixed test split and a seeded validation split.
+
+    Args:
+        name: One of :data:`DATASETS`.
+        root: Folder holding the IDX files (``mnist``, ``fashion-mnist``); searched first.
+        val_fraction: Share of the training portion held out for validation, in (0, 1).
+        seed: Seed of the validation split and of the ``n_train`` subsample.
+        download: Fetch missing IDX files into the user cache (MD5-checked).
+        n_train: Keep only this many training examples (seeded); validation is unchanged.
+
+    Raises:
+        ValueError: Unknown name, ``val_fraction`` outside (0, 1), or a bad ``n_train``.
+        DataNotFoundError: IDX files not found and not downloadable (a FileNotFoundError).
+
+    >>> ds = load("digits", n_train=100)
+    >>> ds.x_train.shape, ds.image_shape, ds.n_classes, len(ds.x_val)
+    (torch.Size([100, 64]), (8, 8), 10, 144)
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction} must be in (0, 1), e.g. 0.1")
+    if name in ("mnist", "fashion-mnist"):
+        x, y, x_test, y_test, image_shape = _load_idx(name, root, download)
+        task, names, kind = "classification", None, "image"
+    else:
+        x, y, task, image_shape, names, kind = _load_small(name)
+        strat = y if task == "classification" else None
+        trainval, test = _split(len(x), 0.2, _SPLIT_SEED, strat)
+        x, y, x_test, y_test = x[trainval], y[trainval], x[test], y[test]
+    train, val = _split(len(x), val_fraction, seed, y if task == "classification" else None)
+    if n_train is not None:
+        if not 0 < n_train <= len(train):
+            raise ValueError(f"n_train={n_train} but {name} has {len(train)} training examples "
+                             f"after the validation split; pass 1..{len(train)} or None")
+        train = np.sort(np.random.default_rng(seed + 1).permutation(train)[:n_train])
+    xs = _normalize(x[train], x[val], x_test, per_feature=kind == "tabular")
+    if task == "regression":
+        ys = _normalize(y[train], y[val], y_test, per_feature=False)
+    else:
+        ys = [a.astype(np.int64) for a in (y[train], y[val], y_test)]
+    t = [torch.from_numpy(np.ascontiguousarray(a)) for a in (*xs, *ys)]
+    return Dataset(name, task, t[0], t[3], t[1], t[4], t[2], t[5], n_features=xs[0].shape[1],
+                   n_classes=int(max(y.max(), y_test.max())) + 1 if ys[0].dtype == np.int64
+                   else None,
+                   image_shape=image_shape, feature_names=names)

@@ -1,0 +1,513 @@
+"""A self-contained HTML report rebuilt from a run folder's JSON files alone.
+
+The report reads only what ``docs/run-folder.md`` lists (``config.json``, ``status.json``,
+``data.json`` and, per run, ``spec.json``, ``metrics.jsonl``, ``final.json``); it never
+opens a ``.pt`` file. ``report.html`` is one file that opens offline: figures are inlined
+as base64 PNG, the CSS is inline, and there is no script and no external URL.
+
+Figures are drawn with matplotlib's object-oriented API (rendered by Agg) inside a fixed
+style context, so the same JSON gives byte-identical PNGs and the caller's pyplot backend
+and rcParams are left untouched. matplotlib is imported only when figures are drawn.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import pathlib
+
+_STYLE = {
+    "svg.hashsalt": "decaylab", "figure.dpi": 100, "savefig.dpi": 100,
+    "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10,
+    "legend.fontsize": 8, "axes.spines.top": False, "axes.spines.right": False,
+    "image.interpolation": "nearest", "path.simplify": False,
+}
+_PNG_METADATA = {"Software": None}
+_ZERO_COLOR = "crimson"
+_MASK_CMAP = "Blues"
+
+_TITLES = {
+    "curves": "Learning curves",
+    "histograms": "Weight histograms",
+    "layer-sparsity": "Exact sparsity per layer",
+    "sparsity-over-time": "Sparsity and weight norm over training",
+    "input-maps": "Surviving input pixels",
+}
+_CAPTIONS = {
+    "curves": "Train, validation and test {metric} per epoch for each run: the shaded band "
+              "between train and test is the generalization gap, which a good penalty narrows.",
+    "histograms": "Penalized weights on a log count scale: L1 piles weights at exactly zero "
+                  "(the red spike), L2 narrows the bell but leaves every weight nonzero.",
+    "layer-sparsity": "Fraction of exactly-zero weights in each layer: L1 and group penalties "
+                      "switch whole parts of a layer off, L2 and no penalty leave them all on.",
+    "sparsity-over-time": "Exact-zero fraction and L2 norm of the penalized weights per epoch: "
+                          "zeros appear only with L1-type penalties, while any penalty shrinks "
+                          "the norm compared with no penalty.",
+    "input-maps": "Which input pixels each model still reads (dark = kept, pale = dropped): "
+                  "a sparse first layer drops the pixels that carry no signal, such as the "
+                  "image border.",
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;
+max-width:1150px;padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;
+border-bottom:1px solid #ddd}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em}
+dl.facts dt{font-weight:600;color:#555}dl.facts dd{margin:0}
+table{border-collapse:collapse;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3;text-align:center}td.name,td.desc{text-align:left}
+tr.best td.metric{font-weight:700;background:#dff3e3}
+.incomplete{color:#a15c00;font-weight:600}.failed{color:#b00020;font-weight:600}
+.complete{color:#1a7f37;font-weight:600}
+pre.error{background:#fff0f0;border:1px solid #e0b4b4;padding:.6em;white-space:pre-wrap}
+figure{margin:1em 0}img{max-width:100%;height:auto}
+figcaption{color:#444;font-size:.95em;margin-top:.3em}
+"""
+
+
+# ----------------------------------------------------------------------------- loading
+def _read_json(path, default=None):
+    """Parse a JSON file; a missing or half-written file gives ``default``."""
+    try:
+        return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def _read_metrics(path):
+    """One dict per parsable line of ``metrics.jsonl``; a partial last line is skipped."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _config_order(config):
+    """Run names in the order ``config.json["runs"]`` lists them (names, dicts or a map)."""
+    runs = config.get("runs")
+    if isinstance(runs, dict):
+        return [str(name) for name in runs]
+    names = []
+    for item in runs if isinstance(runs, list) else []:
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, dict) and "name" in item:
+            names.append(str(item["name"]))
+    return names
+
+
+def _load_run(run_dir):
+    spec = _read_json(run_dir / "spec.json", {}) or {}
+    final = _read_json(run_dir / "final.json")
+    return {"name": str(spec.get("name", run_dir.name)), "dir": run_dir.name, "spec": spec,
+            "metrics": _read_metrics(run_dir / "metrics.jsonl"),
+            "final": final if isinstance(final, dict) else None}
+
+
+def load_run_folder(run_dir) -> dict:
+    """Read a run folder (see docs/run-folder.md) into plain Python data.
+
+    Args:
+        run_dir: the folder written by ``decaylab compare`` / ``decaylab train``.
+
+    Returns:
+        ``{"path", "config", "status", "data", "runs"}``; each run is ``{"name", "dir",
+        "spec", "metrics" (list of epoch dicts), "final" (dict, or None if incomplete)}``,
+        ordered as ``config.json["runs"]`` names them, else alphabetically.
+
+    Raises:
+        FileNotFoundError: if ``run_dir`` has neither ``config.json`` nor ``runs/``.
+
+    >>> load_run_folder("runs/digits-compare")["runs"][0]["name"]  # doctest: +SKIP
+    'none'
+    """
+    root = pathlib.Path(run_dir)
+    if not (root / "config.json").is_file() and not (root / "runs").is_dir():
+        raise FileNotFoundError(f"'{root}' is not a run folder: it has no config.json and no "
+                                f"runs/; pass the folder written by 'decaylab compare'")
+    config = _read_json(root / "config.json", {}) or {}
+    runs_dir = root / "runs"
+    runs = [_load_run(p) for p in sorted(runs_dir.iterdir()) if p.is_dir()] \
+        if runs_dir.is_dir() else []
+    rank = {name: i for i, name in enumerate(_config_order(config))}
+    runs.sort(key=lambda r: (rank.get(r["name"], rank.get(r["dir"], len(rank))), r["name"]))
+    return {"path": str(root), "config": config,
+            "status": _read_json(root / "status.json", {}) or {},
+            "data": _read_json(root / "data.json", {}) or {}, "runs": runs}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _is_regression(run):
+    if run["data"].get("task") == "regression":
+        return True
+    rows = [m for r in run["runs"] for m in r["metrics"]]
+    return bool(rows) and all(m.get("test_acc") is None for m in rows)
+
+
+def _series(rows, key):
+    return [math.nan if m.get(key) is None else float(m[key]) for m in rows]
+
+
+def _epochs(rows):
+    """Epoch numbers for the x axis, or 1..n if they do not increase (e.g. a finetune restart)."""
+    epochs = [m.get("epoch") for m in rows]
+    if all(isinstance(e, (int, float)) for e in epochs) and \
+            all(a < b for a, b in zip(epochs, epochs[1:])):
+        return epochs
+    return list(range(1, len(rows) + 1))
+
+
+def _label(r):
+    return r["name"] if r["final"] is not None else f"{r['name']} (incomplete)"
+
+
+def _colored(run, keep):
+    """(color, run) pairs for the runs ``keep`` accepts; a run keeps its color in every figure."""
+    return [(f"C{i % 10}", r) for i, r in enumerate(run["runs"]) if keep(r)]
+
+
+def _layers(r):
+    """Per-layer sparsity: final.json's, else the last epoch's that has one."""
+    if r["final"] and r["final"].get("layers"):
+        return r["final"]["layers"]
+    for m in reversed(r["metrics"]):
+        if m.get("layers"):
+            return m["layers"]
+    return {}
+
+
+def _zero_fraction(layer):
+    if not isinstance(layer, dict):
+        return math.nan
+    if layer.get("zero_fraction") is not None:
+        return float(layer["zero_fraction"])
+    return layer["zeros"] / layer["numel"] if layer.get("numel") else math.nan
+
+
+def _integer_epochs(*axes):
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+
+
+def _grid(n, panel=(3.4, 2.6), **subplot_kw):
+    """A constrained-layout figure with ``n`` panels, at most three per row."""
+    from matplotlib.figure import Figure
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+# ----------------------------------------------------------------------------- figures
+def _fig_curves(run):
+    runs = [r for r in run["runs"] if r["metrics"]]
+    if not runs:
+        return None
+    suffix = "_loss" if _is_regression(run) else "_acc"
+    fig, axes = _grid(len(runs), sharey=True)
+    for ax, r in zip(axes, runs):
+        x = _epochs(r["metrics"])
+        ys = {part: _series(r["metrics"], part + suffix) for part in ("train", "val", "test")}
+        for part, color in zip(ys, ("C0", "C2", "C3")):
+            if not all(math.isnan(v) for v in ys[part]):
+                ax.plot(x, ys[part], color=color, marker=".", label=part)
+        ax.fill_between(x, ys["train"], ys["test"], color="C3", alpha=0.12, lw=0)
+        finetune = [e for e, m in zip(x, r["metrics"]) if m.get("phase") == "finetune"]
+        if finetune:
+            ax.axvline(finetune[0], color="0.5", ls=":", lw=1)
+        ax.set_title(_label(r))
+        _integer_epochs(ax)
+    axes[0].set_ylabel("loss" if suffix == "_loss" else "accuracy")
+    axes[0].legend(loc="best")
+    return fig
+
+
+def _fig_histograms(run):
+    def has_hist(r):
+        return bool(r["final"] and (r["final"].get("histogram") or {}).get("counts"))
+    runs = _colored(run, has_hist)
+    if not runs:
+        return None
+    fig, axes = _grid(len(runs), sharex=True, sharey=True)
+    for ax, (color, r) in zip(axes, runs):
+        hist = r["final"]["histogram"]
+        edges, counts = hist["edges"], hist["counts"]
+        widths = [b - a for a, b in zip(edges, edges[1:])]
+        ax.bar(edges[:-1], counts, width=widths, align="edge", color=color, alpha=0.7, log=True)
+        zeros = int(hist.get("exact_zeros") or 0)
+        total = r["final"].get("weights") or sum(counts) or 1
+        if zeros:
+            ax.vlines(0.0, 0.8, zeros, color=_ZERO_COLOR, lw=3)
+        ax.annotate(f"exact zeros: {zeros:,} ({zeros / total:.1%})", xy=(0.03, 0.96),
+                    xycoords="axes fraction", va="top", color=_ZERO_COLOR)
+        ax.set_ylim(bottom=0.8)
+        ax.set_title(r["name"])
+        ax.set_xlabel("weight value")
+    axes[0].set_ylabel("count (log scale)")
+    return fig
+
+
+def _fig_layer_sparsity(run):
+    runs = _colored(run, lambda r: bool(_layers(r)))
+    if not runs:
+        return None
+    names = list(dict.fromkeys(name for _, r in runs for name in _layers(r)))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(max(5.0, 1.1 * len(names) * max(1, len(runs) / 3)), 3.2),
+                 layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(runs)
+    for i, (color, r) in enumerate(runs):
+        x = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(names))]
+        layers = _layers(r)
+        values = [_zero_fraction(layers.get(n)) for n in names]
+        bars = ax.bar(x, values, width, color=color, label=_label(r))
+        ax.bar_label(bars, ["" if math.isnan(v) else f"{v:.0%}" for v in values],
+                     fontsize=7, padding=1)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("exact-zero fraction")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def _fig_sparsity_over_time(run):
+    runs = _colored(run, lambda r: bool(r["metrics"]))
+    if not runs:
+        return None
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9.5, 3.2), layout="constrained")
+    ax_zero, ax_norm = fig.subplots(1, 2, sharex=True)
+    for color, r in runs:
+        x = _epochs(r["metrics"])
+        ax_zero.plot(x, _series(r["metrics"], "zero_fraction"), color=color, marker=".",
+                     label=_label(r))
+        ax_norm.plot(x, _series(r["metrics"], "weight_l2"), color=color, marker=".")
+    ax_zero.set_ylim(-0.02, 1.02)
+    _integer_epochs(ax_zero, ax_norm)
+    ax_zero.set(ylabel="exact-zero fraction", title="Exact zeros")
+    ax_norm.set(ylabel="‖w‖₂ (penalized weights)", title="Weight norm")
+    ax_zero.legend(loc="best")
+    return fig
+
+
+def _fig_input_maps(run):
+    shape = run["data"].get("image_shape")
+    if not shape or len(shape) != 2:
+        return None
+    h, w = int(shape[0]), int(shape[1])
+    runs = [r for r in run["runs"]
+            if r["final"] and len(r["final"].get("input_mask") or []) == h * w]
+    if not runs:
+        return None
+    fig, axes = _grid(len(runs), panel=(2.4, 2.6))
+    for ax, r in zip(axes, runs):
+        mask = r["final"]["input_mask"]
+        image = [[float(v) for v in mask[i * w:(i + 1) * w]] for i in range(h)]
+        ax.imshow(image, cmap=_MASK_CMAP, vmin=0, vmax=1)
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+        ax.set_title(f"{r['name']}\nkept {sum(1 for v in mask if v)}/{h * w}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+_BUILDERS = {
+    "curves": _fig_curves, "histograms": _fig_histograms,
+    "layer-sparsity": _fig_layer_sparsity, "sparsity-over-time": _fig_sparsity_over_time,
+    "input-maps": _fig_input_maps,
+}
+
+
+def figures(run) -> dict[str, bytes]:
+    """Draw the report's figures as PNG bytes, identical for identical JSON.
+
+    Args:
+        run: the dict from :func:`load_run_folder`, or a run-folder path.
+
+    Returns:
+        Figure id (``"curves"``, ``"histograms"``, ``"layer-sparsity"``,
+        ``"sparsity-over-time"``, ``"input-maps"``) -> PNG bytes; a figure with nothing to
+        show (e.g. input maps for non-image data) is left out.
+
+    >>> sorted(figures("runs/digits-compare"))  # doctest: +SKIP
+    ['curves', 'histograms', 'input-maps', 'layer-sparsity', 'sparsity-over-time']
+    """
+    import matplotlib.style
+    run = run if isinstance(run, dict) else load_run_folder(run)
+    out = {}
+    with matplotlib.style.context(["default", _STYLE]):
+        for fig_id, build in _BUILDERS.items():
+            fig = build(run)
+            if fig is not None:
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", metadata=_PNG_METADATA)
+                out[fig_id] = buf.getvalue()
+    return out
+
+
+# ----------------------------------------------------------------------------- HTML
+def _esc(value):
+    return html.escape("—" if value is None or value == "" else str(value))
+
+
+def _pct(x, signed=False):
+    return "—" if x is None else f"{100 * x:{'+' if signed else ''}.1f}%"
+
+
+def _num(x, signed=False):
+    return "—" if x is None else f"{x:{'+' if signed else ''}.4g}"
+
+
+def _describe(value):
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_describe(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return "—" if value is None else str(value)
+
+
+def _state(run):
+    """(label, css class) for the folder: complete, failed, or incomplete (raw state)."""
+    state = str(run["status"].get("state") or "unknown")
+    missing = sum(r["final"] is None for r in run["runs"])
+    if state == "failed":
+        return "failed", "failed"
+    if state == "complete" and not missing:
+        return "complete", "complete"
+    detail = state if state != "complete" else f"{missing} run(s) without final.json"
+    return f"incomplete ({detail})", "incomplete"
+
+
+def _header_html(run):
+    cfg, data = run["config"], run["data"]
+    sizes = ", ".join(f"{data[k]} {k[2:]}" for k in ("n_train", "n_val", "n_test") if k in data)
+    data_line = f"{data.get('name', '—')} ({data.get('task', '?')}; {sizes}; " \
+                f"{data.get('n_features', '?')} features, {data.get('n_classes') or '—'} classes)"
+    versions = cfg.get("versions") or {}
+    label, css = _state(run)
+    facts = [("command", cfg.get("command")), ("data set", data_line),
+             ("model", _describe(cfg.get("model"))), ("seed", cfg.get("seed")),
+             ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+             ("created", cfg.get("created")), ("updated", run["status"].get("updated"))]
+    rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts)
+    rows += f'<dt>status</dt><dd class="{css}">{_esc(label)}</dd>'
+    error = run["status"].get("error")
+    err = f'<pre class="error">{_esc(error)}</pre>' if error else ""
+    title = f"decaylab {cfg.get('command') or 'run'}: {pathlib.Path(run['path']).name}"
+    return f"<h1>{_esc(title)}</h1>\n<dl class=\"facts\">{rows}</dl>\n{err}"
+
+
+def _summary_row(r, regression):
+    """The numbers of one summary-table row: final.json's, else the last epoch's."""
+    last = r["metrics"][-1] if r["metrics"] else {}
+    src = r["final"] or last
+    train, test = (src.get("train_loss"), src.get("test_loss")) if regression else \
+        (src.get("train_acc"), src.get("test_acc"))
+    gap = src.get("gap") if r["final"] else None
+    if gap is None and train is not None and test is not None:
+        gap = test - train if regression else train - test
+    times = [m["epoch_time"] for m in r["metrics"] if m.get("epoch_time") is not None]
+    mean_time = src.get("mean_epoch_time") if r["final"] else None
+    if mean_time is None and times:
+        mean_time = sum(times) / len(times)
+    live, n_in = src.get("live_inputs"), src.get("n_inputs")
+    params = (r["final"] or {}).get("n_params")
+    nonzero = (r["final"] or {}).get("nonzero_params")
+    return {"test": test, "gap": gap, "zero": src.get("zero_fraction"), "time": mean_time,
+            "inputs": f"{live:,} / {n_in:,}" if live is not None and n_in else None,
+            "params": f"{nonzero:,} / {params:,}" if nonzero is not None and params else None}
+
+
+def _summary_html(run):
+    regression = _is_regression(run)
+    rows = [(r, _summary_row(r, regression)) for r in run["runs"]]
+    tests = [v["test"] for _, v in rows if v["test"] is not None]
+    best = (min(tests) if regression else max(tests)) if tests else None
+    fmt = _num if regression else _pct
+    head = ["run", "penalty", "test loss" if regression else "test accuracy",
+            "gap (test − train loss)" if regression else "gap (train − test acc)",
+            "exact-zero fraction", "inputs kept", "nonzero params / params",
+            "mean epoch time", "state"]
+    body = []
+    for r, v in rows:
+        state = "complete" if r["final"] is not None else \
+            f"incomplete ({len(r['metrics'])} epochs logged)"
+        cls = ' class="best"' if best is not None and v["test"] == best else ""
+        time = None if v["time"] is None else f"{v['time']:.2f} s"
+        cells = [(r["name"], "name"), (r["spec"].get("describe") or r["spec"].get("penalty"),
+                                       "desc"), (fmt(v["test"]), "metric"),
+                 (fmt(v["gap"], signed=True), ""), (_pct(v["zero"]), ""), (v["inputs"], ""),
+                 (v["params"], ""), (time, ""),
+                 (state, "complete" if r["final"] is not None else "incomplete")]
+        tds = "".join(f'<td class="{c}">{_esc(t)}</td>' if c else f"<td>{_esc(t)}</td>"
+                      for t, c in cells)
+        body.append(f"<tr{cls}>{tds}</tr>")
+    ths = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    note = "Best test loss" if regression else "Best test accuracy"
+    return (f'<table id="summary"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
+            f"</tbody></table>\n<p>{note} is highlighted. Incomplete runs show their last "
+            f"logged epoch.</p>")
+
+
+def _figure_html(fig_id, png, run):
+    caption = _CAPTIONS[fig_id].format(metric="loss" if _is_regression(run) else "accuracy")
+    skipped = [r["name"] for r in run["runs"] if r["final"] is None]
+    if skipped and fig_id in ("histograms", "input-maps"):
+        caption += " Left out (incomplete, no final.json): " + ", ".join(skipped) + "."
+    src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return (f'<section><h2>{_esc(_TITLES[fig_id])}</h2>\n<figure>'
+            f'<img id="{fig_id}" data-figure="{fig_id}" src="{src}" '
+            f'alt="{_esc(_TITLES[fig_id])}: {_esc(caption)}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure></section>")
+
+
+def _page_html(run, figs):
+    title = f"decaylab report: {pathlib.Path(run['path']).name}"
+    parts = [_header_html(run), "<h2>Summary</h2>", _summary_html(run)]
+    parts += [_figure_html(fig_id, png, run) for fig_id, png in figs.items()]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<link rel=\"icon\" href=\"data:,\"><title>{_esc(title)}</title>"
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def build_report(run_dir, out=None) -> pathlib.Path:
+    """Write the self-contained ``report.html`` for a run folder.
+
+    Args:
+        run_dir: the run folder; only its JSON files are read.
+        out: where to write; defaults to ``RUN_DIR/report.html``.
+
+    Returns:
+        The path written.
+
+    >>> build_report("runs/digits-compare")  # doctest: +SKIP
+    PosixPath('runs/digits-compare/report.html')
+    """
+    run = load_run_folder(run_dir)
+    page = _page_html(run, figures(run))
+    path = pathlib.Path(out) if out is not None else pathlib.Path(run_dir) / "report.html"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)   # a browser never sees half a report
+    return path

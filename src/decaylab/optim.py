@@ -1,0 +1,310 @@
+"""``regularize(optimizer, model, rules)``: penalties around any torch optimizer.
+
+One real ``step()`` of the wrapper does, per rule and parameter group:
+
+1. ``"coupled"`` rules: ``g <- g + alpha * grad R(w)`` (torch's ``weight_decay``);
+2. ``"decoupled"`` rules: ``w <- w - lr * alpha * grad R(w)``, clamped (AdamW's decay,
+   taken before the inner update exactly as ``torch.optim.AdamW`` takes it);
+3. the inner optimizer's ``step()``;
+4. ``"prox"`` rules: ``w <- prox_{lr * alpha * R}(w)`` (exact zeros), with ``lr`` the
+   group's current learning rate or, with ``metric="adam"``, Adam's per-coordinate step
+   ``lr / (sqrt(v_hat) + eps)``.
+
+Parameters without a gradient are skipped, as torch's optimizers skip them. Weights in
+bf16/fp16 are updated in fp32 with a compensation buffer, so a decay smaller than the
+format's rounding step accumulates instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .penalties import Penalty
+from .penalties import L2SP
+from .rules import Rule, named_params, resolve
+
+__all__ = ["regularize", "Regularized"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class _Bucket:
+    """Parameters of one rule, one param group, one device and dtype: one kernel call."""
+
+    rule: Rule
+    group: int
+    params: list[Tensor]
+    ctxs: list[object]
+    low_precision: bool
+
+
+def _as_rules(penalty_or_rules) -> list[Rule]:
+    if isinstance(penalty_or_rules, (Penalty, Rule)):
+        penalty_or_rules = [penalty_or_rules]
+    rules = []
+    for r in penalty_or_rules:
+        if isinstance(r, Penalty):
+            r = Rule(r)
+        if not isinstance(r, Rule):
+            raise ValueError(f"expected a Penalty or a Rule, got {r!r}")
+        rules.append(r)
+    if not rules:
+        raise ValueError("regularize() needs at least one Penalty or Rule")
+    return rules
+
+
+class Regularized(torch.optim.Optimizer):
+    """An optimizer wrapper that applies penalties; build it with :func:`regularize`.
+
+    It *is* a ``torch.optim.Optimizer`` that shares ``param_groups`` and ``state`` with the
+    inner optimizer, so LR schedulers, ``GradScaler`` and checkpointing work unchanged.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, rules: Iterable[Rule]):
+        if isinstance(optimizer, Regularized):
+            raise ValueError("this optimizer is already regularized; pass all rules in one regularize() call")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"regularize() needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        for hooks in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
+                      "load_state_dict_pre", "load_state_dict_post"):
+            setattr(self, f"_optimizer_{hooks}_hooks", OrderedDict())
+        self._patch_step_function()
+        self.bindings, self.unpenalized = resolve(model, rules)
+        free = set(self.unpenalized)
+        self.unpenalized_params = {n: p for n, p, _ in named_params(model) if n in free}
+        self._buckets = self._build_buckets()
+        self._steps = 0
+        self._comp: dict[int, Tensor] = {}  # global param index -> fp32 rounding residual
+        self._index = {id(p): i for i, p in enumerate(self._all_params())}
+        self._warn_double_decay()
+
+    # -- torch.optim.Optimizer surface, shared with the inner optimizer ---------------
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value):
+        self.optimizer.state = value
+
+    @property
+    def defaults(self):
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value):
+        self.optimizer.defaults = value
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Adds a group to the inner optimizer; its parameters get no penalty."""
+        self.optimizer.add_param_group(param_group)
+
+    def _all_params(self):
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    # -- building --------------------------------------------------------------------
+    def _build_buckets(self) -> list[_Bucket]:
+        group_of = {id(p): gi for gi, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
+        buckets: dict[tuple, _Bucket] = {}
+        for bi, b in enumerate(self.bindings):
+            if b.rule.penalty is None:
+                continue
+            for name, p, ctx in zip(b.names, b.params, b.ctxs):
+                if id(p) not in group_of:
+                    raise ValueError(
+                        f"rule {b.rule.penalty!r} selects '{name}', but the optimizer does not hold "
+                        f"that parameter; build the optimizer from model.parameters() or exclude it"
+                    )
+                key = (bi, group_of[id(p)], p.device, p.dtype)
+                if key not in buckets:
+                    buckets[key] = _Bucket(b.rule, key[1], [], [], p.dtype in _LOW_PRECISION)
+                buckets[key].params.append(p)
+                buckets[key].ctxs.append(ctx)
+        return list(buckets.values())
+
+    def _warn_double_decay(self) -> None:
+        for b in self._buckets:
+            wd = self.optimizer.param_groups[b.group].get("weight_decay", 0)
+            if wd:
+                warnings.warn(
+                    f"{type(self.optimizer).__name__} param group {b.group} has weight_decay={wd} and "
+                    f"also gets {b.rule.penalty!r}; pass weight_decay=0 to the optimizer unless you "
+                    f"want both",
+                    stacklevel=3,
+                )
+                return
+
+    # -- the step --------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None):
+        """Coupled gradients, decoupled decay, inner step, prox; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        by_mode = {"coupled": [], "decoupled": [], "prox": []}
+        for b in self._buckets:
+            by_mode[b.rule.mode].append(b)
+        for b in by_mode["coupled"]:
+            self._couple(b)
+        for b in by_mode["decoupled"]:
+            self._apply(b, "decay_")
+        self.optimizer.step()
+        for b in by_mode["prox"]:
+            self._apply(b, "prox_")
+        self._steps += 1
+        return loss
+
+    def _multiplier(self, rule: Rule) -> float:
+        if rule.schedule is None:
+            return 1.0
+        m = float(rule.schedule(self._steps))
+        if not (math.isfinite(m) and m >= 0):
+            raise ValueError(f"schedule of {rule.penalty!r} returned {m!r} at step {self._steps}; it must be >= 0")
+        return m
+
+    def _active(self, b: _Bucket):
+        if all(p.grad is not None for p in b.params):
+            return b.params, b.ctxs
+        pairs = [(p, c) for p, c in zip(b.params, b.ctxs) if p.grad is not None]
+        return [p for p, _ in pairs], [c for _, c in pairs]
+
+    def _couple(self, b: _Bucket) -> None:
+        m = self._multiplier(b.rule)
+        params, ctxs = self._active(b)
+        for p, ctx in zip(params, ctxs):
+            p.grad.add_(b.rule.penalty.grad(p, ctx).to(p.grad.dtype), alpha=m)
+
+    def _apply(self, b: _Bucket, op: str) -> None:
+        m = self._multiplier(b.rule)
+        params, ctxs = self._active(b)
+        if not params or m == 0:
+            return
+        lr = float(self.optimizer.param_groups[b.group]["lr"])
+        step = lr * m
+        if b.rule.metric == "adam":
+            step = self._adam_steps(b.group, params, step)
+        fn = getattr(b.rule.penalty, op)
+        if not b.low_precision:
+            fn(params, step, ctxs, b.rule.foreach)
+            return
+        comps = [self._residual(p) for p in params]
+        wide = [p.float().add_(c) for p, c in zip(params, comps)]
+        fn(wide, step, ctxs, b.rule.foreach)
+        for p, w, c in zip(params, wide, comps):
+            p.copy_(w)
+            torch.sub(w, p.float(), out=c)
+
+    def _residual(self, p: Tensor) -> Tensor:
+        i = self._index[id(p)]
+        if i not in self._comp:
+            self._comp[i] = torch.zeros_like(p, dtype=torch.float32)
+        return self._comp[i]
+
+    def _adam_steps(self, group_index: int, params, step: float) -> list[Tensor]:
+        group = self.optimizer.param_groups[group_index]
+        if "betas" not in group or "eps" not in group:
+            raise ValueError(
+                f"metric='adam' needs an Adam-family optimizer (Adam, AdamW, NAdam, RAdam); "
+                f"{type(self.optimizer).__name__} has no betas/eps; use metric='lr'"
+            )
+        beta2, eps = group["betas"][1], group["eps"]
+        out = []
+        for p in params:
+            st = self.optimizer.state.get(p, {})
+            v = st.get("max_exp_avg_sq") if group.get("amsgrad") else st.get("exp_avg_sq")
+            if v is None:
+                raise ValueError(f"metric='adam': no exp_avg_sq state for a parameter of {type(self.optimizer).__name__}")
+            bc2 = 1.0 - beta2 ** float(st["step"])
+            out.append(step / (v.sqrt() / math.sqrt(bc2) + eps))
+        return out
+
+    # -- introspection and checkpoints -----------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Real optimizer steps taken so far (what schedules see)."""
+        return self._steps
+
+    def penalty_value(self) -> Tensor:
+        """The sum of every rule's penalty at the current weights (differentiable)."""
+        total = None
+        for b in self.bindings:
+            if b.rule.penalty is None:
+                continue
+            pen = b.rule.penalty
+            v = pen.value(b.params, b.ctxs) if isinstance(pen, L2SP) else pen.value(b.params)
+            v = v * self._multiplier(b.rule)
+            total = v if total is None else total + v
+        return total if total is not None else torch.zeros(())
+
+    def state_dict(self) -> dict:
+        sd = self.optimizer.state_dict()
+        sd["decaylab"] = {
+            "steps": self._steps,
+            "residuals": {i: c.clone() for i, c in self._comp.items()},
+            "alphas": [b.rule.penalty.alpha if b.rule.penalty is not None else None for b in self.bindings],
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("decaylab", None)
+        self.optimizer.load_state_dict(state_dict)
+        if extra is None:
+            return
+        self._steps = int(extra["steps"])
+        params = self._all_params()
+        self._comp = {int(i): c.to(params[int(i)].device) for i, c in extra["residuals"].items()}
+        for b, alpha in zip(self.bindings, extra["alphas"]):
+            if b.rule.penalty is not None and alpha is not None:
+                b.rule.penalty.alpha = alpha
+
+    def __repr__(self) -> str:
+        rules = ", ".join(f"{b.rule.penalty!r}:{b.rule.mode} on {len(b.params)}" for b in self.bindings)
+        return f"Regularized({type(self.optimizer).__name__}, [{rules}])"
+
+    def __getstate__(self):
+        return self.__dict__
+
+
+def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_rules) -> Regularized:
+    """Wrap ``optimizer`` so each real ``step()`` applies the penalties to ``model``'s weights.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` over ``model``'s parameters (give it
+            ``weight_decay=0``; the rules now own regularization).
+        model: the module whose parameter names the rules match (DDP / ``torch.compile``
+            wrappers are unwrapped).
+        penalty_or_rules: a Penalty (applied to the default selection: Linear/Conv
+            weights), a Rule, or a list of them.
+
+    Returns:
+        A :class:`Regularized` optimizer; the training loop does not change.
+
+    >>> model = nn.Linear(3, 2)
+    >>> opt = regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, L1(1e-3))
+    >>> model(torch.randn(4, 3)).sum().backward(); opt.step(); opt.zero_grad()
+    >>> opt.steps
+    1
+    """
+    return Regularized(optimizer, model, _as_rules(penalty_or_rules))

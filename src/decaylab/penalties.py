@@ -1,0 +1,333 @@
+"""Penalties: L2, L1, ElasticNet, GroupLasso, L2SP.
+
+Every penalty ``R`` has a strength ``alpha`` (sklearn's name) and knows four things:
+
+* ``value(tensors)`` - the differentiable objective term, for logging or the loss;
+* ``grad(w, ctx)`` - its (sub)gradient, for the ``"coupled"`` mode;
+* ``prox_(tensors, step, ctxs)`` - the exact proximal map of ``step * R``, in place;
+* ``decay_(tensors, step, ctxs)`` - the explicit decoupled step ``w - step*grad R(w)``,
+  clamped so it never overshoots (for non-smooth penalties this equals the prox).
+
+``step`` is the learning rate (a float) or, for the Adam-metric prox, one tensor of
+per-coordinate step sizes per weight. ``alpha`` is a float or a 1-D tensor of shape
+``[K]`` giving one strength per configuration of a batched sweep, whose weights carry a
+leading dimension of size ``K``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from .groups import Grouping, make_grouping
+
+__all__ = ["Penalty", "L2", "L1", "ElasticNet", "GroupLasso", "L2SP", "MODES"]
+
+MODES = ("prox", "decoupled", "coupled")
+
+
+def check_strength(alpha, what: str) -> float | Tensor:
+    """Validate a strength: a finite float >= 0, or a 0-/1-D tensor of them."""
+    if isinstance(alpha, Tensor):
+        if alpha.ndim > 1:
+            raise ValueError(
+                f"{what} must be a float or a 1-D tensor with one strength per configuration, "
+                f"got a tensor of shape {tuple(alpha.shape)}"
+            )
+        if not torch.isfinite(alpha).all() or (alpha < 0).any():
+            raise ValueError(f"{what} must be finite and >= 0, got {alpha.tolist()}; use 0 for no penalty")
+        return alpha.detach().float() if alpha.ndim == 1 else float(alpha)
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {alpha!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{what} must be finite and >= 0, got {alpha!r}; use 0 for no penalty")
+    return value
+
+
+def _scale(step, alpha):
+    """step * alpha, where step is a float or a list of per-tensor tensors."""
+    if isinstance(step, (int, float)):
+        return step * alpha
+    if isinstance(alpha, Tensor):
+        return [s * F.per_tensor(alpha, 0, s) for s in step]
+    return [s * alpha for s in step]
+
+
+def _bcast(alpha, w: Tensor):
+    return F.per_tensor(alpha, 0, w) if isinstance(alpha, Tensor) else alpha
+
+
+class Penalty:
+    """Base class of penalties. Subclasses define the objective in their docstring."""
+
+    default_mode = "prox"
+
+    def __init__(self, alpha):
+        self.alpha = alpha
+
+    @property
+    def alpha(self):
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value):
+        self._alpha = check_strength(value, f"{type(self).__name__}(alpha)")
+
+    @property
+    def batch_dims(self) -> int:
+        """1 if the strength carries one value per configuration, else 0."""
+        return 1 if isinstance(self.alpha, Tensor) else 0
+
+    def bind(self, name: str, param: Tensor):
+        """Check the penalty fits parameter ``name`` and return its per-parameter context."""
+        if self.batch_dims:
+            k = self.alpha.shape[0]
+            if param.ndim == 0 or param.shape[0] != k:
+                raise ValueError(
+                    f"{self!r} has {k} strengths (one per configuration) but '{name}' has shape "
+                    f"{tuple(param.shape)}; its leading dimension must be the {k} configurations"
+                )
+        return None
+
+    def value(self, tensors: Sequence[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def grad(self, w: Tensor, ctx=None) -> Tensor:
+        raise NotImplementedError
+
+    def prox_(self, tensors, step, ctxs=None, foreach=None) -> None:
+        raise NotImplementedError
+
+    def decay_(self, tensors, step, ctxs=None, foreach=None) -> None:
+        self.prox_(tensors, step, ctxs, foreach)
+
+    def _sum(self, per_tensor) -> Tensor:
+        return torch.stack([t if t.ndim == 0 else t.sum() for t in per_tensor]).sum()
+
+    def _alpha_repr(self) -> str:
+        a = self.alpha
+        return f"{a:g}" if isinstance(a, float) else f"tensor({[round(x, 8) for x in a.tolist()]})"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alpha={self._alpha_repr()})"
+
+
+def _per_config_sum(t: Tensor, alpha) -> Tensor:
+    """Sum over all dims but the configuration dim, scaled by alpha."""
+    if isinstance(alpha, Tensor):
+        return (t.reshape(t.shape[0], -1).sum(1) * alpha.to(t.device)).sum()
+    return t.sum() * alpha
+
+
+class L2(Penalty):
+    """Squared L2: ``R(w) = alpha/2 * ||w||_2^2``; gradient ``alpha*w``.
+
+    Decoupled (default) it is AdamW's weight decay: ``w <- w * (1 - lr*alpha)``; coupled
+    it is torch's ``weight_decay`` flag; its prox is ``w / (1 + lr*alpha)``.
+
+    >>> L2(0.1).value([torch.tensor([1.0, 2.0])])
+    tensor(0.2500)
+    """
+
+    default_mode = "decoupled"
+
+    def value(self, tensors):
+        return self._sum([_per_config_sum(w * w, self.alpha) / 2 for w in tensors])
+
+    def grad(self, w, ctx=None):
+        return w * _bcast(self.alpha, w)
+
+    def prox_(self, tensors, step, ctxs=None, foreach=None):
+        F._div_(tensors, _scale(step, self.alpha), foreach)
+
+    def decay_(self, tensors, step, ctxs=None, foreach=None):
+        F.shrink_(tensors, _scale(step, self.alpha), foreach=foreach)
+
+
+class L1(Penalty):
+    """Lasso: ``R(w) = alpha * ||w||_1``; prox = soft-threshold at ``lr*alpha``.
+
+    The prox sets every weight with ``|w| <= lr*alpha`` to exactly zero.
+
+    >>> L1(0.5).value([torch.tensor([1.0, -2.0])])
+    tensor(1.5000)
+    """
+
+    def value(self, tensors):
+        return self._sum([_per_config_sum(w.abs(), self.alpha) for w in tensors])
+
+    def grad(self, w, ctx=None):
+        return torch.sign(w) * _bcast(self.alpha, w)
+
+    def prox_(self, tensors, step, ctxs=None, foreach=None):
+        F.soft_threshold_(tensors, _scale(step, self.alpha), foreach=foreach)
+
+
+class ElasticNet(Penalty):
+    """scikit-learn's elastic net:
+    ``R(w) = alpha * l1_ratio * ||w||_1 + alpha * (1 - l1_ratio) / 2 * ||w||_2^2``.
+
+    ``l1_ratio=1`` is L1, ``l1_ratio=0`` is L2 (with its ½).
+
+    >>> ElasticNet(1.0, l1_ratio=0.5).value([torch.tensor([2.0])])
+    tensor(2.)
+    """
+
+    def __init__(self, alpha, l1_ratio: float = 0.5):
+        super().__init__(alpha)
+        try:
+            ok = 0.0 <= float(l1_ratio) <= 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"ElasticNet(l1_ratio) must be in [0, 1], got {l1_ratio!r}; "
+                f"1 is pure L1, 0 pure L2"
+            )
+        self.l1_ratio = float(l1_ratio)
+
+    def value(self, tensors):
+        r = self.l1_ratio
+        return self._sum(
+            [_per_config_sum(r * w.abs() + (1 - r) / 2 * w * w, self.alpha) for w in tensors]
+        )
+
+    def grad(self, w, ctx=None):
+        r = self.l1_ratio
+        return (r * torch.sign(w) + (1 - r) * w) * _bcast(self.alpha, w)
+
+    def prox_(self, tensors, step, ctxs=None, foreach=None):
+        F.elastic_net_prox_(tensors, _scale(step, self.alpha), self.l1_ratio, foreach=foreach)
+
+    def decay_(self, tensors, step, ctxs=None, foreach=None):
+        scale = _scale(step, self.alpha)
+        F.soft_threshold_(tensors, F._times(scale, self.l1_ratio), foreach=foreach)
+        F.shrink_(tensors, F._times(scale, 1.0 - self.l1_ratio), foreach=foreach)
+
+    def __repr__(self):
+        return f"ElasticNet(alpha={self._alpha_repr()}, l1_ratio={self.l1_ratio:g})"
+
+
+class GroupLasso(Penalty):
+    """Group lasso: ``R(w) = alpha * sum_g sqrt(|g|) * ||w_g||_2``.
+
+    ``groups``: ``"rows"``/``"outputs"`` (a Linear's output neurons), ``"columns"``/
+    ``"inputs"`` (input features; a Conv's input channels), ``"channels"`` (a Conv's
+    output channels), a :class:`~decaylab.groups.Grouping`, or a function
+    ``shape -> LongTensor`` of group ids. The prox zeroes whole groups.
+
+    >>> GroupLasso(1.0, groups="rows").value([torch.tensor([[3.0, 4.0], [0.0, 0.0]])])
+    tensor(7.0711)
+    """
+
+    def __init__(self, alpha, groups="rows"):
+        super().__init__(alpha)
+        self.grouping: Grouping = make_grouping(groups)
+
+    def bind(self, name, param):
+        super().bind(name, param)
+        grouping = self.grouping.with_batch_dims(self.batch_dims)
+        grouping.check(name, param.shape)
+        return grouping
+
+    def _grouping(self, ctx) -> Grouping:
+        return ctx if ctx is not None else self.grouping.with_batch_dims(self.batch_dims)
+
+    def value(self, tensors):
+        terms = []
+        for w in tensors:
+            norms, sizes = self._grouping(None).norms(w)
+            if isinstance(sizes, int):  # one norm per group
+                term = norms * math.sqrt(sizes)
+            else:  # Indexed: norms repeated on each of a group's |g| entries
+                term = norms / sizes.sqrt()
+            terms.append(_per_config_sum(term, self.alpha))
+        return self._sum(terms)
+
+    def grad(self, w, ctx=None):
+        norms, sizes = self._grouping(ctx).norms(w)
+        root = torch.as_tensor(sizes, dtype=norms.dtype, device=norms.device).sqrt()
+        unit = torch.where(norms > 0, w / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+        return (unit * root * _bcast(self.alpha, w)).to(w.dtype)
+
+    def prox_(self, tensors, step, ctxs=None, foreach=None):
+        if not isinstance(step, (int, float)):
+            raise ValueError(
+                "GroupLasso has no closed-form prox in the Adam metric (it is not separable "
+                "per coordinate); use metric='lr' for GroupLasso rules"
+            )
+        ctxs = ctxs or [None] * len(tensors)
+        F.group_soft_threshold_(tensors, _scale(step, self.alpha), [self._grouping(c) for c in ctxs])
+
+    def __repr__(self):
+        return f"GroupLasso(alpha={self._alpha_repr()}, groups={self.grouping!r})"
+
+
+class L2SP(Penalty):
+    """Decay toward a reference: ``R(w) = alpha/2 * ||w - w0||_2^2`` (Li et al., 2018).
+
+    ``reference``: a mapping from parameter names to tensors (e.g. a pretrained
+    ``state_dict``), or ``None`` to snapshot each parameter when ``regularize`` binds it.
+    Decoupled by default: ``w <- w - lr*alpha*(w - w0)``.
+
+    >>> L2SP(1.0, {"w": torch.zeros(1)}).value([torch.tensor([2.0])], [torch.zeros(1)])
+    tensor(2.)
+    """
+
+    default_mode = "decoupled"
+
+    def __init__(self, alpha, reference: Mapping[str, Tensor] | None = None):
+        super().__init__(alpha)
+        self.reference = reference
+        self._bound: dict[int, Tensor] = {}
+
+    def bind(self, name, param):
+        super().bind(name, param)
+        if self.reference is None:
+            ref = param.detach().clone()
+        elif name not in self.reference:
+            raise ValueError(
+                f"L2SP reference has no entry for '{name}'; pass a state_dict that contains it, "
+                f"or exclude '{name}' from this rule"
+            )
+        else:
+            ref = torch.as_tensor(self.reference[name]).detach()
+            if ref.shape != param.shape:
+                raise ValueError(
+                    f"L2SP reference for '{name}' has shape {tuple(ref.shape)} but the parameter "
+                    f"has shape {tuple(param.shape)}; pass the matching pretrained weights"
+                )
+            ref = ref.to(device=param.device, dtype=param.dtype).clone()
+        self._bound[id(param)] = ref
+        return ref
+
+    def _refs(self, tensors, references):
+        if references is not None:
+            return references
+        try:
+            return [self._bound[id(w)] for w in tensors]
+        except KeyError:
+            raise ValueError("L2SP.value() needs references= for tensors not bound by regularize()") from None
+
+    def value(self, tensors, references: Sequence[Tensor] | None = None):
+        refs = self._refs(tensors, references)
+        return self._sum([_per_config_sum((w - r) ** 2, self.alpha) / 2 for w, r in zip(tensors, refs)])
+
+    def grad(self, w, ctx=None):
+        return (w - ctx) * _bcast(self.alpha, w)
+
+    def prox_(self, tensors, step, ctxs=None, foreach=None):
+        # argmin_v 1/2||v - w||^2 + s/2||v - w0||^2  =  lerp(w, w0, s / (1 + s))
+        scale = _scale(step, self.alpha)
+        for i, (w, w0) in enumerate(zip(tensors, ctxs)):
+            s = F.per_tensor(scale, i, w)
+            w.lerp_(w0.to(w.dtype), s / (1.0 + s))
+
+    def decay_(self, tensors, step, ctxs=None, foreach=None):
+        F.pull_toward_(tensors, ctxs, _scale(step, self.alpha), foreach=foreach)

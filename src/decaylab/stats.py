@@ -1,0 +1,110 @@
+"""What the penalties did: exact sparsity, norms, live groups and inputs, and a summary."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .groups import Columns, Rows
+from .rules import default_selection, named_params
+
+__all__ = ["sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary"]
+
+
+def _penalized_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
+    return [(n, p) for n, p, m in named_params(model) if default_selection(n, p, m)]
+
+
+def sparsity(tensors: nn.Module | Iterable[Tensor]) -> float:
+    """Fraction of entries that are exactly zero.
+
+    A module counts its Linear/Conv weights (the default selection).
+
+    >>> sparsity([torch.tensor([0.0, 1.0, 0.0, 2.0])])
+    0.5
+    """
+    if isinstance(tensors, nn.Module):
+        tensors = [p for _, p in _penalized_weights(tensors)]
+    zeros = total = 0
+    for t in tensors:
+        zeros += int((t.detach() == 0).sum())
+        total += t.numel()
+    return zeros / total if total else 0.0
+
+
+def live_groups(weight: Tensor, groups="rows") -> tuple[int, int]:
+    """(groups with a nonzero entry, number of groups) for ``groups`` of ``weight``.
+
+    >>> live_groups(torch.tensor([[0.0, 0.0], [1.0, 0.0]]), "rows")
+    (1, 2)
+    """
+    from .groups import make_grouping
+
+    return make_grouping(groups).live(weight)
+
+
+def surviving_inputs(weight: Tensor) -> Tensor:
+    """Boolean mask of the inputs a first layer still reads (a nonzero column).
+
+    For a Conv weight ``[out, in, kh, kw]`` this is per input channel.
+
+    >>> surviving_inputs(torch.tensor([[0.0, 1.0], [0.0, 2.0]]))
+    tensor([False,  True])
+    """
+    w = weight.detach()
+    dims = [d for d in range(w.ndim) if d != 1]
+    return w.ne(0).any(dim=dims[0]) if w.ndim == 2 else w.ne(0).flatten(2).any(2).any(0)
+
+
+def layer_stats(model: nn.Module) -> dict[str, dict]:
+    """Per Linear/Conv weight: size, exact zeros, norms, live rows (neurons / channels).
+
+    >>> s = layer_stats(nn.Linear(3, 2))
+    >>> s["weight"]["numel"], s["weight"]["rows"]
+    (6, 2)
+    """
+    out = {}
+    for name, p in _penalized_weights(model):
+        w = p.detach()
+        live, rows = Rows().live(w)
+        out[name] = {
+            "numel": w.numel(),
+            "zeros": int((w == 0).sum()),
+            "zero_fraction": float((w == 0).float().mean()),
+            "l1": float(w.abs().sum()),
+            "l2": float(torch.linalg.vector_norm(w.float())),
+            "live_rows": live,
+            "rows": rows,
+        }
+    return out
+
+
+def summary(opt) -> str:
+    """A table of which parameters got which penalty: tensors, elements, zeros, norm.
+
+    >>> import decaylab as dl
+    >>> m = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+    >>> opt = dl.regularize(torch.optim.SGD(m.parameters(), lr=0.1), m, dl.L1(1e-3))
+    >>> print(dl.summary(opt).splitlines()[0])
+    rule                             penalty              mode        tensors   elements   zeros  L2 norm
+    """
+    head = f"{'rule':<32} {'penalty':<20} {'mode':<10} {'tensors':>8} {'elements':>10} {'zeros':>7} {'L2 norm':>8}"
+    lines = [head, "-" * len(head)]
+    for b in opt.bindings:
+        pen = repr(b.rule.penalty) if b.rule.penalty is not None else "none"
+        lines.append(_row(b.rule.label, pen, b.rule.mode if b.rule.penalty else "-", b.params))
+    free = list(getattr(opt, "unpenalized_params", {}).values())
+    if free:
+        lines.append(_row("(no rule)", "none", "-", free))
+    return "\n".join(lines)
+
+
+def _row(label: str, pen: str, mode: str, tensors: list[Tensor]) -> str:
+    n = sum(t.numel() for t in tensors)
+    zeros = sum(int((t.detach() == 0).sum()) for t in tensors)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])) if tensors else 0.0
+    label = label if len(label) <= 32 else label[:29] + "..."
+    pen = pen if len(pen) <= 20 else pen[:17] + "..."
+    return f"{label:<32} {pen:<20} {mode:<10} {len(tensors):>8} {n:>10} {zeros / max(n, 1):>7.1%} {float(norm):>8.3g}"
