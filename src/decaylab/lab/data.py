@@ -222,7 +222,8 @@ def _not_found(name: str, dirs: list[Path], errors: list[str]) -> DataNotFoundEr
     return DataNotFoundError(msg + " To get them: " + ", or ".join(how) + ".")
 
 
-def _load_idx(name: str, root, download: bool):
+def _load_idx(name: str, root: str | os.PathLike | None, download: bool):
+    """Find (or download) and read the IDX files: x/y train, x/y test in [0, 1], (H, W)."""
     dirs = search_dirs(name, root)
     paths = next((p for p in map(_idx_paths, dirs) if p is not None), None)
     errors = []
@@ -236,9 +237,11 @@ def _load_idx(name: str, root, download: bool):
         images = read_idx(paths[f"{split}-images-idx3-ubyte"])
         labels = read_idx(paths[f"{split}-labels-idx1-ubyte"])
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"{name}: {split} images have shape {images.shape} but labels "
-                             f"{labels.shape}; expected [N, H, W] and [N] with the same N; "
-                             f"the files are mismatched or corrupt, re-download or delete them")
+            raise ValueError(
+                f"{name}: {split} images have shape {images.shape} but labels {labels.shape} "
+                f"({paths[f'{split}-images-idx3-ubyte']}, {paths[f'{split}-labels-idx1-ubyte']})"
+                f"; expected [N, H, W] and [N] with the same N; the files are mismatched or "
+                f"corrupt, re-download or delete them")
         out += [images.reshape(len(images), -1) / np.float32(255), labels.astype(np.int64)]
     return (*out, tuple(images.shape[1:]))
 
@@ -264,6 +267,9 @@ def make_mnist1d(n: int, seed: int = 0, length: int = 40) -> tuple[np.ndarray, n
     >>> x.shape, x.dtype.name, y.dtype.name
     ((5, 40), 'float32', 'int64')
     """
+    if length < 30:
+        raise ValueError(f"make_mnist1d(length={length}) is too short for the 24-30 point "
+                         f"strokes; use length >= 30 (40 is the default)")
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, n)
     width = rng.integers(24, 31, (n, 1))
@@ -305,25 +311,33 @@ def _load_small(name: str):
 
 
 def _split(n: int, fraction: float, seed: int, labels: np.ndarray | None):
-    """Seeded (stratified when ``labels`` is given) split of ``range(n)`` -> (keep, held)."""
-    rng = np.random.default_rng(seed)
-    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c)
-                                                  for c in np.unique(labels)]
-    held = [rng.permutation(g)[:int(round(fraction * len(g)))] for g in groups]
-    held = np.concatenate(held) if held else np.array([], dtype=np.int64)
-    if len(held) == 0 or len(held) == n:
+    """Seeded split of ``range(n)`` -> (keep, held), ``round(fraction * n)`` held out.
+
+    With ``labels`` it is stratified: every example gets its within-class quantile in a
+    random order, and the lowest quantiles are held out, so each class gives its share.
+    """
+    k = int(round(fraction * n))
+    if not 0 < k < n:
         raise ValueError(f"a {fraction} split of {n} examples leaves one side empty; "
                          f"use a fraction nearer 0.5 or more data (larger n_train)")
+    perm = np.random.default_rng(seed).permutation(n)
+    group = np.zeros(n, np.int64) if labels is None else np.unique(
+        labels[perm], return_inverse=True)[1].ravel()
+    counts = np.bincount(group)
+    order = np.argsort(group, kind="stable")
+    rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    quantile = np.empty(n)
+    quantile[order] = (rank + 0.5) / counts[group[order]]
     mask = np.zeros(n, dtype=bool)
-    mask[held] = True
+    mask[perm[np.argsort(quantile, kind="stable")[:k]]] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def _normalize(train: np.ndarray, *others: np.ndarray, per_feature: bool):
     mean = train.mean(axis=0) if per_feature else train.mean()
     std = train.std(axis=0) if per_feature else train.std()
-    std = np.where(std > 0, std, 1.0)
-    return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+    mean, std = np.asarray(mean, train.dtype), np.where(std > 0, std, 1).astype(train.dtype)
+    return [((a - mean) / std).astype(np.float32, copy=False) for a in (train, *others)]
 
 
 def load(name: str = "digits", *, root: str | os.PathLike | None = None,

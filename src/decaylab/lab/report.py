@@ -29,44 +29,37 @@ _PNG_METADATA = {"Software": None}
 _ZERO_COLOR = "crimson"
 _MASK_CMAP = "Blues"
 
-_TITLES = {
-    "curves": "Learning curves",
-    "histograms": "Weight histograms",
-    "layer-sparsity": "Exact sparsity per layer",
-    "sparsity-over-time": "Sparsity and weight norm over training",
-    "input-maps": "Surviving input pixels",
-}
-_CAPTIONS = {
-    "curves": "Train, validation and test {metric} per epoch for each run: the shaded band "
-              "between train and test is the generalization gap, which a good penalty narrows.",
-    "histograms": "Penalized weights on a log count scale: L1 piles weights at exactly zero "
-                  "(the red spike), L2 narrows the bell but leaves every weight nonzero.",
-    "layer-sparsity": "Fraction of exactly-zero weights in each layer: L1 and group penalties "
-                      "switch whole parts of a layer off, L2 and no penalty leave them all on.",
-    "sparsity-over-time": "Exact-zero fraction and L2 norm of the penalized weights per epoch: "
-                          "zeros appear only with L1-type penalties, while any penalty shrinks "
-                          "the norm compared with no penalty.",
-    "input-maps": "Which input pixels each model still reads (dark = kept, pale = dropped): "
-                  "a sparse first layer drops the pixels that carry no signal, such as the "
-                  "image border.",
+_FIGURES = {   # figure id -> (section title, caption: what a learner should look for)
+    "curves": ("Learning curves",
+               "Train, validation and test {metric} per epoch for each run: the shaded band "
+               "between train and test is the generalization gap, which a good penalty narrows."),
+    "histograms": ("Weight histograms",
+                   "Penalized weights on a log count scale: L1 piles weights at exactly zero "
+                   "(the red spike), L2 narrows the bell but leaves every weight nonzero."),
+    "layer-sparsity": ("Exact sparsity per layer",
+                       "Fraction of exactly-zero weights in each layer: L1 and group penalties "
+                       "switch whole parts of a layer off, L2 and no penalty leave them all on."),
+    "sparsity-over-time": ("Sparsity and weight norm over training",
+                           "Exact-zero fraction and L2 norm of the penalized weights per epoch: "
+                           "zeros appear only with L1-type penalties, while any penalty keeps "
+                           "the norm below the unpenalized run's."),
+    "input-maps": ("Surviving input pixels",
+                   "Which input pixels each model still reads (dark = kept, pale = dropped): "
+                   "a sparse first layer drops the pixels that carry no signal, such as the "
+                   "image border."),
 }
 
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;
-max-width:1150px;padding:0 1em;color:#222;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;
-border-bottom:1px solid #ddd}
-dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em}
-dl.facts dt{font-weight:600;color:#555}dl.facts dd{margin:0}
-table{border-collapse:collapse;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f3f3f3;text-align:center}td.name,td.desc{text-align:left}
-tr.best td.metric{font-weight:700;background:#dff3e3}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;padding:0 1em;
+color:#222;line-height:1.4}h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;
+border-bottom:1px solid #ddd}dl.facts{display:grid;grid-template-columns:max-content 1fr;
+gap:.2em 1em}dt{font-weight:600;color:#555}dd{margin:0}
+table{border-collapse:collapse;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;
+text-align:right}th{background:#f3f3f3;text-align:center}td.name,td.desc{text-align:left}
+tr.best td.metric{font-weight:700;background:#dff3e3}.complete{color:#1a7f37;font-weight:600}
 .incomplete{color:#a15c00;font-weight:600}.failed{color:#b00020;font-weight:600}
-.complete{color:#1a7f37;font-weight:600}
 pre.error{background:#fff0f0;border:1px solid #e0b4b4;padding:.6em;white-space:pre-wrap}
-figure{margin:1em 0}img{max-width:100%;height:auto}
-figcaption{color:#444;font-size:.95em;margin-top:.3em}
+img{max-width:100%;height:auto}figcaption{color:#444;font-size:.95em}
 """
 
 
@@ -81,32 +74,23 @@ def _read_json(path, default=None):
 
 def _read_metrics(path):
     """One dict per parsable line of ``metrics.jsonl``; a partial last line is skipped."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    path, rows = pathlib.Path(path), []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() \
+        if path.exists() else []
+    for line in lines:
         try:
-            row = json.loads(line)
+            rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return [row for row in rows if isinstance(row, dict)]
 
 
 def _config_order(config):
     """Run names in the order ``config.json["runs"]`` lists them (names, dicts or a map)."""
     runs = config.get("runs")
-    if isinstance(runs, dict):
-        return [str(name) for name in runs]
-    names = []
-    for item in runs if isinstance(runs, list) else []:
-        if isinstance(item, str):
-            names.append(item)
-        elif isinstance(item, dict) and "name" in item:
-            names.append(str(item["name"]))
-    return names
+    items = list(runs) if isinstance(runs, (list, dict)) else []
+    return [str(item["name"]) if isinstance(item, dict) else item for item in items
+            if isinstance(item, str) or (isinstance(item, dict) and "name" in item)]
 
 
 def _load_run(run_dir):
@@ -181,12 +165,8 @@ def _colored(run, keep):
 
 def _layers(r):
     """Per-layer sparsity: final.json's, else the last epoch's that has one."""
-    if r["final"] and r["final"].get("layers"):
-        return r["final"]["layers"]
-    for m in reversed(r["metrics"]):
-        if m.get("layers"):
-            return m["layers"]
-    return {}
+    rows = [r["final"] or {}] + r["metrics"][::-1]
+    return next((row["layers"] for row in rows if row.get("layers")), {})
 
 
 def _zero_fraction(layer):
@@ -246,6 +226,7 @@ def _fig_histograms(run):
     runs = _colored(run, has_hist)
     if not runs:
         return None
+    from matplotlib.ticker import NullLocator
     fig, axes = _grid(len(runs), sharex=True, sharey=True)
     for ax, (color, r) in zip(axes, runs):
         hist = r["final"]["histogram"]
@@ -259,6 +240,7 @@ def _fig_histograms(run):
         ax.annotate(f"exact zeros: {zeros:,} ({zeros / total:.1%})", xy=(0.03, 0.96),
                     xycoords="axes fraction", va="top", color=_ZERO_COLOR)
         ax.set_ylim(bottom=0.8)
+        ax.yaxis.set_minor_locator(NullLocator())   # minor log ticks: clutter, and slow
         ax.set_title(r["name"])
         ax.set_xlabel("weight value")
     axes[0].set_ylabel("count (log scale)")
@@ -370,20 +352,14 @@ def _esc(value):
     return html.escape("—" if value is None or value == "" else str(value))
 
 
-def _pct(x, signed=False):
-    return "—" if x is None else f"{100 * x:{'+' if signed else ''}.1f}%"
-
-
-def _num(x, signed=False):
-    return "—" if x is None else f"{x:{'+' if signed else ''}.4g}"
+def _fmt(x, spec):
+    return None if x is None else format(x, spec)
 
 
 def _describe(value):
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_describe(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_describe(v) for v in value) + "]"
-    return "—" if value is None else str(value)
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return value
 
 
 def _state(run):
@@ -401,8 +377,9 @@ def _state(run):
 def _header_html(run):
     cfg, data = run["config"], run["data"]
     sizes = ", ".join(f"{data[k]} {k[2:]}" for k in ("n_train", "n_val", "n_test") if k in data)
+    classes = f", {data['n_classes']} classes" if data.get("n_classes") else ""
     data_line = f"{data.get('name', '—')} ({data.get('task', '?')}; {sizes}; " \
-                f"{data.get('n_features', '?')} features, {data.get('n_classes') or '—'} classes)"
+                f"{data.get('n_features', '?')} features{classes})"
     versions = cfg.get("versions") or {}
     label, css = _state(run)
     facts = [("command", cfg.get("command")), ("data set", data_line),
@@ -419,23 +396,32 @@ def _header_html(run):
 
 def _summary_row(r, regression):
     """The numbers of one summary-table row: final.json's, else the last epoch's."""
-    last = r["metrics"][-1] if r["metrics"] else {}
-    src = r["final"] or last
-    train, test = (src.get("train_loss"), src.get("test_loss")) if regression else \
-        (src.get("train_acc"), src.get("test_acc"))
-    gap = src.get("gap") if r["final"] else None
+    final = r["final"] or {}
+    src = final or (r["metrics"][-1] if r["metrics"] else {})
+    kind = "loss" if regression else "acc"
+    train, test = src.get(f"train_{kind}"), src.get(f"test_{kind}")
+    gap = final.get("gap")
     if gap is None and train is not None and test is not None:
         gap = test - train if regression else train - test
     times = [m["epoch_time"] for m in r["metrics"] if m.get("epoch_time") is not None]
-    mean_time = src.get("mean_epoch_time") if r["final"] else None
-    if mean_time is None and times:
-        mean_time = sum(times) / len(times)
+    mean_time = final.get("mean_epoch_time", sum(times) / len(times) if times else None)
     live, n_in = src.get("live_inputs"), src.get("n_inputs")
-    params = (r["final"] or {}).get("n_params")
-    nonzero = (r["final"] or {}).get("nonzero_params")
+    nonzero, params = final.get("nonzero_params"), final.get("n_params")
     return {"test": test, "gap": gap, "zero": src.get("zero_fraction"), "time": mean_time,
             "inputs": f"{live:,} / {n_in:,}" if live is not None and n_in else None,
             "params": f"{nonzero:,} / {params:,}" if nonzero is not None and params else None}
+
+
+def _summary_cells(r, v, regression):
+    """(text, css class) per cell of one summary-table row."""
+    metric = ".4g" if regression else ".1%"
+    state = "complete" if r["final"] is not None else \
+        f"incomplete ({len(r['metrics'])} epochs logged)"
+    return [(r["name"], "name"), (r["spec"].get("describe") or r["spec"].get("penalty"), "desc"),
+            (_fmt(v["test"], metric), "metric"), (_fmt(v["gap"], "+" + metric), ""),
+            (_fmt(v["zero"], ".1%"), ""), (v["inputs"], ""), (v["params"], ""),
+            (None if v["time"] is None else f"{v['time']:.2f} s", ""),
+            (state, state.split()[0])]
 
 
 def _summary_html(run):
@@ -443,25 +429,16 @@ def _summary_html(run):
     rows = [(r, _summary_row(r, regression)) for r in run["runs"]]
     tests = [v["test"] for _, v in rows if v["test"] is not None]
     best = (min(tests) if regression else max(tests)) if tests else None
-    fmt = _num if regression else _pct
     head = ["run", "penalty", "test loss" if regression else "test accuracy",
             "gap (test − train loss)" if regression else "gap (train − test acc)",
             "exact-zero fraction", "inputs kept", "nonzero params / params",
             "mean epoch time", "state"]
     body = []
     for r, v in rows:
-        state = "complete" if r["final"] is not None else \
-            f"incomplete ({len(r['metrics'])} epochs logged)"
-        cls = ' class="best"' if best is not None and v["test"] == best else ""
-        time = None if v["time"] is None else f"{v['time']:.2f} s"
-        cells = [(r["name"], "name"), (r["spec"].get("describe") or r["spec"].get("penalty"),
-                                       "desc"), (fmt(v["test"]), "metric"),
-                 (fmt(v["gap"], signed=True), ""), (_pct(v["zero"]), ""), (v["inputs"], ""),
-                 (v["params"], ""), (time, ""),
-                 (state, "complete" if r["final"] is not None else "incomplete")]
-        tds = "".join(f'<td class="{c}">{_esc(t)}</td>' if c else f"<td>{_esc(t)}</td>"
-                      for t, c in cells)
-        body.append(f"<tr{cls}>{tds}</tr>")
+        tds = "".join(f'<td class="{css}">{_esc(text)}</td>' if css else f"<td>{_esc(text)}</td>"
+                      for text, css in _summary_cells(r, v, regression))
+        tr = '<tr class="best">' if best is not None and v["test"] == best else "<tr>"
+        body.append(f"{tr}{tds}</tr>")
     ths = "".join(f"<th>{_esc(h)}</th>" for h in head)
     note = "Best test loss" if regression else "Best test accuracy"
     return (f'<table id="summary"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
@@ -470,14 +447,15 @@ def _summary_html(run):
 
 
 def _figure_html(fig_id, png, run):
-    caption = _CAPTIONS[fig_id].format(metric="loss" if _is_regression(run) else "accuracy")
+    title, caption = _FIGURES[fig_id]
+    caption = caption.format(metric="loss" if _is_regression(run) else "accuracy")
     skipped = [r["name"] for r in run["runs"] if r["final"] is None]
     if skipped and fig_id in ("histograms", "input-maps"):
         caption += " Left out (incomplete, no final.json): " + ", ".join(skipped) + "."
     src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return (f'<section><h2>{_esc(_TITLES[fig_id])}</h2>\n<figure>'
+    return (f'<section><h2>{_esc(title)}</h2>\n<figure>'
             f'<img id="{fig_id}" data-figure="{fig_id}" src="{src}" '
-            f'alt="{_esc(_TITLES[fig_id])}: {_esc(caption)}">'
+            f'alt="{_esc(title)}: {_esc(caption)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure></section>")
 
 
