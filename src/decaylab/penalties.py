@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from .groups import Grouping, make_grouping
+from .groups import Grouping, Indexed, make_grouping
 
 __all__ = ["Penalty", "L2", "L1", "ElasticNet", "GroupLasso", "L2SP", "MODES"]
 
@@ -40,11 +40,16 @@ def check_strength(alpha, what: str) -> float | Tensor:
             )
         if not torch.isfinite(alpha).all() or (alpha < 0).any():
             raise ValueError(f"{what} must be finite and >= 0, got {alpha.tolist()}; use 0 for no penalty")
-        return alpha.detach().float() if alpha.ndim == 1 else float(alpha)
+        if alpha.ndim == 0:
+            return float(alpha)
+        # float32 at least; a float64 strength stays float64 so lr * alpha keeps its precision
+        return alpha.detach().to(torch.promote_types(alpha.dtype, torch.float32))
     try:
+        if isinstance(alpha, (str, bytes)):  # float("1e-3") would pass: a config-parsing slip
+            raise TypeError
         value = float(alpha)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {alpha!r}") from None
+        raise ValueError(f"{what} must be a number, got {alpha!r}; convert strings with float()") from None
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{what} must be finite and >= 0, got {alpha!r}; use 0 for no penalty")
     return value
@@ -207,8 +212,9 @@ class ElasticNet(Penalty):
 
     def decay_(self, tensors, step, ctxs=None, foreach=None):
         scale = _scale(step, self.alpha)
-        F.soft_threshold_(tensors, F._times(scale, self.l1_ratio), foreach=foreach)
+        # shrink, then soft-threshold: exactly w - step*grad R(w) unless it crosses 0 (then 0)
         F.shrink_(tensors, F._times(scale, 1.0 - self.l1_ratio), foreach=foreach)
+        F.soft_threshold_(tensors, F._times(scale, self.l1_ratio), foreach=foreach)
 
     def __repr__(self):
         return f"ElasticNet(alpha={self._alpha_repr()}, l1_ratio={self.l1_ratio:g})"
@@ -257,13 +263,30 @@ class GroupLasso(Penalty):
         return (unit * root * _bcast(self.alpha, w)).to(w.dtype)
 
     def prox_(self, tensors, step, ctxs=None, foreach=None):
-        if not isinstance(step, (int, float)):
-            raise ValueError(
-                "GroupLasso has no closed-form prox in the Adam metric (it is not separable "
-                "per coordinate); use metric='lr' for GroupLasso rules"
-            )
         ctxs = ctxs or [None] * len(tensors)
-        F.group_soft_threshold_(tensors, _scale(step, self.alpha), [self._grouping(c) for c in ctxs])
+        groupings = [self._grouping(c) for c in ctxs]
+        if not isinstance(step, (int, float)):
+            step = self._group_steps(tensors, step, groupings)
+        F.group_soft_threshold_(tensors, _scale(step, self.alpha), groupings)
+
+    @staticmethod
+    def _group_steps(tensors, steps, groupings) -> list[Tensor]:
+        """Per-coordinate steps (Adam metric) -> one step per group: the group's mean.
+
+        The group prox has no closed form in a diagonal metric, so each group gets the
+        exact prox in an isotropic metric: the harmonic mean of its coordinates' steps,
+        ``lr / mean(sqrt(v_hat) + eps)``. Whole groups still become exactly zero.
+        """
+        out = []
+        for w, s, g in zip(tensors, steps, groupings):
+            if isinstance(g, Indexed):
+                raise ValueError(
+                    "GroupLasso with groups=<function> supports metric='lr' only; use metric='lr' "
+                    "or a built-in grouping ('rows', 'inputs', 'channels')"
+                )
+            # harmonic mean: lr / mean(sqrt(v_hat) + eps), not swamped by near-zero v entries
+            out.append(s.reciprocal().mean(dim=g._reduce_dims(w), keepdim=True).reciprocal())
+        return out
 
     def __repr__(self):
         return f"GroupLasso(alpha={self._alpha_repr()}, groups={self.grouping!r})"
@@ -327,7 +350,9 @@ class L2SP(Penalty):
         scale = _scale(step, self.alpha)
         for i, (w, w0) in enumerate(zip(tensors, ctxs)):
             s = F.per_tensor(scale, i, w)
-            w.lerp_(w0.to(w.dtype), s / (1.0 + s))
+            frac = s / (1.0 + s)
+            # lerp_ needs a tensor weight of w's dtype (a float32 strength on float64 w fails)
+            w.lerp_(w0.to(w.dtype), frac.to(w.dtype) if isinstance(frac, Tensor) else frac)
 
     def decay_(self, tensors, step, ctxs=None, foreach=None):
         F.pull_toward_(tensors, ctxs, _scale(step, self.alpha), foreach=foreach)

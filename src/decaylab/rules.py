@@ -4,7 +4,8 @@ A rule's ``params`` selects parameters by name glob (``fnmatch``, e.g. ``"*.bias
 ``"fc1.weight"``), by module type (every parameter a module of that type owns directly),
 by predicate ``f(name, param, module) -> bool``, or by a list of these (their union).
 
-``params=None`` means the *default selection*: the weights of Linear and Conv layers.
+``params=None`` means the *default selection*: the trainable weights of Linear and Conv
+layers (frozen ones, ``requires_grad=False``, are left alone).
 Biases, norm layers and embeddings get nothing unless a rule names them. Explicit rules
 take precedence over the default selection; two explicit rules naming one parameter is an
 error, as is a rule that matches nothing.
@@ -222,7 +223,8 @@ def resolve(model: nn.Module, rules: Iterable[Rule]) -> tuple[list[Binding], lis
             if any(r.is_default for r in rules[:i]):
                 raise ValueError("two rules use the default selection (params=None); give one of them params=")
             for name, p, m in items:
-                if name not in owner and _matches(None, name, p, m):
+                # frozen weights (requires_grad=False) are not trained, so not decayed
+                if name not in owner and p.requires_grad and _matches(None, name, p, m):
                     owner[name] = i
     bindings = []
     for i, rule in enumerate(rules):

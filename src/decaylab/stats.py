@@ -88,9 +88,9 @@ def summary(opt) -> str:
     >>> m = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
     >>> opt = dl.regularize(torch.optim.SGD(m.parameters(), lr=0.1), m, dl.L1(1e-3))
     >>> print(dl.summary(opt).splitlines()[0])
-    rule                             penalty              mode        tensors   elements   zeros  L2 norm
+    rule                             penalty                                      mode        tensors   elements   zeros  L2 norm
     """
-    head = f"{'rule':<32} {'penalty':<20} {'mode':<10} {'tensors':>8} {'elements':>10} {'zeros':>7} {'L2 norm':>8}"
+    head = f"{'rule':<32} {'penalty':<44} {'mode':<10} {'tensors':>8} {'elements':>10} {'zeros':>7} {'L2 norm':>8}"
     lines = [head, "-" * len(head)]
     for b in opt.bindings:
         pen = repr(b.rule.penalty) if b.rule.penalty is not None else "none"
@@ -106,5 +106,5 @@ def _row(label: str, pen: str, mode: str, tensors: list[Tensor]) -> str:
     zeros = sum(int((t.detach() == 0).sum()) for t in tensors)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])) if tensors else 0.0
     label = label if len(label) <= 32 else label[:29] + "..."
-    pen = pen if len(pen) <= 20 else pen[:17] + "..."
-    return f"{label:<32} {pen:<20} {mode:<10} {len(tensors):>8} {n:>10} {zeros / max(n, 1):>7.1%} {float(norm):>8.3g}"
+    pen = pen if len(pen) <= 44 else pen[:41] + "..."
+    return f"{label:<32} {pen:<44} {mode:<10} {len(tensors):>8} {n:>10} {zeros / max(n, 1):>7.1%} {float(norm):>8.3g}"

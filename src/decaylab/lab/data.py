@@ -333,8 +333,11 @@ def _split(n: int, fraction: float, seed: int, labels: np.ndarray | None):
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
-def _normalize(train: np.ndarray, *others: np.ndarray, per_feature: bool):
+def _normalize(train: np.ndarray, *others: np.ndarray, per_feature: bool, center: bool = True):
+    """Standardize with train statistics. Images are only scaled (``center=False``), so a
+    blank pixel stays exactly 0 and carries no signal: sparse penalties can switch it off."""
     mean = train.mean(axis=0) if per_feature else train.mean()
+    mean = mean if center else np.zeros_like(mean)
     std = train.std(axis=0) if per_feature else train.std()
     mean, std = np.asarray(mean, train.dtype), np.where(std > 0, std, 1).astype(train.dtype)
     return [((a - mean) / std).astype(np.float32, copy=False) for a in (train, *others)]
@@ -379,7 +382,7 @@ def load(name: str = "digits", *, root: str | os.PathLike | None = None,
             raise ValueError(f"n_train={n_train} but {name} has {len(train)} training examples "
                              f"after the validation split; pass 1..{len(train)} or None")
         train = np.sort(np.random.default_rng(seed + 1).permutation(train)[:n_train])
-    xs = _normalize(x[train], x[val], x_test, per_feature=kind == "tabular")
+    xs = _normalize(x[train], x[val], x_test, per_feature=kind == "tabular", center=kind == "tabular")
     if task == "regression":
         ys = _normalize(y[train], y[val], y_test, per_feature=False)
     else:

@@ -1,0 +1,82 @@
+"""Terminal feedback: a progress bar per run and a final table (rich), or silence."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+
+class Console:
+    """Progress bars and tables on stderr/stdout; ``quiet=True`` prints only errors."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        from rich.console import Console as RichConsole
+
+        self.out = RichConsole(highlight=False)
+        if not self.out.is_terminal:  # piped or logged: room for the table, no wrapping
+            self.out = RichConsole(highlight=False, width=160)
+        self.err = RichConsole(stderr=True, highlight=False)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.out.print(text, markup=False)
+
+    def error(self, text: str) -> None:
+        self.err.print(text, markup=False, style="red")
+
+    @contextlib.contextmanager
+    def progress(self, cfg: dict):
+        """Yields a callback ``(run_name, metrics_row)`` that advances that run's bar."""
+        if self.quiet:
+            yield None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bars = Progress(TextColumn("{task.fields[run]:<12}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.err)
+        tasks = {}
+        with bars:
+            for run in cfg["runs"]:
+                total = cfg["train"]["epochs"] + run["finetune_epochs"]
+                tasks[run["name"]] = bars.add_task("", total=total, run=run["name"], stats="")
+
+            def update(name: str, row: dict) -> None:
+                acc = row["test_acc"] if row["test_acc"] is not None else row["test_loss"]
+                stats = (f"loss {row['train_loss']:.3f}  train {_num(row['train_acc'])}  "
+                         f"test {_num(acc)}  zeros {row['zero_fraction']:.1%}")
+                bars.update(tasks[name], completed=row["epoch"], stats=stats)
+
+            yield update
+
+    def table(self, run_dir: Path) -> None:
+        """The summary: one row per run from its final.json (or 'incomplete')."""
+        if self.quiet:
+            return
+        from rich.table import Table
+
+        t = Table(title=f"decaylab: {run_dir}")
+        for col in ("run", "penalty", "test acc", "gap", "exact zeros", "inputs kept", "epoch s"):
+            t.add_column(col, justify="left" if col in ("run", "penalty") else "right")
+        cfg = json.loads((run_dir / "config.json").read_text())
+        for run in cfg["runs"]:
+            spec_file = run_dir / "runs" / run["name"] / "spec.json"
+            if not spec_file.exists():
+                t.add_row(run["name"], "not started", "", "", "", "", "")
+                continue
+            spec = json.loads(spec_file.read_text())
+            final_file = spec_file.parent / "final.json"
+            if not final_file.exists():
+                t.add_row(spec["name"], spec["describe"], "incomplete", "", "", "", "")
+                continue
+            f = json.loads(final_file.read_text())
+            acc = f["test_acc"] if f["test_acc"] is not None else f["test_loss"]
+            kept = f"{f['live_inputs']}/{f['n_inputs']}" if f["n_inputs"] else "-"
+            t.add_row(spec["name"], spec["describe"], _num(acc), f"{f['gap']:+.3f}", f"{f['zero_fraction']:.1%}",
+                      kept, f"{f.get('mean_epoch_time', 0):.2f}")
+        self.out.print(t)
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -1,0 +1,131 @@
+"""Bad input raises ValueError naming the thing, the value and the fix."""
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import decaylab as dl
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)  # weight (2, 1, 3, 3)
+        self.fc = nn.Linear(4, 3)       # weight (3, 4), bias (3,)
+
+
+def _reg(rules, opt=None, model=None):
+    model = model or Net()
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.1)
+    return dl.regularize(opt, model, rules)
+
+
+def _regularize_twice():
+    model = Net()
+    opt = _reg(dl.L1(1e-3), model=model)
+    dl.regularize(opt, model, dl.L2(1e-3))
+
+
+def _optimizer_missing_a_param():
+    model = Net()
+    _reg(dl.L1(1e-3), opt=torch.optim.SGD(model.conv.parameters(), lr=0.1), model=model)
+
+
+def _negative_schedule_at_step():
+    model = Net()
+    opt = _reg(dl.Rule(dl.L1(1e-3), schedule=lambda s: 1.0 - s), model=model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # multiplier 1.0: fine
+    opt.step()  # multiplier 0.0: fine
+    opt.step()  # multiplier -1.0: raises
+
+
+PENALTIES = [dl.L2, dl.L1, dl.ElasticNet, dl.GroupLasso, dl.L2SP]
+BAD_STRENGTHS = [(-1.0, "-1.0"), (float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "-inf")]
+
+CASES = [
+    *[
+        pytest.param(lambda cls=cls, a=a: cls(a), rf"{cls.__name__}\(alpha\) must be finite and >= 0, got {re.escape(s)}",
+                     id=f"{cls.__name__}-alpha={s}")
+        for cls in PENALTIES for a, s in BAD_STRENGTHS
+    ],
+    *[
+        pytest.param(lambda cls=cls: cls("1e-3"), rf"{cls.__name__}\(alpha\) must be a number, got '1e-3'",
+                     id=f"{cls.__name__}-alpha=str")
+        for cls in PENALTIES
+    ],
+    pytest.param(lambda: dl.L1("strong"), r"L1\(alpha\) must be a number, got 'strong'", id="alpha=word"),
+    pytest.param(lambda: dl.L1(None), r"L1\(alpha\) must be a number, got None", id="alpha=None"),
+    pytest.param(lambda: dl.L1(torch.ones(2, 2)), r"L1\(alpha\) must be a float or a 1-D tensor.*shape \(2, 2\)",
+                 id="alpha=2-D"),
+    pytest.param(lambda: dl.L2(torch.tensor([0.1, -1.0])), r"L2\(alpha\) must be finite and >= 0, got \[0.1.*, -1.0\]",
+                 id="alpha=tensor-negative"),
+    pytest.param(lambda: dl.L2(torch.tensor([0.1, float("nan")])), r"L2\(alpha\) must be finite and >= 0, got \[0.1.*, nan\]",
+                 id="alpha=tensor-nan"),
+    pytest.param(lambda: setattr(dl.L1(0.1), "alpha", -2.0), r"L1\(alpha\) must be finite and >= 0, got -2.0",
+                 id="alpha-set-later"),
+    *[
+        pytest.param(lambda r=r: dl.ElasticNet(1e-3, l1_ratio=r), rf"ElasticNet\(l1_ratio\) must be in \[0, 1\], got {s}",
+                     id=f"l1_ratio={s}")
+        for r, s in [(-0.1, "-0.1"), (1.5, "1.5"), (float("nan"), "nan"), ("half", "'half'")]
+    ],
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), mode="proximal"), r"unknown mode 'proximal'.*'prox', 'decoupled', 'coupled'",
+                 id="mode"),
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), metric="fisher"), r"unknown metric 'fisher'.*'lr', 'adam'", id="metric"),
+    pytest.param(lambda: dl.Rule(dl.L2(1e-3), metric="adam"),
+                 r"metric='adam' applies to mode='prox' only, got mode='decoupled'", id="adam-metric-decoupled"),
+    pytest.param(lambda: dl.Rule("L1"), r"Rule needs a Penalty or None, got 'L1'", id="rule-not-penalty"),
+    pytest.param(lambda: dl.GroupLasso(1e-3, groups="neuronz"), r"unknown grouping 'neuronz'.*'channels'", id="grouping"),
+    pytest.param(lambda: _reg(dl.Rule(dl.GroupLasso(1e-3, groups="channels"), params="fc.weight")),
+                 r"groups='channels'.*'fc\.weight' has shape \(3, 4\).*groups='rows'", id="channels-on-Linear"),
+    pytest.param(lambda: _reg(dl.Rule(dl.GroupLasso(1e-3, groups="rows"), params="fc.bias")),
+                 r"groups='rows'.*'fc\.bias' has shape \(3,\)", id="rows-on-1-D"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L1(1e-3), params="decoder.*")),
+                 r"params='decoder\.\*'\) matches no parameter of Net", id="matches-nothing"),
+    pytest.param(lambda: _reg([dl.Rule(dl.L1(1e-3), params="fc.*"), dl.Rule(dl.L2(1e-3), params="*.weight")]),
+                 r"'fc\.weight' is selected by two rules.*fc\.\*.*\*\.weight", id="two-rules"),
+    pytest.param(lambda: _reg([dl.L1(1e-3), dl.Rule(dl.L2(1e-3))]), r"two rules use the default selection",
+                 id="two-default-rules"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L1(1e-3), params=42)), r"cannot select parameters with 42", id="bad-selector"),
+    pytest.param(lambda: _reg([]), r"at least one Penalty or Rule", id="no-rules"),
+    pytest.param(lambda: dl.regularize("sgd", Net(), dl.L1(1e-3)), r"needs a torch\.optim\.Optimizer, got str",
+                 id="not-an-optimizer"),
+    pytest.param(_optimizer_missing_a_param, r"selects 'fc\.weight', but the optimizer does not hold", id="param-not-in-opt"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L2SP(1e-3, {"fc.weight": torch.zeros(4, 3)}), params="fc.weight")),
+                 r"L2SP reference for 'fc\.weight' has shape \(4, 3\) but the parameter has shape \(3, 4\)",
+                 id="L2SP-shape"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L2SP(1e-3, {"fc.bias": torch.zeros(3)}), params="fc.*")),
+                 r"L2SP reference has no entry for 'fc\.weight'", id="L2SP-missing"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L1(torch.tensor([0.1, 0.2])), params="fc.weight")),
+                 r"2 strengths.*'fc\.weight' has shape \(3, 4\)", id="batched-K"),
+    pytest.param(_regularize_twice, r"already regularized", id="regularize-twice"),
+    pytest.param(_negative_schedule_at_step, r"schedule of L1\(alpha=0\.001\) returned -1\.0 at step 2", id="schedule"),
+]
+
+
+@pytest.mark.parametrize("make, match", CASES)
+def test_bad_input_raises_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_warns_when_the_inner_optimizer_also_decays_penalized_params():
+    model = Net()
+    with pytest.warns(UserWarning, match=r"SGD param group 0 has weight_decay=0\.0001 .*L1\(alpha=0\.001\)"):
+        _reg(dl.L1(1e-3), opt=torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4), model=model)
+
+
+def test_no_warning_when_only_unpenalized_params_decay():
+    model = Net()
+    opt = torch.optim.SGD([
+        {"params": [model.conv.weight, model.fc.weight]},
+        {"params": [model.conv.bias, model.fc.bias], "weight_decay": 0.1},
+    ], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _reg(dl.L1(1e-3), opt=opt, model=model)

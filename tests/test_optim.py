@@ -1,0 +1,462 @@
+"""The regularize() wrapper: an Optimizer that applies penalties once per real step."""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as Fn
+from torch import nn
+
+import decaylab as dl
+
+
+class Holder(nn.Module):
+    """A module owning bare parameters (selected by name glob, not by the default rule)."""
+
+    def __init__(self, **params):
+        super().__init__()
+        for name, value in params.items():
+            setattr(self, name, nn.Parameter(value))
+
+
+def _linear(weight, bias=False):
+    weight = torch.as_tensor(weight, dtype=torch.float32)
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+    return lin
+
+
+def _zero_grads(model):
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+
+# -- the Optimizer surface -----------------------------------------------------------
+
+def test_is_an_optimizer_sharing_the_inner_state():
+    model = nn.Linear(3, 2)
+    inner = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = dl.regularize(inner, model, dl.L1(1e-3))
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups is inner.param_groups
+    assert opt.defaults is inner.defaults
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    assert opt.state is inner.state
+    assert set(opt.state) == set(model.parameters())
+    assert int(opt.state[model.weight]["step"]) == 1
+    opt.zero_grad()
+    assert model.weight.grad is None
+    opt.param_groups[0]["lr"] = 0.5  # schedulers write here
+    assert inner.param_groups[0]["lr"] == 0.5
+
+
+SCHEDULERS = {
+    "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+    "CosineAnnealingLR": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=6),
+    "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.4, total_steps=8),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_lr_schedulers_drive_the_prox_threshold(name):
+    alpha = 0.05
+    model = _linear([[1.0, -0.5, 0.25], [2.0, -3.0, 0.01]])
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9), model, dl.L1(alpha))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "lr_scheduler.step() before optimizer.step()" etc.
+        sched = SCHEDULERS[name](opt)
+        expected = model.weight.detach().clone()
+        lrs = []
+        for _ in range(6):
+            lr = opt.param_groups[0]["lr"]
+            lrs.append(lr)
+            _zero_grads(model)  # the inner SGD step is a no-op: only the prox moves w
+            opt.step()
+            expected = Fn.softshrink(expected, lr * alpha)
+            assert torch.equal(model.weight.detach(), expected)
+            sched.step()
+    assert len(set(lrs)) > 2  # the scheduler really changed the lr
+
+
+def test_prox_threshold_is_lr_times_alpha_after_a_scheduler_step():
+    model = _linear([[1.0, -0.1, 0.25, -0.75]])
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.5), model, dl.L1(0.25))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    _zero_grads(model)
+    opt.step()  # threshold 0.5 * 0.25
+    assert model.weight.tolist() == [[0.875, 0.0, 0.125, -0.625]]
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.25
+    opt.step()  # threshold 0.25 * 0.25
+    assert model.weight.tolist() == [[0.8125, 0.0, 0.0625, -0.5625]]
+
+
+def test_each_param_group_uses_its_own_lr():
+    a, b = _linear([[1.0, -0.5]]), _linear([[1.0, -0.5]])
+    model = nn.Sequential(a, b)
+    inner = torch.optim.SGD([{"params": a.parameters(), "lr": 0.5}, {"params": b.parameters()}], lr=0.25)
+    opt = dl.regularize(inner, model, dl.L1(0.25))
+    _zero_grads(model)
+    opt.step()
+    assert a.weight.tolist() == [[0.875, -0.375]]
+    assert b.weight.tolist() == [[0.9375, -0.4375]]
+
+
+def test_step_with_closure_returns_its_loss_in_coupled_mode():
+    torch.manual_seed(0)
+    lr, alpha = 0.1, 0.3
+    model = nn.Linear(3, 1, bias=False)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model, dl.Rule(dl.L2(alpha), mode="coupled"))
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = Fn.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    w0 = model.weight.detach().clone()
+    w0r = w0.clone().requires_grad_()
+    g = torch.autograd.grad(Fn.mse_loss(x @ w0r.T, y), w0r)[0]
+    expected_loss = Fn.mse_loss(x @ w0.T, y)
+    loss = opt.step(closure)
+    assert len(calls) == 1
+    assert torch.is_tensor(loss) and torch.allclose(loss, expected_loss)
+    assert torch.allclose(model.weight.detach(), w0 - lr * (g + alpha * w0), atol=1e-7)
+    assert opt.step() is None  # no closure, no loss
+
+
+# -- gradient accumulation and missing gradients --------------------------------------
+
+@pytest.mark.parametrize("kind", ["L1-prox", "L2-decoupled", "L2-coupled"])
+def test_gradient_accumulation_applies_the_penalty_once(kind):
+    torch.manual_seed(1)
+    lr, alpha = 0.1, 0.5
+    model = nn.Linear(4, 3, bias=False)
+    pen = {"L1-prox": dl.L1(alpha), "L2-decoupled": dl.L2(alpha),
+           "L2-coupled": dl.Rule(dl.L2(alpha), mode="coupled")}[kind]
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model, pen)
+    batches = [(torch.randn(5, 4), torch.randn(5, 3)) for _ in range(4)]
+    w0 = model.weight.detach().clone()
+    g = torch.zeros_like(w0)
+    for x, y in batches:
+        w = w0.clone().requires_grad_()
+        g += torch.autograd.grad(Fn.mse_loss(x @ w.T, y), w)[0]
+    for x, y in batches:  # 4 backward passes, one step
+        Fn.mse_loss(model(x), y).backward()
+    opt.step()
+    if kind == "L1-prox":
+        expected = Fn.softshrink(w0 - lr * g, lr * alpha)
+    elif kind == "L2-decoupled":
+        expected = w0 * (1 - lr * alpha) - lr * g
+    else:
+        expected = w0 - lr * (g + alpha * w0)
+    assert opt.steps == 1
+    assert torch.allclose(model.weight.detach(), expected, atol=1e-6)
+    # applying it 4 times would be far off
+    assert not torch.allclose(model.weight.detach(), w0 - lr * g, atol=1e-3)
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(3, 2)
+        self.unused = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@pytest.mark.parametrize("rule", [
+    dl.Rule(dl.L1(0.5)), dl.Rule(dl.L2(0.5)), dl.Rule(dl.L2(0.5), mode="coupled"),
+    dl.Rule(dl.ElasticNet(0.5)), dl.Rule(dl.GroupLasso(0.5)), dl.Rule(dl.L2SP(0.5), mode="prox"),
+], ids=["L1", "L2", "L2-coupled", "ElasticNet", "GroupLasso", "L2SP-prox"])
+def test_parameters_without_grad_are_skipped(rule):
+    torch.manual_seed(2)
+    model = TwoHeads()
+    if isinstance(rule.penalty, dl.L2SP):
+        rule = dl.Rule(dl.L2SP(0.5, {n: torch.zeros_like(p) for n, p in model.named_parameters()}), mode="prox")
+    opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.0), model, rule)
+    before = model.unused.weight.detach().clone()
+    used = model.used.weight.detach().clone()
+    model(torch.randn(4, 3)).sum().backward()
+    assert model.unused.weight.grad is None
+    opt.step()
+    assert torch.equal(model.unused.weight.detach(), before)
+    assert not torch.equal(model.used.weight.detach(), used)
+
+
+# -- checkpoints ---------------------------------------------------------------------
+
+def _ckpt_setup(seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1))
+    model.add_module("scale", Holder(s=torch.full((4,), 1.0).to(torch.bfloat16)))
+    rules = [
+        dl.Rule(dl.L1(3e-3), schedule=lambda s: min(1.0, s / 10)),
+        dl.Rule(dl.L2(5e-3), params="scale.s"),  # bf16: below the rounding step, needs residuals
+        dl.Rule(None, params="*.bias"),
+    ]
+    opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0), model, rules)
+    return model, opt
+
+
+def _train(model, opt, batches):
+    for x, y in batches:
+        h = model[0](x)
+        h = model[1](h) * model.scale.s.float()
+        loss = Fn.mse_loss(model[2](h), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _batches(n, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 5, generator=g), torch.randn(8, 1, generator=g)) for _ in range(n)]
+
+
+def test_state_dict_round_trip_is_exact():
+    data = _batches(30)
+    model, opt = _ckpt_setup(0)
+    _train(model, opt, data[:10])
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    assert opt.state_dict()["decaylab"]["residuals"]  # the bf16 weight has a residual to save
+    _train(model, opt, data[10:20])
+    a = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    model2, opt2 = _ckpt_setup(1)  # different init: everything must come from the checkpoint
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    assert opt2.steps == 10
+    _train(model2, opt2, data[10:20])
+    b = dict(model2.named_parameters())
+    assert a.keys() == b.keys()
+    for n in a:
+        assert torch.equal(a[n], b[n].detach()), n
+    assert opt2.steps == opt.steps == 20
+    ra, rb = opt.state_dict()["decaylab"]["residuals"], opt2.state_dict()["decaylab"]["residuals"]
+    assert ra.keys() == rb.keys() and all(torch.equal(ra[k], rb[k]) for k in ra)
+
+
+def test_state_dict_restores_a_changed_strength():
+    model, opt = _ckpt_setup(0)
+    opt.bindings[0].rule.penalty.alpha = 0.25
+    sd = opt.state_dict()
+    model2, opt2 = _ckpt_setup(0)
+    opt2.load_state_dict(sd)
+    assert opt2.bindings[0].rule.penalty.alpha == 0.25
+
+
+def test_state_dict_is_compatible_with_the_plain_inner_optimizer():
+    data = _batches(5)
+    model, opt = _ckpt_setup(0)
+    _train(model, opt, data)
+    sd = opt.state_dict()
+    inner_sd = opt.optimizer.state_dict()
+    assert set(sd) == set(inner_sd) | {"decaylab"}
+    plain = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    plain.load_state_dict(sd)  # the extra key is ignored
+    assert int(plain.state[model[0].weight]["step"]) == 5
+    assert torch.equal(plain.state[model[0].weight]["exp_avg"], opt.state[model[0].weight]["exp_avg"])
+    # and a plain optimizer's checkpoint loads into a wrapper
+    model2, opt2 = _ckpt_setup(1)
+    opt2.load_state_dict(plain.state_dict())
+    assert int(opt2.state[model2[0].weight]["step"]) == 5
+    assert opt2.steps == 0
+
+
+# -- strengths that change -----------------------------------------------------------
+
+def test_strength_schedule_and_alpha_changes_take_effect():
+    lr, alpha = 0.5, 0.1
+    model = _linear([[4.0, -4.0]])
+    pen = dl.L1(alpha)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model,
+                        dl.Rule(pen, schedule=lambda s: min(1, s / 10)))
+    _zero_grads(model)
+    prev = 4.0
+    for s in range(15):
+        opt.step()
+        now = model.weight[0, 0].item()
+        assert now == pytest.approx(prev - lr * alpha * min(1, s / 10), abs=1e-6), s
+        assert model.weight[0, 1].item() == -now
+        prev = now
+    assert model.weight[0, 0].item() == pytest.approx(4.0 - lr * alpha * (sum(range(10)) / 10 + 5), abs=1e-5)
+    pen.alpha = 0.0
+    opt.step()
+    assert model.weight[0, 0].item() == prev
+    pen.alpha = 0.4
+    opt.step()
+    assert model.weight[0, 0].item() == pytest.approx(prev - lr * 0.4, abs=1e-6)
+
+
+# -- the Adam-metric prox ------------------------------------------------------------
+
+def test_adam_metric_prox_uses_adams_per_coordinate_step():
+    lr, alpha = 0.1, 0.1  # threshold ~ lr * alpha / |g| = [0.01, 0.1, 1, 0.005, 0.5, 10]
+    w0 = torch.tensor([[0.5, 0.5, 0.5, 0.5, -0.35, 0.05]])
+    g = torch.tensor([[1.0, 0.1, 0.01, 2.0, -0.02, 1e-3]])
+    model = _linear(w0)
+    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=lr), model, dl.Rule(dl.L1(alpha), metric="adam"))
+    ref = nn.Parameter(w0.clone())
+    ref_opt = torch.optim.Adam([ref], lr=lr)
+    model.weight.grad, ref.grad = g.clone(), g.clone()
+    opt.step()
+    ref_opt.step()  # the same Adam step without the penalty
+    st = opt.state[model.weight]
+    beta2, eps = opt.param_groups[0]["betas"][1], opt.param_groups[0]["eps"]
+    v_hat = st["exp_avg_sq"] / (1 - beta2 ** float(st["step"]))
+    thr = lr * alpha / (v_hat.sqrt() + eps)
+    w = ref.detach()
+    expected = torch.sign(w) * (w.abs() - thr).clamp_min(0)
+    got = model.weight.detach()
+    assert torch.allclose(got, expected, atol=1e-7, rtol=1e-6)
+    zero = w.abs() <= thr
+    assert zero.tolist() == [[False, False, True, False, True, True]]
+    assert (got[zero] == 0).all() and (got[~zero] != 0).all()
+
+
+def test_adam_metric_needs_an_adam_family_optimizer():
+    model = nn.Linear(2, 1)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(dl.L1(1e-3), metric="adam"))
+    _zero_grads(model)
+    with pytest.raises(ValueError, match=r"metric='adam' needs an Adam-family optimizer.*SGD"):
+        opt.step()
+
+
+# -- low precision -------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kind", ["L2-decoupled", "L1-prox"])
+def test_tiny_decay_accumulates_in_low_precision(dtype, kind):
+    lr, alpha, steps = 0.1, 1e-4, 500  # lr * alpha = 1e-5, far below bf16/fp16 rounding near 1
+    w0 = torch.tensor([1.0, -2.0, 0.75])
+    model = Holder(w=w0.to(dtype))
+    pen = dl.L2(alpha) if kind == "L2-decoupled" else dl.L1(alpha)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model, dl.Rule(pen, params="w"))
+    for _ in range(steps):
+        _zero_grads(model)
+        opt.step()
+    if kind == "L2-decoupled":
+        exact = w0.double() * (1 - lr * alpha) ** steps
+        # (eps=1e-4: torch's default 1e-8 is 0 in fp16, and 0/0 would be NaN)
+        naive = torch.optim.AdamW([nn.Parameter(w0.to(dtype))], lr=lr, weight_decay=alpha, eps=1e-4)
+    else:
+        exact = torch.sign(w0.double()) * (w0.double().abs() - steps * lr * alpha)
+        naive = None
+    got = model.w.detach()
+    assert got.dtype == dtype
+    # the nearest representable value: the effective shrink is right to well under half an ulp
+    assert torch.equal(got, exact.to(dtype)), (got, exact)
+    assert not torch.equal(got, w0.to(dtype))
+    # ... where the textbook update in the same precision never moves at all
+    p = w0.to(dtype)
+    if naive is not None:
+        q = naive.param_groups[0]["params"][0]
+        for _ in range(steps):
+            q.grad = torch.zeros_like(q)
+            naive.step()
+        p = q.detach()
+    else:
+        for _ in range(steps):
+            p = Fn.softshrink(p, lr * alpha)
+    assert torch.equal(p, w0.to(dtype))
+
+
+# -- batched strengths ---------------------------------------------------------------
+
+class Stacked(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(w.clone())
+
+    def forward(self, x):  # x [B, in] shared by all configurations -> [K, B, out]
+        return torch.einsum("bi,koi->kbo", x, self.w) if self.w.ndim == 3 else x @ self.w.T
+
+
+def _run(w, pen, data, lr=0.1):
+    model = Stacked(w)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model, dl.Rule(pen, params="w"))
+    for x, y in data:
+        out = model(x)
+        loss = ((out - y) ** 2).mean(dim=(-2, -1)).sum()  # per-configuration MSE, summed
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.w.detach()
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: dl.L1(a), lambda a: dl.L2(a),
+    lambda a: dl.ElasticNet(a, l1_ratio=0.3), lambda a: dl.GroupLasso(a, groups="rows"),
+    lambda a: dl.GroupLasso(a, groups="inputs"),
+], ids=["L1", "L2", "ElasticNet", "GroupLasso-rows", "GroupLasso-inputs"])
+def test_batched_strengths_equal_separate_runs(make):
+    torch.manual_seed(4)
+    alphas = torch.tensor([0.0, 1e-2, 1e-1])
+    w0 = torch.randn(3, 4, 5) * 0.3
+    g = torch.Generator().manual_seed(5)
+    data = [(torch.randn(16, 5, generator=g), torch.randn(16, 4, generator=g)) for _ in range(25)]
+    batched = _run(w0, make(alphas), data)
+    for k in range(3):
+        single = _run(w0[k], make(float(alphas[k])), data)
+        assert torch.allclose(batched[k], single, atol=1e-6), k
+        assert torch.equal(batched[k] == 0, single == 0), k
+    if not isinstance(make(0.0), dl.L2):
+        assert (batched[2] == 0).any() and not (batched[0] == 0).any()
+
+
+def test_batched_strength_in_coupled_mode_equals_separate_runs():
+    torch.manual_seed(6)
+    alphas = torch.tensor([0.0, 0.5, 2.0])
+    w0 = torch.randn(3, 2, 3)
+    data = [(torch.randn(8, 3), torch.randn(8, 2)) for _ in range(5)]
+
+    def run(w, a):
+        model = Stacked(w)
+        opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                            dl.Rule(dl.L2(a), params="w", mode="coupled"))
+        for x, y in data:
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean(dim=(-2, -1)).sum().backward()
+            opt.step()
+        return model.w.detach()
+
+    batched = run(w0, alphas)
+    for k in range(3):
+        assert torch.allclose(batched[k], run(w0[k], float(alphas[k])), atol=1e-6)
+
+
+# -- penalty_value -------------------------------------------------------------------
+
+def test_penalty_value_is_the_differentiable_sum_of_rule_values():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), nn.Linear(2, 2))
+    ref = {"2.weight": torch.randn(2, 3)}
+    l1, gl, sp = dl.L1(0.1), dl.GroupLasso(0.2, groups="inputs"), dl.L2SP(0.3, ref)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, [
+        dl.Rule(l1), dl.Rule(gl, params="0.weight"), dl.Rule(sp, params="2.weight"),
+        dl.Rule(None, params="*.bias"),
+    ])
+    w0, w2, w3 = model[0].weight, model[2].weight, model[3].weight
+    expected = (0.1 * w3.abs().sum()
+                + 0.2 * math.sqrt(3) * w0.norm(dim=0).sum()
+                + 0.15 * ((w2 - ref["2.weight"]) ** 2).sum())
+    value = opt.penalty_value()
+    assert torch.allclose(value, expected)
+    assert torch.allclose(value, l1.value([w3]) + gl.value([w0]) + sp.value([w2], [ref["2.weight"]]))
+    grads = torch.autograd.grad(value, [w0, w2, w3])
+    assert torch.allclose(grads[0], 0.2 * math.sqrt(3) * w0 / w0.norm(dim=0, keepdim=True))
+    assert torch.allclose(grads[1], 0.3 * (w2 - ref["2.weight"]))
+    assert torch.allclose(grads[2], 0.1 * torch.sign(w3))

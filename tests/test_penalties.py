@@ -1,0 +1,329 @@
+"""Penalties: hand-computed values, autograd == grad(), decay_ == an explicit step (clamped),
+and batched strengths == one configuration at a time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import decaylab as dl
+from decaylab.groups import Indexed
+
+f64 = torch.float64
+
+
+def t64(*values):
+    return torch.tensor(values, dtype=f64)
+
+
+# ---------------------------------------------------------------------------------------
+# value(): hand-computed numbers
+# ---------------------------------------------------------------------------------------
+
+
+def test_l2_value_has_the_half():
+    # alpha/2 * (1 + 4 + 9), summed over the list
+    assert float(dl.L2(0.5).value([t64(1.0, -2.0), t64(3.0).reshape(1, 1)])) == pytest.approx(3.5, rel=1e-15)
+
+
+def test_l1_value():
+    assert float(dl.L1(0.5).value([t64(1.0, -2.0), t64(-3.0).reshape(1, 1)])) == pytest.approx(3.0, rel=1e-15)
+
+
+def test_elastic_net_value_is_sklearns_penalty():
+    # sklearn: alpha * l1_ratio * ||w||_1 + 0.5 * alpha * (1 - l1_ratio) * ||w||_2^2
+    w = t64(2.0, -1.0)
+    alpha, r = 2.0, 0.25
+    expected = alpha * r * 3.0 + 0.5 * alpha * (1 - r) * 5.0  # = 1.5 + 3.75
+    assert expected == 5.25
+    assert float(dl.ElasticNet(alpha, l1_ratio=r).value([w])) == pytest.approx(5.25, rel=1e-15)
+
+
+def test_elastic_net_ends_are_l1_and_l2():
+    w = [torch.randn(4, 3, dtype=f64)]
+    torch.testing.assert_close(dl.ElasticNet(0.3, l1_ratio=1.0).value(w), dl.L1(0.3).value(w))
+    torch.testing.assert_close(dl.ElasticNet(0.3, l1_ratio=0.0).value(w), dl.L2(0.3).value(w))
+
+
+@pytest.mark.parametrize(
+    "groups, w, expected",
+    [
+        # rows (3,4), (0,0), (1,0): sqrt(2) * (5 + 0 + 1)
+        ("rows", [[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]], math.sqrt(2) * 6),
+        ("outputs", [[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]], math.sqrt(2) * 6),
+        # columns (3,4,1) and (4,0,0) of size 3: sqrt(3) * (sqrt(26) + 4)
+        ("columns", [[3.0, 4.0], [4.0, 0.0], [1.0, 0.0]], math.sqrt(3) * (math.sqrt(26) + 4)),
+        ("inputs", [[3.0, 4.0], [4.0, 0.0], [1.0, 0.0]], math.sqrt(3) * (math.sqrt(26) + 4)),
+    ],
+)
+def test_group_lasso_value_uses_sqrt_group_size(groups, w, expected):
+    value = dl.GroupLasso(2.0, groups=groups).value([torch.tensor(w, dtype=f64)])
+    assert float(value) == pytest.approx(2.0 * expected, rel=1e-14)
+
+
+def test_group_lasso_value_channels():
+    w = torch.ones(2, 1, 2, 2, dtype=f64)
+    w[1] *= 3.0  # channel norms 2 and 6, |g| = 4
+    assert float(dl.GroupLasso(0.5, groups="channels").value([w])) == pytest.approx(0.5 * 2 * (2 + 6), rel=1e-15)
+
+
+def test_group_lasso_value_indexed_unequal_groups():
+    ids = torch.tensor([0, 1, 0, 1, 1])
+    w = t64(3.0, 1.0, 4.0, 2.0, 2.0)  # group 0: |g|=2, norm 5; group 1: |g|=3, norm 3
+    value = dl.GroupLasso(1.0, groups=lambda shape: ids).value([w])
+    assert float(value) == pytest.approx(math.sqrt(2) * 5 + math.sqrt(3) * 3, rel=1e-14)
+
+
+def test_l2sp_value_around_reference():
+    w, ref = t64(3.0, 1.0, -1.0), t64(1.0, 1.0, 1.0)
+    # alpha/2 * ((3-1)^2 + 0 + (-2)^2) = 2/2 * 8
+    assert float(dl.L2SP(2.0).value([w], [ref])) == pytest.approx(8.0, rel=1e-15)
+
+
+def test_l2sp_value_uses_the_snapshot_taken_by_bind():
+    w = torch.nn.Parameter(t64(1.0, 2.0))
+    pen = dl.L2SP(1.0)
+    pen.bind("w", w)
+    assert float(pen.value([w])) == 0.0
+    with torch.no_grad():
+        w.add_(t64(1.0, -2.0))
+    assert float(pen.value([w])) == pytest.approx(0.5 * (1 + 4), rel=1e-15)
+    pen2 = dl.L2SP(1.0, {"w": t64(0.0, 0.0)})
+    pen2.bind("w", w)
+    assert float(pen2.value([w])) == pytest.approx(0.5 * (4 + 0), rel=1e-15)
+
+
+def test_l2sp_value_without_reference_raises():
+    with pytest.raises(ValueError, match="references="):
+        dl.L2SP(1.0).value([t64(1.0)])
+
+
+# ---------------------------------------------------------------------------------------
+# value() is differentiable, and autograd agrees with grad()
+# ---------------------------------------------------------------------------------------
+
+
+def _away_from_zero(*shape):
+    w = torch.randn(*shape, dtype=f64)
+    return w + 0.5 * w.sign()
+
+
+def _autograd_vs_grad(penalty, w, ref=None):
+    w = w.clone().requires_grad_(True)
+    ctx = penalty.bind("w", w) if ref is None else ref
+    value = penalty.value([w]) if ref is None else penalty.value([w], [ref])
+    (auto,) = torch.autograd.grad(value, w)
+    torch.testing.assert_close(auto, penalty.grad(w.detach(), ctx), rtol=1e-12, atol=1e-14)
+    assert auto.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: dl.L2(0.3), (4, 5)),
+        (lambda: dl.L1(0.3), (4, 5)),
+        (lambda: dl.ElasticNet(0.3, l1_ratio=0.4), (4, 5)),
+        (lambda: dl.GroupLasso(0.3, groups="rows"), (4, 5)),
+        (lambda: dl.GroupLasso(0.3, groups="columns"), (4, 5)),
+        (lambda: dl.GroupLasso(0.3, groups="channels"), (3, 2, 3, 3)),
+        (lambda: dl.GroupLasso(0.3, groups=lambda s: torch.arange(s.numel()).reshape(s) % 3), (4, 5)),
+        # batched strengths over a leading configuration dimension
+        (lambda: dl.L2(torch.tensor([0.25, 2.0])), (2, 4, 5)),
+        (lambda: dl.L1(torch.tensor([0.25, 2.0])), (2, 4, 5)),
+        (lambda: dl.ElasticNet(torch.tensor([0.25, 2.0]), l1_ratio=0.4), (2, 4, 5)),
+        (lambda: dl.GroupLasso(torch.tensor([0.25, 2.0]), groups="rows"), (2, 4, 5)),
+    ],
+)
+def test_autograd_gradient_equals_grad(make, shape):
+    _autograd_vs_grad(make(), _away_from_zero(*shape))
+
+
+def test_autograd_gradient_equals_grad_l2sp():
+    ref = torch.randn(4, 5, dtype=f64)
+    _autograd_vs_grad(dl.L2SP(0.7), torch.randn(4, 5, dtype=f64), ref)
+    pen = dl.L2SP(torch.tensor([0.25, 2.0]))
+    _autograd_vs_grad(pen, torch.randn(2, 4, 5, dtype=f64), torch.randn(2, 4, 5, dtype=f64))
+
+
+def test_group_lasso_grad_of_a_zero_group_is_zero_not_nan():
+    w = torch.zeros(3, 4, dtype=f64)
+    w[1] = 1.0
+    g = dl.GroupLasso(1.0, groups="rows").grad(w)
+    assert torch.isfinite(g).all()
+    assert (g[0] == 0).all() and (g[2] == 0).all()
+    torch.testing.assert_close(g[1], torch.full((4,), 0.5 * 2.0, dtype=f64))  # unit * sqrt(4)
+
+
+# ---------------------------------------------------------------------------------------
+# decay_: an explicit step w - t * grad R(w), clamped when it would cross 0 / the reference
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: dl.L2(0.3), lambda: dl.L1(0.3), lambda: dl.ElasticNet(0.3, l1_ratio=0.6)],
+    ids=["L2", "L1", "ElasticNet"],
+)
+def test_decay_is_the_explicit_step_when_it_does_not_cross_zero(make, foreach):
+    pen = make()
+    w = _away_from_zero(5, 4)  # |w| >= 0.5 > lr * alpha
+    lr = 0.5
+    v = w.clone()
+    pen.decay_([v], lr, foreach=foreach)
+    torch.testing.assert_close(v, w - lr * pen.grad(w), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_l2sp_decay_is_the_explicit_step(foreach):
+    pen = dl.L2SP(0.3)
+    w, ref = torch.randn(5, 4, dtype=f64), torch.randn(5, 4, dtype=f64)
+    v = w.clone()
+    pen.decay_([v], 0.5, [ref], foreach=foreach)
+    torch.testing.assert_close(v, w - 0.5 * pen.grad(w, ref), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_decay_is_clamped_instead_of_crossing(foreach):
+    w = t64(2.0, -4.0, 0.1, -0.1)
+    v = w.clone()
+    dl.L2(1.0).decay_([v], 3.0, foreach=foreach)  # explicit step: w * (1 - 3) flips every sign
+    assert (v == 0).all()
+    v = w.clone()
+    dl.L1(1.0).decay_([v], 0.5, foreach=foreach)  # |w| < 0.5 would cross: exact zero
+    assert torch.equal(v, t64(1.5, -3.5, 0.0, 0.0))
+    v = w.clone()
+    dl.ElasticNet(1.0, l1_ratio=0.5).decay_([v], 0.5, foreach=foreach)
+    # shrink by 1 - 0.25, then move 0.25 toward 0: (1.5 - .25, -3 + .25, 0, 0)
+    torch.testing.assert_close(v, t64(1.25, -2.75, 0.0, 0.0), rtol=1e-15, atol=0)
+    ref = t64(1.0, 1.0, 1.0, 1.0)
+    v = w.clone()
+    dl.L2SP(1.0).decay_([v], 5.0, [ref], foreach=foreach)  # would pass the reference
+    assert torch.equal(v, ref)
+
+
+def test_group_lasso_decay_is_its_prox():
+    w = torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=f64)
+    a, b = w.clone(), w.clone()
+    pen = dl.GroupLasso(1.0, groups="rows")
+    pen.decay_([a], 0.5)
+    pen.prox_([b], 0.5)
+    assert torch.equal(a, b)
+    assert (a[1] == 0).all()
+
+
+def test_prox_closed_forms_of_smooth_penalties():
+    w, ref = torch.randn(4, 3, dtype=f64), torch.randn(4, 3, dtype=f64)
+    v = w.clone()
+    dl.L2(0.5).prox_([v], 2.0)  # argmin 1/2|v-w|^2 + 2*0.5/2 |v|^2 = w / 2
+    torch.testing.assert_close(v, w / 2, rtol=1e-15, atol=0)
+    v = w.clone()
+    dl.L2SP(0.5).prox_([v], 2.0, [ref])  # (w + s*ref) / (1 + s), s = 1
+    torch.testing.assert_close(v, (w + ref) / 2, rtol=1e-14, atol=1e-15)
+
+
+def test_adam_metric_steps_are_per_coordinate():
+    # a list of per-coordinate step tensors: threshold = step_i * alpha
+    w = t64(1.0, 1.0, -1.0)
+    steps = [t64(0.5, 2.0, 1.0)]
+    dl.L1(0.5).prox_([w], steps)
+    assert torch.equal(w, t64(0.75, 0.0, -0.5))
+
+
+def test_per_coordinate_steps_that_are_constant_equal_the_float_step():
+    w = torch.randn(4, 3, dtype=f64)
+    for pen in (dl.L1(0.3), dl.ElasticNet(0.3, l1_ratio=0.5), dl.L2(0.3), dl.GroupLasso(0.3, "rows")):
+        a, b = w.clone(), w.clone()
+        pen.prox_([a], 0.5)
+        pen.prox_([b], [torch.full_like(w, 0.5)])
+        torch.testing.assert_close(a, b, rtol=1e-15, atol=1e-300)
+
+
+def test_float64_strengths_keep_their_precision():
+    alpha = torch.tensor([0.1, 0.3], dtype=f64)
+    assert dl.L1(alpha).alpha.dtype == f64
+    assert dl.L1(torch.tensor([0.1, 0.3])).alpha.dtype == torch.float32
+    w = torch.ones(2, 3, dtype=f64)
+    dl.L2(alpha).decay_([w], 0.7)
+    torch.testing.assert_close(w[:, 0], 1 - 0.7 * alpha, rtol=1e-16, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# batched strengths: alpha = tensor([a0, a1]) on [2, ...] == alpha=a0 and alpha=a1 per slice
+# ---------------------------------------------------------------------------------------
+
+A0, A1 = 0.25, 1.5  # exact in float32, as the strength tensor is stored
+
+BATCHED = {
+    "L2": (lambda a: dl.L2(a), (2, 4, 3)),
+    "L1": (lambda a: dl.L1(a), (2, 4, 3)),
+    "ElasticNet": (lambda a: dl.ElasticNet(a, l1_ratio=0.3), (2, 4, 3)),
+    "GroupLasso-rows": (lambda a: dl.GroupLasso(a, groups="rows"), (2, 4, 3)),
+    "GroupLasso-columns": (lambda a: dl.GroupLasso(a, groups="columns"), (2, 4, 3)),
+    "GroupLasso-channels": (lambda a: dl.GroupLasso(a, groups="channels"), (2, 3, 2, 2, 2)),
+    "GroupLasso-indexed": (
+        lambda a: dl.GroupLasso(a, groups=Indexed(lambda s: torch.arange(s.numel()).reshape(s) % 2)),
+        (2, 4, 3),
+    ),
+    "L2SP": (lambda a: dl.L2SP(a), (2, 4, 3)),
+}
+
+
+def _setup(name, dtype, seed=0):
+    make, shape = BATCHED[name]
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(shape, generator=g, dtype=f64) * 0.6).to(dtype)
+    ref = torch.randn(shape, generator=g, dtype=f64).to(dtype)
+    batched = make(torch.tensor([A0, A1], dtype=dtype))  # float64 strengths stay float64
+    singles = [make(A0), make(A1)]
+    return batched, singles, w, ref
+
+
+def _ctx(pen, name, w, ref):
+    if isinstance(pen, dl.L2SP):
+        return ref
+    return pen.bind(name, w)
+
+
+def _close(a, b, dtype):
+    tol = 1e-14 if dtype == f64 else 1e-6
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(BATCHED))
+def test_batched_value_and_grad(name, dtype):
+    batched, singles, w, ref = _setup(name, dtype)
+    ctx = _ctx(batched, "w", w, ref)
+    refs = [ref] if isinstance(batched, dl.L2SP) else None
+    value = batched.value([w], refs) if refs else batched.value([w])
+    parts = [
+        (p.value([w[k]], [ref[k]]) if refs else p.value([w[k]])) for k, p in enumerate(singles)
+    ]
+    _close(value, parts[0] + parts[1], dtype)
+    grad = batched.grad(w, ctx)
+    for k, p in enumerate(singles):
+        _close(grad[k], p.grad(w[k], _ctx(p, "w", w[k], ref[k])), dtype)
+
+
+@pytest.mark.parametrize("op", ["prox_", "decay_"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(BATCHED))
+def test_batched_prox_and_decay(name, dtype, op):
+    batched, singles, w, ref = _setup(name, dtype)
+    lr = 0.4
+    out = w.clone()
+    getattr(batched, op)([out], lr, [_ctx(batched, "w", w, ref)])
+    for k, p in enumerate(singles):
+        piece = w[k].clone()
+        getattr(p, op)([piece], lr, [_ctx(p, "w", w[k], ref[k])])
+        _close(out[k], piece, dtype)
+        assert torch.equal(out[k] == 0, piece == 0)
+    assert not torch.equal(out, w)
+
+
+def test_batched_strength_must_match_the_leading_dim():
+    with pytest.raises(ValueError, match="leading dimension"):
+        dl.L1(torch.tensor([0.1, 0.2])).bind("fc.weight", torch.zeros(3, 4))

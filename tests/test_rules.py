@@ -1,0 +1,275 @@
+"""Rules: which parameter gets which penalty; unwrapping; tied weights; summary; stats."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as Fn
+from torch import nn
+
+import decaylab as dl
+
+
+class Net(nn.Module):
+    """One of each kind of layer the default rule has an opinion about."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)    # weight 40
+        self.conv = nn.Conv2d(1, 2, 3)    # weight 18, bias 2
+        self.bn = nn.BatchNorm2d(2)       # weight 2, bias 2
+        self.fc1 = nn.Linear(8, 6)        # weight 48, bias 6
+        self.ln = nn.LayerNorm(6)         # weight 6, bias 6
+        self.fc2 = nn.Linear(6, 3)        # weight 18, bias 3
+
+
+ALL = ["emb.weight", "conv.weight", "conv.bias", "bn.weight", "bn.bias",
+       "fc1.weight", "fc1.bias", "ln.weight", "ln.bias", "fc2.weight", "fc2.bias"]
+BIASES = ["conv.bias", "bn.bias", "fc1.bias", "ln.bias", "fc2.bias"]
+
+
+def _sgd(model, lr=0.1):
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def _zero_grads(model):
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+
+def test_default_selection_is_linear_and_conv_weights_only():
+    net = Net()
+    opt = dl.regularize(_sgd(net), net, dl.L1(1e-3))
+    assert [b.names for b in opt.bindings] == [["conv.weight", "fc1.weight", "fc2.weight"]]
+    assert opt.unpenalized == [n for n in ALL if n not in ("conv.weight", "fc1.weight", "fc2.weight")]
+
+
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("*.bias", BIASES),
+        ("fc1.weight", ["fc1.weight"]),
+        (nn.Conv2d, ["conv.weight", "conv.bias"]),
+        (dl.norm_layers, ["bn.weight", "bn.bias", "ln.weight", "ln.bias"]),
+        (dl.embeddings, ["emb.weight"]),
+        (dl.biases, BIASES),
+        (dl.weights(nn.Linear), ["fc1.weight", "fc2.weight"]),
+        (["fc1.weight", dl.embeddings, nn.Conv2d], ["emb.weight", "conv.weight", "conv.bias", "fc1.weight"]),
+        (["*.bias", dl.norm_layers], ["conv.bias", "bn.weight", "bn.bias", "fc1.bias", "ln.weight", "ln.bias", "fc2.bias"]),
+    ],
+    ids=["glob-bias", "glob-name", "type", "norm_layers", "embeddings", "biases", "weights(Linear)",
+         "list-union", "list-overlapping"],
+)
+def test_selectors(selector, expected):
+    net = Net()
+    opt = dl.regularize(_sgd(net), net, dl.Rule(dl.L2(1e-3), params=selector))
+    assert opt.bindings[0].names == expected
+    assert opt.unpenalized == [n for n in ALL if n not in expected]
+
+
+def test_selector_by_tensor():
+    net = Net()
+    opt = dl.regularize(_sgd(net), net, dl.Rule(dl.L2(1e-3), params=net.fc2.bias))
+    assert opt.bindings[0].names == ["fc2.bias"]
+
+
+@pytest.mark.parametrize("default_first", [True, False])
+def test_explicit_rules_take_precedence_over_default(default_first):
+    """design.md's example: default L1 + GroupLasso on fc1 + explicit nothing on bias/norm."""
+    torch.manual_seed(0)
+    net = Net()
+    lr, a1, a2 = 0.1, 0.05, 0.3
+    default = dl.Rule(dl.L1(a1))
+    rest = [dl.Rule(dl.GroupLasso(a2, groups="inputs"), params="fc1.weight"),
+            dl.Rule(None, params=["*.bias", dl.norm_layers])]
+    rules = [default, *rest] if default_first else [*rest, default]
+    opt = dl.regularize(_sgd(net, lr), net, rules)
+    with torch.no_grad():
+        net.fc1.weight[:, 0] *= 0.01  # a weak input the group prox must remove
+
+    names = {b.rule.label: b.names for b in opt.bindings}
+    assert names["Linear/Conv weights"] == ["conv.weight", "fc2.weight"]
+    assert names["fc1.weight"] == ["fc1.weight"]
+    assert names["*.bias | norm_layers"] == [
+        "conv.bias", "bn.weight", "bn.bias", "fc1.bias", "ln.weight", "ln.bias", "fc2.bias"]
+    assert opt.unpenalized == ["emb.weight"]
+
+    # and the step does what the table says (zero gradients: only the penalties act)
+    with torch.no_grad():
+        net.bn.weight.fill_(0.5)  # BatchNorm defaults are 1/0; make them shrinkable
+        net.ln.weight.fill_(0.5)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    _zero_grads(net)
+    opt.step()
+    after = dict(net.named_parameters())
+    for n in ("conv.weight", "fc2.weight"):
+        assert torch.equal(after[n], Fn.softshrink(before[n], lr * a1)), n
+    w = before["fc1.weight"]  # [6 out, 8 in]: 8 input groups of size 6
+    col = w.norm(dim=0, keepdim=True)
+    expected = w * (1 - lr * a2 * math.sqrt(6) / col).clamp_min(0)
+    assert torch.allclose(after["fc1.weight"], expected, atol=1e-7)
+    assert (after["fc1.weight"].abs().sum(0) == 0).tolist() == [True] + [False] * 7
+    for n in ["emb.weight", *BIASES, "bn.weight", "ln.weight"]:
+        assert torch.equal(after[n], before[n]), n
+
+
+class _CompiledLike(nn.Module):
+    """What ``torch.compile(model)`` returns (an OptimizedModule holding ``_orig_mod``),
+    without importing dynamo, which takes several seconds."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self._orig_mod = mod
+
+    def forward(self, *args):
+        return self._orig_mod(*args)
+
+
+@pytest.mark.parametrize("wrapper", ["DataParallel", "DistributedDataParallel", "compiled", "nested"])
+def test_wrappers_are_unwrapped(wrapper, tmp_path):
+    net = nn.Sequential()
+    net.add_module("fc1", nn.Linear(4, 3))
+    net.add_module("fc2", nn.Linear(3, 2))
+    dist = None
+    if wrapper == "DataParallel":
+        model = nn.DataParallel(net)  # on a CPU-only machine it just holds .module
+    elif wrapper == "compiled":
+        model = _CompiledLike(net)
+    elif wrapper == "nested":
+        model = _CompiledLike(nn.DataParallel(net))
+    else:
+        import torch.distributed as dist
+
+        if not dist.is_available() or dist.is_initialized():
+            pytest.skip("torch.distributed unavailable or already initialized")
+        store = dist.FileStore(str(tmp_path / "store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        model = nn.parallel.DistributedDataParallel(net)
+    try:
+        assert any(n.startswith(("module.", "_orig_mod.")) for n, _ in model.named_parameters())
+        rules = [dl.Rule(dl.L1(1e-2)), dl.Rule(dl.GroupLasso(1e-2), params="fc1.weight"),
+                 dl.Rule(None, params="*.bias")]
+        opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, rules)
+        assert [b.names for b in opt.bindings] == [["fc2.weight"], ["fc1.weight"], ["fc1.bias", "fc2.bias"]]
+        assert opt.unpenalized == []
+        model(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        assert opt.steps == 1
+    finally:
+        if dist is not None:
+            dist.destroy_process_group()
+
+
+def test_tied_parameters_are_counted_once():
+    lr, alpha = 0.5, 0.25
+    a, b = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
+    b.weight = a.weight  # tied
+    model = nn.Sequential(a, nn.Tanh(), b, nn.Tanh(), a)  # and a module used twice
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model, dl.L1(alpha))
+    assert [len(b.params) for b in opt.bindings] == [1]
+    assert re.search(r"\s1\s+4\s+\S+%", dl.summary(opt).splitlines()[2])
+    with torch.no_grad():
+        a.weight.copy_(torch.tensor([[1.0, -0.75], [0.5, -0.125]]))
+    _zero_grads(model)
+    opt.step()
+    # shrunk by lr*alpha = 0.125 once, not twice
+    assert torch.equal(a.weight.detach(), torch.tensor([[0.875, -0.625], [0.375, 0.0]]))
+
+
+_ROW = re.compile(r"(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+)%\s+(\S+)$")
+
+
+def _rows(text):
+    out = {}
+    for line in text.splitlines()[2:]:
+        m = _ROW.search(line)
+        assert m, line
+        out[line[:32].strip()] = (m.group(1), int(m.group(2)), int(m.group(3)), float(m.group(4)), float(m.group(5)))
+    return out
+
+
+def test_summary_counts_tensors_and_elements():
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():
+        net.fc2.weight.zero_()
+    opt = dl.regularize(_sgd(net), net, [
+        dl.Rule(dl.L1(1e-3)),
+        dl.Rule(dl.GroupLasso(1e-3, groups="inputs"), params="fc1.weight"),
+        dl.Rule(None, params=["*.bias", dl.norm_layers]),
+    ])
+    text = dl.summary(opt)
+    assert text.splitlines()[0].split() == ["rule", "penalty", "mode", "tensors", "elements", "zeros", "L2", "norm"]
+    rows = _rows(text)
+    assert list(rows) == ["Linear/Conv weights", "fc1.weight", "*.bias | norm_layers", "(no rule)"]
+    # (mode, tensors, elements, zero %, norm)
+    conv_norm = float(net.conv.weight.detach().norm())
+    assert rows["Linear/Conv weights"][:4] == ("prox", 2, 18 + 18, 50.0)  # fc2.weight is all zero
+    assert rows["Linear/Conv weights"][4] == pytest.approx(conv_norm, rel=2e-3)
+    assert rows["fc1.weight"][:4] == ("prox", 1, 48, 0.0)
+    assert rows["*.bias | norm_layers"][:3] == ("-", 7, 2 + 2 + 2 + 6 + 6 + 6 + 3)
+    assert rows["(no rule)"][:3] == ("-", 1, 40)
+    assert "L1(alpha=0.001)" in text and "GroupLasso(alpha=" in text
+    lines = {line[:32].strip(): line for line in text.splitlines()[2:]}
+    assert " none " in lines["*.bias | norm_layers"] and " none " in lines["(no rule)"]
+
+
+def test_summary_without_free_parameters_has_no_free_row():
+    net = nn.Linear(3, 2)
+    opt = dl.regularize(_sgd(net), net, [dl.L2(1e-3), dl.Rule(None, params="bias")])
+    assert "(no rule)" not in dl.summary(opt)
+
+
+# -- stats ---------------------------------------------------------------------------
+
+def test_sparsity_of_tensors_and_of_a_model():
+    assert dl.sparsity([torch.tensor([0.0, 1.0]), torch.zeros(2, 3)]) == 7 / 8
+    assert dl.sparsity([]) == 0.0
+    net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[0.0, 1.0], [2.0, 0.0]]))
+        net[2].weight.copy_(torch.tensor([[0.0, 3.0]]))
+        net[0].bias.zero_()  # biases and norm parameters do not count
+        net[1].bias.zero_()
+    assert dl.sparsity(net) == 3 / 6
+
+
+def test_layer_stats_on_hand_made_weights():
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Conv2d(2, 3, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[3.0, 0.0, -4.0], [0.0, 0.0, 0.0]]))
+        net[2].weight.zero_()
+        net[2].weight[1, 0, 0, 0] = -2.0
+    s = dl.layer_stats(net)
+    assert list(s) == ["0.weight", "2.weight"]
+    assert s["0.weight"] == {"numel": 6, "zeros": 4, "zero_fraction": pytest.approx(4 / 6), "l1": 7.0,
+                             "l2": 5.0, "live_rows": 1, "rows": 2}
+    assert s["2.weight"] == {"numel": 6, "zeros": 5, "zero_fraction": pytest.approx(5 / 6), "l1": 2.0,
+                             "l2": 2.0, "live_rows": 1, "rows": 3}
+
+
+def test_live_groups_rows_columns_channels():
+    w = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, -2.0, 0.0], [5.0, 0.0, 0.0]])
+    assert dl.live_groups(w, "rows") == (3, 4)
+    assert dl.live_groups(w, "outputs") == (3, 4)
+    assert dl.live_groups(w, "columns") == (2, 3)
+    assert dl.live_groups(w, "inputs") == (2, 3)
+    conv = torch.zeros(4, 3, 2, 2)
+    conv[1, 2, 1, 0] = 1.0
+    conv[3, 2, 0, 0] = -1.0
+    assert dl.live_groups(conv, "channels") == (2, 4)
+    assert dl.live_groups(conv, "inputs") == (1, 3)
+    assert dl.live_groups(torch.zeros(2, 2)) == (0, 2)
+
+
+def test_surviving_inputs_linear_and_conv():
+    w = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -3.0]])
+    assert dl.surviving_inputs(w).tolist() == [False, True, False, True]
+    conv = torch.zeros(2, 3, 2, 2)
+    conv[1, 0, 1, 1] = 0.5
+    assert dl.surviving_inputs(conv).tolist() == [True, False, False]
+    conv1d = torch.zeros(2, 3, 5)
+    conv1d[0, 2, 4] = 1.0
+    assert dl.surviving_inputs(conv1d).tolist() == [False, False, True]
