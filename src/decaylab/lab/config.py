@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "schedule": "cosine",
         "device": "cpu",
         "threads": 1,  # small models train fastest on one thread; 0 = torch's default
+        "jobs": 1,  # runs trained at once in separate processes (each with `threads`)
     },
 }
 

@@ -280,6 +280,36 @@ def _final(model: nn.Module, last: dict) -> dict:
 
 
 # -- an experiment: a run folder with one run per penalty ---------------------------------
+def _load_data(cfg: dict):
+    if cfg["train"]["threads"] > 0:
+        torch.set_num_threads(cfg["train"]["threads"])
+    dc = cfg["data"]
+    return data_mod.load(dc["name"], root=dc["root"] or None, val_fraction=dc["val_fraction"],
+                         seed=cfg["seed"], download=dc["download"], n_train=dc["n_train"] or None)
+
+
+def _worker(cfg: dict, run: dict, run_dir: str) -> str:
+    """One run in a worker process (data loaded there; one result folder per run)."""
+    train_run(cfg, _load_data(cfg), run, Path(run_dir) / "runs" / run["name"])
+    return run["name"]
+
+
+def _train_parallel(cfg: dict, run_dir: Path, progress) -> None:
+    """Runs in ``train.jobs`` processes; each run is still seeded and ordered the same,
+    so results equal a sequential run. Progress is reported per finished run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(cfg["train"]["jobs"], mp_context=ctx) as pool:
+        futures = [pool.submit(_worker, cfg, run, str(run_dir)) for run in cfg["runs"]]
+        for fut in as_completed(futures):
+            name = fut.result()
+            if progress is not None:
+                rows = (run_dir / "runs" / name / "metrics.jsonl").read_text().splitlines()
+                progress(name, json.loads(rows[-1]))
+
+
 def check_runs(cfg: dict) -> None:
     """Build every penalty once so a bad strength fails before any training starts."""
     for run in cfg["runs"]:
@@ -311,14 +341,13 @@ def run_experiment(cfg: dict, command: str = "compare", progress=None, run_dir: 
     _write_json(run_dir / "config.json", {**cfg, "command": command, "versions": versions(), "created": _now()})
     state, error = "failed", None
     try:
-        if cfg["train"]["threads"] > 0:
-            torch.set_num_threads(cfg["train"]["threads"])
-        dc = cfg["data"]
-        data = data_mod.load(dc["name"], root=dc["root"] or None, val_fraction=dc["val_fraction"],
-                             seed=cfg["seed"], download=dc["download"], n_train=dc["n_train"] or None)
+        data = _load_data(cfg)
         _write_json(run_dir / "data.json", data.info())
-        for run in cfg["runs"]:
-            train_run(cfg, data, run, run_dir / "runs" / run["name"], progress)
+        if cfg["train"]["jobs"] > 1 and len(cfg["runs"]) > 1:
+            _train_parallel(cfg, run_dir, progress)
+        else:
+            for run in cfg["runs"]:
+                train_run(cfg, data, run, run_dir / "runs" / run["name"], progress)
         state = "complete"
     except KeyboardInterrupt:
         state, error = "interrupted", "interrupted by the user (Ctrl-C)"
