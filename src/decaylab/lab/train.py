@@ -180,7 +180,7 @@ class _Epochs:
                 loss = self.loss_fn(self.model(d.x_train[idx]), d.y_train[idx])
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
-                        f"run '{self.run['name']}': loss became {float(loss)} at {phase} epoch {epoch}, "
+                        f"run '{self.run['name']}': loss became {float(loss.detach())} at {phase} epoch {epoch}, "
                         f"step {self.step}; lower train.lr or the penalty strength")
                 loss.backward()
                 self.opt.step()
