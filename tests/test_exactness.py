@@ -26,15 +26,6 @@ from sklearn.linear_model import ElasticNet, Lasso, LogisticRegression  # noqa: 
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a busy 2-core box, a second intra-op thread makes backward ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------
 # torch parity on a small MLP
 # ---------------------------------------------------------------------------------------

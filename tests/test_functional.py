@@ -17,15 +17,6 @@ from decaylab.groups import Channels, Columns, Indexed, Rows
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a busy 2-core box, a second intra-op thread makes backward ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def t64(*values):
     return torch.tensor(values, dtype=f64)
 

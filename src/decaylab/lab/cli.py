@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     r = sub.add_parser("report", help="rebuild report.html from a run folder alone")
     r.add_argument("run_dir")
+    r.add_argument("--markdown", action="store_true", help="print the results as a Markdown table instead")
     return p
 
 
@@ -82,6 +83,11 @@ def _build_report(run_dir: Path, ui) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "report" and args.markdown:
+            from .console import markdown_table
+
+            print(markdown_table(Path(args.run_dir)))
+            return 0
         if args.command == "report":
             from .report import build_report
 
