@@ -2,13 +2,13 @@
 
 Two models, an MLP 784-2048-2048-10 and a LeNet-5-like CNN on 1x28x28, batch 128. For
 each, every variant gets its own copy of the same initial model and its own optimizer,
-and the variants are timed round-robin in blocks of ~10 ms (the starting variant rotates
-each round) so that drift on a noisy machine hits them all alike; each table gets a fixed
-budget of seconds, so a loaded machine gives fewer rounds, not a longer run. Reported:
-the median time per step, its interquartile range, ``x baseline`` = the median over
-rounds of the ratio to the baseline's time in the same round (the targets use this), and
-``best/best`` = fastest sample over the baseline's fastest, the cost with the least
-interference from other processes.
+and the variants are timed round-robin in blocks of ~10 ms, in a new random order each
+round, so that drift on a noisy machine hits them all alike. Each table gets a fixed
+budget of seconds (a loaded machine gives fewer rounds, not a longer run), split over
+three fresh setups (where tensors land in memory shifts a variant's speed by several
+percent). Reported: the median time per step, its interquartile range, ``x baseline`` =
+the median over rounds of the ratio to the baseline's time in the same round (the targets
+use this), and ``best/best`` = fastest sample over the baseline's fastest.
 
 * opt-step: ``opt.step()`` alone, gradients already populated;
 * train-step: forward + backward + ``opt.step()`` + ``opt.zero_grad()``;
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import random
 import statistics
 import time
 
@@ -103,9 +104,10 @@ def round_robin(fns: dict, budget_s: float, block_s: float, device: torch.device
                 min_rounds: int = 11) -> dict:
     """Per-call times of each fn, interleaved: one sample per fn per round.
 
-    Each fn is warmed up, then gets blocks of calls lasting about ``block_s``; the order
-    rotates every round; as many rounds as fit in ``budget_s`` (at least ``min_rounds``,
-    at most 301), so a loaded machine gives fewer rounds rather than a longer run.
+    Each fn is warmed up, then gets blocks of calls lasting about ``block_s``. The order
+    is shuffled every round: a fixed order gives each fn the same predecessor, whose freed
+    memory and cache state bias it. As many rounds as fit in ``budget_s`` (at least
+    ``min_rounds``, at most 301): a loaded machine gives fewer rounds, not a longer run.
     """
     names = list(fns)
     reps, per_round = {}, 0.0
@@ -116,8 +118,9 @@ def round_robin(fns: dict, budget_s: float, block_s: float, device: torch.device
         per_round += reps[n] * t
     rounds = max(min_rounds, min(301, int(budget_s / per_round)))
     samples = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+    rng = random.Random(0)
+    for _ in range(rounds):
+        for n in rng.sample(names, len(names)):
             samples[n].append(timed(fns[n], reps[n], device))
     return samples
 
@@ -172,13 +175,23 @@ def setup(make_model, device: torch.device, full: bool) -> dict:
     return fns
 
 
-def bench_model(label: str, make_model, device, budgets: tuple, block_s: float, min_rounds: int) -> dict:
-    """Both tables for one model; ``budgets`` = seconds for (opt-step, train-step)."""
+def bench_model(label: str, make_model, budgets: tuple, device, block_s: float,
+                min_rounds: int, sessions: int) -> dict:
+    """Both tables for one model; ``budgets`` = seconds for (opt-step, train-step).
+
+    The budget is split over ``sessions`` fresh setups: where a variant's tensors land in
+    memory shifts its speed by several percent, and new allocations average that out.
+    """
     results = {}
     for full, what in ((False, "opt.step() only, grads populated"),
                        (True, "train step: forward + backward + step + zero_grad")):
-        fns = setup(make_model, device, full)
-        samples = round_robin(fns, budgets[full], block_s, device, min_rounds)
+        samples: dict = {}
+        for _ in range(sessions):
+            fns = setup(make_model, device, full)
+            part = round_robin(fns, budgets[full] / sessions, block_s, device, min_rounds)
+            del fns
+            for n, v in part.items():
+                samples.setdefault(n, []).extend(v)
         results[full] = summarize(samples, VARIANTS[0][0])
         print_table(f"{label} -- {what}", results[full])
     return results
@@ -198,7 +211,8 @@ def bench_kernels(device, budget_s: float, block_s: float, min_rounds: int) -> d
         "soft_threshold_ foreach=True": lambda: F.soft_threshold_(ws, scale, foreach=True),
     }
     passes = {fns_name: p for fns_name, p in zip(fns, (2, 2, 7))}
-    stats = summarize(round_robin(fns, budget_s, block_s, device, min_rounds), "copy_ (dst <- src)")
+    samples = round_robin(fns, budget_s, block_s, device, min_rounds)
+    stats = summarize(samples, "copy_ (dst <- src)")
     nbytes = numel * src.element_size()
     print(f"\nprox kernel on the MLP's weights: {len(ws)} tensors, {numel:,} floats, "
           f"{nbytes / 1e6:.1f} MB ({next(iter(stats.values()))[5]} rounds)")
@@ -241,14 +255,16 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     # seconds of timed rounds per table: MLP step, MLP train, CNN step, CNN train, kernels
-    budgets, block_s, min_rounds = (25, 60, 12, 30, 10), 0.01, 11
+    budgets, block_s, min_rounds, sessions = (25, 60, 12, 30, 10), 0.01, 7, 3
     if args.quick:
-        budgets, block_s, min_rounds = tuple(b / 20 for b in budgets), 0.002, 3
+        budgets, block_s, min_rounds, sessions = tuple(b / 20 for b in budgets), 0.002, 3, 1
     t0 = time.perf_counter()
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {BATCH}, blocks of ~{1e3 * block_s:g} ms, {sum(budgets):g} s of timed rounds")
-    mlp_res = bench_model("MLP 784-2048-2048-10", mlp, device, budgets[0:2], block_s, min_rounds)
-    cnn_res = bench_model("CNN LeNet-5 1x28x28", cnn, device, budgets[2:4], block_s, min_rounds)
+          f"batch {BATCH}, blocks of ~{1e3 * block_s:g} ms, {sum(budgets):g} s of timed rounds, "
+          f"{sessions} fresh setups per table")
+    common = (device, block_s, min_rounds, sessions)
+    mlp_res = bench_model("MLP 784-2048-2048-10", mlp, budgets[0:2], *common)
+    cnn_res = bench_model("CNN LeNet-5 1x28x28", cnn, budgets[2:4], *common)
     kernels = bench_kernels(device, budgets[4], block_s, min_rounds)
     n_params = sum(p.numel() for p in mlp().parameters())
     report_targets(mlp_res, cnn_res, kernels, n_params)

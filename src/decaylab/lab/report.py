@@ -160,7 +160,13 @@ def _label(r):
 
 def _colored(run, keep):
     """(color, run) pairs for the runs ``keep`` accepts; a run keeps its color in every figure."""
-    return [(f"C{i % 10}", r) for i, r in enumerate(run["runs"]) if keep(r)]
+    n = len(run["runs"])
+    if n <= 10:
+        return [(f"C{i}", r) for i, r in enumerate(run["runs"]) if keep(r)]
+    from matplotlib import colormaps  # more than 10 runs: distinct colors, not a repeating cycle
+
+    cmap = colormaps["tab20"]
+    return [(cmap(i % 20), r) for i, r in enumerate(run["runs"]) if keep(r)]
 
 
 def _layers(r):
