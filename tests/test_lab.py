@@ -169,6 +169,6 @@ def test_import_decaylab_does_not_import_the_lab_or_its_dependencies():
 def test_markdown_table_lists_every_run_and_the_sparsest_close_run(run_dir, capsys):
     assert cli.main(["report", str(run_dir), "--markdown"]) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| run")]
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| run", "| ---"))]
     assert [r.split("|")[1].strip() for r in rows] == ["none", "l2", "decoupled", "l1", "elasticnet", "grouplasso"]
     assert re.search(r"Sparsest run within 0.5 points of it: `\w+` with [\d.]+% exact-zero weights", out)
