@@ -30,8 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--only", help="comma-separated run names to keep (compare)")
         c.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     r = sub.add_parser("report", help="rebuild report.html from a run folder alone")
-    r.add_argument("run_dir")
-    r.add_argument("--markdown", action="store_true", help="print the results as a Markdown table instead")
+    r.add_argument("run_dir", nargs="+", help="run folder (several with --markdown)")
+    r.add_argument("--markdown", action="store_true", help="print the results as one Markdown table instead")
     return p
 
 
@@ -86,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report" and args.markdown:
             from .console import markdown_table
 
-            print(markdown_table(Path(args.run_dir)))
+            print(markdown_table(args.run_dir))
             return 0
         if args.command == "report":
             from .report import build_report
 
-            print(f"report: {build_report(args.run_dir)}")
+            for run_dir in args.run_dir:
+                print(f"report: {build_report(run_dir)}")
             return 0
         return _experiment(args)
     except KeyboardInterrupt:

@@ -82,25 +82,20 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def markdown_table(run_dir: Path, within: float = 0.005) -> str:
-    """The run folder's results as a Markdown table, plus the sparsest run that stays within
-    ``within`` (absolute test accuracy) of the best dense run (no penalty or L2)."""
-    run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+def markdown_table(run_dirs, within: float = 0.005) -> str:
+    """Results of one or more run folders as one Markdown table, plus the sparsest run that
+    stays within ``within`` (absolute test accuracy) of the best dense run (no penalty or L2)."""
     lines = ["| run | penalty | test acc | train−test gap | exact-zero weights | inputs kept | epoch time (s) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     done = []
-    for run in cfg["runs"]:
-        d = run_dir / "runs" / run["name"]
-        if not (d / "final.json").exists():
-            lines.append(f"| {run['name']} | incomplete | | | | | |")
-            continue
-        spec, f = json.loads((d / "spec.json").read_text()), json.loads((d / "final.json").read_text())
-        done.append((run, f))
-        kept = f"{f['live_inputs']}/{f['n_inputs']}" if f["n_inputs"] else "-"
-        acc = f["test_acc"] if f["test_acc"] is not None else f["test_loss"]
-        lines.append(f"| {run['name']} | {spec['describe']} | {acc:.4f} | {f['gap']:+.4f} | "
-                     f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.1f} |")
+    for run_dir in [run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs:
+        run_dir = Path(run_dir)
+        cfg = json.loads((run_dir / "config.json").read_text())
+        for run in cfg["runs"]:
+            row = _markdown_row(run_dir / "runs" / run["name"], run)
+            lines.append(row[0])
+            if row[1] is not None:
+                done.append((run, row[1]))
     dense = [f["test_acc"] for r, f in done if r["penalty"] in ("none", "l2") and f["test_acc"] is not None]
     if dense:
         best = max(dense)
@@ -109,3 +104,13 @@ def markdown_table(run_dir: Path, within: float = 0.005) -> str:
         lines += ["", f"Best dense run (no penalty or L2): test accuracy {best:.4f}. Sparsest run within "
                       f"{within * 100:.1f} points of it: `{name}` with {z:.1%} exact-zero weights."]
     return "\n".join(lines)
+
+
+def _markdown_row(d: Path, run: dict):
+    if not (d / "final.json").exists():
+        return f"| {run['name']} | incomplete | | | | | |", None
+    spec, f = json.loads((d / "spec.json").read_text()), json.loads((d / "final.json").read_text())
+    kept = f"{f['live_inputs']}/{f['n_inputs']}" if f["n_inputs"] else "-"
+    acc = f["test_acc"] if f["test_acc"] is not None else f["test_loss"]
+    return (f"| {run['name']} | {spec['describe']} | {acc:.4f} | {f['gap']:+.4f} | "
+            f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.1f} |"), f

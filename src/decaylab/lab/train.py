@@ -65,6 +65,8 @@ def describe(run: dict) -> str:
         text += f", warm-up {run['warmup_epochs']} ep"
     if run["finetune_epochs"]:
         text += f", fine-tune {run['finetune_epochs']} ep"
+        if run["finetune_lr"]:
+            text += f" at lr {run['finetune_lr']:g}"
     return text
 
 
