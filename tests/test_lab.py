@@ -172,3 +172,22 @@ def test_markdown_table_lists_every_run_and_the_sparsest_close_run(run_dir, caps
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| run", "| ---"))]
     assert [r.split("|")[1].strip() for r in rows] == ["none", "l2", "decoupled", "l1", "elasticnet", "grouplasso"]
     assert re.search(r"Sparsest run within 0.5 points of it: `\w+` with [\d.]+% exact-zero weights", out)
+
+
+@pytest.mark.parametrize("data_name, model, metric", [
+    ("digits", "cnn", "test_acc"),        # conv first layer: no per-pixel input mask
+    ("diabetes", "mlp", "test_loss"),      # regression: accuracy is null, loss is reported
+    ("mnist1d", "linear", "test_acc"),
+])
+def test_other_models_and_data_sets_train_end_to_end(tmp_path, data_name, model, metric):
+    args = ["compare", "--out", str(tmp_path), "--name", "x", "--quiet", "--only", "none,l1"]
+    for item in [f'data.name="{data_name}"', f'model.kind="{model}"', "train.epochs=1", "model.hidden=[8]"]:
+        args += ["--set", item]
+    assert cli.main(args) == 0
+    final = json.loads((tmp_path / "x" / "runs" / "l1" / "final.json").read_text())
+    assert final[metric] is not None and final["zeros"] > 0
+    if model == "cnn":
+        assert final["input_mask"] is None and "conv1.weight" in final["layers"]
+    if data_name == "diabetes":
+        assert final["test_acc"] is None
+    assert (tmp_path / "x" / "report.html").exists()

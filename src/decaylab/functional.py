@@ -22,6 +22,7 @@ Tests check the two paths agree. Numerics never overshoot: shrink factors are cl
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import torch
@@ -193,11 +194,19 @@ def group_soft_threshold_(
     _check_scale(scale)
     for i, (w, grouping) in enumerate(zip(tensors, groupings)):
         norms, sizes = grouping.norms(w)
+        s = per_tensor(scale, i, w)
+        if isinstance(sizes, int) and isinstance(s, (int, float)):
+            # Fast path, in place on the small norms tensor: relu(1 - t/||w_g||); a zero
+            # norm gives 1/0 = inf -> -inf -> 0, never NaN (t > 0 here).
+            t = math.sqrt(sizes) * s
+            if t > 0:
+                w.mul_(norms.reciprocal_().mul_(-t).add_(1.0).clamp_min_(0.0).to(w.dtype))
+            continue
         # factor = relu(1 - t*sqrt|g|/||w_g||); a zero group stays zero, never NaN.
         # An int group size stays a CPU scalar: a scalar copied to the GPU would be a
         # blocking copy, i.e. one stream sync per tensor. (Indexed sizes are already there.)
         factor = torch.as_tensor(sizes, dtype=norms.dtype).sqrt()
-        factor = factor * per_tensor(scale, i, w)
+        factor = factor * s
         factor = torch.where(norms > 0, 1.0 - factor / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
         w.mul_(factor.clamp_min_(0.0).to(w.dtype))
 
