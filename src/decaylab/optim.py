@@ -82,6 +82,7 @@ class Regularized(torch.optim.Optimizer):
         free = set(self.unpenalized)
         self.unpenalized_params = {n: p for n, p, _ in named_params(model) if n in free}
         self._buckets = self._build_buckets()
+        self._by_mode = {m: [b for b in self._buckets if b.rule.mode == m] for m in ("coupled", "decoupled", "prox")}
         self._steps = 0
         self._comp: dict[int, Tensor] = {}  # global param index -> fp32 rounding residual
         self._index = {id(p): i for i, p in enumerate(self._all_params())}
@@ -162,9 +163,7 @@ class Regularized(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        by_mode = {"coupled": [], "decoupled": [], "prox": []}
-        for b in self._buckets:
-            by_mode[b.rule.mode].append(b)
+        by_mode = self._by_mode
         for b in by_mode["coupled"]:
             self._couple(b)
         for b in by_mode["decoupled"]:
