@@ -234,8 +234,12 @@ class Regularized(torch.optim.Optimizer):
             v = st.get("max_exp_avg_sq") if group.get("amsgrad") else st.get("exp_avg_sq")
             if v is None:
                 raise ValueError(f"metric='adam': no exp_avg_sq state for a parameter of {type(self.optimizer).__name__}")
-            bc2 = 1.0 - beta2 ** float(st["step"])
-            out.append(step / (v.sqrt() / math.sqrt(bc2) + eps))
+            t = st["step"]
+            if isinstance(t, Tensor) and t.device.type != "cpu":  # fused/capturable: no host sync
+                root_bc2 = (1.0 - torch.pow(beta2, t.double())).sqrt().to(v.dtype)
+            else:
+                root_bc2 = math.sqrt(1.0 - beta2 ** float(t))
+            out.append(v.sqrt().div_(root_bc2).add_(eps).reciprocal_().mul_(step))
         return out
 
     # -- introspection and checkpoints -----------------------------------------------

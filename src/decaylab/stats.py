@@ -94,7 +94,8 @@ def summary(opt) -> str:
     lines = [head, "-" * len(head)]
     for b in opt.bindings:
         pen = repr(b.rule.penalty) if b.rule.penalty is not None else "none"
-        lines.append(_row(b.rule.label, pen, b.rule.mode if b.rule.penalty else "-", b.params))
+        mode = b.rule.mode + ("/adam" if b.rule.metric == "adam" else "") if b.rule.penalty else "-"
+        lines.append(_row(b.rule.label, pen, mode, b.params))
     free = list(getattr(opt, "unpenalized_params", {}).values())
     if free:
         lines.append(_row("(no rule)", "none", "-", free))

@@ -231,6 +231,7 @@ def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None) -> dict:
     rules = make_rules(run, model, steps_per_epoch)
     if rules is not None:
         opt = dl.regularize(opt, model, rules)
+        (run_dir / "rules.txt").write_text(dl.summary(opt) + "\n")
     sched = _cosine(opt, tr["epochs"]) if tr["schedule"] == "cosine" else None
     ctx = {"cfg": cfg, "data": data, "epoch_offset": 0,
            "batch_gen": torch.Generator().manual_seed(cfg["seed"])}
