@@ -134,7 +134,7 @@ def soft_threshold_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | 
         if isinstance(s, Tensor):
             w.sub_(torch.minimum(torch.maximum(w, -s), s))
         else:
-            torch._C._nn.softshrink(w, s, out=w)  # one read, one write
+            torch.ops.aten.softshrink.out(w, s, out=w)  # in place: one read, one write
 
 
 def elastic_net_prox_(

@@ -113,4 +113,4 @@ def _markdown_row(d: Path, run: dict):
     kept = f"{f['live_inputs']}/{f['n_inputs']}" if f["n_inputs"] else "-"
     acc = f["test_acc"] if f["test_acc"] is not None else f["test_loss"]
     return (f"| {run['name']} | {spec['describe']} | {acc:.4f} | {f['gap']:+.4f} | "
-            f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.1f} |"), f
+            f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.3g} |"), f
