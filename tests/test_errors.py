@@ -77,7 +77,7 @@ CASES = [
     pytest.param(lambda: dl.Rule(dl.L1(1e-3), mode="proximal"), r"unknown mode 'proximal'.*'prox', 'decoupled', 'coupled'",
                  id="mode"),
     pytest.param(lambda: dl.Rule(dl.L1(1e-3), metric="fisher"), r"unknown metric 'fisher'.*'lr', 'adam'", id="metric"),
-    pytest.param(lambda: dl.Rule(dl.L2(1e-3), metric="adam"),
+    pytest.param(lambda: dl.Rule(dl.L2(1e-3), mode="decoupled", metric="adam"),
                  r"metric='adam' applies to mode='prox' only, got mode='decoupled'", id="adam-metric-decoupled"),
     pytest.param(lambda: dl.Rule("L1"), r"Rule needs a Penalty or None, got 'L1'", id="rule-not-penalty"),
     pytest.param(lambda: dl.GroupLasso(1e-3, groups="neuronz"), r"unknown grouping 'neuronz'.*'channels'", id="grouping"),

@@ -273,3 +273,8 @@ def test_surviving_inputs_linear_and_conv():
     conv1d = torch.zeros(2, 3, 5)
     conv1d[0, 2, 4] = 1.0
     assert dl.surviving_inputs(conv1d).tolist() == [False, False, True]
+
+
+def test_adam_metric_implies_prox_mode_when_no_mode_is_given():
+    assert dl.Rule(dl.L2(1e-3), metric="adam").mode == "prox"
+    assert dl.Rule(dl.L2(1e-3)).mode == "decoupled"

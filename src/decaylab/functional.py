@@ -131,7 +131,13 @@ def soft_threshold_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | 
         return
     for i, w in enumerate(tensors):
         s = per_tensor(scale, i, w)
-        if isinstance(s, Tensor):
+        if isinstance(s, Tensor) and s.shape == w.shape and s.dtype == w.dtype:
+            # per-coordinate threshold: w - clamp(w, -s, s) with a single temporary (on CPUs
+            # each fresh weight-sized tensor costs page faults)
+            clipped = torch.neg(s)
+            torch.minimum(torch.maximum(w, clipped, out=clipped), s, out=clipped)
+            w.sub_(clipped)
+        elif isinstance(s, Tensor):
             w.sub_(torch.minimum(torch.maximum(w, -s), s))
         else:
             torch.ops.aten.softshrink.out(w, s, out=w)  # in place: one read, one write

@@ -85,6 +85,7 @@ class Regularized(torch.optim.Optimizer):
         self._by_mode = {m: [b for b in self._buckets if b.rule.mode == m] for m in ("coupled", "decoupled", "prox")}
         self._steps = 0
         self._comp: dict[int, Tensor] = {}  # global param index -> fp32 rounding residual
+        self._buffers: dict[int, Tensor] = {}  # global param index -> Adam-metric step buffer
         self._index = {id(p): i for i, p in enumerate(self._all_params())}
         self._warn_double_decay()
 
@@ -220,6 +221,15 @@ class Regularized(torch.optim.Optimizer):
             self._comp[i] = torch.zeros_like(p, dtype=torch.float32)
         return self._comp[i]
 
+    def _scratch(self, p: Tensor) -> Tensor:
+        """A per-parameter buffer for the Adam-metric step sizes (kept between steps)."""
+        i = self._index[id(p)]
+        buf = self._buffers.get(i)
+        if buf is None or buf.shape != p.shape:
+            dtype = torch.promote_types(p.dtype, torch.float32)
+            buf = self._buffers[i] = torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+        return buf
+
     def _adam_steps(self, group_index: int, params, step: float) -> list[Tensor]:
         group = self.optimizer.param_groups[group_index]
         if "betas" not in group or "eps" not in group:
@@ -239,7 +249,10 @@ class Regularized(torch.optim.Optimizer):
                 root_bc2 = (1.0 - torch.pow(beta2, t.double())).sqrt().to(v.dtype)
             else:
                 root_bc2 = math.sqrt(1.0 - beta2 ** float(t))
-            out.append(v.sqrt().div_(root_bc2).add_(eps).reciprocal_().mul_(step))
+            # into a kept buffer: on CPUs a fresh weight-sized tensor each step costs page
+            # faults that take longer than the arithmetic
+            buf = self._scratch(p)
+            out.append(torch.sqrt(v, out=buf).div_(root_bc2).add_(eps).reciprocal_().mul_(step))
         return out
 
     # -- introspection and checkpoints -----------------------------------------------

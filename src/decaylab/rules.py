@@ -120,8 +120,9 @@ class Rule:
     def __post_init__(self):
         if self.penalty is not None and not isinstance(self.penalty, Penalty):
             raise ValueError(f"Rule needs a Penalty or None, got {self.penalty!r}")
-        if self.mode is None:
-            self.mode = self.penalty.default_mode if self.penalty is not None else "prox"
+        if self.mode is None:  # metric="adam" is a prox metric, so it implies mode="prox"
+            default = self.penalty.default_mode if self.penalty is not None else "prox"
+            self.mode = "prox" if self.metric == "adam" else default
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r} in rule for {self.penalty!r}; use one of {MODES}")
         if self.metric not in METRICS:
