@@ -26,8 +26,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .penalties import Penalty
-from .penalties import L2SP
+from .penalties import L2SP, Penalty, ScratchSteps
 from .rules import Rule, named_params, resolve
 
 __all__ = ["regularize", "Regularized"]
@@ -238,7 +237,7 @@ class Regularized(torch.optim.Optimizer):
                 f"{type(self.optimizer).__name__} has no betas/eps; use metric='lr'"
             )
         beta2, eps = group["betas"][1], group["eps"]
-        out = []
+        out = ScratchSteps()
         for p in params:
             st = self.optimizer.state.get(p, {})
             v = st.get("max_exp_avg_sq") if group.get("amsgrad") else st.get("exp_avg_sq")

@@ -55,12 +55,19 @@ def check_strength(alpha, what: str) -> float | Tensor:
     return value
 
 
+class ScratchSteps(list):
+    """Per-tensor step sizes in buffers the caller gives away (the wrapper's Adam-metric
+    steps): penalties may scale them in place instead of allocating new tensors."""
+
+
 def _scale(step, alpha):
     """step * alpha, where step is a float or a list of per-tensor tensors."""
     if isinstance(step, (int, float)):
         return step * alpha
     if isinstance(alpha, Tensor):
         return [s * F.per_tensor(alpha, 0, s) for s in step]
+    if isinstance(step, ScratchSteps):
+        return [s.mul_(alpha) for s in step]  # same rounding as s * alpha
     return [s * alpha for s in step]
 
 
