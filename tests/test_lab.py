@@ -191,3 +191,21 @@ def test_other_models_and_data_sets_train_end_to_end(tmp_path, data_name, model,
     if data_name == "diabetes":
         assert final["test_acc"] is None
     assert (tmp_path / "x" / "report.html").exists()
+
+
+def test_the_example_training_loop_runs_and_sparsifies(capsys):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    try:
+        import own_loop
+    finally:
+        sys.path.pop(0)
+    out = own_loop.main(epochs=3)
+    assert out["sparsity"] > 0.05 and out["kept"] < 64 and out["acc"] > 0.8
+    assert "(no rule)" not in capsys.readouterr().out  # biases are named by an explicit rule
+
+
+def test_the_example_train_config_is_valid():
+    cfg = config.resolve(config.load_file(Path(__file__).parents[1] / "experiments" / "digits_l1.toml"), command="train")
+    assert cfg["runs"][0]["penalty"] == "l1" and cfg["runs"][0]["finetune_epochs"] == 5
+    cfg = config.resolve(config.load_file(Path(__file__).parents[1] / "experiments" / "fashion_mnist_lenet300.toml"))
+    assert len(cfg["runs"]) == 20
