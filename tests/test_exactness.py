@@ -56,6 +56,18 @@ def _train_pair(ours, ref_model, reference, model, steps=30, schedulers=()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m: f"step {step}, {name}: {m}")
 
 
+def _train_plain(make_opt, steps=30):
+    """The same MLP and data trained with no decaylab at all (to show the decay mattered)."""
+    plain = _mlp()
+    opt = make_opt(plain.parameters())
+    x, y = _data()
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(plain(x), y).backward()
+        opt.step()
+    return plain
+
+
 def _moved_apart(model, other, atol=1e-4):
     return any(not torch.allclose(p, q, atol=atol) for p, q in zip(model.parameters(), other.parameters()))
 
@@ -73,13 +85,7 @@ def test_coupled_l2_sgd_equals_torch_weight_decay(momentum, nesterov):
     reference = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd)
     _train_pair(ours, ref_model, reference, model)
     # the decay mattered: without it the trajectory is elsewhere
-    plain = _mlp()
-    opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov)
-    x, y = _data()
-    for _ in range(30):
-        opt.zero_grad()
-        nn.functional.cross_entropy(plain(x), y).backward()
-        opt.step()
+    plain = _train_plain(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=momentum, nesterov=nesterov))
     assert _moved_apart(model, plain)
 
 
@@ -106,13 +112,7 @@ def test_decoupled_l2_adam_equals_adamw(foreach, scheduled):
     if scheduled:
         assert ours.param_groups[0]["lr"] == pytest.approx(lr * 0.3**4)
     # and the weight decay was real: Adam without it ends elsewhere
-    plain = _mlp()
-    opt = torch.optim.Adam(plain.parameters(), lr=lr)
-    x, y = _data()
-    for _ in range(30):
-        opt.zero_grad()
-        nn.functional.cross_entropy(plain(x), y).backward()
-        opt.step()
+    plain = _train_plain(lambda ps: torch.optim.Adam(ps, lr=lr))
     assert _moved_apart(model, plain)
 
 

@@ -10,10 +10,15 @@ from torch import Tensor, nn
 from .groups import Columns, Rows
 from .rules import default_selection, named_params
 
-__all__ = ["sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary"]
+__all__ = ["sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary", "selected_weights"]
 
 
-def _penalized_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
+def selected_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """(name, weight) of the default selection: the Linear/Conv weights.
+
+    >>> [n for n, _ in selected_weights(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))]
+    ['0.weight']
+    """
     return [(n, p) for n, p, m in named_params(model) if default_selection(n, p, m)]
 
 
@@ -26,7 +31,7 @@ def sparsity(tensors: nn.Module | Iterable[Tensor]) -> float:
     0.5
     """
     if isinstance(tensors, nn.Module):
-        tensors = [p for _, p in _penalized_weights(tensors)]
+        tensors = [p for _, p in selected_weights(tensors)]
     zeros = total = 0
     for t in tensors:
         zeros += int((t.detach() == 0).sum())
@@ -66,7 +71,7 @@ def layer_stats(model: nn.Module) -> dict[str, dict]:
     (6, 2)
     """
     out = {}
-    for name, p in _penalized_weights(model):
+    for name, p in selected_weights(model):
         w = p.detach()
         live, rows = Rows().live(w)
         out[name] = {

@@ -71,11 +71,17 @@ class Console:
                 t.add_row(spec["name"], spec["describe"], "incomplete", "", "", "", "")
                 continue
             f = json.loads(final_file.read_text())
-            acc = f["test_acc"] if f["test_acc"] is not None else f["test_loss"]
-            kept = f"{f['live_inputs']}/{f['n_inputs']}" if f["n_inputs"] else "-"
+            acc, kept = _acc_and_kept(f)
             t.add_row(spec["name"], spec["describe"], _num(acc), f"{f['gap']:+.3f}", f"{f['zero_fraction']:.1%}",
                       kept, f"{f.get('mean_epoch_time', 0):.2f}")
         self.out.print(t)
+
+
+def _acc_and_kept(final: dict) -> tuple[float, str]:
+    """Test accuracy (test loss for regression) and "live/all" inputs of a final.json."""
+    acc = final["test_acc"] if final["test_acc"] is not None else final["test_loss"]
+    kept = f"{final['live_inputs']}/{final['n_inputs']}" if final["n_inputs"] else "-"
+    return acc, kept
 
 
 def _num(x) -> str:
@@ -110,7 +116,6 @@ def _markdown_row(d: Path, run: dict):
     if not (d / "final.json").exists():
         return f"| {run['name']} | incomplete | | | | | |", None
     spec, f = json.loads((d / "spec.json").read_text()), json.loads((d / "final.json").read_text())
-    kept = f"{f['live_inputs']}/{f['n_inputs']}" if f["n_inputs"] else "-"
-    acc = f["test_acc"] if f["test_acc"] is not None else f["test_loss"]
+    acc, kept = _acc_and_kept(f)
     return (f"| {run['name']} | {spec['describe']} | {acc:.4f} | {f['gap']:+.4f} | "
             f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.3g} |"), f

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import decaylab as dl
-from decaylab.rules import default_selection, named_params
+from decaylab.stats import selected_weights
 
 from . import data as data_mod
 from .models import build_model
@@ -128,7 +128,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> t
 
 def weight_stats(model: nn.Module) -> dict:
     """Norms, exact zeros per layer, live inputs: over the Linear/Conv weights."""
-    ws = [p.detach() for n, p, m in named_params(model) if default_selection(n, p, m)]
+    ws = [p.detach() for _, p in selected_weights(model)]
     zeros = sum(int((w == 0).sum()) for w in ws)
     numel = sum(w.numel() for w in ws)
     layers = {k: {f: v[f] for f in ("numel", "zeros", "zero_fraction", "live_rows", "rows")}
@@ -149,7 +149,7 @@ def weight_stats(model: nn.Module) -> dict:
 
 
 def histogram(model: nn.Module, bins: int = 81) -> dict:
-    w = torch.cat([p.detach().flatten().double() for n, p, m in named_params(model) if default_selection(n, p, m)])
+    w = torch.cat([p.detach().flatten().double() for _, p in selected_weights(model)])
     edge = float(w.abs().max()) or 1.0
     counts = torch.histc(w, bins=bins, min=-edge, max=edge)
     edges = torch.linspace(-edge, edge, bins + 1)
@@ -203,8 +203,9 @@ class _Epochs:
             loss, acc = evaluate(self.model, getattr(d, f"x_{split}"), getattr(d, f"y_{split}"), d.task)
             row[f"{split}_loss"], row[f"{split}_acc"] = loss, acc
         stats = weight_stats(self.model)
-        stats.pop("input_mask"), stats.pop("zeros"), stats.pop("weights")
-        row.update(stats, lr=float(lr), epoch_time=seconds)
+        self.ctx["last_stats"] = stats  # final.json reuses them: the weights do not change after
+        row.update({k: v for k, v in stats.items() if k not in ("input_mask", "zeros", "weights")},
+                   lr=float(lr), epoch_time=seconds)
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
         self.ctx["last"] = row
@@ -241,7 +242,7 @@ def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None) -> dict:
         if run["finetune_epochs"] > 0:
             _finetune(loop, model, run, tr)
     torch.save(model.state_dict(), run_dir / "model.pt")
-    final = _final(model, ctx["last"])
+    final = _final(model, ctx["last"], ctx["last_stats"])
     final["mean_epoch_time"] = sum(loop.times) / max(len(loop.times), 1)
     _write_json(run_dir / "final.json", final)
     return final
@@ -249,7 +250,7 @@ def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None) -> dict:
 
 def _finetune(loop: _Epochs, model: nn.Module, run: dict, tr: dict) -> None:
     """Retrain the surviving weights with the penalty off and the zeros held at zero."""
-    masks = [(p, p.detach() != 0) for n, p, m in named_params(model) if default_selection(n, p, m)]
+    masks = [(p, p.detach() != 0) for _, p in selected_weights(model)]
     lr = run["finetune_lr"] or tr["lr"] * 0.1
     loop.opt = make_optimizer(tr, model.parameters(), lr=lr)
     sched = _cosine(loop.opt, run["finetune_epochs"]) if tr["schedule"] == "cosine" else None
@@ -263,8 +264,7 @@ def _finetune(loop: _Epochs, model: nn.Module, run: dict, tr: dict) -> None:
     loop.run_phase("finetune", run["finetune_epochs"], sched, after_step=hold_zeros)
 
 
-def _final(model: nn.Module, last: dict) -> dict:
-    stats = weight_stats(model)
+def _final(model: nn.Module, last: dict, stats: dict) -> dict:
     acc_gap = None
     if last["train_acc"] is not None:
         acc_gap = last["train_acc"] - last["test_acc"]
