@@ -168,11 +168,48 @@ class Regularized(torch.optim.Optimizer):
             self._couple(b)
         for b in by_mode["decoupled"]:
             self._apply(b, "decay_")
-        self.optimizer.step()
+        if closure is None:
+            self.optimizer.step()
+        else:  # LBFGS and friends need it; most optimizers call it once and get `loss`
+            self.optimizer.step(self._inner_closure(closure, loss))
         for b in by_mode["prox"]:
             self._apply(b, "prox_")
         self._steps += 1
         return loss
+
+    def _inner_closure(self, closure: Callable[[], Tensor], loss) -> Callable[[], Tensor]:
+        """The closure the inner optimizer sees: its first call returns the loss already
+        computed (one evaluation, as torch's optimizers do); each further call (LBFGS's
+        iterations and line search) re-evaluates the user's closure and adds the coupled
+        rules' gradients again, and every call adds their value, so the inner optimizer
+        minimizes loss + coupled penalties consistently."""
+        coupled = self._by_mode["coupled"]
+        calls = 0
+
+        def inner():
+            nonlocal calls
+            calls += 1
+            value = loss
+            if calls > 1:
+                with torch.enable_grad():
+                    value = closure()
+                with torch.no_grad():
+                    for b in coupled:
+                        self._couple(b)
+            if coupled and value is not None:
+                with torch.no_grad():
+                    value = value + self._coupled_value()
+            return value
+
+        return inner
+
+    def _coupled_value(self) -> Tensor:
+        total = 0.0
+        for b in self._by_mode["coupled"]:
+            pen = b.rule.penalty
+            v = pen.value(b.params, b.ctxs) if isinstance(pen, L2SP) else pen.value(b.params)
+            total = total + v * self._multiplier(b.rule)
+        return total
 
     def _multiplier(self, rule: Rule) -> float:
         if rule.schedule is None:
@@ -278,6 +315,13 @@ class Regularized(torch.optim.Optimizer):
             "steps": self._steps,
             "residuals": {i: c.clone() for i, c in self._comp.items()},
             "alphas": [b.rule.penalty.alpha if b.rule.penalty is not None else None for b in self.bindings],
+            # L2-SP snapshots (reference=None) of the starting weights: a resumed run must
+            # keep pulling toward them, not toward the weights it resumed from
+            "references": {
+                i: [r.clone() for r in b.ctxs]
+                for i, b in enumerate(self.bindings)
+                if isinstance(b.rule.penalty, L2SP) and b.rule.penalty.reference is None
+            },
         }
         return sd
 
@@ -293,6 +337,9 @@ class Regularized(torch.optim.Optimizer):
         for b, alpha in zip(self.bindings, extra["alphas"]):
             if b.rule.penalty is not None and alpha is not None:
                 b.rule.penalty.alpha = alpha
+        for i, refs in extra.get("references", {}).items():
+            for ref, saved in zip(self.bindings[int(i)].ctxs, refs):
+                ref.copy_(saved)  # in place: the penalty holds the same tensors
 
     def __repr__(self) -> str:
         rules = ", ".join(f"{b.rule.penalty!r}:{b.rule.mode} on {len(b.params)}" for b in self.bindings)
@@ -300,6 +347,13 @@ class Regularized(torch.optim.Optimizer):
 
     def __getstate__(self):
         return self.__dict__
+
+    def __setstate__(self, state):
+        # a copy (deepcopy, pickle, torch.save) holds new parameter objects with new ids:
+        # rebuild the id-keyed index so the residual and step buffers follow them
+        self.__dict__.update(state)
+        self._patch_step_function()
+        self._index = {id(p): i for i, p in enumerate(self._all_params())}
 
 
 def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_rules) -> Regularized:

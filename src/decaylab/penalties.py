@@ -315,7 +315,9 @@ class L2SP(Penalty):
     def __init__(self, alpha, reference: Mapping[str, Tensor] | None = None):
         super().__init__(alpha)
         self.reference = reference
-        self._bound: dict[int, Tensor] = {}
+        # keyed by the parameter itself (hash = identity): a deepcopy or pickle of the
+        # penalty with its parameters maps the keys to the copies; id(param) would not
+        self._bound: dict[Tensor, Tensor] = {}
 
     def bind(self, name, param):
         super().bind(name, param)
@@ -334,14 +336,14 @@ class L2SP(Penalty):
                     f"has shape {tuple(param.shape)}; pass the matching pretrained weights"
                 )
             ref = ref.to(device=param.device, dtype=param.dtype).clone()
-        self._bound[id(param)] = ref
+        self._bound[param] = ref
         return ref
 
     def _refs(self, tensors, references):
         if references is not None:
             return references
         try:
-            return [self._bound[id(w)] for w in tensors]
+            return [self._bound[w] for w in tensors]
         except KeyError:
             raise ValueError("L2SP.value() needs references= for tensors not bound by regularize()") from None
 
