@@ -155,6 +155,26 @@ def test_group_lasso_grad_of_a_zero_group_is_zero_not_nan():
     torch.testing.assert_close(g[1], torch.full((4,), 0.5 * 2.0, dtype=f64))  # unit * sqrt(4)
 
 
+@pytest.mark.parametrize("groups", ["rows", "columns", lambda s: torch.arange(s.numel()).reshape(s) // s[1]],
+                         ids=["rows", "columns", "function"])
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_group_lasso_value_has_finite_gradients_at_a_zero_group(groups, dtype):
+    # an exactly-zero group is what the prox produces; its subgradient 0 is the one to take
+    w = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]], dtype=dtype, requires_grad=True)
+    if groups == "columns":
+        w = torch.tensor([[0.0, 3.0], [0.0, 0.0], [0.0, 4.0]], dtype=dtype, requires_grad=True)
+    (g,) = torch.autograd.grad(dl.GroupLasso(2.0, groups=groups).value([w]), w)
+    assert torch.isfinite(g).all()
+    zero_group = (w == 0).all(dim=1 if groups != "columns" else 0)
+    live = w[1] if groups != "columns" else w[:, 1]
+    if groups == "columns":
+        assert (g[:, zero_group] == 0).all()
+        torch.testing.assert_close(g[:, 1], 2.0 * math.sqrt(3) * live.detach() / 5)
+    else:
+        assert (g[zero_group] == 0).all()
+        torch.testing.assert_close(g[1], 2.0 * math.sqrt(3) * live.detach() / 5)
+
+
 # ---------------------------------------------------------------------------------------
 # decay_: an explicit step w - t * grad R(w), clamped when it would cross 0 / the reference
 # ---------------------------------------------------------------------------------------

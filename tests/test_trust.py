@@ -136,7 +136,7 @@ def test_l2sp_snapshot_is_saved_and_restored():
     model2.weight.grad = torch.zeros_like(model2.weight)
     opt2.step()  # pull toward the original w0 by lr * alpha = 1/4 of the way
     torch.testing.assert_close(model2.weight.detach(), (w0 + 1.0) - 0.25 * 1.0, rtol=0, atol=1e-6)
-    assert float(opt2.penalty_value()) == pytest.approx(0.5 * alpha * 6 * 0.75**2, rel=1e-5)
+    assert float(opt2.penalty_value().detach()) == pytest.approx(0.5 * alpha * 6 * 0.75**2, rel=1e-5)
 
 
 def test_l2sp_with_given_reference_is_not_duplicated_in_the_state_dict():

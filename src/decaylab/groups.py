@@ -144,7 +144,10 @@ class Indexed(Grouping):
         flat = w.reshape(-1, ids.numel()).to(torch.promote_types(w.dtype, torch.float32))
         n_groups = int(ids.max()) + 1 if ids.numel() else 0
         sq = flat.new_zeros(flat.shape[0], n_groups).index_add_(1, ids, flat * flat)
-        norms = sq.sqrt()[:, ids].reshape(w.shape)
+        # sqrt has an infinite derivative at 0 (NaN gradients of value() at a zero group,
+        # which the prox produces): take the subgradient 0 there instead
+        root = torch.where(sq > 0, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), 0.0)
+        norms = root[:, ids].reshape(w.shape)
         sizes = torch.bincount(ids, minlength=n_groups)[ids].reshape(inner).to(norms.dtype)
         return norms, sizes
 
