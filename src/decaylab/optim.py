@@ -364,8 +364,8 @@ def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_ru
             ``weight_decay=0``; the rules now own regularization).
         model: the module whose parameter names the rules match (DDP / ``torch.compile``
             wrappers are unwrapped).
-        penalty_or_rules: a Penalty (applied to the default selection: Linear/Conv
-            weights), a Rule, or a list of them.
+        penalty_or_rules: a Penalty (applied to the default selection: trainable weights
+            of 2 or more dimensions except biases, norms and embeddings), a Rule, or a list.
 
     Returns:
         A :class:`Regularized` optimizer; the training loop does not change.

@@ -323,13 +323,8 @@ class L2SP(Penalty):
         super().bind(name, param)
         if self.reference is None:
             ref = param.detach().clone()
-        elif name not in self.reference:
-            raise ValueError(
-                f"L2SP reference has no entry for '{name}'; pass a state_dict that contains it, "
-                f"or exclude '{name}' from this rule"
-            )
         else:
-            ref = torch.as_tensor(self.reference[name]).detach()
+            ref = torch.as_tensor(self._lookup(name)).detach()
             if ref.shape != param.shape:
                 raise ValueError(
                     f"L2SP reference for '{name}' has shape {tuple(ref.shape)} but the parameter "
@@ -338,6 +333,23 @@ class L2SP(Penalty):
             ref = ref.to(device=param.device, dtype=param.dtype).clone()
         self._bound[param] = ref
         return ref
+
+    def _lookup(self, name: str):
+        """The reference for ``name``, also under a DDP (``module.``) or compiled
+        (``_orig_mod.``) model's key, as in that model's ``state_dict()``."""
+        if name in self.reference:
+            return self.reference[name]
+        from .rules import strip_wrappers
+
+        for key in self.reference:
+            if isinstance(key, str) and strip_wrappers(key) == name:
+                return self.reference[key]
+        keys = [k for k in self.reference if isinstance(k, str)]
+        shown = ", ".join(repr(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+        raise ValueError(
+            f"L2SP reference has no entry for '{name}' (its keys are {shown or 'none'}); pass a "
+            f"state_dict that contains it, or exclude '{name}' from this rule"
+        )
 
     def _refs(self, tensors, references):
         if references is not None:
