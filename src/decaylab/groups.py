@@ -122,7 +122,16 @@ class Indexed(Grouping):
         return Indexed(self.fn, batch_dims)
 
     def _ids(self, shape: Sequence[int], device=None) -> Tensor:
-        ids = torch.as_tensor(self.fn(torch.Size(shape)), device=device)
+        ids = self.fn(torch.Size(shape))
+        if not isinstance(ids, Tensor):
+            try:
+                ids = torch.as_tensor(ids)
+            except (TypeError, RuntimeError, ValueError):
+                raise ValueError(
+                    f"a grouping function must return an integer tensor of shape {tuple(shape)}, "
+                    f"got {ids!r}"
+                ) from None
+        ids = ids.to(device) if device is not None else ids
         if tuple(ids.shape) != tuple(shape) or ids.dtype not in (torch.int32, torch.int64):
             raise ValueError(
                 f"a grouping function must return an integer tensor of shape {tuple(shape)}, "

@@ -26,7 +26,8 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .penalties import L2SP, Penalty, ScratchSteps
+from .groups import Indexed
+from .penalties import L2SP, GroupLasso, Penalty, ScratchSteps
 from .rules import Rule, named_params, resolve
 
 __all__ = ["regularize", "Regularized"]
@@ -48,6 +49,11 @@ class _Bucket:
 def _as_rules(penalty_or_rules) -> list[Rule]:
     if isinstance(penalty_or_rules, (Penalty, Rule)):
         penalty_or_rules = [penalty_or_rules]
+    if not isinstance(penalty_or_rules, (list, tuple)):
+        raise ValueError(
+            f"regularize() needs a Penalty, a Rule or a list of them, got {penalty_or_rules!r}; "
+            f"e.g. regularize(opt, model, dl.L2(1e-4))"
+        )
     rules = []
     for r in penalty_or_rules:
         if isinstance(r, Penalty):
@@ -72,6 +78,11 @@ class Regularized(torch.optim.Optimizer):
             raise ValueError("this optimizer is already regularized; pass all rules in one regularize() call")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"regularize() needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"regularize() needs the model (an nn.Module) to match parameter names, got "
+                f"{type(model).__name__}; pass the model itself, not model.parameters()"
+            )
         self.optimizer = optimizer
         for hooks in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
                       "load_state_dict_pre", "load_state_dict_post"):
@@ -86,6 +97,7 @@ class Regularized(torch.optim.Optimizer):
         self._comp: dict[int, Tensor] = {}  # global param index -> fp32 rounding residual
         self._buffers: dict[int, Tensor] = {}  # global param index -> Adam-metric step buffer
         self._index = {id(p): i for i, p in enumerate(self._all_params())}
+        self._check_rules()
         self._warn_double_decay()
 
     # -- torch.optim.Optimizer surface, shared with the inner optimizer ---------------
@@ -142,6 +154,34 @@ class Regularized(torch.optim.Optimizer):
                 buckets[key].params.append(p)
                 buckets[key].ctxs.append(ctx)
         return list(buckets.values())
+
+    def _check_rules(self) -> None:
+        """Fail at regularize() what would otherwise fail at the first step()."""
+        for b in self.bindings:
+            rule = b.rule
+            if rule.schedule is not None:
+                try:
+                    rule.schedule(0)
+                except TypeError as err:
+                    raise ValueError(
+                        f"schedule of {rule.penalty!r} must be a function f(step) -> multiplier; "
+                        f"calling it with step 0 failed: {err}"
+                    ) from None
+                self._multiplier(rule)  # >= 0 and finite at step 0
+            if rule.metric == "adam" and rule.penalty is not None:
+                if isinstance(rule.penalty, GroupLasso) and isinstance(rule.penalty.grouping, Indexed):
+                    raise ValueError(
+                        "GroupLasso with groups=<function> supports metric='lr' only; use metric='lr' "
+                        "or a built-in grouping ('rows', 'inputs', 'channels')"
+                    )
+        for b in self._buckets:
+            group = self.optimizer.param_groups[b.group]
+            adam = "betas" in group and "eps" in group and not isinstance(self.optimizer, torch.optim.Adamax)
+            if b.rule.metric == "adam" and not adam:
+                raise ValueError(
+                    f"metric='adam' needs an Adam-family optimizer (Adam, AdamW, NAdam, RAdam); "
+                    f"{type(self.optimizer).__name__} keeps no exp_avg_sq; use metric='lr'"
+                )
 
     def _warn_double_decay(self) -> None:
         for b in self._buckets:

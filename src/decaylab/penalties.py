@@ -33,6 +33,8 @@ MODES = ("prox", "decoupled", "coupled")
 def check_strength(alpha, what: str) -> float | Tensor:
     """Validate a strength: a finite float >= 0, or a 0-/1-D tensor of them."""
     if isinstance(alpha, Tensor):
+        if not alpha.is_floating_point():
+            raise ValueError(f"{what} must be a number or a float tensor, got a tensor of {alpha.dtype}")
         if alpha.ndim > 1:
             raise ValueError(
                 f"{what} must be a float or a 1-D tensor with one strength per configuration, "
@@ -45,7 +47,8 @@ def check_strength(alpha, what: str) -> float | Tensor:
         # float32 at least; a float64 strength stays float64 so lr * alpha keeps its precision
         return alpha.detach().to(torch.promote_types(alpha.dtype, torch.float32))
     try:
-        if isinstance(alpha, (str, bytes)):  # float("1e-3") would pass: a config-parsing slip
+        # float("1e-3") would pass (a config-parsing slip), and float(True) is 1.0
+        if isinstance(alpha, (str, bytes, bool)):
             raise TypeError
         value = float(alpha)
     except (TypeError, ValueError):
@@ -98,6 +101,11 @@ class Penalty:
 
     def bind(self, name: str, param: Tensor):
         """Check the penalty fits parameter ``name`` and return its per-parameter context."""
+        if not param.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__} needs real floating-point weights; '{name}' is {param.dtype}; "
+                f"exclude it from this rule (e.g. Rule(None, params='{name}'))"
+            )
         if self.batch_dims:
             k = self.alpha.shape[0]
             if param.ndim == 0 or param.shape[0] != k:
@@ -194,6 +202,8 @@ class ElasticNet(Penalty):
     def __init__(self, alpha, l1_ratio: float = 0.5):
         super().__init__(alpha)
         try:
+            if isinstance(l1_ratio, (str, bytes, bool)):
+                raise TypeError
             ok = 0.0 <= float(l1_ratio) <= 1.0
         except (TypeError, ValueError):
             ok = False

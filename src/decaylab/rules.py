@@ -167,6 +167,11 @@ class Rule:
             raise ValueError(f"unknown mode {self.mode!r} in rule for {self.penalty!r}; use one of {MODES}")
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; use one of {METRICS}")
+        if self.schedule is not None and not callable(self.schedule):
+            raise ValueError(
+                f"schedule must be a function f(step) -> multiplier, got {self.schedule!r}; "
+                f"e.g. schedule=lambda step: min(1.0, step / 1000)"
+            )
         if self.metric == "adam" and self.mode != "prox":
             raise ValueError(f"metric='adam' applies to mode='prox' only, got mode={self.mode!r}")
         if not self.label:
