@@ -155,7 +155,7 @@ class Indexed(Grouping):
         sq = flat.new_zeros(flat.shape[0], n_groups).index_add_(1, ids, flat * flat)
         # sqrt has an infinite derivative at 0 (NaN gradients of value() at a zero group,
         # which the prox produces): take the subgradient 0 there instead
-        root = torch.where(sq > 0, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), 0.0)
+        root = torch.where(sq > 0, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), sq)  # 0 (or NaN)
         norms = root[:, ids].reshape(w.shape)
         sizes = torch.bincount(ids, minlength=n_groups)[ids].reshape(inner).to(norms.dtype)
         return norms, sizes

@@ -302,7 +302,8 @@ class GroupLasso(Penalty):
                     "or a built-in grouping ('rows', 'inputs', 'channels')"
                 )
             # harmonic mean: lr / mean(sqrt(v_hat) + eps), not swamped by near-zero v entries
-            out.append(s.reciprocal().mean(dim=g._reduce_dims(w), keepdim=True).reciprocal())
+            # (nanmean: a NaN v_hat entry, from a NaN gradient, does not poison its group)
+            out.append(s.reciprocal().nanmean(dim=g._reduce_dims(w), keepdim=True).reciprocal())
         return out
 
     def __repr__(self):
