@@ -33,12 +33,10 @@ def test_l1_value():
 
 
 def test_elastic_net_value_is_sklearns_penalty():
-    # sklearn: alpha * l1_ratio * ||w||_1 + 0.5 * alpha * (1 - l1_ratio) * ||w||_2^2
+    # sklearn: alpha * l1_ratio * ||w||_1 + 0.5 * alpha * (1 - l1_ratio) * ||w||_2^2; by hand
+    # for w = (2, -1), alpha = 2, l1_ratio = 1/4: 2 * 1/4 * 3 + 1/2 * 2 * 3/4 * 5 = 1.5 + 3.75
     w = t64(2.0, -1.0)
-    alpha, r = 2.0, 0.25
-    expected = alpha * r * 3.0 + 0.5 * alpha * (1 - r) * 5.0  # = 1.5 + 3.75
-    assert expected == 5.25
-    assert float(dl.ElasticNet(alpha, l1_ratio=r).value([w])) == pytest.approx(5.25, rel=1e-15)
+    assert float(dl.ElasticNet(2.0, l1_ratio=0.25).value([w])) == pytest.approx(5.25, rel=1e-15)
 
 
 def test_elastic_net_ends_are_l1_and_l2():
