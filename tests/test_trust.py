@@ -222,3 +222,11 @@ def test_a_closure_called_once_by_the_inner_optimizer_is_evaluated_once():
 
     opt.step(closure)
     assert len(calls) == 1
+
+
+def test_l2sp_snapshots_into_different_rules_is_an_error():
+    model = nn.Linear(3, 2)
+    sd = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.L2SP(0.1)).state_dict()
+    other = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.L2(0.1))
+    with pytest.raises(ValueError, match=r"L2SP snapshots for rule 0, which is not an L2SP rule"):
+        other.load_state_dict(sd)

@@ -378,7 +378,13 @@ class Regularized(torch.optim.Optimizer):
             if b.rule.penalty is not None and alpha is not None:
                 b.rule.penalty.alpha = alpha
         for i, refs in extra.get("references", {}).items():
-            for ref, saved in zip(self.bindings[int(i)].ctxs, refs):
+            b = self.bindings[int(i)] if int(i) < len(self.bindings) else None
+            if b is None or not isinstance(b.rule.penalty, L2SP) or len(b.ctxs) != len(refs):
+                raise ValueError(
+                    f"this checkpoint holds L2SP snapshots for rule {i}, which is not an L2SP rule "
+                    f"over {len(refs)} parameters here; build the optimizer with the same rules"
+                )
+            for ref, saved in zip(b.ctxs, refs):
                 ref.copy_(saved)  # in place: the penalty holds the same tensors
 
     def __repr__(self) -> str:
