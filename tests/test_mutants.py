@@ -288,3 +288,17 @@ def test_error_messages_name_the_parameter_and_the_keys():
     for pen in (dl.GroupLasso(torch.tensor([0.1, 0.2])), dl.L2SP(torch.tensor([0.1, 0.2]))):
         with pytest.raises(ValueError, match=r"2 strengths .* but 'weight' has shape \(3, 2\)"):
             dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, pen)
+
+
+def test_name_predicates_on_top_level_and_nested_names():
+    lin, conv = nn.Linear(2, 2), nn.Conv2d(1, 1, 1)
+    assert dl.biases("bias", lin.bias, lin) and dl.biases("a.b.bias", lin.bias, lin)
+    assert not dl.biases("weight", lin.weight, lin) and not dl.biases("a.bias.weight", lin.weight, lin)
+    sel = dl.weights(nn.Linear, nn.Bilinear)  # built here, not at collection time
+    assert sel.__name__ == "weights(Linear, Bilinear)"
+    assert sel("weight", lin.weight, lin) and sel("a.b.weight", lin.weight, lin)
+    assert not sel("bias", lin.bias, lin) and not sel("a.weight.bias", lin.bias, lin)
+    assert not sel("weight", conv.weight, conv)
+    opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=0.1), lin,
+                        [dl.Rule(dl.L2(0.1), params=dl.biases), dl.Rule(dl.L1(0.1), params=dl.weights(nn.Linear))])
+    assert [b.names for b in opt.bindings] == [["bias"], ["weight"]]
