@@ -223,8 +223,10 @@ class Run:
             os.fsync(f.fileno())
 
     def keep_epochs(self, epochs: int) -> None:
-        """Drop metric lines past ``epochs`` (and a torn last line): for resuming from a
-        checkpoint that is older than the last line written."""
+        """Drop metric lines past ``epochs`` (and a torn last line) and temporary files a
+        killed write left: for resuming from a checkpoint older than the last line."""
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
         rows = [r for r in self.metrics() if r.get("epoch", 0) <= epochs]
         write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
