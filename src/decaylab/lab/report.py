@@ -27,6 +27,7 @@ _STYLE = {
 }
 _PNG_METADATA = {"Software": None}
 _ZERO_COLOR = "crimson"
+_BAR_LABEL_IN, _LEGEND_IN = 0.34, 2.8   # layer-sparsity figure: inches per bar, for the rest
 _MASK_CMAP = "Blues"
 
 _FIGURES = {   # figure id -> (section title, caption: what a learner should look for)
@@ -193,8 +194,14 @@ def _fig_layer_sparsity(run):
         return None
     names = list(dict.fromkeys(name for _, r in runs for name in _layers(r)))
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(max(5.0, 1.1 * len(names) * max(1, len(runs) / 3)), 3.2),
-                 layout="constrained")
+    # every bar gets room for its "100%" label (about 0.3 in at 7 pt); past 24 in, the
+    # labels turn vertical instead of colliding
+    bars_in = _BAR_LABEL_IN * len(runs) * len(names) / 0.8
+    legend_rows = math.ceil(len(runs) / 5) if len(runs) > 8 else 0  # many runs: legend below
+    side = 0.6 if legend_rows else _LEGEND_IN
+    width = min(max(5.0, side + bars_in), 24.0)
+    vertical = width - side < bars_in
+    fig = Figure(figsize=(width, 3.2 + 0.3 * vertical + 0.22 * legend_rows), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(runs)
     for i, (color, r) in enumerate(runs):
@@ -203,11 +210,14 @@ def _fig_layer_sparsity(run):
         values = [_zero_fraction(layers.get(n)) for n in names]
         bars = ax.bar(x, values, width, color=color, label=_label(r))
         ax.bar_label(bars, ["" if math.isnan(v) else f"{v:.0%}" for v in values],
-                     fontsize=7, padding=1)
+                     fontsize=7, padding=1, rotation=90 if vertical else 0)
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.3 if vertical else 1.1)
     ax.set_ylabel("exact-zero fraction")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    if legend_rows:
+        fig.legend(loc="outside lower center", ncols=5)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
