@@ -20,10 +20,17 @@ from . import config as config_mod
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"decaylab: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
+    p = _Parser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
     p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_ in (("compare", "train one model per penalty and compare them"),
                         ("train", "train one model with one penalty setting")):
         c = sub.add_parser(name, help=help_)
@@ -143,12 +150,19 @@ def main(argv: list[str] | None = None) -> int:
         return _experiment(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except (config_mod.ConfigError, FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"decaylab: error: {err}", file=sys.stderr)
+    except (config_mod.ConfigError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+        print(f"decaylab: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:
-        print(f"decaylab: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"decaylab: failed: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _one_line(err) -> str:
+    """The message on one line: line breaks a user typed into a key or path are escaped."""
+    text = str(err)
+    return text.translate({c: repr(chr(c))[1:-1] for c in range(32)} | {0x85: "\\x85", 0x2028: "\\u2028",
+                                                                         0x2029: "\\u2029"})
 
 
 if __name__ == "__main__":

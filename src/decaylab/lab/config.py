@@ -120,14 +120,14 @@ def _check_value(key: str, default, value):
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(f"config key '{key}' must be {_type_name(default)}, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be {_type_name(default)}, got {value!r}")
     short = key.split(".")[-1] if key.startswith(("runs", "penalty")) else key
     if short in CHOICES and value not in CHOICES[short]:
-        raise ConfigError(f"config key '{key}' = {value!r} is not one of {CHOICES[short]}")
+        raise ConfigError(f"config key {key!r} = {value!r} is not one of {CHOICES[short]}")
     if short in RANGES:
         _check_range(key, value, *RANGES[short])
     if short == "model.hidden" and any(w < 1 for w in value):
-        raise ConfigError(f"config key '{key}' = {value!r}: every width must be >= 1")
+        raise ConfigError(f"config key {key!r} = {value!r}: every width must be >= 1")
     if short == "name" and value:
         _check_name(key, value)
     return value
@@ -141,14 +141,14 @@ def _check_range(key: str, value, low, high, low_in: bool, high_in: bool) -> Non
     if not ok:
         lo = "" if low is None else f"{'[' if low_in else '('}{low}"
         hi = "inf)" if high is None else f"{high}{']' if high_in else ')'}"
-        raise ConfigError(f"config key '{key}' = {value!r} is out of range; it must be in {lo}, {hi}")
+        raise ConfigError(f"config key {key!r} = {value!r} is out of range; it must be in {lo}, {hi}")
 
 
 def _check_name(key: str, value: str) -> None:
     from .runfolder import check_name
 
     try:
-        check_name(value, f"config key '{key}'")
+        check_name(value, f"config key {key!r}")
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -158,10 +158,10 @@ def _merge(base: dict, update: dict, prefix: str = "") -> dict:
     for k, v in update.items():
         key = f"{prefix}{k}"
         if k not in base:
-            raise ConfigError(f"unknown config key '{key}'; valid keys here: {sorted(base)}")
+            raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(base)}")
         if isinstance(base[k], dict):
             if not isinstance(v, dict):
-                raise ConfigError(f"config key '{key}' is a table; valid keys: {sorted(base[k])}")
+                raise ConfigError(f"config key {key!r} is a table; valid keys: {sorted(base[k])}")
             out[k] = _merge(base[k], v, key + ".")
         else:
             out[k] = _check_value(key, base[k], v)
@@ -245,27 +245,27 @@ def _apply_override(cfg: dict, item: str, command: str) -> None:
     node, default = cfg, DEFAULTS
     for p in parts[:-1]:
         if p not in default or not isinstance(default[p], dict):
-            raise ConfigError(f"unknown config key '{key}'; valid top-level keys: {sorted(DEFAULTS) + ['runs']}")
+            raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {sorted(DEFAULTS) + ['runs']}")
         node, default = node[p], default[p]
     if parts[-1] not in default or isinstance(default[parts[-1]], dict):
-        raise ConfigError(f"unknown config key '{key}'; valid keys here: {sorted(default)}")
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(default)}")
     node[parts[-1]] = _check_value(key, default[parts[-1]], value)
 
 
 def _override_run(cfg: dict, parts: list[str], value, key: str, command: str) -> None:
     if parts[0] == "penalty":
         if command != "train" or len(parts) != 2:
-            raise ConfigError(f"'{key}': use penalty.KEY with 'decaylab train', runs.NAME.KEY with compare")
+            raise ConfigError(f"{key!r}: use penalty.KEY with 'decaylab train', runs.NAME.KEY with compare")
         targets, field = cfg["runs"], parts[1]
     else:
         if len(parts) != 3:
-            raise ConfigError(f"'{key}': use runs.NAME.KEY (runs: {[r['name'] for r in cfg['runs']]})")
+            raise ConfigError(f"{key!r}: use runs.NAME.KEY (runs: {[r['name'] for r in cfg['runs']]})")
         targets = [r for r in cfg["runs"] if r["name"] == parts[1] or parts[1] == "*"]
         if not targets:
-            raise ConfigError(f"'{key}': no run named {parts[1]!r}; runs are {[r['name'] for r in cfg['runs']]}")
+            raise ConfigError(f"{key!r}: no run named {parts[1]!r}; runs are {[r['name'] for r in cfg['runs']]}")
         field = parts[2]
     if field not in RUN_DEFAULTS:
-        raise ConfigError(f"unknown config key '{key}'; valid keys of a run: {sorted(RUN_DEFAULTS)}")
+        raise ConfigError(f"unknown config key {key!r}; valid keys of a run: {sorted(RUN_DEFAULTS)}")
     for run in targets:
         run[field] = _check_value(key, RUN_DEFAULTS[field], value)
 
@@ -289,7 +289,8 @@ def _toml_value(v) -> str:
             ("nan" if v != v else ("inf" if v > 0 else "-inf"))
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(v)  # a TOML basic string: JSON's escapes are valid TOML
+    # a TOML basic string: JSON's escapes are valid TOML; TOML also escapes DEL
+    return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _toml_table(header: str, table: dict) -> list[str]:
