@@ -45,7 +45,7 @@ def test_compare_writes_a_complete_run_folder(run_dir):
         final = json.loads((d / "final.json").read_text())
         assert len(final["input_mask"]) == 64 and sum(final["input_mask"]) == final["live_inputs"]
         assert sum(final["histogram"]["counts"]) == final["weights"]
-        assert set(torch.load(d / "model.pt")) == {"layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}
+        assert set(torch.load(d / "model.pt", weights_only=True)) == {"layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}
     l1 = json.loads((run_dir / "runs" / "l1" / "final.json").read_text())
     none = json.loads((run_dir / "runs" / "none" / "final.json").read_text())
     assert l1["zeros"] > 0 and none["zeros"] == 0

@@ -193,3 +193,10 @@ def test_hostile_strings_are_escaped_in_the_report(tmp_path):
     page = report.build_report(folder).read_text()
     assert "<script" not in page and "<img src=x" not in page and "onerror=alert(2)>" not in page
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4
+
+
+def test_every_pt_load_in_the_package_is_weights_only():
+    calls = [(p, m.group(0)) for p in (ROOT / "src").rglob("*.py")
+             for m in re.finditer(r"torch\.load\([^)]*\)", p.read_text())]
+    assert calls, "no torch.load found: the pattern is stale"
+    assert [c for c in calls if "weights_only=True" not in c[1]] == []

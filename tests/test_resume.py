@@ -186,3 +186,20 @@ def test_checkpoint_loads_with_weights_only(reference, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", spy)
     runfolder.load_pt(reference / "train" / "runs" / "l1" / "model.pt")
     assert seen == [True]
+
+
+def test_checkpoints_off_still_checkpoint_on_a_stop(reference, tmp_path, monkeypatch):
+    real_append, real_save, saved = runfolder.Run.append_metrics, runfolder.Run.save_checkpoint, []
+
+    def append_then_stop(self, row):
+        real_append(self, row)
+        if row["epoch"] == 2:
+            train.request_stop()
+
+    monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_stop)
+    monkeypatch.setattr(runfolder.Run, "save_checkpoint", lambda self, c: (saved.append(c["epoch"]), real_save(self, c)))
+    assert cli.main(_args("train", tmp_path, "off", TRAIN + ["train.checkpoint=false"])) == 130
+    assert saved == [2]  # no per-epoch checkpoints, one on the stop (one step into epoch 3)
+    monkeypatch.setattr(runfolder.Run, "append_metrics", real_append)
+    assert cli.main(["resume", str(tmp_path / "off"), "--quiet"]) == 0
+    _assert_same(tmp_path / "off", reference / "train")

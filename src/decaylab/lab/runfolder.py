@@ -242,6 +242,10 @@ class Run:
     def save_checkpoint(self, checkpoint: dict) -> None:
         save_pt(checkpoint, self.checkpoint_path)
 
+    def checkpoint(self, state) -> None:
+        """Checkpoint a run in progress (anything with ``state_dict()``, e.g. a TrainState)."""
+        self.save_checkpoint(state.state_dict())
+
     def drop_checkpoint(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
 

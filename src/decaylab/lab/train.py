@@ -249,17 +249,18 @@ def run_epochs(state: TrainState, cfg: dict, data, run: dict, out: runfolder.Run
 
     Each finished epoch appends a metrics line to ``out`` and then, if
     ``cfg["train"]["checkpoint"]``, an atomic checkpoint; ``progress(name, row)`` is called
-    last. A stop request (Ctrl-C) checkpoints mid-epoch and raises :class:`Interrupted`.
+    last. A stop request (Ctrl-C) checkpoints mid-epoch (even with checkpoints off) and
+    raises :class:`Interrupted`.
     """
     tr = cfg["train"]
-    keep = out is not None and tr.get("checkpoint", True)
-    save = (lambda s: out.save_checkpoint(s.state_dict())) if keep else (lambda s: None)
+    on_stop = out.checkpoint if out is not None else (lambda s: None)
+    save = on_stop if tr.get("checkpoint", True) else (lambda s: None)
     plan = [("train", tr["epochs"], 0), ("finetune", run["finetune_epochs"], tr["epochs"])]
     for phase, epochs, offset in plan:
         if phase == "finetune" and epochs > 0 and state.phase == "train":
             enter_finetune(state, run, tr)
         while state.phase == phase and state.epoch < offset + epochs:
-            _train_steps(state, data, tr["batch_size"], run["name"], save)
+            _train_steps(state, data, tr["batch_size"], run["name"], on_stop)
             lr = state.opt.param_groups[0]["lr"]
             if state.sched is not None:
                 state.sched.step()
