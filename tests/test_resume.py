@@ -203,3 +203,22 @@ def test_checkpoints_off_still_checkpoint_on_a_stop(reference, tmp_path, monkeyp
     monkeypatch.setattr(runfolder.Run, "append_metrics", real_append)
     assert cli.main(["resume", str(tmp_path / "off"), "--quiet"]) == 0
     _assert_same(tmp_path / "off", reference / "train")
+
+
+def test_resume_with_parallel_jobs(reference, tmp_path, monkeypatch):
+    real, lines = runfolder.Run.append_metrics, []
+
+    def append_then_interrupt(self, row):
+        real(self, row)
+        lines.append(row)
+        if len(lines) == 4:  # none complete, l2 one epoch in
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_interrupt)
+    assert cli.main(_args("compare", tmp_path, "p", COMPARE)) == 130
+    saved = json.loads((tmp_path / "p" / "config.json").read_text())
+    saved["train"]["jobs"] = 2  # the rest trains in worker processes
+    (tmp_path / "p" / "config.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(runfolder.Run, "append_metrics", real)
+    assert cli.main(["resume", str(tmp_path / "p"), "--quiet"]) == 0
+    _assert_same(tmp_path / "p", reference / "compare")

@@ -431,13 +431,17 @@ def _train_parallel(cfg: dict, run_dir: Path, progress, resume: bool) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(cfg["train"]["jobs"], mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(cfg["train"]["jobs"], mp_context=multiprocessing.get_context("spawn"))
+    try:
         futures = [pool.submit(_worker, cfg, run, str(run_dir), resume) for run in cfg["runs"]]
         for fut in as_completed(futures):
             name = fut.result()
             if progress is not None:
                 progress(name, runfolder.run(run_dir, name).metrics()[-1])
+    except BaseException:  # Ctrl-C or a failed run: start no further run; running ones
+        pool.shutdown(wait=True, cancel_futures=True)  # stop after a step and checkpoint
+        raise
+    pool.shutdown()
 
 
 def _execute(cfg: dict, run_dir: Path, data, progress, resume: bool) -> None:
