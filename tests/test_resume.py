@@ -158,15 +158,19 @@ def test_real_sigint_stops_checkpoints_and_prints_the_resume_command(reference, 
     _assert_same(tmp_path / "i", reference / "train")
 
 
-def test_resume_of_a_complete_folder_changes_nothing(reference, tmp_path):
+def test_resume_of_a_complete_folder_changes_nothing(reference, tmp_path, capsys):
     import shutil
 
     copy = tmp_path / "done"
     shutil.copytree(reference / "compare", copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["versions"]["torch"] = "0.0"
+    (copy / "config.json").write_text(json.dumps(saved))
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != "status.json"
               and p.name != "report.html"}
     assert cli.main(["resume", str(copy), "--quiet"]) == 0
     assert all(p.read_bytes() == b for p, b in before.items())
+    assert f"versions changed since the run started (torch 0.0 -> {torch.__version__})" in capsys.readouterr().err
 
 
 def test_resume_needs_a_run_folder(tmp_path, capsys):

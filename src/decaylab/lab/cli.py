@@ -94,11 +94,17 @@ def _experiment(args) -> int:
 
 
 def _resume(args) -> int:
-    from . import train
+    from . import runfolder, train
 
     run_dir = Path(args.run_dir)
     cfg = train.folder_config(run_dir)
     data = train.prepare(cfg)
+    then = (runfolder.read_config(run_dir).get("versions") or {})
+    now = train.versions()
+    changed = [f"{k} {then[k]} -> {now[k]}" for k in ("decaylab", "torch", "numpy") if then.get(k, now[k]) != now[k]]
+    if changed:
+        print(f"decaylab: note: versions changed since the run started ({', '.join(changed)}); the resumed "
+              f"run may differ from an uninterrupted one in the last bits", file=sys.stderr)
     return _train(args, cfg, run_dir, lambda progress: train.resume_experiment(run_dir, progress, data))
 
 
