@@ -9,6 +9,7 @@ interrupted, exactly.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -226,3 +227,15 @@ def test_resume_with_parallel_jobs(reference, tmp_path, monkeypatch):
     monkeypatch.setattr(runfolder.Run, "append_metrics", real)
     assert cli.main(["resume", str(tmp_path / "p"), "--quiet"]) == 0
     _assert_same(tmp_path / "p", reference / "compare")
+
+
+def test_resume_checks_the_saved_config(reference, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(reference / "train", copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["train"]["epochs"] = "many"
+    (copy / "config.json").write_text(json.dumps(saved))
+    assert cli.main(["resume", str(copy)]) == 2
+    assert re.search(r"config.json: config key 'train.epochs' must be an integer", capsys.readouterr().err)

@@ -490,8 +490,13 @@ RUN_KEYS = ("command", "versions", "created")  # what config.json adds to the co
 
 def folder_config(run_dir) -> dict:
     """The config a run folder was trained with (config.json less what training added)."""
-    saved = runfolder.read_config(run_dir)
-    return {k: v for k, v in saved.items() if k not in RUN_KEYS}
+    from . import config
+
+    saved = {k: v for k, v in runfolder.read_config(run_dir).items() if k not in RUN_KEYS}
+    try:  # checked again, as a config file: an edited or foreign config.json fails clearly
+        return config.resolve(saved, command="compare")
+    except config.ConfigError as err:
+        raise config.ConfigError(f"{Path(run_dir) / runfolder.CONFIG}: {err}") from None
 
 
 def resume_experiment(run_dir, progress=None, data=None) -> Path:
