@@ -239,3 +239,14 @@ def test_resume_checks_the_saved_config(reference, tmp_path, capsys):
     (copy / "config.json").write_text(json.dumps(saved))
     assert cli.main(["resume", str(copy)]) == 2
     assert re.search(r"config.json: config key 'train.epochs' must be an integer", capsys.readouterr().err)
+
+
+def test_a_folder_in_use_is_not_resumed_twice(reference, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "busy"
+    shutil.copytree(reference / "train", copy)
+    with runfolder.lock(copy):  # as another process training into it
+        assert cli.main(["resume", str(copy)]) == 2
+    assert "is in use by another decaylab process" in capsys.readouterr().err
+    assert cli.main(["resume", str(copy), "--quiet"]) == 0

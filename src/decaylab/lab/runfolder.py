@@ -152,6 +152,43 @@ def load_pt(path: str | os.PathLike):
 
 
 # -- the folder -------------------------------------------------------------------------
+class FolderInUse(FileExistsError):
+    """Another process is training into the run folder."""
+
+
+class lock:
+    """Hold ``RUN_DIR/.lock`` (an OS file lock) while training into a folder, so a second
+    ``decaylab resume`` of the same folder fails instead of writing over the first. The OS
+    drops the lock when the process ends, even on SIGKILL. No-op where ``fcntl`` is missing.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.path = Path(root) / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise FolderInUse(f"run folder '{self.path.parent}' is in use by another decaylab process; "
+                              f"wait for it to end (or stop it) and try again") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+        return False
+
+
+
 def is_run_folder(path: str | os.PathLike) -> bool:
     root = Path(path)
     return (root / CONFIG).is_file() or (root / "runs").is_dir()

@@ -446,6 +446,11 @@ def _train_parallel(cfg: dict, run_dir: Path, progress, resume: bool) -> None:
 
 def _execute(cfg: dict, run_dir: Path, data, progress, resume: bool) -> None:
     """Train every run of ``cfg`` into ``run_dir``; status.json says how it ended."""
+    with runfolder.lock(run_dir):
+        _execute_locked(cfg, run_dir, data, progress, resume)
+
+
+def _execute_locked(cfg: dict, run_dir: Path, data, progress, resume: bool) -> None:
     runfolder.set_status(run_dir, "running")
     state, error = "failed", None
     try:
