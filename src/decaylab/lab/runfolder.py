@@ -106,7 +106,12 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically (temp file, fsync, rename)."""
+    """Write ``obj`` as indented JSON, atomically (temp file, fsync, rename).
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "x.json"
+    >>> write_json(p, {"a": 1}); read_json(p), read_json(p.with_name("missing.json"), {})
+    ({'a': 1}, {})
+    """
     data = json.dumps(obj, indent=2).encode()
     _atomic(Path(path), lambda f: f.write(data))
 

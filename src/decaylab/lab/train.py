@@ -251,6 +251,14 @@ def run_epochs(state: TrainState, cfg: dict, data, run: dict, out: runfolder.Run
     ``cfg["train"]["checkpoint"]``, an atomic checkpoint; ``progress(name, row)`` is called
     last. A stop request (Ctrl-C) checkpoints mid-epoch (even with checkpoints off) and
     raises :class:`Interrupted`.
+
+    >>> from decaylab.lab import config
+    >>> cfg = config.resolve({}, ["train.epochs=2", "model.hidden=[8]", "data.n_train=100",
+    ...                           'penalty.penalty="l1"', "penalty.alpha=0.01"], command="train")
+    >>> ds, run = prepare(cfg), cfg["runs"][0]
+    >>> state = run_epochs(build_state(cfg, ds, run), cfg, ds, run)
+    >>> state.epoch, state.step, state.phase, sorted(state.state_dict())[:4]
+    (2, 4, 'train', ['batch', 'batch_gen', 'epoch', 'epoch_seconds'])
     """
     tr = cfg["train"]
     on_stop = out.checkpoint if out is not None else (lambda s: None)
