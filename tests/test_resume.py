@@ -250,3 +250,31 @@ def test_a_folder_in_use_is_not_resumed_twice(reference, tmp_path, capsys):
         assert cli.main(["resume", str(copy)]) == 2
     assert "is in use by another decaylab process" in capsys.readouterr().err
     assert cli.main(["resume", str(copy), "--quiet"]) == 0
+
+
+def test_ctrl_c_with_parallel_jobs_stops_every_worker_and_resumes_exactly(tmp_path):
+    import time
+
+    items = ["data.n_train=150", "model.hidden=[8]", "train.batch_size=50", "train.epochs=30"]
+    only = ["--only", "none,l2,l1"]
+    assert cli.main(_args("compare", tmp_path, "ref", items) + only) == 0
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    argv = [sys.executable, "-m", "decaylab.lab.cli"] + _args("compare", tmp_path, "par", items + ["train.jobs=2"]) + only
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    metrics = tmp_path / "par" / "runs" / "none" / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    if (tmp_path / "par" / "runs" / "l1" / "final.json").exists():
+        pytest.skip("the runs finished before Ctrl-C arrived")
+    assert proc.returncode == 130, err
+    assert json.loads((tmp_path / "par" / "status.json").read_text())["state"] == "interrupted"
+    started = sorted(p.name for p in (tmp_path / "par" / "runs").iterdir())
+    assert "l1" not in started  # queued runs never start after Ctrl-C
+    for name in started:  # running ones stopped after a step, with a checkpoint
+        run = runfolder.Run(tmp_path / "par" / "runs" / name)
+        assert run.is_complete() or run.load_checkpoint() is not None
+    assert cli.main(["resume", str(tmp_path / "par"), "--quiet"]) == 0
+    _assert_same(tmp_path / "par", tmp_path / "ref")

@@ -329,8 +329,10 @@ class _stop_on_sigint:
     checkpoint); a second one interrupts at once. Only the main thread installs it."""
 
     def __enter__(self):
-        STOP.clear()
         self.previous = None
+        if _IN_WORKER:  # a worker process: its parent owns Ctrl-C and sets the shared STOP
+            return self
+        STOP.clear()
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._handle)
@@ -342,6 +344,8 @@ class _stop_on_sigint:
         STOP.set()
 
     def __exit__(self, *exc):
+        if _IN_WORKER:
+            return False
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         STOP.clear()
@@ -427,8 +431,21 @@ def new_run_dir(cfg: dict, command: str) -> Path:
     return runfolder.create(cfg["out"], name)
 
 
+_IN_WORKER = False
+
+
+def _init_worker(stop) -> None:
+    """A worker process ignores Ctrl-C; the parent sets the shared ``stop`` event instead,
+    so a run in progress stops after its step and checkpoints, and no new run starts."""
+    global STOP, _IN_WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    STOP, _IN_WORKER = stop, True
+
+
 def _worker(cfg: dict, run: dict, run_dir: str, resume: bool) -> str:
     """One run in a worker process (data loaded there; one result folder per run)."""
+    if STOP.is_set():
+        raise Interrupted(f"run '{run['name']}' not started: stopped by the user")
     train_run(cfg, _load_data(cfg), run, runfolder.run(run_dir, run["name"]).path, resume=resume)
     return run["name"]
 
@@ -439,15 +456,18 @@ def _train_parallel(cfg: dict, run_dir: Path, progress, resume: bool) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    pool = ProcessPoolExecutor(cfg["train"]["jobs"], mp_context=multiprocessing.get_context("spawn"))
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    pool = ProcessPoolExecutor(cfg["train"]["jobs"], mp_context=ctx, initializer=_init_worker, initargs=(stop,))
     try:
         futures = [pool.submit(_worker, cfg, run, str(run_dir), resume) for run in cfg["runs"]]
         for fut in as_completed(futures):
             name = fut.result()
             if progress is not None:
                 progress(name, runfolder.run(run_dir, name).metrics()[-1])
-    except BaseException:  # Ctrl-C or a failed run: start no further run; running ones
-        pool.shutdown(wait=True, cancel_futures=True)  # stop after a step and checkpoint
+    except BaseException:  # Ctrl-C or a failed run: running runs stop after a step and
+        stop.set()          # checkpoint, and no further run starts
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()
 
