@@ -107,7 +107,7 @@ def test_rules_txt_shows_the_final_zeros(tmp_path):
     run = tmp_path / "x" / "runs" / "l1"
     final = json.loads((run / "final.json").read_text())
     assert final["zero_fraction"] > 0.05
-    line = next(l for l in (run / "rules.txt").read_text().splitlines() if l.startswith("Linear/Conv weights"))
+    line = next(l for l in (run / "rules.txt").read_text().splitlines() if l.startswith("weights >= 2-D"))
     assert f"{final['zero_fraction']:.1%}" in line.split()
 
 
