@@ -302,3 +302,8 @@ def test_name_predicates_on_top_level_and_nested_names():
     opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=0.1), lin,
                         [dl.Rule(dl.L2(0.1), params=dl.biases), dl.Rule(dl.L1(0.1), params=dl.weights(nn.Linear))])
     assert [b.names for b in opt.bindings] == [["bias"], ["weight"]]
+
+
+def test_elastic_net_default_l1_ratio_is_one_half():
+    assert dl.ElasticNet(0.1).l1_ratio == 0.5
+    assert repr(dl.ElasticNet(0.1)) == "ElasticNet(alpha=0.1, l1_ratio=0.5)"
