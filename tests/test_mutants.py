@@ -140,21 +140,23 @@ def test_group_prox_with_unequal_per_coordinate_steps_closed_form():
 from decaylab import functional as F  # noqa: E402
 from decaylab.groups import Rows  # noqa: E402
 
-_FOREACH_OPS = ("_foreach_mul_", "_foreach_clamp_max", "_foreach_sub_", "_foreach_lerp_")
+_KERNELS = ("shrink_", "soft_threshold_", "elastic_net_prox_", "_div_", "pull_toward_")
 
 
 @pytest.fixture
-def foreach_calls(monkeypatch):
-    calls = []
-    for name in _FOREACH_OPS:
-        real = getattr(torch, name)
+def foreach_seen(monkeypatch):
+    """The ``foreach`` value each functional kernel was called with."""
+    seen = []
+    for name in _KERNELS:
+        real = getattr(F, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
-            calls.append(_name)
+            fe = kwargs["foreach"] if "foreach" in kwargs else args[-1]
+            seen.append((_name, fe))
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(torch, name, spy)
-    return calls
+        monkeypatch.setattr(F, name, spy)
+    return seen
 
 
 @pytest.mark.parametrize("op, make", [
@@ -162,14 +164,12 @@ def foreach_calls(monkeypatch):
     ("decay_", lambda: dl.ElasticNet(0.1, l1_ratio=0.5)), ("prox_", lambda: dl.ElasticNet(0.1, l1_ratio=0.5)),
     ("decay_", lambda: dl.L2SP(0.1)),
 ], ids=["L2-decay", "L2-prox", "L1-decay", "EN-decay", "EN-prox", "L2SP-decay"])
-def test_foreach_true_reaches_torchs_multi_tensor_ops(op, make, foreach_calls):
+@pytest.mark.parametrize("foreach", [True, False])
+def test_the_foreach_choice_reaches_every_kernel(op, make, foreach, foreach_seen):
     w = [torch.full((3, 2), 2.0), torch.full((4,), -2.0)]
     ctxs = [torch.zeros_like(t) for t in w]
-    getattr(make(), op)(w, 0.1, ctxs, foreach=True)
-    assert foreach_calls, "foreach=True on CPU must still take the foreach path"
-    foreach_calls.clear()
-    getattr(make(), op)(w, 0.1, ctxs, foreach=False)
-    assert not foreach_calls
+    getattr(make(), op)(w, 0.1, ctxs, foreach=foreach)
+    assert foreach_seen and all(fe is foreach for _, fe in foreach_seen), foreach_seen
 
 
 def test_group_prox_shrinks_every_tensor_of_a_list():
@@ -268,6 +268,7 @@ def test_repr_names_the_optimizer_rules_and_counts():
                         [dl.L1(1e-3), dl.Rule(None, params="*.bias")])
     assert repr(opt) == "Regularized(SGD, [L1(alpha=0.001):prox on 2, None:prox on 2])"
     assert repr(dl.L2(torch.tensor([0.5, 1e-3]))) == "L2(alpha=tensor([0.5, 0.001]))"
+    assert repr(dl.L2(torch.tensor([1 / 3]))) == "L2(alpha=tensor([0.33333334]))"  # 8 decimals
 
 
 def test_group_lasso_function_groups_refuse_per_coordinate_steps():
@@ -284,6 +285,10 @@ def test_error_messages_name_the_parameter_and_the_keys():
     with pytest.raises(ValueError, match=r"no entry for 'weight' \(its keys are 'bias', 'a', 'b', 'c', 'd', \.\.\.\)"):
         dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
                       dl.L2SP(0.1, {k: torch.zeros(2) for k in ("bias", "a", "b", "c", "d", "e")}))
+    for keys, shown in [(("bias", "a", "b", "c", "d"), "'bias', 'a', 'b', 'c', 'd'"), ((), "none")]:
+        with pytest.raises(ValueError, match=rf"no entry for 'weight' \(its keys are {shown}\); pass"):
+            dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                          dl.L2SP(0.1, {k: torch.zeros(2) for k in keys}))
     model = nn.Linear(2, 3)
     for pen in (dl.GroupLasso(torch.tensor([0.1, 0.2])), dl.L2SP(torch.tensor([0.1, 0.2]))):
         with pytest.raises(ValueError, match=r"2 strengths .* but 'weight' has shape \(3, 2\)"):
@@ -302,3 +307,43 @@ def test_name_predicates_on_top_level_and_nested_names():
     opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=0.1), lin,
                         [dl.Rule(dl.L2(0.1), params=dl.biases), dl.Rule(dl.L1(0.1), params=dl.weights(nn.Linear))])
     assert [b.names for b in opt.bindings] == [["bias"], ["weight"]]
+
+
+def test_elastic_net_default_l1_ratio_is_one_half():
+    assert dl.ElasticNet(0.1).l1_ratio == 0.5
+    assert repr(dl.ElasticNet(0.1)) == "ElasticNet(alpha=0.1, l1_ratio=0.5)"
+
+
+def test_elastic_net_gradient_at_zero_is_the_l2_part_only():
+    w = torch.tensor([0.0, 2.0, -1.0])
+    g = dl.ElasticNet(2.0, l1_ratio=0.25).grad(w)  # alpha * (r * sign(w) + (1 - r) * w)
+    torch.testing.assert_close(g, torch.tensor([0.0, 2.0 * (0.25 + 0.75 * 2.0), 2.0 * (-0.25 - 0.75)]))
+
+
+def test_group_lasso_gradient_keeps_the_weights_dtype():
+    w = torch.ones(2, 3, dtype=torch.bfloat16)
+    assert dl.GroupLasso(0.1).grad(w).dtype == torch.bfloat16
+
+
+def test_group_lasso_adam_metric_columns_of_a_square_weight():
+    lr, alpha = 0.1, 0.02
+    w0 = torch.tensor([[3.0, 1.0, 0.5], [4.0, 1.0, 0.5], [0.0, 1.0, 0.5]])
+    g = torch.tensor([[1.0, 0.01, 0.1], [2.0, 0.5, 0.05], [0.5, 0.05, 1.0]])
+    model, opt, ref, ref_opt = _adam_setup(dl.GroupLasso(alpha, groups="columns"), None, w0, lr=lr)
+    model.w.grad, ref.grad = g.clone(), g.clone()
+    opt.step()
+    ref_opt.step()
+    steps = _threshold(opt, model.w, lr, 1.0)
+    harmonic = 1.0 / (1.0 / steps).mean(dim=0, keepdim=True)  # one step per column
+    w = ref.detach().double()
+    expected = w * (1 - harmonic * alpha * math.sqrt(3) / w.norm(dim=0, keepdim=True)).clamp_min(0)
+    torch.testing.assert_close(model.w.detach().double(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_l2sp_snapshots_for_a_rule_that_does_not_exist_here():
+    model = nn.Linear(3, 2)
+    two = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                        [dl.Rule(dl.L2(0.1), params="bias"), dl.Rule(dl.L2SP(0.1), params="weight")])
+    one = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(dl.L2SP(0.1), params="weight"))
+    with pytest.raises(ValueError, match=r"L2SP snapshots for rule 1, which is not an L2SP rule"):
+        one.load_state_dict(two.state_dict())

@@ -314,7 +314,9 @@ class L2SP(Penalty):
     """Decay toward a reference: ``R(w) = alpha/2 * ||w - w0||_2^2`` (Li et al., 2018).
 
     ``reference``: a mapping from parameter names to tensors (e.g. a pretrained
-    ``state_dict``), or ``None`` to snapshot each parameter when ``regularize`` binds it.
+    ``state_dict``, also one of a DDP or compiled model with ``module.``/``_orig_mod.``
+    keys), or ``None`` to snapshot each parameter when ``regularize`` binds it; the
+    snapshot is saved in the wrapper's ``state_dict()``, so a resumed run keeps it.
     Decoupled by default: ``w <- w - lr*alpha*(w - w0)``.
 
     >>> L2SP(1.0, {"w": torch.zeros(1)}).value([torch.tensor([2.0])], [torch.zeros(1)])
