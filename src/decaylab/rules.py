@@ -100,8 +100,11 @@ class Rule:
         penalty: a :class:`~decaylab.penalties.Penalty`, or ``None`` for "no penalty".
         params: selector(s); ``None`` = default selection (Linear/Conv weights).
         mode: ``"prox"``, ``"decoupled"`` or ``"coupled"``; ``None`` = the penalty's default.
-        metric: ``"lr"`` (prox step = the group's lr) or ``"adam"`` (prox in Adam's
-            metric: per-coordinate step ``lr / (sqrt(v_hat) + eps)``).
+        metric: ``"lr"`` (prox step = the group's lr), ``"adam"`` (prox in Adam's
+            metric: per-coordinate step ``lr / (sqrt(v_hat) + eps)``), or ``None``: Adam's
+            metric for L1/ElasticNet/GroupLasso prox rules when the inner optimizer keeps
+            Adam's ``exp_avg_sq`` (Adam, AdamW, NAdam, RAdam, ...; seen at the first step),
+            else ``"lr"`` (SGD, Adagrad, Adamax, ...).
         schedule: optional ``f(step) -> multiplier`` of the strength (e.g. a warm-up);
             ``step`` counts real optimizer steps from 0.
 
@@ -112,7 +115,7 @@ class Rule:
     penalty: Penalty | None
     params: object = None
     mode: str | None = None
-    metric: str = "lr"
+    metric: str | None = None
     schedule: Callable[[int], float] | None = None
     foreach: bool | None = None
     label: str = field(default="", compare=False)
@@ -125,7 +128,7 @@ class Rule:
             self.mode = "prox" if self.metric == "adam" else default
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r} in rule for {self.penalty!r}; use one of {MODES}")
-        if self.metric not in METRICS:
+        if self.metric is not None and self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; use one of {METRICS}")
         if self.metric == "adam" and self.mode != "prox":
             raise ValueError(f"metric='adam' applies to mode='prox' only, got mode={self.mode!r}")

@@ -1,0 +1,201 @@
+"""Compiled (``torch.compile``) versions of the wrapper's per-bucket updates.
+
+One compiled call updates every tensor of a bucket (one rule, one param group, one device
+and dtype): it reads each weight (and, for the Adam metric, Adam's ``exp_avg_sq``) and
+writes the weight, with the threshold, the group norms and the low-precision residual
+computed inside the kernel. Nothing weight-sized is kept between steps: the eager path
+keeps one fp32 buffer per weight for the Adam metric's step sizes, the fused path none.
+
+What is fused (everything else takes the eager kernels of :mod:`decaylab.functional`):
+
+* ``"soft"``  L1 prox, plain or Adam metric;
+* ``"enet"``  ElasticNet prox, plain or Adam metric; ``"enet_decay"`` its decoupled step;
+* ``"group"`` GroupLasso prox/decoupled over rows, columns or channels, plain or Adam
+  metric (a function grouping stays eager);
+* ``"shrink"`` decoupled L2, ``"div"`` L2's prox.
+
+The choice is made once per bucket, at its first step: compiled when it is supported and
+``torch.compile`` works here, else eager. A compilation that fails (no C++ compiler, an
+unsupported platform, an inductor error) switches every bucket of the process to the eager
+path, with one warning saying why. Results equal the eager path to within a few float32
+ulps (float32: relative 1e-6): the compiled kernel forms ``lr * alpha`` in the weight's
+precision instead of in Python's double, and evaluates ``t / d`` where the eager path
+multiplies by a stored reciprocal, so thresholds can differ in the last bit; a weight
+sitting exactly on a threshold may then be zeroed by one path and keep a last-bit residue
+in the other.
+
+Each bucket compiles its own copy of the kernel (its own code object), with static
+shapes: a compilation is paid once per bucket (a few seconds on a CPU), and the learning
+rate, the strength schedule and Adam's bias correction are run-time arguments, so the
+kernel does not recompile as they change. A step where only some of a bucket's tensors
+have a gradient takes the eager path for that step rather than compiling a variant.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import warnings
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
+
+# From this many penalized elements in a bucket, fused=None (auto) compiles on a CPU:
+# below it the compile time (seconds) is not won back in a typical run. Measured with
+# bench/step_overhead.py (see BENCHMARKS.md): on the 5.8M-weight MLP the Adam-metric prox
+# drops from ~25 ms to ~2 ms per step, so ~10 s of compilation pays after a few hundred
+# steps; a 270k-weight LeNet-300-100 saves ~1 ms a step, which takes 10,000 steps.
+CPU_MIN_NUMEL = 1 << 20
+
+_BACKEND: object = "inductor"  # tests swap in a counting backend
+_STATE = {"disabled": ""}  # non-empty: why compilation is off for this process
+
+
+def available() -> bool:
+    """Whether compiled kernels may be used in this process.
+
+    >>> isinstance(available(), bool)
+    True
+    """
+    return not _STATE["disabled"] and hasattr(torch, "compile")
+
+
+def disable(reason: str) -> None:
+    """Turn compiled kernels off for this process (one warning naming ``reason``)."""
+    if not _STATE["disabled"]:
+        warnings.warn(f"decaylab: compiled kernels are off, using the eager path ({reason})", stacklevel=3)
+    _STATE["disabled"] = reason or "disabled"
+
+
+def plan(penalty, mode: str, metric: str) -> tuple[str, float] | None:
+    """``(op, l1_ratio)`` for a rule the compiled kernel covers, else None.
+
+    >>> from decaylab.penalties import L1, L2SP
+    >>> plan(L1(1e-3), "prox", "adam"), plan(L2SP(1e-3), "decoupled", "lr")
+    (('soft', 1.0), None)
+    """
+    from .groups import Indexed
+    from .penalties import L1, L2, ElasticNet, GroupLasso
+
+    kind = type(penalty)
+    if mode == "coupled":
+        return None
+    if kind is L1 and mode in ("prox", "decoupled"):
+        return "soft", 1.0
+    if kind is ElasticNet:
+        return ("enet" if mode == "prox" else "enet_decay"), penalty.l1_ratio
+    if kind is GroupLasso and not isinstance(penalty.grouping, Indexed):
+        return "group", 1.0
+    if kind is L2 and metric == "lr":
+        return ("div" if mode == "prox" else "shrink"), 1.0
+    return None
+
+
+# -- the kernel body: traced by torch.compile, also runnable eagerly -------------------------
+def _soft(x: Tensor, t) -> Tensor:
+    return x - torch.clamp(x, -t, t)  # exact zeros wherever |x| <= t
+
+
+def _group_factor(x: Tensor, t, dims: tuple) -> Tensor:
+    size = 1
+    for d in dims:
+        size *= x.shape[d]
+    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
+    # relu(1 - t*sqrt|g|/||x_g||); a zero group stays zero (never 0/0)
+    safe = torch.where(norm > 0, norm, 1.0)
+    return torch.where(norm > 0, 1.0 - t * math.sqrt(size) / safe, 0.0).clamp_min(0.0)
+
+
+def _apply(op: str, x: Tensor, t, r: float, dims: tuple) -> Tensor:
+    if op == "soft":
+        return _soft(x, t)
+    if op == "enet":
+        return _soft(x, t * r) / (1.0 + t * (1.0 - r))
+    if op == "enet_decay":
+        return _soft(x * torch.clamp_min(1.0 - t * (1.0 - r), 0.0), t * r)
+    if op == "shrink":
+        return x * torch.clamp_min(1.0 - t, 0.0)
+    if op == "div":
+        return x / (1.0 + t)
+    return x * _group_factor(x, t, dims)  # "group"
+
+
+def _adam_threshold(op: str, t, v: Tensor, rbc, eps: float, dims: tuple):
+    """``t / (sqrt(v_hat) + eps)`` per coordinate (per group: the harmonic mean of the
+    coordinates' steps); 0 where Adam has seen no gradient yet (``v == 0``)."""
+    d = torch.sqrt(v) / rbc + eps
+    seen = v > 0
+    if op != "group":
+        return torch.where(seen, t / d, 0.0)
+    count = seen.sum(dim=dims, keepdim=True, dtype=d.dtype)
+    total = torch.where(seen, d, 0.0).sum(dim=dims, keepdim=True)
+    return torch.where(count > 0, t * count / torch.where(count > 0, total, 1.0), 0.0)
+
+
+def _bucket_update(ws: list, comps, vs, rbcs, s, alphas, eps: float, r: float, op: str, dims: tuple):
+    """One bucket's update, in place: ``w <- op(w, s * alpha [/ Adam's metric])``.
+
+    ``comps``: fp32 residuals of low-precision weights (the weight is updated as
+    ``w + comp`` in fp32, rounded back, and the rounding error kept); ``vs``/``rbcs``:
+    Adam's second moments and ``sqrt(1 - beta2**step)`` per tensor (None: plain metric);
+    ``alphas``: per-tensor strength views (None: ``s`` already holds the strength).
+    """
+    for i in range(len(ws)):
+        w = ws[i]
+        x = w if comps is None else w.float() + comps[i]
+        t = s if alphas is None else s * alphas[i]
+        if vs is not None:
+            t = _adam_threshold(op, t, vs[i].to(x.dtype), rbcs[i], eps, dims[i])
+        y = _apply(op, x, t, r, dims[i])
+        if comps is None:
+            w.copy_(y)
+        else:
+            lo = y.to(w.dtype)
+            w.copy_(lo)
+            comps[i].copy_(y - lo.float())
+
+
+def _fresh(fn: Callable, tag: str) -> Callable:
+    """A copy of ``fn`` with its own code object: torch.compile keeps its cache (and its
+    recompile limit) per code object, so each bucket gets a cache of its own."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+class Kernel:
+    """The compiled update of one bucket.
+
+    Calling it runs the compiled kernel and returns True, or returns False (having changed
+    nothing) when compilation fails, after which :func:`available` is False.
+
+    >>> k = Kernel("soft", 1.0, [(1,)], "demo")
+    >>> k.op, k.calls
+    ('soft', 0)
+    """
+
+    def __init__(self, op: str, r: float, dims: Sequence[tuple], tag: str):
+        self.op, self.r, self.dims, self.calls = op, float(r), tuple(tuple(d) for d in dims), 0
+        self._fn = torch.compile(_fresh(_bucket_update, tag), backend=_BACKEND, dynamic=False, fullgraph=True)
+
+    def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float) -> bool:
+        if not available():
+            return False
+        try:
+            self._fn(list(ws), comps, vs, rbcs, s, alphas, eps, self.r, self.op, self.dims)
+        except Exception as err:  # noqa: BLE001 - any compiler failure means: eager from now on
+            disable(f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+            return False
+        self.calls += 1
+        return True
+
+
+def reduce_dims(penalty, ctx, w: Tensor) -> tuple:
+    """The dims a GroupLasso bucket reduces over for ``w`` (empty for other penalties)."""
+    from .penalties import GroupLasso
+
+    if isinstance(penalty, GroupLasso):
+        return tuple(penalty._grouping(ctx)._reduce_dims(w))
+    return ()
