@@ -304,27 +304,29 @@ def test_strength_schedule_and_alpha_changes_take_effect():
 # -- the Adam-metric prox ------------------------------------------------------------
 
 def test_adam_metric_prox_uses_adams_per_coordinate_step():
-    lr, alpha = 0.1, 0.1  # threshold ~ lr * alpha / |g| = [0.01, 0.1, 1, 0.005, 0.5, 10]
-    w0 = torch.tensor([[0.5, 0.5, 0.5, 0.5, -0.35, 0.05]])
-    g = torch.tensor([[1.0, 0.1, 0.01, 2.0, -0.02, 1e-3]])
+    lr, alpha = 0.1, 1e-3  # threshold lr * alpha / max(|g|, alpha) = [1e-4, 1e-3, 1e-2, 5e-5, 5e-3, lr]
+    w0 = torch.tensor([[0.5, 0.5, 0.105, 0.5, -0.097, 0.35]])
+    g = torch.tensor([[1.0, 0.1, 0.01, 2.0, -0.02, 1e-5]])
     model = _linear(w0)
     opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=lr), model, dl.Rule(dl.L1(alpha), metric="adam"))
     ref = nn.Parameter(w0.clone())
     ref_opt = torch.optim.Adam([ref], lr=lr)
     model.weight.grad, ref.grad = g.clone(), g.clone()
     opt.step()
-    ref_opt.step()  # the same Adam step without the penalty
+    ref_opt.step()  # the same Adam step without the penalty: w0 - lr * sign(g)
     st = opt.state[model.weight]
     beta2, eps = opt.param_groups[0]["betas"][1], opt.param_groups[0]["eps"]
     v_hat = st["exp_avg_sq"] / (1 - beta2 ** float(st["step"]))
-    thr = lr * alpha / (v_hat.sqrt() + eps)
+    thr = lr * alpha / torch.clamp_min(v_hat.sqrt() + eps, alpha)
     w = ref.detach()
     expected = torch.sign(w) * (w.abs() - thr).clamp_min(0)
     got = model.weight.detach()
     assert torch.allclose(got, expected, atol=1e-7, rtol=1e-6)
     zero = w.abs() <= thr
-    assert zero.tolist() == [[False, False, True, False, True, True]]
+    assert zero.tolist() == [[False, False, True, False, True, False]]
     assert (got[zero] == 0).all() and (got[~zero] != 0).all()
+    # the last coordinate's uncapped threshold lr * alpha / 1e-5 = 10 would have zeroed it
+    assert float(got[0, 5]) == pytest.approx(float(w[0, 5]) - lr, abs=1e-6) and float(w[0, 5]) > 0.24
 
 
 def test_adam_metric_needs_an_adam_family_optimizer():

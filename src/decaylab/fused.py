@@ -51,6 +51,9 @@ __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 CPU_MIN_NUMEL = 1 << 20
 
 _BACKEND: object = "inductor"  # tests swap in a counting backend
+# round low-precision casts as eager does: the residual w32 - float(bf16(w32)) is the
+# whole point, and inductor otherwise folds the round trip away (residual 0)
+_OPTIONS = {"emulate_precision_casts": True}
 _STATE = {"disabled": ""}  # non-empty: why compilation is off for this process
 
 
@@ -123,32 +126,36 @@ def _apply(op: str, x: Tensor, t, r: float, dims: tuple) -> Tensor:
     return x * _group_factor(x, t, dims)  # "group"
 
 
-def _adam_threshold(op: str, t, v: Tensor, rbc, eps: float, dims: tuple):
-    """``t / (sqrt(v_hat) + eps)`` per coordinate (per group: the harmonic mean of the
-    coordinates' steps); 0 where Adam has seen no gradient yet (``v == 0``)."""
+def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tuple) -> Tensor:
+    """``st * a / max(sqrt(v_hat) + eps, a)`` per coordinate; per group, ``a`` times the
+    harmonic mean of the coordinates' steps ``st / max(sqrt(v_hat) + eps, a)``."""
     d = torch.sqrt(v) / rbc + eps
-    seen = v > 0
+    d = torch.maximum(d, a) if isinstance(a, Tensor) else torch.clamp_min(d, a)
     if op != "group":
-        return torch.where(seen, t / d, 0.0)
-    count = seen.sum(dim=dims, keepdim=True, dtype=d.dtype)
-    total = torch.where(seen, d, 0.0).sum(dim=dims, keepdim=True)
-    return torch.where(count > 0, t * count / torch.where(count > 0, total, 1.0), 0.0)
+        return st * a / d
+    count = 1
+    for k in dims:
+        count *= d.shape[k]
+    return st * a * count / d.sum(dim=dims, keepdim=True)
 
 
 def _bucket_update(ws: list, comps, vs, rbcs, s, alphas, eps: float, r: float, op: str, dims: tuple):
-    """One bucket's update, in place: ``w <- op(w, s * alpha [/ Adam's metric])``.
+    """One bucket's update, in place: ``w <- op(w, threshold)``.
 
-    ``comps``: fp32 residuals of low-precision weights (the weight is updated as
-    ``w + comp`` in fp32, rounded back, and the rounding error kept); ``vs``/``rbcs``:
-    Adam's second moments and ``sqrt(1 - beta2**step)`` per tensor (None: plain metric);
-    ``alphas``: per-tensor strength views (None: ``s`` already holds the strength).
+    ``s``: lr times the schedule; ``alphas``: the strength (a float, or one broadcast view
+    per tensor); ``comps``: fp32 residuals of low-precision weights (the weight is updated
+    as ``w + comp`` in fp32, rounded back, and the rounding error kept); ``vs``/``rbcs``:
+    Adam's second moments and ``sqrt(1 - beta2**step)`` per tensor (None: plain metric).
     """
     for i in range(len(ws)):
         w = ws[i]
         x = w if comps is None else w.float() + comps[i]
-        t = s if alphas is None else s * alphas[i]
-        if vs is not None:
-            t = _adam_threshold(op, t, vs[i].to(x.dtype), rbcs[i], eps, dims[i])
+        a = alphas[i] if isinstance(alphas, (list, tuple)) else alphas
+        st = torch.full((), s, dtype=x.dtype, device=x.device)
+        if vs is None:
+            t = st * a
+        else:
+            t = _adam_threshold(op, st, a, vs[i].to(x.dtype), rbcs[i], eps, dims[i])
         y = _apply(op, x, t, r, dims[i])
         if comps is None:
             w.copy_(y)
@@ -178,7 +185,8 @@ class Kernel:
 
     def __init__(self, op: str, r: float, dims: Sequence[tuple], tag: str):
         self.op, self.r, self.dims, self.calls = op, float(r), tuple(tuple(d) for d in dims), 0
-        self._fn = torch.compile(_fresh(_bucket_update, tag), backend=_BACKEND, dynamic=False, fullgraph=True)
+        self._fn = torch.compile(_fresh(_bucket_update, tag), backend=_BACKEND, dynamic=False, fullgraph=True,
+                                 options=_OPTIONS if _BACKEND == "inductor" else None)
 
     def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float) -> bool:
         if not available():

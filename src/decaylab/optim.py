@@ -269,9 +269,7 @@ class Regularized(torch.optim.Optimizer):
         comps = [self._residual(p) for p in params] if b.low_precision else None
         if idx is None and self._fused_step(b, step, comps):
             return
-        scale = b.scale(step, idx)
-        if adam:
-            scale = self._adam_thresholds(b.group, params, scale)
+        scale = self._adam_thresholds(b, step, idx, params) if adam else b.scale(step, idx)
         pen = b.rule.penalty
         if op == "prox":
             fn = functools.partial(pen.prox_scaled_, per_coordinate=adam)
@@ -319,13 +317,11 @@ class Regularized(torch.optim.Optimizer):
             b.kernel = self._choose_kernel(b)
         if not b.kernel:
             return False
-        alphas = b.alphas()
-        s, alphas = (step * alphas, None) if isinstance(alphas, float) else (step, alphas)
         vs = rbcs = None
         eps = 0.0
         if b.metric == "adam":
             vs, rbcs, eps = self._adam_state(b.group, b.params)
-        if b.kernel(b.params, comps, vs, rbcs, s, alphas, eps):
+        if b.kernel(b.params, comps, vs, rbcs, step, b.alphas(), eps):
             return True
         b.kernel = False  # compilation failed: eager from now on (fused.disable warned)
         return False
@@ -358,13 +354,17 @@ class Regularized(torch.optim.Optimizer):
             rbcs = [math.sqrt(1.0 - beta2 ** float(x)) for x in steps]
         return vs, rbcs, float(group["eps"])
 
-    def _adam_thresholds(self, group_index: int, params, scale) -> list[Tensor]:
-        """Per coordinate ``scale / (sqrt(v_hat) + eps)``, 0 where ``v == 0``: a coordinate
-        Adam has seen no gradient for (a never-used embedding row, a zero-initialized
-        LoRA factor) is left alone instead of getting a threshold ``scale / eps``."""
-        vs, rbcs, eps = self._adam_state(group_index, params)
+    def _adam_thresholds(self, b: _Bucket, step: float, idx, params) -> list[Tensor]:
+        """Per coordinate ``step * alpha / max(sqrt(v_hat) + eps, alpha)``: Adam's step
+        ``step / (sqrt(v_hat) + eps)``, capped at ``step / alpha`` so that a coordinate with
+        little or no gradient (a never-used embedding row, a zero-initialized LoRA factor)
+        moves toward 0 by at most ``step`` (what Adam does with the L1 term in the loss)
+        instead of being wiped by a threshold ``step * alpha / eps``."""
+        vs, rbcs, eps = self._adam_state(b.group, params)
+        alphas = b.alphas()
         out = []
         for i, (p, v) in enumerate(zip(params, vs)):
+            a = alphas if isinstance(alphas, float) else alphas[i if idx is None else idx[i]]
             # into a kept buffer: on CPUs a fresh weight-sized tensor each step costs page
             # faults that take longer than the arithmetic
             buf = self._scratch(p)
@@ -372,8 +372,12 @@ class Regularized(torch.optim.Optimizer):
                 torch.sqrt(v, out=buf)
             else:
                 buf.copy_(v).sqrt_()
-            buf.div_(rbcs[i]).add_(eps).reciprocal_().mul_(F.per_tensor(scale, i, p))
-            out.append(buf.masked_fill_(v == 0, 0.0))
+            buf.div_(rbcs[i]).add_(eps)
+            if isinstance(a, float):
+                buf.clamp_min_(a)
+            else:
+                torch.maximum(buf, a, out=buf)
+            out.append(buf.reciprocal_().mul_(F.times(a, step) if isinstance(a, float) else a * step))
         return out
 
     def _resolve_metrics(self) -> None:
