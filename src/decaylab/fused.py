@@ -139,23 +139,25 @@ def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tu
     return st * a * count / d.sum(dim=dims, keepdim=True)
 
 
-def _bucket_update(ws: list, comps, vs, rbcs, s, alphas, eps: float, r: float, op: str, dims: tuple):
+def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: float, op: str, dims: tuple):
     """One bucket's update, in place: ``w <- op(w, threshold)``.
 
-    ``s``: lr times the schedule; ``alphas``: the strength (a float, or one broadcast view
+    ``scalars``: a tensor on the weights' device holding lr times the schedule and, for
+    the Adam metric, ``sqrt(1 - beta2**step)`` per tensor (a tensor, not Python floats:
+    torch.compile specializes on floats, which would recompile at every new lr); ``alphas``: the strength (a float, or one broadcast view
     per tensor); ``comps``: fp32 residuals of low-precision weights (the weight is updated
     as ``w + comp`` in fp32, rounded back, and the rounding error kept); ``vs``/``rbcs``:
-    Adam's second moments and ``sqrt(1 - beta2**step)`` per tensor (None: plain metric).
+    Adam's second moments (None: plain metric).
     """
     for i in range(len(ws)):
         w = ws[i]
         x = w if comps is None else w.float() + comps[i]
         a = alphas[i] if isinstance(alphas, (list, tuple)) else alphas
-        st = torch.full((), s, dtype=x.dtype, device=x.device)
+        st = scalars[0]
         if vs is None:
             t = st * a
         else:
-            t = _adam_threshold(op, st, a, vs[i].to(x.dtype), rbcs[i], eps, dims[i])
+            t = _adam_threshold(op, st, a, vs[i].to(x.dtype), scalars[1 + i], eps, dims[i])
         y = _apply(op, x, t, r, dims[i])
         if comps is None:
             w.copy_(y)
@@ -191,10 +193,18 @@ class Kernel:
     def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float) -> bool:
         if not available():
             return False
+        w = ws[0]
+        dtype = torch.promote_types(w.dtype, torch.float32)
+        if isinstance(rbcs, Tensor):  # Adam's step counters live on the device: no host sync
+            scalars = torch.cat([torch.full((1,), s, dtype=dtype, device=w.device), rbcs.to(dtype)])
+        else:
+            scalars = torch.tensor([s, *(rbcs or ())], dtype=dtype, device=w.device)
         try:
-            self._fn(list(ws), comps, vs, rbcs, s, alphas, eps, self.r, self.op, self.dims)
+            self._fn(list(ws), comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
         except Exception as err:  # noqa: BLE001 - any compiler failure means: eager from now on
-            disable(f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+            text = (str(cause).strip().splitlines() or [""])[0][:200]
+            disable(f"torch.compile failed: {type(cause).__name__}: {text}")
             return False
         self.calls += 1
         return True
