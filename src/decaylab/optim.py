@@ -251,10 +251,9 @@ class Regularized(torch.optim.Optimizer):
         idx, params, ctxs = self._active(b)
         if not params or m == 0:
             return
-        if self.optimizer.param_groups[b.group].get("maximize", False):
-            m = -m
+        sign = -1.0 if self.optimizer.param_groups[b.group].get("maximize", False) else 1.0
         grads = [p.grad for p in params]
-        new = b.rule.penalty.add_grad(grads, params, b.scale(m, idx), ctxs)
+        new = b.rule.penalty.add_grad(grads, params, b.scale(m, idx), ctxs, sign)
         for p, g, tmp in zip(params, grads, new):
             swapped.append((p, g, tmp))
             p.grad = tmp

@@ -132,14 +132,15 @@ class Penalty:
         """The (sub)gradient of ``R`` at ``w`` (the ``"coupled"`` mode adds it)."""
         return self.grad_scaled(w, _alpha_for(self.alpha, w), ctx)
 
-    def add_grad(self, grads, tensors, scale, ctxs=None) -> list[Tensor]:
-        """New tensors ``g + scale * grad R(w)`` (``scale`` = strength x multiplier); the
-        gradients themselves are left as they are."""
+    def add_grad(self, grads, tensors, scale, ctxs=None, sign: float = 1.0) -> list[Tensor]:
+        """New tensors ``g + sign * grad R(w)`` with the strength ``scale`` (strength x
+        schedule); the gradients themselves are left as they are. ``sign=-1`` serves
+        optimizers with ``maximize=True``, which follow ``-g``."""
         scale = F.prepare(scale, tensors)
         ctxs = ctxs or [None] * len(tensors)
         terms = [self.grad_scaled(w, F._at(scale, i), c).to(g.dtype)
                  for i, (g, w, c) in enumerate(zip(grads, tensors, ctxs))]
-        return list(torch._foreach_add(list(grads), terms))
+        return list(torch._foreach_add(list(grads), terms, alpha=sign))
 
     def _sum(self, per_tensor) -> Tensor:
         return torch.stack([t if t.ndim == 0 else t.sum() for t in per_tensor]).sum()
@@ -177,12 +178,12 @@ class L2(Penalty):
     def grad_scaled(self, w, alpha, ctx=None):
         return w * alpha
 
-    def add_grad(self, grads, tensors, scale, ctxs=None):
+    def add_grad(self, grads, tensors, scale, ctxs=None, sign: float = 1.0):
         # torch's SGD(weight_decay) computes grad.add(param, alpha=wd): the same op, the same bits
         scale = F.prepare(scale, tensors)
         if isinstance(scale, float):
-            return list(torch._foreach_add(list(grads), list(tensors), alpha=scale))
-        return [torch.add(g, (w * s).to(g.dtype)) for g, w, s in zip(grads, tensors, scale)]
+            return list(torch._foreach_add(list(grads), list(tensors), alpha=sign * scale))
+        return [torch.add(g, (w * s).to(g.dtype), alpha=sign) for g, w, s in zip(grads, tensors, scale)]
 
     def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
         F._div_(tensors, scale, foreach)
