@@ -50,15 +50,22 @@ def versions() -> dict:
 
 
 # -- building pieces from a config -----------------------------------------------------
-def describe(run: dict) -> str:
-    """One human line for a penalty setting, e.g. ``"L1(alpha=1e-4), prox, adam metric"``."""
+def describe(run: dict, optimizer: str = "adam") -> str:
+    """One human line for a penalty setting, e.g. ``"L1(alpha=1e-4), prox, adam metric"``.
+
+    A prox rule names its metric: the one given, else the library's default for the
+    lab's ``optimizer`` (Adam's for sparse penalties under adam/adamw, else lr).
+    """
     if run["penalty"] == "none":
         return "no penalty"
     pen = make_penalty(run, None)
-    mode = run["mode"] or pen.default_mode
+    metric = run["metric"]
+    mode = run["mode"] or ("prox" if metric == "adam" else pen.default_mode)
     text = f"{pen!r}, {mode}"
-    if run["metric"] != "lr":
-        text += f", {run['metric']} metric"
+    if mode == "prox":
+        if not metric:  # what regularize() picks: Adam's metric where the optimizer keeps exp_avg_sq
+            metric = "adam" if pen.adam_metric_default and optimizer in ("adam", "adamw") else "lr"
+        text += f", {metric} metric"
     if run["params"]:
         text += f", on {run['params']}"
     if run["warmup_epochs"]:
@@ -96,7 +103,7 @@ def make_rules(run: dict, model: nn.Module, steps_per_epoch: int) -> list[dl.Rul
         ramp = run["warmup_epochs"] * steps_per_epoch
         schedule = lambda step: min(1.0, step / ramp)  # noqa: E731
     return [dl.Rule(make_penalty(run, model), params=params, mode=run["mode"] or None,
-                    metric=run["metric"], schedule=schedule)]
+                    metric=run["metric"] or None, schedule=schedule)]
 
 
 def make_optimizer(train: dict, params, lr: float | None = None) -> torch.optim.Optimizer:
@@ -221,7 +228,7 @@ def _cosine(opt, epochs: int):
 def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None) -> dict:
     """Train one penalty setting into ``run_dir``; returns what final.json holds."""
     run_dir.mkdir(parents=True)
-    _write_json(run_dir / "spec.json", {**run, "describe": describe(run)})
+    _write_json(run_dir / "spec.json", {**run, "describe": describe(run, cfg["train"]["optimizer"])})
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
                         hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
@@ -317,7 +324,7 @@ def check_runs(cfg: dict) -> None:
     """Build every penalty once so a bad strength fails before any training starts."""
     for run in cfg["runs"]:
         try:
-            describe(run)
+            describe(run, cfg["train"]["optimizer"])
         except ValueError as err:
             raise ValueError(f"run '{run['name']}': {err}") from None
 
