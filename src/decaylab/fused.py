@@ -129,8 +129,7 @@ def _apply(op: str, x: Tensor, t, r: float, dims: tuple) -> Tensor:
 def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tuple) -> Tensor:
     """``st * a / max(sqrt(v_hat) + eps, a)`` per coordinate; per group, ``a`` times the
     harmonic mean of the coordinates' steps ``st / max(sqrt(v_hat) + eps, a)``."""
-    d = torch.sqrt(v) / rbc + eps
-    d = torch.maximum(d, a) if isinstance(a, Tensor) else torch.clamp_min(d, a)
+    d = torch.maximum(torch.sqrt(v) / rbc + eps, a)
     if op != "group":
         return st * a / d
     count = 1
@@ -142,22 +141,23 @@ def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tu
 def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: float, op: str, dims: tuple):
     """One bucket's update, in place: ``w <- op(w, threshold)``.
 
-    ``scalars``: a tensor on the weights' device holding lr times the schedule and, for
-    the Adam metric, ``sqrt(1 - beta2**step)`` per tensor (a tensor, not Python floats:
-    torch.compile specializes on floats, which would recompile at every new lr); ``alphas``: the strength (a float, or one broadcast view
-    per tensor); ``comps``: fp32 residuals of low-precision weights (the weight is updated
+    ``scalars``: a tensor on the weights' device holding lr times the schedule, the
+    strength (when it is a float) and, for the Adam metric, ``sqrt(1 - beta2**step)`` per
+    tensor (a tensor, not Python floats: torch.compile specializes on floats, which would
+    recompile at every new lr); ``alphas``: one broadcast strength view per tensor when
+    the strength is a ``[K]`` tensor, else None; ``comps``: fp32 residuals of low-precision weights (the weight is updated
     as ``w + comp`` in fp32, rounded back, and the rounding error kept); ``vs``/``rbcs``:
     Adam's second moments (None: plain metric).
     """
     for i in range(len(ws)):
         w = ws[i]
         x = w if comps is None else w.float() + comps[i]
-        a = alphas[i] if isinstance(alphas, (list, tuple)) else alphas
+        a = scalars[1] if alphas is None else alphas[i]
         st = scalars[0]
         if vs is None:
             t = st * a
         else:
-            t = _adam_threshold(op, st, a, vs[i].to(x.dtype), scalars[1 + i], eps, dims[i])
+            t = _adam_threshold(op, st, a, vs[i].to(x.dtype), scalars[2 + i], eps, dims[i])
         y = _apply(op, x, t, r, dims[i])
         if comps is None:
             w.copy_(y)
@@ -165,6 +165,16 @@ def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: 
             lo = y.to(w.dtype)
             w.copy_(lo)
             comps[i].copy_(y - lo.float())
+
+
+_COMPILED: dict = {}  # signature -> compiled function (one code object each)
+
+
+def _signature(ws, comps, vs, alphas, eps, kernel) -> tuple:
+    def desc(ts):
+        return None if ts is None else tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in ts)
+
+    return (_BACKEND, kernel.op, kernel.r, kernel.dims, desc(ws), desc(comps), desc(vs), desc(alphas), float(eps))
 
 
 def _fresh(fn: Callable, tag: str) -> Callable:
@@ -187,18 +197,30 @@ class Kernel:
 
     def __init__(self, op: str, r: float, dims: Sequence[tuple], tag: str):
         self.op, self.r, self.dims, self.calls = op, float(r), tuple(tuple(d) for d in dims), 0
-        self._fn = torch.compile(_fresh(_bucket_update, tag), backend=_BACKEND, dynamic=False, fullgraph=True,
-                                 options=_OPTIONS if _BACKEND == "inductor" else None)
+        self.tag, self._fn = tag, None
+
+    def _compiled(self, key: tuple) -> Callable:
+        """The compiled function for this bucket's signature, shared by every bucket with
+        the same one (another wrapper over a model of the same shapes compiles nothing)."""
+        fn = _COMPILED.get(key)
+        if fn is None:
+            fn = torch.compile(_fresh(_bucket_update, f"{self.tag}_{len(_COMPILED)}"), backend=_BACKEND,
+                               dynamic=False, fullgraph=True, options=_OPTIONS if _BACKEND == "inductor" else None)
+            _COMPILED[key] = fn
+        return fn
 
     def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float) -> bool:
         if not available():
             return False
         w = ws[0]
         dtype = torch.promote_types(w.dtype, torch.float32)
+        a, alphas = (float(alphas), None) if isinstance(alphas, float) else (1.0, list(alphas))
         if isinstance(rbcs, Tensor):  # Adam's step counters live on the device: no host sync
-            scalars = torch.cat([torch.full((1,), s, dtype=dtype, device=w.device), rbcs.to(dtype)])
+            scalars = torch.cat([torch.tensor([s, a], dtype=dtype, device=w.device), rbcs.to(dtype)])
         else:
-            scalars = torch.tensor([s, *(rbcs or ())], dtype=dtype, device=w.device)
+            scalars = torch.tensor([s, a, *(rbcs or ())], dtype=dtype, device=w.device)
+        if self._fn is None:
+            self._fn = self._compiled(_signature(ws, comps, vs, alphas, eps, self))
         try:
             self._fn(list(ws), comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
         except Exception as err:  # noqa: BLE001 - any compiler failure means: eager from now on
