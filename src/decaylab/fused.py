@@ -24,10 +24,12 @@ multiplies by a stored reciprocal, so thresholds can differ in the last bit; a w
 sitting exactly on a threshold may then be zeroed by one path and keep a last-bit residue
 in the other.
 
-Each bucket compiles its own copy of the kernel (its own code object), with static
-shapes: a compilation is paid once per bucket (a few seconds on a CPU), and the learning
-rate, the strength schedule and Adam's bias correction are run-time arguments, so the
-kernel does not recompile as they change. A step where only some of a bucket's tensors
+Each bucket signature (shapes, dtypes, device, op) compiles its own copy of the kernel
+(its own code object, so buckets never share a cache or its recompile limit), with static
+shapes: a compilation is paid once per signature (a few seconds on a CPU; another wrapper
+over a model of the same shapes reuses it), and the learning rate, the strength, its
+schedule and Adam's bias correction are run-time inputs (one small tensor on the weights'
+device), so the kernel does not recompile as they change. A step where only some of a bucket's tensors
 have a gradient takes the eager path for that step rather than compiling a variant.
 """
 
@@ -198,6 +200,9 @@ class Kernel:
     def __init__(self, op: str, r: float, dims: Sequence[tuple], tag: str):
         self.op, self.r, self.dims, self.calls = op, float(r), tuple(tuple(d) for d in dims), 0
         self.tag, self._fn = tag, None
+
+    def __getstate__(self):  # a copy or a pickle finds its compiled function again
+        return {**self.__dict__, "_fn": None}
 
     def _compiled(self, key: tuple) -> Callable:
         """The compiled function for this bucket's signature, shared by every bucket with
