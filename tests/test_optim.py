@@ -1,6 +1,7 @@
 """The regularize() wrapper: an Optimizer that applies penalties once per real step."""
 from __future__ import annotations
 
+import copy
 import io
 import math
 import warnings
@@ -603,3 +604,25 @@ def test_adam_metric_does_not_wipe_a_zero_initialized_lora_pair():
     opt.step()
     assert float((a.weight == 0).float().mean()) < 0.05
     assert float((a.weight - a0).abs().max()) <= 1e-3 + 1e-6
+
+
+def test_adam_metric_under_amsgrad_uses_the_max_second_moment():
+    lr, alpha = 0.1, 1e-2
+    model = _linear([[0.5, -0.5]])
+    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True), model,
+                        dl.Rule(dl.L1(alpha), metric="adam"))
+    for g in (10.0, 0.05):  # a big gradient, then a small one: max_exp_avg_sq > exp_avg_sq
+        before = model.weight.detach().clone()
+        model.weight.grad = torch.tensor([[g, -g]])
+        ref = nn.Parameter(before.clone())
+        ref_opt = torch.optim.Adam([ref], lr=lr, amsgrad=True)
+        ref_opt.load_state_dict(copy.deepcopy(opt.optimizer.state_dict()))
+        ref.grad = model.weight.grad.clone()
+        opt.step()
+        ref_opt.step()
+    st = opt.state[model.weight]
+    assert not torch.equal(st["max_exp_avg_sq"], st["exp_avg_sq"])
+    v_hat = st["max_exp_avg_sq"] / (1 - 0.999 ** float(st["step"]))
+    thr = lr * alpha / torch.clamp_min(v_hat.sqrt() + 1e-8, alpha)
+    w = ref.detach()
+    torch.testing.assert_close(model.weight.detach(), torch.sign(w) * (w.abs() - thr).clamp_min(0))
