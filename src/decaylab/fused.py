@@ -108,7 +108,8 @@ def _group_factor(x: Tensor, t, dims: tuple) -> Tensor:
     size = 1
     for d in dims:
         size *= x.shape[d]
-    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
+    # a NaN entry leaves its group alone (an infinite norm), as the eager kernel does
+    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True).nan_to_num(nan=math.inf)
     # relu(1 - t*sqrt|g|/||x_g||); a zero group stays zero (never 0/0)
     safe = torch.where(norm > 0, norm, 1.0)
     return torch.where(norm > 0, 1.0 - t * math.sqrt(size) / safe, 0.0).clamp_min(0.0)
@@ -134,10 +135,9 @@ def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tu
     d = torch.maximum(torch.sqrt(v) / rbc + eps, a)
     if op != "group":
         return st * a / d
-    count = 1
-    for k in dims:
-        count *= d.shape[k]
-    return st * a * count / d.sum(dim=dims, keepdim=True)
+    ok = ~torch.isnan(d)  # a NaN entry (NaN gradient) is left out of the mean, as eagerly
+    count = ok.sum(dim=dims, keepdim=True, dtype=d.dtype)
+    return st * a * count / torch.where(ok, d, 0.0).sum(dim=dims, keepdim=True)
 
 
 def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: float, op: str, dims: tuple):

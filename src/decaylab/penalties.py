@@ -38,6 +38,8 @@ MODES = ("prox", "decoupled", "coupled")
 def check_strength(alpha, what: str) -> float | Tensor:
     """Validate a strength: a finite float >= 0, or a 0-/1-D tensor of them."""
     if isinstance(alpha, Tensor):
+        if not alpha.is_floating_point():
+            raise ValueError(f"{what} must be a number or a float tensor, got a tensor of {alpha.dtype}")
         if alpha.ndim > 1:
             raise ValueError(
                 f"{what} must be a float or a 1-D tensor with one strength per configuration, "
@@ -50,7 +52,8 @@ def check_strength(alpha, what: str) -> float | Tensor:
         # float32 at least; a float64 strength stays float64 so lr * alpha keeps its precision
         return alpha.detach().to(torch.promote_types(alpha.dtype, torch.float32))
     try:
-        if isinstance(alpha, (str, bytes)):  # float("1e-3") would pass: a config-parsing slip
+        # float("1e-3") would pass (a config-parsing slip), and float(True) is 1.0
+        if isinstance(alpha, (str, bytes, bool)):
             raise TypeError
         value = float(alpha)
     except (TypeError, ValueError):
@@ -92,6 +95,11 @@ class Penalty:
 
     def bind(self, name: str, param: Tensor):
         """Check the penalty fits parameter ``name`` and return its per-parameter context."""
+        if not param.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__} needs real floating-point weights; '{name}' is {param.dtype}; "
+                f"exclude it from this rule (e.g. Rule(None, params='{name}'))"
+            )
         if self.batch_dims:
             k = self.alpha.shape[0]
             if param.ndim == 0 or param.shape[0] != k:
@@ -228,6 +236,8 @@ class ElasticNet(Penalty):
     def __init__(self, alpha, l1_ratio: float = 0.5):
         super().__init__(alpha)
         try:
+            if isinstance(l1_ratio, (str, bytes, bool)):
+                raise TypeError
             ok = 0.0 <= float(l1_ratio) <= 1.0
         except (TypeError, ValueError):
             ok = False
@@ -324,9 +334,8 @@ class GroupLasso(Penalty):
 
         The group prox has no closed form in a diagonal metric, so each group gets the
         exact prox in an isotropic metric: the harmonic mean of its coordinates' steps,
-        ``lr / mean(sqrt(v_hat) + eps)``. Whole groups still become exactly zero. A zero
-        step (a coordinate Adam has not seen a gradient for) is left out of the mean; a
-        group with no seen coordinate gets step 0 (it is left alone).
+        ``lr / mean(max(sqrt(v_hat) + eps, alpha))`` (see the wrapper's cap). Whole groups
+        still become exactly zero.
         """
         out = []
         for w, s, g in zip(tensors, steps, groupings):
@@ -335,12 +344,9 @@ class GroupLasso(Penalty):
                     "GroupLasso with groups=<function> supports metric='lr' only; use metric='lr' "
                     "or a built-in grouping ('rows', 'inputs', 'channels')"
                 )
-            dims = g._reduce_dims(w)
-            seen = s > 0
-            inv_sum = torch.where(seen, s, 1.0).reciprocal().masked_fill_(~seen, 0.0).sum(dims, keepdim=True)
-            count = seen.sum(dims, keepdim=True, dtype=s.dtype)
-            # harmonic mean count / sum(1/s): lr / mean(sqrt(v_hat) + eps), not swamped by near-zero v
-            out.append(torch.where(count > 0, count / inv_sum.clamp_min(torch.finfo(s.dtype).tiny), 0.0))
+            # harmonic mean: lr / mean(max(sqrt(v_hat) + eps, alpha)), not swamped by near-zero
+            # v entries (nanmean: a NaN v_hat entry, from a NaN gradient, does not poison its group)
+            out.append(s.reciprocal().nanmean(dim=g._reduce_dims(w), keepdim=True).reciprocal())
         return out
 
     def __repr__(self):
@@ -363,33 +369,47 @@ class L2SP(Penalty):
     def __init__(self, alpha, reference: Mapping[str, Tensor] | None = None):
         super().__init__(alpha)
         self.reference = reference
-        self._bound: dict[int, Tensor] = {}
+        # keyed by the parameter itself (hash = identity): a deepcopy or pickle of the
+        # penalty with its parameters maps the keys to the copies; id(param) would not
+        self._bound: dict[Tensor, Tensor] = {}
 
     def bind(self, name, param):
         super().bind(name, param)
         if self.reference is None:
             ref = param.detach().clone()
-        elif name not in self.reference:
-            raise ValueError(
-                f"L2SP reference has no entry for '{name}'; pass a state_dict that contains it, "
-                f"or exclude '{name}' from this rule"
-            )
         else:
-            ref = torch.as_tensor(self.reference[name]).detach()
+            ref = torch.as_tensor(self._lookup(name)).detach()
             if ref.shape != param.shape:
                 raise ValueError(
                     f"L2SP reference for '{name}' has shape {tuple(ref.shape)} but the parameter "
                     f"has shape {tuple(param.shape)}; pass the matching pretrained weights"
                 )
             ref = ref.to(device=param.device, dtype=param.dtype).clone()
-        self._bound[id(param)] = ref
+        self._bound[param] = ref
         return ref
+
+    def _lookup(self, name: str):
+        """The reference for ``name``, also under a DDP (``module.``) or compiled
+        (``_orig_mod.``) model's key, as in that model's ``state_dict()``."""
+        if name in self.reference:
+            return self.reference[name]
+        from .rules import strip_wrappers
+
+        for key in self.reference:
+            if isinstance(key, str) and strip_wrappers(key) == name:
+                return self.reference[key]
+        keys = [k for k in self.reference if isinstance(k, str)]
+        shown = ", ".join(repr(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+        raise ValueError(
+            f"L2SP reference has no entry for '{name}' (its keys are {shown or 'none'}); pass a "
+            f"state_dict that contains it, or exclude '{name}' from this rule"
+        )
 
     def _refs(self, tensors, references):
         if references is not None:
             return references
         try:
-            return [self._bound[id(w)] for w in tensors]
+            return [self._bound[w] for w in tensors]
         except KeyError:
             raise ValueError("L2SP.value() needs references= for tensors not bound by regularize()") from None
 
