@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import decaylab as dl
+
 README = Path(__file__).parents[1] / "README.md"
 
 
@@ -60,4 +62,4 @@ def test_readme_library_snippet_gives_exact_zeros(capsys):
     assert zeros["fc2.weight"] > 0.01 and zeros["fc3.weight"] > 0.01  # L1(1e-5), default selection
     assert zeros["fc1.weight"] >= 22 / 64  # GroupLasso on inputs: the 22 blank pixels, at least
     rows = {line[:32].strip(): line for line in out.splitlines()[2:]}
-    assert not rows["Linear/Conv weights"].split()[-2].startswith("0.0%")
+    assert not rows[dl.default_selection.__name__].split()[-2].startswith("0.0%")
