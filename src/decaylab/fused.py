@@ -46,10 +46,11 @@ from torch import Tensor
 __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 
 # From this many penalized elements in a bucket, fused=None (auto) compiles on a CPU:
-# below it the compile time (seconds) is not won back in a typical run. Measured with
-# bench/step_overhead.py (see BENCHMARKS.md): on the 5.8M-weight MLP the Adam-metric prox
-# drops from ~25 ms to ~2 ms per step, so ~10 s of compilation pays after a few hundred
-# steps; a 270k-weight LeNet-300-100 saves ~1 ms a step, which takes 10,000 steps.
+# below it the compile time is not won back in a typical run. bench/step_overhead.py
+# (BENCHMARKS.md): a cold compile takes 5-15 s per bucket on the 2-core machine; on the
+# 5.8M-weight MLP the Adam-metric prox costs ~12 ms a step eagerly (4.0x a 4 ms AdamW step,
+# quiet machine) and ~2 ms fused (1.4-1.7x), so the compile pays after ~1,000 steps; a
+# 270k-weight LeNet-300-100 saves well under 1 ms a step: 10,000+ steps to pay back.
 CPU_MIN_NUMEL = 1 << 20
 
 _BACKEND: object = "inductor"  # tests swap in a counting backend
