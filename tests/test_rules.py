@@ -206,9 +206,9 @@ def test_summary_counts_tensors_and_elements():
     assert list(rows) == ["weights >= 2-D", "fc1.weight", "*.bias | norm_layers", "(no rule)"]
     # (mode, tensors, elements, zero %, norm)
     conv_norm = float(net.conv.weight.detach().norm())
-    assert rows["weights >= 2-D"][:4] == ("prox", 2, 18 + 18, 50.0)  # fc2.weight is all zero
+    assert rows["weights >= 2-D"][:4] == ("prox/auto", 2, 18 + 18, 50.0)  # fc2.weight is all zero
     assert rows["weights >= 2-D"][4] == pytest.approx(conv_norm, rel=2e-3)
-    assert rows["fc1.weight"][:4] == ("prox", 1, 48, 0.0)
+    assert rows["fc1.weight"][:4] == ("prox/auto", 1, 48, 0.0)  # metric: set at step 1
     assert rows["*.bias | norm_layers"][:3] == ("-", 7, 2 + 2 + 2 + 6 + 6 + 6 + 3)
     assert rows["(no rule)"][:3] == ("-", 1, 40)
     assert "L1(alpha=0.001)" in text and "GroupLasso(alpha=" in text

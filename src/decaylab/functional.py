@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 Scale = Union[float, Tensor, Sequence[Tensor]]
+# a prepared scale: a float, or one tensor per weight that broadcasts against it
+Prepared = Union[float, Sequence[Tensor]]
 
 __all__ = [
     "shrink_",
@@ -37,6 +39,8 @@ __all__ = [
     "group_soft_threshold_",
     "pull_toward_",
     "per_tensor",
+    "prepare",
+    "broadcast_view",
 ]
 
 
@@ -47,8 +51,8 @@ __all__ = [
 _LOOP_NUMEL = 1 << 19
 
 
-def _use_foreach(tensors: Sequence[Tensor], foreach: bool | None, scale: Scale) -> bool:
-    if not isinstance(scale, (int, float)):  # broadcast / per-coordinate scales: loop path
+def _use_foreach(tensors: Sequence[Tensor], foreach: bool | None, scale: Prepared) -> bool:
+    if not isinstance(scale, float):  # per-tensor tensors ([K] strengths, per coordinate): loop
         return False
     if foreach is None:
         return bool(tensors) and tensors[0].is_cuda
@@ -60,21 +64,67 @@ def _check_scale(scale: Scale) -> None:
         raise ValueError(f"step scale must be >= 0 and finite, got {scale!r}")
 
 
+def broadcast_view(t: Tensor, w: Tensor) -> Tensor:
+    """``t`` on ``w``'s device, a ``[K]`` strength viewed as ``[K, 1, ..., 1]`` so that it
+    broadcasts over ``w``'s leading configuration dimension (other shapes as they are).
+
+    >>> broadcast_view(torch.tensor([1.0, 2.0]), torch.zeros(2, 3)).shape
+    torch.Size([2, 1])
+    """
+    if t.ndim == 1 and w.ndim > 1 and t.shape[0] == w.shape[0]:
+        t = t.view(-1, *([1] * (w.ndim - 1)))
+    return t.to(device=w.device)
+
+
+def prepare(scale: Scale, tensors: Sequence[Tensor]) -> Prepared:
+    """The one place a scale meets the tensors' shapes and devices.
+
+    A Python number stays a float (the fast paths take it as a scalar). A tensor (one
+    strength per configuration, ``[K]``) becomes one broadcast view per tensor; a list
+    gives one tensor per tensor (e.g. per-coordinate thresholds), also broadcast. The
+    wrapper prepares its strengths once per bucket with this and keeps them; kernels call
+    it on what they are given, which leaves prepared scales as they are.
+
+    >>> prepare(0.5, [torch.zeros(2)])
+    0.5
+    >>> [s.shape for s in prepare(torch.tensor([1.0, 2.0]), [torch.zeros(2, 3), torch.zeros(2)])]
+    [torch.Size([2, 1]), torch.Size([2])]
+    """
+    if isinstance(scale, (int, float)):
+        _check_scale(scale)
+        return float(scale)
+    if isinstance(scale, Tensor):
+        return [broadcast_view(scale, w) for w in tensors]
+    if len(scale) != len(tensors):
+        raise ValueError(f"got {len(scale)} step scales for {len(tensors)} tensors; give one per tensor")
+    return [broadcast_view(s, w) for s, w in zip(scale, tensors)]
+
+
+def times(scale: Prepared, step: float | Sequence[Tensor]) -> Prepared:
+    """A prepared strength times a step: the lr (a float) or per-tensor step tensors (the
+    Adam metric). The product of strength and step is formed here and nowhere else.
+
+    >>> times(0.5, 0.1)
+    0.05
+    >>> times(0.5, [torch.tensor([1.0, 2.0])])
+    [tensor([0.5000, 1.0000])]
+    """
+    if isinstance(step, (int, float)):
+        return scale * float(step) if isinstance(scale, float) else [s * float(step) for s in scale]
+    if isinstance(scale, float):
+        return [st * scale for st in step]
+    return [st * s for st, s in zip(step, scale)]
+
+
 def per_tensor(scale: Scale, i: int, w: Tensor) -> float | Tensor:
-    """The scale for the i-th tensor ``w``: a float, an entry of a list of tensors, or a
-    strength of shape ``[K]`` viewed as ``[K, 1, ..., 1]`` to broadcast over ``w``'s
-    leading configuration dimension.
+    """The scale for the i-th tensor ``w`` (see :func:`prepare`).
 
     >>> per_tensor(torch.tensor([1.0, 2.0]), 0, torch.zeros(2, 3)).shape
     torch.Size([2, 1])
     """
     if isinstance(scale, (int, float)):
-        return scale
-    if not isinstance(scale, Tensor):
-        scale = scale[i]
-    if scale.ndim == 1 and w.ndim > 1 and scale.shape[0] == w.shape[0]:
-        scale = scale.view(-1, *([1] * (w.ndim - 1)))
-    return scale.to(device=w.device)
+        return float(scale)
+    return broadcast_view(scale if isinstance(scale, Tensor) else scale[i], w)
 
 
 def shrink_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | None = None) -> None:
@@ -92,14 +142,14 @@ def shrink_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | None = N
     >>> shrink_(w, 0.25); w[0]
     tensor([ 1.5000, -3.0000])
     """
-    _check_scale(scale)
+    scale = prepare(scale, tensors)
     if not tensors:
         return
     if _use_foreach(tensors, foreach, scale):
         torch._foreach_mul_(list(tensors), max(1.0 - scale, 0.0))
         return
     for i, w in enumerate(tensors):
-        s = per_tensor(scale, i, w)
+        s = _at(scale, i)
         w.mul_((1.0 - s).clamp_min(0.0) if isinstance(s, Tensor) else max(1.0 - s, 0.0))
 
 
@@ -117,7 +167,7 @@ def soft_threshold_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | 
     >>> soft_threshold_(w, 0.1); w[0].abs()  # abs: softshrink may write -0.0
     tensor([0.4000, 0.0000, 1.9000])
     """
-    _check_scale(scale)
+    scale = prepare(scale, tensors)
     if not tensors:
         return
     if foreach is None and sum(w.numel() for w in tensors) >= _LOOP_NUMEL * len(tensors):
@@ -130,7 +180,7 @@ def soft_threshold_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | 
         torch._foreach_sub_(tensors, clipped)
         return
     for i, w in enumerate(tensors):
-        s = per_tensor(scale, i, w)
+        s = _at(scale, i)
         if isinstance(s, Tensor) and s.shape == w.shape and s.dtype == w.dtype:
             # per-coordinate threshold: w - clamp(w, -s, s) with a single temporary (on CPUs
             # each fresh weight-sized tensor costs page faults)
@@ -154,27 +204,33 @@ def elastic_net_prox_(
     >>> elastic_net_prox_(w, 0.2, 0.5); w[0]
     tensor([0.8182, 0.0000])
     """
+    scale = prepare(scale, tensors)
     soft_threshold_(tensors, _times(scale, l1_ratio), foreach=foreach)
     if l1_ratio < 1.0:
         _div_(tensors, _times(scale, 1.0 - l1_ratio), foreach)
 
 
-def _times(scale: Scale, c: float) -> Scale:
+def _times(scale: Scale, c: float) -> Prepared:
+    """``scale * c`` for a prepared (or raw) scale."""
     if isinstance(scale, (int, float, Tensor)):
         return scale * c
     return [s * c for s in scale]
 
 
+def _at(scale: Prepared, i: int) -> float | Tensor:
+    return scale if isinstance(scale, float) else scale[i]
+
+
 def _div_(tensors: Sequence[Tensor], scale: Scale, foreach: bool | None) -> None:
     """``w <- w / (1 + scale)``."""
-    _check_scale(scale)
+    scale = prepare(scale, tensors)
     if not tensors:
         return
     if _use_foreach(tensors, foreach, scale):
         torch._foreach_mul_(list(tensors), 1.0 / (1.0 + scale))
     else:
         for i, w in enumerate(tensors):
-            w.div_(1.0 + per_tensor(scale, i, w))
+            w.div_(1.0 + _at(scale, i))
 
 
 def group_soft_threshold_(
@@ -197,13 +253,13 @@ def group_soft_threshold_(
     tensor([[2.1515, 2.8686],
             [0.0000, 0.0000]])
     """
-    _check_scale(scale)
+    scale = prepare(scale, tensors)
     for i, (w, grouping) in enumerate(zip(tensors, groupings)):
         norms, sizes = grouping.norms(w)
         # a NaN entry (a NaN gradient after the inner step) makes its group's norm NaN; as
         # an infinite norm the group is left alone instead of turning wholly NaN
         norms.nan_to_num_(nan=math.inf)
-        s = per_tensor(scale, i, w)
+        s = _at(scale, i)
         if isinstance(sizes, int) and isinstance(s, (int, float)):
             # Fast path, in place on the small norms tensor: relu(1 - t/||w_g||); a zero
             # norm gives 1/0 = inf -> -inf -> 0, never NaN (t > 0 here).
@@ -233,12 +289,12 @@ def pull_toward_(
     >>> pull_toward_(w, [torch.tensor([1.0])], 0.25); w[0]
     tensor([1.7500])
     """
-    _check_scale(scale)
+    scale = prepare(scale, tensors)
     if not tensors:
         return
     if _use_foreach(tensors, foreach, scale):
         torch._foreach_lerp_(list(tensors), list(references), min(scale, 1.0))
         return
     for i, (w, w0) in enumerate(zip(tensors, references)):
-        s = per_tensor(scale, i, w)
+        s = _at(scale, i)
         w.lerp_(w0.to(w.dtype), s.clamp_max(1.0).to(w.dtype) if isinstance(s, Tensor) else min(s, 1.0))

@@ -17,6 +17,7 @@ format's rounding step accumulates instead of vanishing.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import OrderedDict
@@ -26,8 +27,10 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from . import functional as F
+from . import fused as fused_kernels
 from .groups import Indexed
-from .penalties import L2SP, GroupLasso, Penalty, ScratchSteps
+from .penalties import L2SP, GroupLasso, Penalty
 from .rules import Rule, named_params, resolve
 
 __all__ = ["regularize", "Regularized"]
@@ -37,13 +40,36 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 @dataclass
 class _Bucket:
-    """Parameters of one rule, one param group, one device and dtype: one kernel call."""
+    """Parameters of one rule, one param group, one device and dtype: one kernel call.
+
+    The bucket owns its scale: the rule's strength is prepared once for its tensors (a
+    float, or per tensor a ``[K, 1, ...]`` view on the tensor's device) and multiplied by
+    ``lr * schedule`` at each step in :meth:`scale`, nowhere else.
+    """
 
     rule: Rule
+    binding: int
     group: int
     params: list[Tensor]
     ctxs: list[object]
     low_precision: bool
+    metric: str | None = None  # "lr" / "adam"; None: not resolved yet (first step)
+    kernel: object = None  # a fused.Kernel, False (eager), None (not chosen yet)
+    _alpha_src: object = None
+    _alphas: object = None
+
+    def alphas(self) -> F.Prepared:
+        alpha = self.rule.penalty.alpha
+        if alpha is not self._alpha_src:  # prepared again only when the strength is replaced
+            self._alphas, self._alpha_src = F.prepare(alpha, self.params), alpha
+        return self._alphas
+
+    def scale(self, step: float, idx: list[int] | None = None) -> F.Prepared:
+        """``alpha * step`` for the tensors ``idx`` (all when None)."""
+        a = self.alphas()
+        if idx is not None and not isinstance(a, float):
+            a = [a[i] for i in idx]
+        return F.times(a, step)
 
 
 def _as_rules(penalty_or_rules) -> list[Rule]:
@@ -73,7 +99,8 @@ class Regularized(torch.optim.Optimizer):
     inner optimizer, so LR schedulers, ``GradScaler`` and checkpointing work unchanged.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, rules: Iterable[Rule]):
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, rules: Iterable[Rule],
+                 fused: bool | None = None):
         if isinstance(optimizer, Regularized):
             raise ValueError("this optimizer is already regularized; pass all rules in one regularize() call")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -91,6 +118,9 @@ class Regularized(torch.optim.Optimizer):
         self.bindings, self.unpenalized = resolve(model, rules)
         free = set(self.unpenalized)
         self.unpenalized_params = {n: p for n, p, _ in named_params(model) if n in free}
+        self.fused = fused
+        self.metrics = [self._initial_metric(b.rule) for b in self.bindings]
+        self._pending = {i for i, m in enumerate(self.metrics) if m == "auto"}
         self._buckets = self._build_buckets()
         self._by_mode = {m: [b for b in self._buckets if b.rule.mode == m] for m in ("coupled", "decoupled", "prox")}
         self._steps = 0
@@ -99,6 +129,8 @@ class Regularized(torch.optim.Optimizer):
         self._index = {id(p): i for i, p in enumerate(self._all_params())}
         self._check_rules()
         self._warn_double_decay()
+        if self._pending:  # an optimizer that has stepped before already shows what it keeps
+            self._resolve_metrics()
 
     # -- torch.optim.Optimizer surface, shared with the inner optimizer ---------------
     @property
@@ -150,10 +182,22 @@ class Regularized(torch.optim.Optimizer):
                     )
                 key = (bi, group_of[id(p)], p.device, p.dtype)
                 if key not in buckets:
-                    buckets[key] = _Bucket(b.rule, key[1], [], [], p.dtype in _LOW_PRECISION)
+                    metric = self.metrics[bi] if self.metrics[bi] in ("lr", "adam") else None
+                    buckets[key] = _Bucket(b.rule, bi, key[1], [], [], p.dtype in _LOW_PRECISION, metric)
                 buckets[key].params.append(p)
                 buckets[key].ctxs.append(ctx)
         return list(buckets.values())
+
+    @staticmethod
+    def _initial_metric(rule: Rule) -> str | None:
+        """None (no prox), "lr", "adam", or "auto" (set at the first step by the state)."""
+        if rule.penalty is None:
+            return None
+        if rule.metric is not None:
+            return rule.metric
+        if rule.mode == "prox" and rule.penalty.adam_metric_default:
+            return "auto"
+        return "lr"
 
     def _check_rules(self) -> None:
         """Fail at regularize() what would otherwise fail at the first step()."""
@@ -204,20 +248,28 @@ class Regularized(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         by_mode = self._by_mode
-        for b in by_mode["coupled"]:
-            self._couple(b)
-        for b in by_mode["decoupled"]:
-            self._apply(b, "decay_")
-        if closure is None:
-            self.optimizer.step()
-        else:  # LBFGS and friends need it; most optimizers call it once and get `loss`
-            self.optimizer.step(self._inner_closure(closure, loss))
+        swapped: list = []
+        try:
+            for b in by_mode["coupled"]:
+                self._couple(b, swapped)
+            for b in by_mode["decoupled"]:
+                self._apply(b, "decay")
+            if closure is None:
+                self.optimizer.step()
+            else:  # LBFGS and friends need it; most optimizers call it once and get `loss`
+                self.optimizer.step(self._inner_closure(closure, loss, swapped))
+        finally:
+            for p, grad, tmp in swapped:  # the user's gradients come back unchanged
+                if p.grad is tmp:
+                    p.grad = grad
+        if self._pending:
+            self._resolve_metrics()
         for b in by_mode["prox"]:
-            self._apply(b, "prox_")
+            self._apply(b, "prox")
         self._steps += 1
         return loss
 
-    def _inner_closure(self, closure: Callable[[], Tensor], loss) -> Callable[[], Tensor]:
+    def _inner_closure(self, closure: Callable[[], Tensor], loss, swapped: list) -> Callable[[], Tensor]:
         """The closure the inner optimizer sees: its first call returns the loss already
         computed (one evaluation, as torch's optimizers do); each further call (LBFGS's
         iterations and line search) re-evaluates the user's closure and adds the coupled
@@ -235,7 +287,7 @@ class Regularized(torch.optim.Optimizer):
                     value = closure()
                 with torch.no_grad():
                     for b in coupled:
-                        self._couple(b)
+                        self._couple(b, swapped)
             if coupled and value is not None:
                 with torch.no_grad():
                     value = value + self._coupled_value()
@@ -259,34 +311,51 @@ class Regularized(torch.optim.Optimizer):
             raise ValueError(f"schedule of {rule.penalty!r} returned {m!r} at step {self._steps}; it must be >= 0")
         return m
 
-    def _active(self, b: _Bucket):
+    @staticmethod
+    def _active(b: _Bucket):
+        """(indices or None for all, params, ctxs) of the bucket's tensors with a gradient."""
         if all(p.grad is not None for p in b.params):
-            return b.params, b.ctxs
-        pairs = [(p, c) for p, c in zip(b.params, b.ctxs) if p.grad is not None]
-        return [p for p, _ in pairs], [c for _, c in pairs]
+            return None, b.params, b.ctxs
+        idx = [i for i, p in enumerate(b.params) if p.grad is not None]
+        return idx, [b.params[i] for i in idx], [b.ctxs[i] for i in idx]
 
-    def _couple(self, b: _Bucket) -> None:
+    def _couple(self, b: _Bucket, swapped: list) -> None:
+        """``g + alpha * grad R(w)`` into a new tensor the inner step reads in place of
+        ``p.grad`` (restored after it), as torch's ``weight_decay`` leaves ``p.grad`` alone.
+        Under ``maximize=True`` the penalty gradient is subtracted, so that the negated
+        gradient the inner optimizer follows still shrinks the weights (torch's rule)."""
         m = self._multiplier(b.rule)
-        params, ctxs = self._active(b)
-        for p, ctx in zip(params, ctxs):
-            p.grad.add_(b.rule.penalty.grad(p, ctx).to(p.grad.dtype), alpha=m)
+        idx, params, ctxs = self._active(b)
+        if not params or m == 0:
+            return
+        sign = -1.0 if self.optimizer.param_groups[b.group].get("maximize", False) else 1.0
+        grads = [p.grad for p in params]
+        new = b.rule.penalty.add_grad(grads, params, b.scale(m, idx), ctxs, sign)
+        for p, g, tmp in zip(params, grads, new):
+            swapped.append((p, g, tmp))
+            p.grad = tmp
 
     def _apply(self, b: _Bucket, op: str) -> None:
         m = self._multiplier(b.rule)
-        params, ctxs = self._active(b)
+        idx, params, ctxs = self._active(b)
         if not params or m == 0:
             return
-        lr = float(self.optimizer.param_groups[b.group]["lr"])
-        step = lr * m
-        if b.rule.metric == "adam":
-            step = self._adam_steps(b.group, params, step)
-        fn = getattr(b.rule.penalty, op)
-        if not b.low_precision:
-            fn(params, step, ctxs, b.rule.foreach)
+        step = float(self.optimizer.param_groups[b.group]["lr"]) * m
+        adam = b.metric == "adam"
+        comps = [self._residual(p) for p in params] if b.low_precision else None
+        if idx is None and self._fused_step(b, step, comps):
             return
-        comps = [self._residual(p) for p in params]
+        scale = self._adam_thresholds(b, step, idx, params) if adam else b.scale(step, idx)
+        pen = b.rule.penalty
+        if op == "prox":
+            fn = functools.partial(pen.prox_scaled_, per_coordinate=adam)
+        else:
+            fn = pen.decay_scaled_
+        if comps is None:
+            fn(params, scale, ctxs, b.rule.foreach)
+            return
         wide = [p.float().add_(c) for p, c in zip(params, comps)]
-        fn(wide, step, ctxs, b.rule.foreach)
+        fn(wide, scale, ctxs, b.rule.foreach)
         for p, w, c in zip(params, wide, comps):
             p.copy_(w)
             torch.sub(w, p.float(), out=c)
@@ -298,7 +367,7 @@ class Regularized(torch.optim.Optimizer):
         return self._comp[i]
 
     def _scratch(self, p: Tensor) -> Tensor:
-        """A per-parameter buffer for the Adam-metric step sizes (kept between steps)."""
+        """A per-parameter buffer for the eager Adam-metric step sizes (kept between steps)."""
         i = self._index[id(p)]
         buf = self._buffers.get(i)
         if buf is None or buf.shape != p.shape:
@@ -306,30 +375,108 @@ class Regularized(torch.optim.Optimizer):
             buf = self._buffers[i] = torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format)
         return buf
 
-    def _adam_steps(self, group_index: int, params, step: float) -> list[Tensor]:
+    # -- fused kernels -----------------------------------------------------------------
+    def _choose_kernel(self, b: _Bucket):
+        """Compiled or eager, chosen once per bucket at its first step (see decaylab.fused)."""
+        planned = fused_kernels.plan(b.rule.penalty, b.rule.mode, b.metric)
+        want = self.fused
+        if want is None:  # auto: on GPUs; on CPUs only for buckets big enough to repay the compile
+            dev = b.params[0].device.type
+            want = dev == "cuda" or (dev == "cpu" and sum(p.numel() for p in b.params) >= fused_kernels.CPU_MIN_NUMEL)
+        if not (want and planned and fused_kernels.available()):
+            return False
+        dims = [fused_kernels.reduce_dims(b.rule.penalty, c, p) for p, c in zip(b.params, b.ctxs)]
+        return fused_kernels.Kernel(planned[0], planned[1], dims, tag=f"b{self._buckets.index(b)}")
+
+    def _fused_step(self, b: _Bucket, step: float, comps) -> bool:
+        if b.kernel is None:
+            b.kernel = self._choose_kernel(b)
+        if not b.kernel:
+            return False
+        vs = rbcs = None
+        eps = 0.0
+        if b.metric == "adam":
+            vs, rbcs, eps = self._adam_state(b.group, b.params)
+        if b.kernel(b.params, comps, vs, rbcs, step, b.alphas(), eps):
+            return True
+        b.kernel = False  # compilation failed: eager from now on (fused.disable warned)
+        return False
+
+    # -- the Adam metric ---------------------------------------------------------------
+    def _adam_state(self, group_index: int, params) -> tuple[list[Tensor], object, float]:
+        """Adam's second moments, ``sqrt(1 - beta2**step)`` per tensor, and eps."""
         group = self.optimizer.param_groups[group_index]
         if "betas" not in group or "eps" not in group:
             raise ValueError(
                 f"metric='adam' needs an Adam-family optimizer (Adam, AdamW, NAdam, RAdam); "
                 f"{type(self.optimizer).__name__} has no betas/eps; use metric='lr'"
             )
-        beta2, eps = group["betas"][1], group["eps"]
-        out = ScratchSteps()
+        beta2 = group["betas"][1]
+        key = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
+        vs, steps = [], []
         for p in params:
             st = self.optimizer.state.get(p, {})
-            v = st.get("max_exp_avg_sq") if group.get("amsgrad") else st.get("exp_avg_sq")
-            if v is None:
-                raise ValueError(f"metric='adam': no exp_avg_sq state for a parameter of {type(self.optimizer).__name__}")
-            t = st["step"]
-            if isinstance(t, Tensor) and t.device.type != "cpu":  # fused/capturable: no host sync
-                root_bc2 = (1.0 - torch.pow(beta2, t.double())).sqrt().to(v.dtype)
-            else:
-                root_bc2 = math.sqrt(1.0 - beta2 ** float(t))
+            if key not in st:
+                raise ValueError(
+                    f"metric='adam': no {key} state for a parameter of {type(self.optimizer).__name__}; "
+                    f"use metric='lr' with optimizers that keep no second moment"
+                )
+            vs.append(st[key])
+            steps.append(st["step"])
+        if isinstance(steps[0], Tensor) and steps[0].device.type != "cpu":  # fused/capturable: no host sync
+            t = torch.stack([x.reshape(()) for x in steps]).double()
+            rbcs = (1.0 - torch.pow(beta2, t)).sqrt().to(torch.promote_types(vs[0].dtype, torch.float32))
+        else:
+            rbcs = [math.sqrt(1.0 - beta2 ** float(x)) for x in steps]
+        return vs, rbcs, float(group["eps"])
+
+    def _adam_thresholds(self, b: _Bucket, step: float, idx, params) -> list[Tensor]:
+        """Per coordinate ``step * alpha / max(sqrt(v_hat) + eps, alpha)``: Adam's step
+        ``step / (sqrt(v_hat) + eps)``, capped at ``step / alpha`` so that a coordinate with
+        little or no gradient (a never-used embedding row, a zero-initialized LoRA factor)
+        moves toward 0 by at most ``step`` (what Adam does with the L1 term in the loss)
+        instead of being wiped by a threshold ``step * alpha / eps``."""
+        vs, rbcs, eps = self._adam_state(b.group, params)
+        alphas = b.alphas()
+        out = []
+        for i, (p, v) in enumerate(zip(params, vs)):
+            a = alphas if isinstance(alphas, float) else alphas[i if idx is None else idx[i]]
             # into a kept buffer: on CPUs a fresh weight-sized tensor each step costs page
             # faults that take longer than the arithmetic
             buf = self._scratch(p)
-            out.append(torch.sqrt(v, out=buf).div_(root_bc2).add_(eps).reciprocal_().mul_(step))
+            if v.dtype == buf.dtype:
+                torch.sqrt(v, out=buf)
+            else:
+                buf.copy_(v).sqrt_()
+            buf.div_(rbcs[i]).add_(eps)
+            if isinstance(a, float):
+                buf.clamp_min_(a)
+            else:
+                torch.maximum(buf, a, out=buf)
+            out.append(buf.reciprocal_().mul_(F.times(a, step) if isinstance(a, float) else a * step))
         return out
+
+    def _resolve_metrics(self) -> None:
+        """Give each pending rule its metric from what the inner optimizer stores:
+        ``exp_avg_sq`` (Adam, AdamW, NAdam, RAdam, ...) -> "adam", anything else -> "lr".
+        Waits while none of the rule's parameters has state yet."""
+        for bi in sorted(self._pending):
+            states = [self.optimizer.state.get(p) for p in self.bindings[bi].params]
+            states = [st for st in states if st]
+            if not states:
+                if any(p.grad is not None for p in self.bindings[bi].params):
+                    self._set_metric(bi, "lr")  # it stepped and keeps no state (plain SGD)
+                continue
+            group_ok = all("betas" in g and "eps" in g for g in self.optimizer.param_groups)
+            adam = group_ok and all("exp_avg_sq" in st for st in states)
+            self._set_metric(bi, "adam" if adam else "lr")
+
+    def _set_metric(self, bi: int, metric: str) -> None:
+        self.metrics[bi] = metric
+        for b in self._buckets:
+            if b.binding == bi:
+                b.metric = metric
+        self._pending.discard(bi)
 
     # -- introspection and checkpoints -----------------------------------------------
     @property
@@ -402,7 +549,8 @@ class Regularized(torch.optim.Optimizer):
         self._index = {id(p): i for i, p in enumerate(self._all_params())}
 
 
-def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_rules) -> Regularized:
+def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_rules,
+               *, fused: bool | None = None) -> Regularized:
     """Wrap ``optimizer`` so each real ``step()`` applies the penalties to ``model``'s weights.
 
     Args:
@@ -412,6 +560,11 @@ def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_ru
             wrappers are unwrapped).
         penalty_or_rules: a Penalty (applied to the default selection: trainable weights
             of 2 or more dimensions except biases, norms and embeddings), a Rule, or a list.
+        fused: compiled kernels (``torch.compile``, see :mod:`decaylab.fused`): True to
+            use them wherever supported, False for the eager kernels, None (default) for
+            compiled kernels on GPUs and, on CPUs, for buckets of at least
+            ``fused.CPU_MIN_NUMEL`` weights, where the compile time pays back. Without a
+            working compiler the eager kernels run (one warning).
 
     Returns:
         A :class:`Regularized` optimizer; the training loop does not change.
@@ -422,4 +575,4 @@ def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_ru
     >>> opt.steps
     1
     """
-    return Regularized(optimizer, model, _as_rules(penalty_or_rules))
+    return Regularized(optimizer, model, _as_rules(penalty_or_rules), fused=fused)

@@ -12,6 +12,11 @@ Every penalty ``R`` has a strength ``alpha`` (sklearn's name) and knows four thi
 per-coordinate step sizes per weight. ``alpha`` is a float or a 1-D tensor of shape
 ``[K]`` giving one strength per configuration of a batched sweep, whose weights carry a
 leading dimension of size ``K``.
+
+The product ``step * alpha`` (the kernels' *scale*) is formed in one place,
+:func:`decaylab.functional.times` over :func:`decaylab.functional.prepare`; the wrapper
+prepares it once per bucket and calls the ``*_scaled_`` methods, which take the scale as
+it is. ``prox_``/``decay_`` are the same methods with ``step`` for direct use.
 """
 
 from __future__ import annotations
@@ -58,30 +63,19 @@ def check_strength(alpha, what: str) -> float | Tensor:
     return value
 
 
-class ScratchSteps(list):
-    """Per-tensor step sizes in buffers the caller gives away (the wrapper's Adam-metric
-    steps): penalties may scale them in place instead of allocating new tensors."""
-
-
-def _scale(step, alpha):
-    """step * alpha, where step is a float or a list of per-tensor tensors."""
-    if isinstance(step, (int, float)):
-        return step * alpha
-    if isinstance(alpha, Tensor):
-        return [s * F.per_tensor(alpha, 0, s) for s in step]
-    if isinstance(step, ScratchSteps):
-        return [s.mul_(alpha) for s in step]  # same rounding as s * alpha
-    return [s * alpha for s in step]
-
-
-def _bcast(alpha, w: Tensor):
-    return F.per_tensor(alpha, 0, w) if isinstance(alpha, Tensor) else alpha
+def _alpha_for(alpha, w: Tensor):
+    """The strength prepared for one tensor: a float, or a view broadcasting over ``w``."""
+    prepared = F.prepare(alpha, [w])
+    return prepared if isinstance(prepared, float) else prepared[0]
 
 
 class Penalty:
     """Base class of penalties. Subclasses define the objective in their docstring."""
 
     default_mode = "prox"
+    # whether a prox rule with no metric given takes Adam's metric under Adam-family
+    # optimizers (the sparse penalties: a plain lr*alpha threshold hardly bites there)
+    adam_metric_default = False
 
     def __init__(self, alpha):
         self.alpha = alpha
@@ -118,14 +112,43 @@ class Penalty:
     def value(self, tensors: Sequence[Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def grad(self, w: Tensor, ctx=None) -> Tensor:
-        raise NotImplementedError
+    def scale(self, step, tensors) -> F.Prepared:
+        """``step * alpha`` for ``tensors`` (see :func:`decaylab.functional.times`)."""
+        return F.times(F.prepare(self.alpha, tensors), step)
 
     def prox_(self, tensors, step, ctxs=None, foreach=None) -> None:
-        raise NotImplementedError
+        """In place: ``w <- prox_{step * R}(w)``."""
+        self.prox_scaled_(tensors, self.scale(step, tensors), ctxs, foreach)
 
     def decay_(self, tensors, step, ctxs=None, foreach=None) -> None:
-        self.prox_(tensors, step, ctxs, foreach)
+        """In place: ``w <- w - step * grad R(w)``, clamped so it never overshoots."""
+        self.decay_scaled_(tensors, self.scale(step, tensors), ctxs, foreach)
+
+    def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False) -> None:
+        """``prox_`` with the scale ``step * alpha`` given (``per_coordinate``: one step
+        per entry, the Adam metric; elementwise penalties take it as it is)."""
+        raise NotImplementedError
+
+    def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None) -> None:
+        self.prox_scaled_(tensors, scale, ctxs, foreach)
+
+    def grad_scaled(self, w: Tensor, alpha, ctx=None) -> Tensor:
+        """``grad R(w)`` for a prepared strength ``alpha`` (a float or a broadcast view)."""
+        raise NotImplementedError
+
+    def grad(self, w: Tensor, ctx=None) -> Tensor:
+        """The (sub)gradient of ``R`` at ``w`` (the ``"coupled"`` mode adds it)."""
+        return self.grad_scaled(w, _alpha_for(self.alpha, w), ctx)
+
+    def add_grad(self, grads, tensors, scale, ctxs=None, sign: float = 1.0) -> list[Tensor]:
+        """New tensors ``g + sign * grad R(w)`` with the strength ``scale`` (strength x
+        schedule); the gradients themselves are left as they are. ``sign=-1`` serves
+        optimizers with ``maximize=True``, which follow ``-g``."""
+        scale = F.prepare(scale, tensors)
+        ctxs = ctxs or [None] * len(tensors)
+        terms = [self.grad_scaled(w, F._at(scale, i), c).to(g.dtype)
+                 for i, (g, w, c) in enumerate(zip(grads, tensors, ctxs))]
+        return list(torch._foreach_add(list(grads), terms, alpha=sign))
 
     def _sum(self, per_tensor) -> Tensor:
         return torch.stack([t if t.ndim == 0 else t.sum() for t in per_tensor]).sum()
@@ -160,14 +183,21 @@ class L2(Penalty):
     def value(self, tensors):
         return self._sum([_per_config_sum(w * w, self.alpha) / 2 for w in tensors])
 
-    def grad(self, w, ctx=None):
-        return w * _bcast(self.alpha, w)
+    def grad_scaled(self, w, alpha, ctx=None):
+        return w * alpha
 
-    def prox_(self, tensors, step, ctxs=None, foreach=None):
-        F._div_(tensors, _scale(step, self.alpha), foreach)
+    def add_grad(self, grads, tensors, scale, ctxs=None, sign: float = 1.0):
+        # torch's SGD(weight_decay) computes grad.add(param, alpha=wd): the same op, the same bits
+        scale = F.prepare(scale, tensors)
+        if isinstance(scale, float):
+            return list(torch._foreach_add(list(grads), list(tensors), alpha=sign * scale))
+        return [torch.add(g, (w * s).to(g.dtype), alpha=sign) for g, w, s in zip(grads, tensors, scale)]
 
-    def decay_(self, tensors, step, ctxs=None, foreach=None):
-        F.shrink_(tensors, _scale(step, self.alpha), foreach=foreach)
+    def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
+        F._div_(tensors, scale, foreach)
+
+    def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None):
+        F.shrink_(tensors, scale, foreach=foreach)
 
 
 class L1(Penalty):
@@ -179,14 +209,16 @@ class L1(Penalty):
     tensor(1.5000)
     """
 
+    adam_metric_default = True
+
     def value(self, tensors):
         return self._sum([_per_config_sum(w.abs(), self.alpha) for w in tensors])
 
-    def grad(self, w, ctx=None):
-        return torch.sign(w) * _bcast(self.alpha, w)
+    def grad_scaled(self, w, alpha, ctx=None):
+        return torch.sign(w) * alpha
 
-    def prox_(self, tensors, step, ctxs=None, foreach=None):
-        F.soft_threshold_(tensors, _scale(step, self.alpha), foreach=foreach)
+    def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
+        F.soft_threshold_(tensors, scale, foreach=foreach)
 
 
 class ElasticNet(Penalty):
@@ -198,6 +230,8 @@ class ElasticNet(Penalty):
     >>> ElasticNet(1.0, l1_ratio=0.5).value([torch.tensor([2.0])])
     tensor(2.)
     """
+
+    adam_metric_default = True
 
     def __init__(self, alpha, l1_ratio: float = 0.5):
         super().__init__(alpha)
@@ -220,15 +254,15 @@ class ElasticNet(Penalty):
             [_per_config_sum(r * w.abs() + (1 - r) / 2 * w * w, self.alpha) for w in tensors]
         )
 
-    def grad(self, w, ctx=None):
+    def grad_scaled(self, w, alpha, ctx=None):
         r = self.l1_ratio
-        return (r * torch.sign(w) + (1 - r) * w) * _bcast(self.alpha, w)
+        return (r * torch.sign(w) + (1 - r) * w) * alpha
 
-    def prox_(self, tensors, step, ctxs=None, foreach=None):
-        F.elastic_net_prox_(tensors, _scale(step, self.alpha), self.l1_ratio, foreach=foreach)
+    def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
+        F.elastic_net_prox_(tensors, scale, self.l1_ratio, foreach=foreach)
 
-    def decay_(self, tensors, step, ctxs=None, foreach=None):
-        scale = _scale(step, self.alpha)
+    def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None):
+        scale = F.prepare(scale, tensors)
         # shrink, then soft-threshold: exactly w - step*grad R(w) unless it crosses 0 (then 0)
         F.shrink_(tensors, F._times(scale, 1.0 - self.l1_ratio), foreach=foreach)
         F.soft_threshold_(tensors, F._times(scale, self.l1_ratio), foreach=foreach)
@@ -259,6 +293,10 @@ class GroupLasso(Penalty):
         grouping.check(name, param.shape)
         return grouping
 
+    @property
+    def adam_metric_default(self) -> bool:
+        return not isinstance(self.grouping, Indexed)  # a function grouping: plain metric only
+
     def _grouping(self, ctx) -> Grouping:
         return ctx if ctx is not None else self.grouping.with_batch_dims(self.batch_dims)
 
@@ -273,26 +311,31 @@ class GroupLasso(Penalty):
             terms.append(_per_config_sum(term, self.alpha))
         return self._sum(terms)
 
-    def grad(self, w, ctx=None):
+    def grad_scaled(self, w, alpha, ctx=None):
         norms, sizes = self._grouping(ctx).norms(w)
         root = torch.as_tensor(sizes, dtype=norms.dtype, device=norms.device).sqrt()
         unit = torch.where(norms > 0, w / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
-        return (unit * root * _bcast(self.alpha, w)).to(w.dtype)
+        return (unit * root * alpha).to(w.dtype)
 
     def prox_(self, tensors, step, ctxs=None, foreach=None):
+        per_coordinate = not isinstance(step, (int, float))
+        self.prox_scaled_(tensors, self.scale(step, tensors), ctxs, foreach, per_coordinate=per_coordinate)
+
+    def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
         ctxs = ctxs or [None] * len(tensors)
         groupings = [self._grouping(c) for c in ctxs]
-        if not isinstance(step, (int, float)):
-            step = self._group_steps(tensors, step, groupings)
-        F.group_soft_threshold_(tensors, _scale(step, self.alpha), groupings)
+        if per_coordinate:
+            scale = self._group_steps(tensors, F.prepare(scale, tensors), groupings)
+        F.group_soft_threshold_(tensors, scale, groupings)
 
     @staticmethod
     def _group_steps(tensors, steps, groupings) -> list[Tensor]:
-        """Per-coordinate steps (Adam metric) -> one step per group: the group's mean.
+        """Per-coordinate steps (Adam metric) -> one step per group: their harmonic mean.
 
         The group prox has no closed form in a diagonal metric, so each group gets the
         exact prox in an isotropic metric: the harmonic mean of its coordinates' steps,
-        ``lr / mean(sqrt(v_hat) + eps)``. Whole groups still become exactly zero.
+        ``lr / mean(max(sqrt(v_hat) + eps, alpha))`` (see the wrapper's cap). Whole groups
+        still become exactly zero.
         """
         out = []
         for w, s, g in zip(tensors, steps, groupings):
@@ -301,8 +344,8 @@ class GroupLasso(Penalty):
                     "GroupLasso with groups=<function> supports metric='lr' only; use metric='lr' "
                     "or a built-in grouping ('rows', 'inputs', 'channels')"
                 )
-            # harmonic mean: lr / mean(sqrt(v_hat) + eps), not swamped by near-zero v entries
-            # (nanmean: a NaN v_hat entry, from a NaN gradient, does not poison its group)
+            # harmonic mean: lr / mean(max(sqrt(v_hat) + eps, alpha)), not swamped by near-zero
+            # v entries (nanmean: a NaN v_hat entry, from a NaN gradient, does not poison its group)
             out.append(s.reciprocal().nanmean(dim=g._reduce_dims(w), keepdim=True).reciprocal())
         return out
 
@@ -376,17 +419,17 @@ class L2SP(Penalty):
         refs = self._refs(tensors, references)
         return self._sum([_per_config_sum((w - r) ** 2, self.alpha) / 2 for w, r in zip(tensors, refs)])
 
-    def grad(self, w, ctx=None):
-        return (w - ctx) * _bcast(self.alpha, w)
+    def grad_scaled(self, w, alpha, ctx=None):
+        return (w - ctx) * alpha
 
-    def prox_(self, tensors, step, ctxs=None, foreach=None):
+    def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
         # argmin_v 1/2||v - w||^2 + s/2||v - w0||^2  =  lerp(w, w0, s / (1 + s))
-        scale = _scale(step, self.alpha)
+        scale = F.prepare(scale, tensors)
         for i, (w, w0) in enumerate(zip(tensors, ctxs)):
             s = F.per_tensor(scale, i, w)
             frac = s / (1.0 + s)
             # lerp_ needs a tensor weight of w's dtype (a float32 strength on float64 w fails)
             w.lerp_(w0.to(w.dtype), frac.to(w.dtype) if isinstance(frac, Tensor) else frac)
 
-    def decay_(self, tensors, step, ctxs=None, foreach=None):
-        F.pull_toward_(tensors, ctxs, _scale(step, self.alpha), foreach=foreach)
+    def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None):
+        F.pull_toward_(tensors, ctxs, scale, foreach=foreach)

@@ -140,8 +140,11 @@ class Rule:
         params: selector(s); ``None`` = default selection (trainable weights of 2 or more
             dimensions, except biases, norm layers and embeddings).
         mode: ``"prox"``, ``"decoupled"`` or ``"coupled"``; ``None`` = the penalty's default.
-        metric: ``"lr"`` (prox step = the group's lr) or ``"adam"`` (prox in Adam's
-            metric: per-coordinate step ``lr / (sqrt(v_hat) + eps)``).
+        metric: ``"lr"`` (prox step = the group's lr), ``"adam"`` (prox in Adam's
+            metric: per-coordinate step ``lr / (sqrt(v_hat) + eps)``), or ``None``: Adam's
+            metric for L1/ElasticNet/GroupLasso prox rules when the inner optimizer keeps
+            Adam's ``exp_avg_sq`` (Adam, AdamW, NAdam, RAdam, ...; seen at the first step),
+            else ``"lr"`` (SGD, Adagrad, Adamax, ...).
         schedule: optional ``f(step) -> multiplier`` of the strength (e.g. a warm-up);
             ``step`` counts real optimizer steps from 0.
 
@@ -152,7 +155,7 @@ class Rule:
     penalty: Penalty | None
     params: object = None
     mode: str | None = None
-    metric: str = "lr"
+    metric: str | None = None
     schedule: Callable[[int], float] | None = None
     foreach: bool | None = None
     label: str = field(default="", compare=False)
@@ -165,7 +168,7 @@ class Rule:
             self.mode = "prox" if self.metric == "adam" else default
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r} in rule for {self.penalty!r}; use one of {MODES}")
-        if self.metric not in METRICS:
+        if self.metric is not None and self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; use one of {METRICS}")
         if self.schedule is not None and not callable(self.schedule):
             raise ValueError(

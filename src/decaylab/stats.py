@@ -90,6 +90,9 @@ def layer_stats(model: nn.Module) -> dict[str, dict]:
 def summary(opt) -> str:
     """A table of which parameters got which penalty: tensors, elements, zeros, norm.
 
+    The mode of a prox rule carries its metric: ``prox/lr``, ``prox/adam``, or
+    ``prox/auto`` before the first step has shown what the inner optimizer keeps.
+
     >>> import decaylab as dl
     >>> m = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
     >>> opt = dl.regularize(torch.optim.SGD(m.parameters(), lr=0.1), m, dl.L1(1e-3))
@@ -98,9 +101,12 @@ def summary(opt) -> str:
     """
     head = f"{'rule':<32} {'penalty':<44} {'mode':<10} {'tensors':>8} {'elements':>10} {'zeros':>7} {'L2 norm':>8}"
     lines = [head, "-" * len(head)]
-    for b in opt.bindings:
+    metrics = getattr(opt, "metrics", [None] * len(opt.bindings))
+    for b, metric in zip(opt.bindings, metrics):
         pen = repr(b.rule.penalty) if b.rule.penalty is not None else "none"
-        mode = b.rule.mode + ("/adam" if b.rule.metric == "adam" else "") if b.rule.penalty else "-"
+        mode = "-"
+        if b.rule.penalty is not None:  # prox rules show their metric: lr, adam, auto (set at step 1)
+            mode = b.rule.mode + (f"/{metric}" if b.rule.mode == "prox" and metric else "")
         lines.append(_row(b.rule.label, pen, mode, b.params))
     free = list(getattr(opt, "unpenalized_params", {}).values())
     if free:

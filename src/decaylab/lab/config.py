@@ -48,7 +48,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "l1_ratio": 0.5,
     "groups": "inputs",
     "params": "",  # "" = the default selection (weights >= 2-D); "first" = the first layer's weight; or a glob
-    "metric": "lr",
+    "metric": "",  # "" = the library's default: Adam's metric for sparse prox rules under Adam/AdamW
     "warmup_epochs": 0,
     "finetune_epochs": 0,
     "finetune_lr": 0.0,  # 0 = a tenth of train.lr
@@ -73,7 +73,7 @@ CHOICES = {
     "train.schedule": ("none", "cosine"),
     "penalty": PENALTIES,
     "mode": ("", "prox", "decoupled", "coupled"),
-    "metric": ("lr", "adam"),
+    "metric": ("", "lr", "adam"),
 }
 
 

@@ -57,15 +57,22 @@ def versions() -> dict:
 
 
 # -- building pieces from a config -----------------------------------------------------
-def describe(run: dict) -> str:
-    """One human line for a penalty setting, e.g. ``"L1(alpha=1e-4), prox, adam metric"``."""
+def describe(run: dict, optimizer: str = "adam") -> str:
+    """One human line for a penalty setting, e.g. ``"L1(alpha=1e-4), prox, adam metric"``.
+
+    A prox rule names its metric: the one given, else the library's default for the
+    lab's ``optimizer`` (Adam's for sparse penalties under adam/adamw, else lr).
+    """
     if run["penalty"] == "none":
         return "no penalty"
     pen = make_penalty(run, None)
-    mode = run["mode"] or pen.default_mode
+    metric = run["metric"]
+    mode = run["mode"] or ("prox" if metric == "adam" else pen.default_mode)
     text = f"{pen!r}, {mode}"
-    if run["metric"] != "lr":
-        text += f", {run['metric']} metric"
+    if mode == "prox":
+        if not metric:  # what regularize() picks: Adam's metric where the optimizer keeps exp_avg_sq
+            metric = "adam" if pen.adam_metric_default and optimizer in ("adam", "adamw") else "lr"
+        text += f", {metric} metric"
     if run["params"]:
         text += f", on {run['params']}"
     if run["warmup_epochs"]:
@@ -103,7 +110,7 @@ def make_rules(run: dict, model: nn.Module, steps_per_epoch: int) -> list[dl.Rul
         ramp = run["warmup_epochs"] * steps_per_epoch
         schedule = lambda step: min(1.0, step / ramp)  # noqa: E731
     return [dl.Rule(make_penalty(run, model), params=params, mode=run["mode"] or None,
-                    metric=run["metric"], schedule=schedule)]
+                    metric=run["metric"] or None, schedule=schedule)]
 
 
 def make_optimizer(train: dict, params, lr: float | None = None) -> torch.optim.Optimizer:
@@ -300,7 +307,7 @@ def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None, resume: 
     ckpt = out.load_checkpoint() if resume else None
     state = build_state(cfg, data, run)
     if ckpt is None:
-        out.begin({**run, "describe": describe(run)})
+        out.begin({**run, "describe": describe(run, cfg["train"]["optimizer"])})
     else:
         if ckpt["phase"] == "finetune":
             state.model.load_state_dict(ckpt["model"])
@@ -411,7 +418,7 @@ def check_runs(cfg: dict) -> None:
             if run["penalty"] == "none" and not (math.isfinite(run["alpha"]) and run["alpha"] >= 0):
                 raise ValueError(f"alpha={run['alpha']} must be finite and >= 0 (and has no effect "
                                  f"with penalty 'none')")
-            describe(run)
+            describe(run, cfg["train"]["optimizer"])
         except ValueError as err:
             raise ValueError(f"run '{run['name']}': {err}") from None
 

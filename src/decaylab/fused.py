@@ -1,0 +1,247 @@
+"""Compiled (``torch.compile``) versions of the wrapper's per-bucket updates.
+
+One compiled call updates every tensor of a bucket (one rule, one param group, one device
+and dtype): it reads each weight (and, for the Adam metric, Adam's ``exp_avg_sq``) and
+writes the weight, with the threshold, the group norms and the low-precision residual
+computed inside the kernel. Nothing weight-sized is kept between steps: the eager path
+keeps one fp32 buffer per weight for the Adam metric's step sizes, the fused path none.
+
+What is fused (everything else takes the eager kernels of :mod:`decaylab.functional`):
+
+* ``"soft"``  L1 prox, plain or Adam metric;
+* ``"enet"``  ElasticNet prox, plain or Adam metric; ``"enet_decay"`` its decoupled step;
+* ``"group"`` GroupLasso prox/decoupled over rows, columns or channels, plain or Adam
+  metric (a function grouping stays eager);
+* ``"shrink"`` decoupled L2, ``"div"`` L2's prox.
+
+The choice is made once per bucket, at its first step: compiled when it is supported and
+``torch.compile`` works here, else eager. A compilation that fails (no C++ compiler, an
+unsupported platform, an inductor error) switches every bucket of the process to the eager
+path, with one warning saying why. Results equal the eager path to within a few float32
+ulps (float32: relative 1e-6): the compiled kernel forms ``lr * alpha`` in the weight's
+precision instead of in Python's double, and evaluates ``t / d`` where the eager path
+multiplies by a stored reciprocal, so thresholds can differ in the last bit; a weight
+sitting exactly on a threshold may then be zeroed by one path and keep a last-bit residue
+in the other.
+
+Each bucket signature (shapes, dtypes, device, op) compiles its own copy of the kernel
+(its own code object, so buckets never share a cache or its recompile limit), with static
+shapes: a compilation is paid once per signature (a few seconds on a CPU; another wrapper
+over a model of the same shapes reuses it), and the learning rate, the strength, its
+schedule and Adam's bias correction are run-time inputs (one small tensor on the weights'
+device), so the kernel does not recompile as they change. A step where only some of a bucket's tensors
+have a gradient takes the eager path for that step rather than compiling a variant.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import warnings
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
+
+# From this many penalized elements in a bucket, fused=None (auto) compiles on a CPU:
+# below it the compile time is not won back in a typical run. bench/step_overhead.py
+# (BENCHMARKS.md): a cold compile takes 5-15 s per bucket on the 2-core machine; on the
+# 5.8M-weight MLP the Adam-metric prox costs ~12 ms a step eagerly (4.0x a 4 ms AdamW step,
+# quiet machine) and ~2 ms fused (1.4-1.7x), so the compile pays after ~1,000 steps; a
+# 270k-weight LeNet-300-100 saves well under 1 ms a step: 10,000+ steps to pay back.
+CPU_MIN_NUMEL = 1 << 20
+
+_BACKEND: object = "inductor"  # tests swap in a counting backend
+# round low-precision casts as eager does: the residual w32 - float(bf16(w32)) is the
+# whole point, and inductor otherwise folds the round trip away (residual 0)
+_OPTIONS = {"emulate_precision_casts": True}
+_STATE = {"disabled": ""}  # non-empty: why compilation is off for this process
+
+
+def available() -> bool:
+    """Whether compiled kernels may be used in this process.
+
+    >>> isinstance(available(), bool)
+    True
+    """
+    return not _STATE["disabled"] and hasattr(torch, "compile")
+
+
+def disable(reason: str) -> None:
+    """Turn compiled kernels off for this process (one warning naming ``reason``)."""
+    if not _STATE["disabled"]:
+        warnings.warn(f"decaylab: compiled kernels are off, using the eager path ({reason})", stacklevel=3)
+    _STATE["disabled"] = reason or "disabled"
+
+
+def plan(penalty, mode: str, metric: str) -> tuple[str, float] | None:
+    """``(op, l1_ratio)`` for a rule the compiled kernel covers, else None.
+
+    >>> from decaylab.penalties import L1, L2SP
+    >>> plan(L1(1e-3), "prox", "adam"), plan(L2SP(1e-3), "decoupled", "lr")
+    (('soft', 1.0), None)
+    """
+    from .groups import Indexed
+    from .penalties import L1, L2, ElasticNet, GroupLasso
+
+    kind = type(penalty)
+    if mode == "coupled":
+        return None
+    if kind is L1 and mode in ("prox", "decoupled"):
+        return "soft", 1.0
+    if kind is ElasticNet:
+        return ("enet" if mode == "prox" else "enet_decay"), penalty.l1_ratio
+    if kind is GroupLasso and not isinstance(penalty.grouping, Indexed):
+        return "group", 1.0
+    if kind is L2 and metric == "lr":
+        return ("div" if mode == "prox" else "shrink"), 1.0
+    return None
+
+
+# -- the kernel body: traced by torch.compile, also runnable eagerly -------------------------
+def _soft(x: Tensor, t) -> Tensor:
+    return x - torch.clamp(x, -t, t)  # exact zeros wherever |x| <= t
+
+
+def _group_factor(x: Tensor, t, dims: tuple) -> Tensor:
+    size = 1
+    for d in dims:
+        size *= x.shape[d]
+    # a NaN entry leaves its group alone (an infinite norm), as the eager kernel does
+    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True).nan_to_num(nan=math.inf)
+    # relu(1 - t*sqrt|g|/||x_g||); a zero group stays zero (never 0/0)
+    safe = torch.where(norm > 0, norm, 1.0)
+    return torch.where(norm > 0, 1.0 - t * math.sqrt(size) / safe, 0.0).clamp_min(0.0)
+
+
+def _apply(op: str, x: Tensor, t, r: float, dims: tuple) -> Tensor:
+    if op == "soft":
+        return _soft(x, t)
+    if op == "enet":
+        return _soft(x, t * r) / (1.0 + t * (1.0 - r))
+    if op == "enet_decay":
+        return _soft(x * torch.clamp_min(1.0 - t * (1.0 - r), 0.0), t * r)
+    if op == "shrink":
+        return x * torch.clamp_min(1.0 - t, 0.0)
+    if op == "div":
+        return x / (1.0 + t)
+    return x * _group_factor(x, t, dims)  # "group"
+
+
+def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tuple) -> Tensor:
+    """``st * a / max(sqrt(v_hat) + eps, a)`` per coordinate; per group, ``a`` times the
+    harmonic mean of the coordinates' steps ``st / max(sqrt(v_hat) + eps, a)``."""
+    d = torch.maximum(torch.sqrt(v) / rbc + eps, a)
+    if op != "group":
+        return st * a / d
+    ok = ~torch.isnan(d)  # a NaN entry (NaN gradient) is left out of the mean, as eagerly
+    count = ok.sum(dim=dims, keepdim=True, dtype=d.dtype)
+    return st * a * count / torch.where(ok, d, 0.0).sum(dim=dims, keepdim=True)
+
+
+def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: float, op: str, dims: tuple):
+    """One bucket's update, in place: ``w <- op(w, threshold)``.
+
+    ``scalars``: a tensor on the weights' device holding lr times the schedule, the
+    strength (when it is a float) and, for the Adam metric, ``sqrt(1 - beta2**step)`` per
+    tensor (a tensor, not Python floats: torch.compile specializes on floats, which would
+    recompile at every new lr); ``alphas``: one broadcast strength view per tensor when
+    the strength is a ``[K]`` tensor, else None; ``comps``: fp32 residuals of low-precision weights (the weight is updated
+    as ``w + comp`` in fp32, rounded back, and the rounding error kept); ``vs``/``rbcs``:
+    Adam's second moments (None: plain metric).
+    """
+    for i in range(len(ws)):
+        w = ws[i]
+        x = w if comps is None else w.float() + comps[i]
+        a = scalars[1] if alphas is None else alphas[i]
+        st = scalars[0]
+        if vs is None:
+            t = st * a
+        else:
+            t = _adam_threshold(op, st, a, vs[i].to(x.dtype), scalars[2 + i], eps, dims[i])
+        y = _apply(op, x, t, r, dims[i])
+        if comps is None:
+            w.copy_(y)
+        else:
+            lo = y.to(w.dtype)
+            w.copy_(lo)
+            comps[i].copy_(y - lo.float())
+
+
+_COMPILED: dict = {}  # signature -> compiled function (one code object each)
+
+
+def _signature(ws, comps, vs, alphas, eps, kernel) -> tuple:
+    def desc(ts):
+        return None if ts is None else tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in ts)
+
+    return (_BACKEND, kernel.op, kernel.r, kernel.dims, desc(ws), desc(comps), desc(vs), desc(alphas), float(eps))
+
+
+def _fresh(fn: Callable, tag: str) -> Callable:
+    """A copy of ``fn`` with its own code object: torch.compile keeps its cache (and its
+    recompile limit) per code object, so each bucket gets a cache of its own."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+class Kernel:
+    """The compiled update of one bucket.
+
+    Calling it runs the compiled kernel and returns True, or returns False (having changed
+    nothing) when compilation fails, after which :func:`available` is False.
+
+    >>> k = Kernel("soft", 1.0, [(1,)], "demo")
+    >>> k.op, k.calls
+    ('soft', 0)
+    """
+
+    def __init__(self, op: str, r: float, dims: Sequence[tuple], tag: str):
+        self.op, self.r, self.dims, self.calls = op, float(r), tuple(tuple(d) for d in dims), 0
+        self.tag, self._fn = tag, None
+
+    def __getstate__(self):  # a copy or a pickle finds its compiled function again
+        return {**self.__dict__, "_fn": None}
+
+    def _compiled(self, key: tuple) -> Callable:
+        """The compiled function for this bucket's signature, shared by every bucket with
+        the same one (another wrapper over a model of the same shapes compiles nothing)."""
+        fn = _COMPILED.get(key)
+        if fn is None:
+            fn = torch.compile(_fresh(_bucket_update, f"{self.tag}_{len(_COMPILED)}"), backend=_BACKEND,
+                               dynamic=False, fullgraph=True, options=_OPTIONS if _BACKEND == "inductor" else None)
+            _COMPILED[key] = fn
+        return fn
+
+    def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float) -> bool:
+        if not available():
+            return False
+        w = ws[0]
+        dtype = torch.promote_types(w.dtype, torch.float32)
+        a, alphas = (float(alphas), None) if isinstance(alphas, float) else (1.0, list(alphas))
+        if isinstance(rbcs, Tensor):  # Adam's step counters live on the device: no host sync
+            scalars = torch.cat([torch.tensor([s, a], dtype=dtype, device=w.device), rbcs.to(dtype)])
+        else:
+            scalars = torch.tensor([s, a, *(rbcs or ())], dtype=dtype, device=w.device)
+        if self._fn is None:
+            self._fn = self._compiled(_signature(ws, comps, vs, alphas, eps, self))
+        try:
+            self._fn(list(ws), comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
+        except Exception as err:  # noqa: BLE001 - any compiler failure means: eager from now on
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+            text = (str(cause).strip().splitlines() or [""])[0][:200]
+            disable(f"torch.compile failed: {type(cause).__name__}: {text}")
+            return False
+        self.calls += 1
+        return True
+
+
+def reduce_dims(penalty, ctx, w: Tensor) -> tuple:
+    """The dims a GroupLasso bucket reduces over for ``w`` (empty for other penalties)."""
+    from .penalties import GroupLasso
+
+    if isinstance(penalty, GroupLasso):
+        return tuple(penalty._grouping(ctx)._reduce_dims(w))
+    return ()
