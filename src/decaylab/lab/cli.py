@@ -2,6 +2,7 @@
 
     decaylab compare [CONFIG.toml] [--set key=value ...]   several penalties, one report
     decaylab train CONFIG.toml [--set key=value ...]       one penalty setting
+    decaylab sweep [CONFIG.toml] --penalty l2 --alphas 1e-4:1:9   a λ grid, the path and the choice
     decaylab report RUN_DIR                                rebuild report.html from a run folder
 """
 
@@ -29,10 +30,67 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--name", help="run folder name (default: COMMAND-DATA-TIME)")
         c.add_argument("--only", help="comma-separated run names to keep (compare)")
         c.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    _sweep_parser(sub)
     r = sub.add_parser("report", help="rebuild report.html from a run folder alone")
     r.add_argument("run_dir", nargs="+", help="run folder (several with --markdown)")
     r.add_argument("--markdown", action="store_true", help="print the results as one Markdown table instead")
     return p
+
+
+def _sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="train a grid of strengths (stacked) and choose one on validation")
+    s.add_argument("config", nargs="?", help="TOML file with one [penalty] table (defaults: digits, MLP)")
+    s.add_argument("--penalty", required=True, help="l2, l1, elasticnet, grouplasso or l2sp")
+    s.add_argument("--alphas", required=True, help="LO:HI:N (N log-spaced values) or a comma list a,b,c")
+    s.add_argument("--lrs", help="learning rates as a second axis (LO:HI:N or a comma list)")
+    s.add_argument("--seeds", type=int, default=1, help="train every point with N seeds (mean ± sd)")
+    s.add_argument("--full", action="store_true", help="train every point the full schedule (no halving)")
+    s.add_argument("--max-memory", type=float, help="MiB a stack may take (default: half the free memory)")
+    s.add_argument("--backend", choices=("local", "ray"), default="local", help="local stacks or Ray Tune trials")
+    s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", help="parent folder of the run folder (default: runs)")
+    s.add_argument("--name", help="run folder name (default: sweep-DATA-TIME)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+
+
+def _sweep(args) -> int:
+    from . import console, sweep, train
+
+    file_cfg = config_mod.load_file(args.config) if args.config else {}
+    cfg = config_mod.resolve(file_cfg, args.overrides, command="train")
+    cfg["out"], cfg["name"] = args.out or cfg["out"], args.name or cfg["name"]
+    spec = {"penalty": args.penalty, "alphas": sweep.parse_grid(args.alphas, "--alphas"),
+            "lrs": sweep.parse_grid(args.lrs, "--lrs") if args.lrs is not None else None,
+            "seeds": args.seeds, "full": args.full, "backend": args.backend,
+            "max_memory": int(args.max_memory * 2**20) if args.max_memory is not None else None}
+    if spec["max_memory"] is not None and not spec["max_memory"] > 0:
+        raise sweep.SweepError(f"--max-memory {args.max_memory} must be > 0 (MiB)")
+    cfg["runs"][0]["penalty"] = args.penalty if args.penalty in config_mod.PENALTIES else cfg["runs"][0]["penalty"]
+    sweep.check_spec(cfg, spec)
+    if args.backend == "ray":
+        from . import sweep_ray
+
+        sweep_ray.check(args.address)
+    data = train._load_data(cfg)
+    n = len(spec["alphas"]) * len(spec["lrs"] or [0])
+    sweep.memory_plan(cfg, data, n, spec["max_memory"])  # refuses before a folder exists
+    run_dir = train.new_run_dir({**cfg, "runs": []}, "sweep")
+    ui = console.Console(quiet=args.quiet)
+    ui.say(f"run folder: {run_dir}")
+    try:
+        if args.backend == "ray":
+            result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
+        else:
+            points = sweep.make_points(spec["alphas"], spec["lrs"] or [cfg["train"]["lr"]],
+                                       [cfg["seed"] + i for i in range(spec["seeds"])])
+            with ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
+                result = sweep.run_sweep(cfg, spec, run_dir, data=data, progress=progress, say=ui.say)
+    finally:
+        report = _build_report(run_dir, ui)
+    ui.say(sweep.describe_result(result))
+    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
+    return 0
 
 
 def _resolve(args) -> dict:
@@ -94,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             for run_dir in args.run_dir:
                 print(f"report: {build_report(run_dir)}")
             return 0
+        if args.command == "sweep":
+            return _sweep(args)
         return _experiment(args)
     except KeyboardInterrupt:
         print("interrupted; finished epochs are in the run folder (status: interrupted)", file=sys.stderr)
