@@ -171,7 +171,7 @@ def test_markdown_table_lists_every_run_and_the_sparsest_close_run(run_dir, caps
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| run", "| ---"))]
     assert [r.split("|")[1].strip() for r in rows] == ["none", "l2", "decoupled", "l1", "elasticnet", "grouplasso"]
-    assert re.search(r"Sparsest run within 0.5 points of it: `\w+` with [\d.]+% exact-zero weights", out)
+    assert re.search(r"Sparsest run within 0.5 points of it on validation: `\w+` with [\d.]+% exact-zero weights", out)
 
 
 @pytest.mark.parametrize("data_name, model, metric", [

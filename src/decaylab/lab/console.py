@@ -57,22 +57,23 @@ class Console:
         from rich.table import Table
 
         t = Table(title=f"decaylab: {run_dir}")
-        for col in ("run", "penalty", "test acc", "gap", "exact zeros", "inputs kept", "epoch s"):
+        for col in ("run", "penalty", "val acc", "test acc", "gap", "exact zeros", "inputs kept", "epoch s"):
             t.add_column(col, justify="left" if col in ("run", "penalty") else "right")
         cfg = json.loads((run_dir / "config.json").read_text())
         for run in cfg["runs"]:
             spec_file = run_dir / "runs" / run["name"] / "spec.json"
             if not spec_file.exists():
-                t.add_row(run["name"], "not started", "", "", "", "", "")
+                t.add_row(run["name"], "not started", "", "", "", "", "", "")
                 continue
             spec = json.loads(spec_file.read_text())
             final_file = spec_file.parent / "final.json"
             if not final_file.exists():
-                t.add_row(spec["name"], spec["describe"], "incomplete", "", "", "", "")
+                t.add_row(spec["name"], spec["describe"], "incomplete", "", "", "", "", "")
                 continue
             f = json.loads(final_file.read_text())
             acc, kept = _acc_and_kept(f)
-            t.add_row(spec["name"], spec["describe"], _num(acc), f"{f['gap']:+.3f}", f"{f['zero_fraction']:.1%}",
+            val = f["val_acc"] if f["val_acc"] is not None else f["val_loss"]
+            t.add_row(spec["name"], spec["describe"], _num(val), _num(acc), f"{f['gap']:+.3f}", f"{f['zero_fraction']:.1%}",
                       kept, f"{f.get('mean_epoch_time', 0):.2f}")
         self.out.print(t)
 
@@ -90,9 +91,10 @@ def _num(x) -> str:
 
 def markdown_table(run_dirs, within: float = 0.005) -> str:
     """Results of one or more run folders as one Markdown table, plus the sparsest run that
-    stays within ``within`` (absolute test accuracy) of the best dense run (no penalty or L2)."""
-    lines = ["| run | penalty | test acc | train−test gap | exact-zero weights | inputs kept | epoch time (s) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    stays within ``within`` (absolute validation accuracy) of the best dense run (no penalty or
+    L2), both chosen on validation (the test column is reported, never used to choose)."""
+    lines = ["| run | penalty | val acc | test acc | train−test gap | exact-zero weights | inputs kept | epoch time (s) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     done = []
     for run_dir in [run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs:
         run_dir = Path(run_dir)
@@ -102,20 +104,22 @@ def markdown_table(run_dirs, within: float = 0.005) -> str:
             lines.append(row[0])
             if row[1] is not None:
                 done.append((run, row[1]))
-    dense = [f["test_acc"] for r, f in done if r["penalty"] in ("none", "l2") and f["test_acc"] is not None]
+    dense = [f["val_acc"] for r, f in done if r["penalty"] in ("none", "l2") and f["val_acc"] is not None]
     if dense:
         best = max(dense)
-        ok = [(f["zero_fraction"], r["name"]) for r, f in done if f["test_acc"] is not None and f["test_acc"] >= best - within]
+        ok = [(f["zero_fraction"], r["name"]) for r, f in done if f["val_acc"] is not None and f["val_acc"] >= best - within]
         z, name = max(ok)
-        lines += ["", f"Best dense run (no penalty or L2): test accuracy {best:.4f}. Sparsest run within "
-                      f"{within * 100:.1f} points of it: `{name}` with {z:.1%} exact-zero weights."]
+        lines += ["", f"Best dense run (no penalty or L2) on validation: accuracy {best:.4f}. Sparsest run "
+                      f"within {within * 100:.1f} points of it on validation: `{name}` with {z:.1%} exact-zero "
+                      f"weights. (Chosen on validation; test accuracy is reported, never used to choose.)"]
     return "\n".join(lines)
 
 
 def _markdown_row(d: Path, run: dict):
     if not (d / "final.json").exists():
-        return f"| {run['name']} | incomplete | | | | | |", None
+        return f"| {run['name']} | incomplete | | | | | | |", None
     spec, f = json.loads((d / "spec.json").read_text()), json.loads((d / "final.json").read_text())
     acc, kept = _acc_and_kept(f)
-    return (f"| {run['name']} | {spec['describe']} | {acc:.4f} | {f['gap']:+.4f} | "
+    val = f["val_acc"] if f["val_acc"] is not None else f["val_loss"]
+    return (f"| {run['name']} | {spec['describe']} | {val:.4f} | {acc:.4f} | {f['gap']:+.4f} | "
             f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.3g} |"), f

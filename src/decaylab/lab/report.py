@@ -405,7 +405,7 @@ def _summary_row(r, regression):
     final = r["final"] or {}
     src = final or (r["metrics"][-1] if r["metrics"] else {})
     kind = "loss" if regression else "acc"
-    train, test = src.get(f"train_{kind}"), src.get(f"test_{kind}")
+    train, test, val = src.get(f"train_{kind}"), src.get(f"test_{kind}"), src.get(f"val_{kind}")
     gap = final.get("gap")
     if gap is None and train is not None and test is not None:
         gap = test - train if regression else train - test
@@ -413,7 +413,7 @@ def _summary_row(r, regression):
     mean_time = final.get("mean_epoch_time", sum(times) / len(times) if times else None)
     live, n_in = src.get("live_inputs"), src.get("n_inputs")
     nonzero, params = final.get("nonzero_params"), final.get("n_params")
-    return {"test": test, "gap": gap, "zero": src.get("zero_fraction"), "time": mean_time,
+    return {"val": val, "test": test, "gap": gap, "zero": src.get("zero_fraction"), "time": mean_time,
             "inputs": f"{live:,} / {n_in:,}" if live is not None and n_in else None,
             "params": f"{nonzero:,} / {params:,}" if nonzero is not None and params else None}
 
@@ -424,7 +424,8 @@ def _summary_cells(r, v, regression):
     state = "complete" if r["final"] is not None else \
         f"incomplete ({len(r['metrics'])} epochs logged)"
     return [(r["name"], "name"), (r["spec"].get("describe") or r["spec"].get("penalty"), "desc"),
-            (_fmt(v["test"], metric), "metric"), (_fmt(v["gap"], "+" + metric), ""),
+            (_fmt(v["val"], metric), "metric"), (_fmt(v["test"], metric), ""),
+            (_fmt(v["gap"], "+" + metric), ""),
             (_fmt(v["zero"], ".1%"), ""), (v["inputs"], ""), (v["params"], ""),
             (None if v["time"] is None else f"{v['time']:.2f} s", ""),
             (state, state.split()[0])]
@@ -433,9 +434,10 @@ def _summary_cells(r, v, regression):
 def _summary_html(run):
     regression = _is_regression(run)
     rows = [(r, _summary_row(r, regression)) for r in run["runs"]]
-    tests = [v["test"] for _, v in rows if v["test"] is not None]
-    best = (min(tests) if regression else max(tests)) if tests else None
-    head = ["run", "penalty", "test loss" if regression else "test accuracy",
+    vals = [v["val"] for _, v in rows if v["val"] is not None]
+    best = (min(vals) if regression else max(vals)) if vals else None  # chosen on validation only
+    head = ["run", "penalty", "validation loss" if regression else "validation accuracy",
+            "test loss" if regression else "test accuracy",
             "gap (test − train loss)" if regression else "gap (train − test acc)",
             "exact-zero fraction", "inputs kept", "nonzero params / params",
             "mean epoch time", "state"]
@@ -443,12 +445,13 @@ def _summary_html(run):
     for r, v in rows:
         tds = "".join(f'<td class="{css}">{_esc(text)}</td>' if css else f"<td>{_esc(text)}</td>"
                       for text, css in _summary_cells(r, v, regression))
-        tr = '<tr class="best">' if best is not None and v["test"] == best else "<tr>"
+        tr = '<tr class="best">' if best is not None and v["val"] == best else "<tr>"
         body.append(f"{tr}{tds}</tr>")
     ths = "".join(f"<th>{_esc(h)}</th>" for h in head)
-    note = "Best test loss" if regression else "Best test accuracy"
+    note = "The best validation loss" if regression else "The best validation accuracy"
     return (f'<table id="summary"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
-            f"</tbody></table>\n<p>{note} is highlighted. Incomplete runs show their last "
+            f"</tbody></table>\n<p>{note} is highlighted: runs are chosen on validation data; "
+            f"the test set is reported, never used to choose. Incomplete runs show their last "
             f"logged epoch.</p>")
 
 
