@@ -102,19 +102,21 @@ def test_one_se_skips_points_stopped_early_and_lower_is_better_for_regression():
 
 
 def test_halving_stops_the_lower_half_and_says_so(tmp_path):
-    assert _sweep(tmp_path, "s", "--penalty", "l2", "--alphas", "1e-3:100:8", sets=["train.epochs=4"]) == 0
+    assert _sweep(tmp_path, "s", "--penalty", "l2", "--alphas", "1e-3:100:8", "--min-full", "4",
+                  sets=["train.epochs=4"]) == 0
     sw = json.loads((tmp_path / "s" / "sweep.json").read_text())
     stopped = [p for p in sw["points"] if p["stopped_early"]]
     assert len(stopped) == 4 and all(p["epochs"] == 2 and not p["eligible"] for p in stopped)
     assert sw["method"]["halving_rungs"] == [2]
     rows = (tmp_path / "s" / "runs" / f"a{stopped[0]['alpha']:g}" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 2
+    assert [json.loads(r)["epoch"] for r in rows] == [2]  # logged at the rung only (--log-every 0)
 
 
 def test_grid_parsing():
     assert sweep.parse_grid("1e-4:1:5") == [1e-4, 1e-3, 1e-2, 0.1, 1.0]
     assert sweep.parse_grid("3") == [3.0] and sweep.parse_grid("2:2:1") == [2.0]
-    assert sweep.halving_rungs(16, 40) == [10, 20] and sweep.halving_rungs(3, 40) == []
+    assert sweep.halving_rungs(16, 40) == [5, 10, 20] and sweep.halving_rungs(2, 40) == []
+    assert sweep.halving_rungs(16, 40, eta=4, min_full=1) == [2, 10]
 
 
 @pytest.mark.parametrize("args,match", [

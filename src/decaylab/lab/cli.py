@@ -45,6 +45,10 @@ def _sweep_parser(sub) -> None:
     s.add_argument("--lrs", help="learning rates as a second axis (LO:HI:N or a comma list)")
     s.add_argument("--seeds", type=int, default=1, help="train every point with N seeds (mean ± sd)")
     s.add_argument("--full", action="store_true", help="train every point the full schedule (no halving)")
+    s.add_argument("--eta", type=int, default=2, help="successive halving keeps 1/ETA of the points per rung")
+    s.add_argument("--min-full", type=int, default=2, help="halving stops once this many points are left")
+    s.add_argument("--log-every", type=int, default=0,
+                   help="metrics every N epochs (default 0: only at halving rungs and the last epoch)")
     s.add_argument("--max-memory", type=float, help="MiB a stack may take (default: half the free memory)")
     s.add_argument("--backend", choices=("local", "ray"), default="local", help="local stacks or Ray Tune trials")
     s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
@@ -62,7 +66,8 @@ def _sweep(args) -> int:
     cfg["out"], cfg["name"] = args.out or cfg["out"], args.name or cfg["name"]
     spec = {"penalty": args.penalty, "alphas": sweep.parse_grid(args.alphas, "--alphas"),
             "lrs": sweep.parse_grid(args.lrs, "--lrs") if args.lrs is not None else None,
-            "seeds": args.seeds, "full": args.full, "backend": args.backend,
+            "seeds": args.seeds, "full": args.full, "backend": args.backend, "eta": args.eta,
+            "min_full": args.min_full, "log_every": args.log_every,
             "max_memory": int(args.max_memory * 2**20) if args.max_memory is not None else None}
     if spec["max_memory"] is not None and not spec["max_memory"] > 0:
         raise sweep.SweepError(f"--max-memory {args.max_memory} must be > 0 (MiB)")
