@@ -22,7 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "out": "runs",
     "name": "",
-    "data": {"name": "digits", "root": "", "val_fraction": 0.15, "n_train": 0, "download": True},
+    "data": {"name": "digits", "root": "", "val_fraction": 0.15, "n_train": 0, "download": True,
+             "label_noise": 0.0},  # share of training labels flipped (seeded); val/test stay clean
     "model": {"kind": "mlp", "hidden": [256, 128], "dropout": 0.0},
     "train": {
         "epochs": 40,
