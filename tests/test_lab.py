@@ -54,7 +54,8 @@ def test_compare_writes_a_complete_run_folder(run_dir):
 def test_report_has_every_figure_and_rebuilds_identically_from_the_folder(run_dir, tmp_path):
     html = (run_dir / "report.html").read_text()
     ids = set(re.findall(r'data-figure="([^"]+)"', html))
-    assert ids == {"curves", "histograms", "layer-sparsity", "sparsity-over-time", "input-maps"}
+    assert ids == {"curves", "loss-curves", "histograms", "weights-overlaid", "layer-sparsity", "sparsity-over-time",
+                   "input-maps"}
     rebuilt = report.build_report(run_dir, out=tmp_path / "again.html")
     assert cli.main(["report", str(run_dir)]) == 0
     assert rebuilt.read_text() == html == (run_dir / "report.html").read_text()

@@ -21,7 +21,8 @@ import pytest
 from decaylab.lab.report import build_report, figures, load_run_folder
 from report_fixtures import make_run_folder
 
-ALL_FIGURES = {"curves", "histograms", "layer-sparsity", "sparsity-over-time", "input-maps"}
+ALL_FIGURES = {"curves", "loss-curves", "histograms", "weights-overlaid", "layer-sparsity", "sparsity-over-time",
+               "input-maps"}
 CHROMIUM = "/usr/bin/chromium"
 IMG_TAG = re.compile(r"<img\b[^>]*>")
 URL_ATTR = re.compile(r"""\b(?:src|href|srcset|action|poster|data)\s*=\s*["']([^"']*)["']""")
@@ -95,7 +96,7 @@ def test_figures_leave_matplotlib_settings_alone(tmp_path):
     import matplotlib
     folder = make_run_folder(tmp_path / "run", runs=("l1",), image_shape=None)
     before = dict(matplotlib.rcParams)
-    assert set(figures(folder)) == ALL_FIGURES - {"input-maps"}
+    assert set(figures(folder)) == ALL_FIGURES - {"input-maps", "weights-overlaid"}  # one run: nothing to overlay
     assert dict(matplotlib.rcParams) == before
 
 
@@ -137,7 +138,7 @@ def test_run_with_no_final_at_all_still_builds(tmp_path):
     folder = make_run_folder(tmp_path / "run", runs=("l1",), incomplete="l1")
     page = build_report(folder).read_text(encoding="utf-8")
     figs = {img["data-figure"] for img in _img_attrs(page)}
-    assert figs == {"curves", "layer-sparsity", "sparsity-over-time"}
+    assert figs == {"curves", "loss-curves", "layer-sparsity", "sparsity-over-time"}
 
 
 def test_regression_shows_loss(tmp_path):

@@ -155,3 +155,42 @@ def test_a_stack_too_large_for_the_memory_allowed_is_chunked_and_says_so(tmp_pat
     assert sw["method"]["per_stack"] == 2 and sw["method"]["stacks_per_seed"] == 2
     assert "stacks of 2" in said[0]
     assert {p["alpha"] for p in sw["points"]} == set(spec["alphas"])
+
+
+def test_compare_chooses_alpha_on_validation_and_reports_mean_sd_over_seeds(tmp_path):
+    args = ["compare", *_sets(TINY + ["seeds=2", "runs.decoupled.alphas=\"0.01:10:4\""]), "--only", "none,decoupled",
+            "--out", str(tmp_path), "--name", "c", "--quiet"]
+    assert cli.main(args) == 0
+    d = tmp_path / "c"
+    result = json.loads((d / "compare.json").read_text())
+    sw = json.loads((d / "sweeps" / "decoupled" / "sweep.json").read_text())
+    rows = {r["name"]: r for r in result["runs"]}
+    assert rows["decoupled"]["alpha"] == sw["chosen"]["best"]
+    assert rows["decoupled"]["chosen"]["grid"] == [0.01, 0.1, 1.0, 10.0]
+    vals = [_final(d / "runs" / f"decoupled-s{s}")["val_acc"] for s in (0, 1)]
+    assert rows["decoupled"]["val_acc"][0] == pytest.approx(sum(vals) / 2)
+    assert rows["decoupled"]["val_acc"][1] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+    assert len(result["verdicts"]) == 1 and "no penalty" in result["verdicts"][0]
+    html = (d / "report.html").read_text()
+    assert "Chosen on validation, mean ± sd over 2 seeds" in html and 'data-figure="lambda-path"' in html
+
+
+def test_sweep_report_shows_the_path_and_the_choice(tmp_path):
+    assert _sweep(tmp_path, "s", "--penalty", "l1", "--alphas", "1e-4,1e-3,1e-2", "--lrs", "1e-3,3e-3",
+                  "--full", sets=["train.epochs=2", "penalty.metric=\"adam\""]) == 0
+    html = (tmp_path / "s" / "report.html").read_text()
+    for fig in ("lambda-path", "pareto", "heatmap"):
+        assert f'data-figure="{fig}"' in html
+    assert 'data-figure="curves"' not in html and "best λ =" in html
+
+
+@pytest.mark.parametrize("sets,match", [
+    (["runs.none.alphas=\"1,2\""], "has no penalty"),
+    (["runs.decoupled.alphas=\"2,1\""], "must increase"),
+    (["seeds=0"], "'seeds' = 0 must be >= 1"),
+])
+def test_bad_compare_selection_input(tmp_path, capsys, sets, match):
+    args = ["compare", *_sets(TINY + sets), "--out", str(tmp_path), "--name", "x", "--quiet"]
+    assert cli.main(args) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

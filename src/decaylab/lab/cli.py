@@ -120,15 +120,32 @@ def _experiment(args) -> int:
     from . import console, train
 
     cfg = _resolve(args)
+    from . import select
+
+    selecting = args.command == "compare" and select.wants_selection(cfg)
+    if selecting:
+        select.check(cfg)
+    elif any(r.get("alphas") for r in cfg["runs"]) or cfg.get("seeds", 1) != 1:
+        raise config_mod.ConfigError("'alphas' and 'seeds' are for decaylab compare; use decaylab sweep")
     run_dir = train.new_run_dir(cfg, args.command)
     ui = console.Console(quiet=args.quiet)
     ui.say(f"run folder: {run_dir}")
     try:
-        with ui.progress(cfg) as progress:
-            train.run_experiment(cfg, args.command, progress=progress, run_dir=run_dir)
+        if selecting:
+            seeds = range(cfg["seed"], cfg["seed"] + cfg["seeds"])
+            names = [{**r, "name": f"{r['name']}-s{s}" if cfg["seeds"] > 1 else r["name"]}
+                     for s in seeds for r in cfg["runs"]]
+            with ui.progress({**cfg, "runs": names}) as progress:
+                result = select.run_compare(cfg, run_dir, progress=progress, say=ui.say)
+        else:
+            with ui.progress(cfg) as progress:
+                train.run_experiment(cfg, args.command, progress=progress, run_dir=run_dir)
     finally:
         report = _build_report(run_dir, ui)
-    ui.table(run_dir)
+    if selecting:
+        ui.say(select.markdown(result))
+    else:
+        ui.table(run_dir)
     ui.say(f"report: {report}" if report else "report: not built (see the error above)")
     return 0
 

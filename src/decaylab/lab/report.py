@@ -43,6 +43,22 @@ _FIGURES = {   # figure id -> (section title, caption: what a learner should loo
                            "Exact-zero fraction and L2 norm of the penalized weights per epoch: "
                            "zeros appear only with L1-type penalties, while any penalty keeps "
                            "the norm below the unpenalized run's."),
+    "loss-curves": ("Loss curves",
+                    "Train and validation loss per epoch, next to the accuracy curves above: a "
+                    "validation loss that turns up while the train loss keeps falling is overfitting."),
+    "weights-overlaid": ("Weights of no penalty, L2 and L1 on one axis",
+                         "One histogram per penalty on a shared axis (log counts): L2 narrows the "
+                         "bell, L1 moves weights into the spike of exact zeros at 0 (drawn to its full height)."),
+    "lambda-path": ("Regularization path",
+                    "Against the strength λ (log axis): validation (solid) and test (dashed) "
+                    "accuracy with a ± sd band, the chosen best (solid line) and one-SE (dotted) λ; "
+                    "the train−test gap, exact zeros and each layer's weight norm. Too little λ "
+                    "overfits (large gap), too much underfits (accuracy falls)."),
+    "pareto": ("Accuracy against nonzero parameters",
+               "Validation accuracy against the number of nonzero parameters, one curve per "
+               "penalty: the upper-left envelope is the best accuracy for a model size."),
+    "heatmap": ("Learning rate × λ",
+                "Mean validation accuracy over the grid of learning rates and strengths."),
     "input-maps": ("Surviving input pixels",
                    "Which input pixels each model still reads (dark = kept, pale = dropped): "
                    "a sparse first layer drops the pixels that carry no signal, such as the "
@@ -128,9 +144,14 @@ def load_run_folder(run_dir) -> dict:
         if runs_dir.is_dir() else []
     rank = {name: i for i, name in enumerate(_config_order(config))}
     runs.sort(key=lambda r: (rank.get(r["name"], rank.get(r["dir"], len(rank))), r["name"]))
+    sweeps_dir = root / "sweeps"
+    sweeps = [(p.name, _read_json(p / "sweep.json")) for p in sorted(sweeps_dir.iterdir())] \
+        if sweeps_dir.is_dir() else []
     return {"path": str(root), "config": config,
             "status": _read_json(root / "status.json", {}) or {},
-            "data": _read_json(root / "data.json", {}) or {}, "runs": runs}
+            "data": _read_json(root / "data.json", {}) or {}, "runs": runs,
+            "sweep": _read_json(root / "sweep.json"), "compare": _read_json(root / "compare.json"),
+            "sweeps": [(name, sw) for name, sw in sweeps if isinstance(sw, dict)]}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -319,11 +340,45 @@ def _fig_input_maps(run):
     return fig
 
 
+def _sweeps(run):
+    if run.get("sweep"):
+        return [(run["sweep"].get("penalty", "sweep"), run["sweep"])]
+    return run.get("sweeps") or []
+
+
+def _fig_lambda(run):
+    from .figures import fig_lambda
+    return fig_lambda(_sweeps(run))
+
+
+def _fig_pareto(run):
+    from .figures import fig_pareto
+    return fig_pareto(_sweeps(run))
+
+
+def _fig_heatmap(run):
+    from .figures import fig_heatmap
+    return fig_heatmap(run["sweep"]) if run.get("sweep") else None
+
+
+def _fig_loss_curves(run):
+    from .figures import fig_loss_curves
+    return fig_loss_curves(run["runs"])
+
+
+def _fig_weights_overlaid(run):
+    from .figures import fig_overlaid_histograms
+    return fig_overlaid_histograms(run["runs"])
+
+
 _BUILDERS = {
-    "curves": _fig_curves, "histograms": _fig_histograms,
+    "curves": _fig_curves, "loss-curves": _fig_loss_curves, "histograms": _fig_histograms,
+    "weights-overlaid": _fig_weights_overlaid,
     "layer-sparsity": _fig_layer_sparsity, "sparsity-over-time": _fig_sparsity_over_time,
-    "input-maps": _fig_input_maps,
+    "input-maps": _fig_input_maps, "lambda-path": _fig_lambda, "pareto": _fig_pareto,
+    "heatmap": _fig_heatmap,
 }
+_SWEEP_FIGURES = ("lambda-path", "pareto", "heatmap")  # a sweep folder shows only these
 
 
 def figures(run) -> dict[str, bytes]:
@@ -345,6 +400,8 @@ def figures(run) -> dict[str, bytes]:
     out = {}
     with matplotlib.style.context(["default", _STYLE]):
         for fig_id, build in _BUILDERS.items():
+            if run.get("sweep") and fig_id not in _SWEEP_FIGURES:
+                continue
             fig = build(run)
             if fig is not None:
                 buf = io.BytesIO()
@@ -455,6 +512,41 @@ def _summary_html(run):
             f"logged epoch.</p>")
 
 
+def _ms(v, spec=".3f"):
+    m, s = v if isinstance(v, (list, tuple)) else (v, None)
+    if m is None:
+        return "—"
+    return format(m, spec) + (" ± " + format(s, spec) if s is not None else "")
+
+
+def _selection_html(run):
+    """The choice on validation: compare.json's mean ± sd table, or sweep.json's choice."""
+    out = []
+    cmp_ = run.get("compare")
+    if cmp_:
+        n = len(cmp_.get("seeds", []))
+        head = "".join(f"<th>{h}</th>" for h in ("run", "penalty (λ chosen on validation)", "validation accuracy",
+                                                   "test accuracy", "train − test gap", "exact zeros"))
+        body = "".join(
+            f'<tr><td class="name">{_esc(r["name"])}</td><td class="desc">{_esc(r["describe"])}</td>'
+            f"<td>{_ms(r['val_acc'])}</td><td>{_ms(r['test_acc'])}</td><td>{_ms(r['gap'])}</td>"
+            f"<td>{_ms(r['zero_fraction'], '.1%')}</td></tr>" for r in cmp_.get("runs", []))
+        verdicts = "".join(f"<li>{_esc(v)}</li>" for v in cmp_.get("verdicts", []))
+        out += [f"<h2>Chosen on validation, mean ± sd over {n} seeds</h2>",
+                f'<table id="selection"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
+                f"<ul>{verdicts}</ul><p>{_esc(cmp_.get('note'))}</p>"]
+    sw = run.get("sweep")
+    if sw:
+        ch, test = sw.get("chosen", {}), sw.get("chosen_test_acc", {})
+        stopped = sum(1 for p in sw.get("points", []) if p.get("stopped_early"))
+        out += ["<h2>Chosen strength</h2>",
+                f"<p>{_esc(sw.get('describe'))}: best λ = {_esc(ch.get('best'))} (test {_ms(test.get('best'))}), "
+                f"one-SE λ = {_esc(ch.get('one_se'))} (test {_ms(test.get('one_se'))}). "
+                f"{_esc(sw.get('selection'))}. SE: {_esc(sw.get('se'))}. {stopped} of {len(sw.get('points', []))} "
+                f"points were stopped early by successive halving (see sweep.json).</p>"]
+    return out
+
+
 def _figure_html(fig_id, png, run):
     title, caption = _FIGURES[fig_id]
     caption = caption.format(metric="loss" if _is_regression(run) else "accuracy")
@@ -470,7 +562,7 @@ def _figure_html(fig_id, png, run):
 
 def _page_html(run, figs):
     title = f"decaylab report: {pathlib.Path(run['path']).name}"
-    parts = [_header_html(run), "<h2>Summary</h2>", _summary_html(run)]
+    parts = [_header_html(run)] + _selection_html(run) + ["<h2>Summary</h2>", _summary_html(run)]
     parts += [_figure_html(fig_id, png, run) for fig_id, png in figs.items()]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
