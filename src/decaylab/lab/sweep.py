@@ -203,7 +203,7 @@ def bytes_per_config(model: nn.Module, batch: int, eval_rows: int = 4096) -> int
     one training batch (forward and backward) and one evaluation chunk.
 
     >>> bytes_per_config(nn.Linear(10, 10), batch=8)
-    165440
+    167000
     """
     n_params = sum(p.numel() for p in model.parameters())
     widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
