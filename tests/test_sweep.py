@@ -38,7 +38,7 @@ def _assert_same_run(stacked: Path, alone: Path) -> None:
     a, b = _final(stacked), _final(alone)
     for key in ("val_acc", "test_acc", "train_acc", "val_loss"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
-    wa, wb = torch.load(stacked / "model.pt"), torch.load(alone / "model.pt")
+    wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (stacked, alone))
     for k in wb:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 

@@ -3,7 +3,11 @@
     decaylab compare [CONFIG.toml] [--set key=value ...]   several penalties, one report
     decaylab train CONFIG.toml [--set key=value ...]       one penalty setting
     decaylab sweep [CONFIG.toml] --penalty l2 --alphas 1e-4:1:9   a λ grid, the path and the choice
+    decaylab resume RUN_DIR                                continue an interrupted run folder
     decaylab report RUN_DIR                                rebuild report.html from a run folder
+
+Bad input (config, paths, devices, data) is one line on stderr and exit code 2, checked
+before a run folder is created; a failed run exits 1, Ctrl-C exits 130 after a checkpoint.
 """
 
 from __future__ import annotations
@@ -17,9 +21,17 @@ from . import config as config_mod
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"decaylab: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_ in (("compare", "train one model per penalty and compare them"),
                         ("train", "train one model with one penalty setting")):
         c = sub.add_parser(name, help=help_)
@@ -29,8 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--out", help="parent folder of the run folder (default: runs)")
         c.add_argument("--name", help="run folder name (default: COMMAND-DATA-TIME)")
         c.add_argument("--only", help="comma-separated run names to keep (compare)")
-        c.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+        c.add_argument("--quiet", action="store_true", help="print only the run folder's path")
+        c.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as TOML (a valid CONFIG file) and exit")
     _sweep_parser(sub)
+    c = sub.add_parser("resume", help="continue an interrupted compare/train run folder from its checkpoints")
+    c.add_argument("run_dir", help="the run folder")
+    c.add_argument("--quiet", action="store_true", help="print only the run folder's path")
     r = sub.add_parser("report", help="rebuild report.html from a run folder alone")
     r.add_argument("run_dir", nargs="+", help="run folder (several with --markdown)")
     r.add_argument("--markdown", action="store_true", help="print the results as one Markdown table instead")
@@ -55,7 +72,7 @@ def _sweep_parser(sub) -> None:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--out", help="parent folder of the run folder (default: runs)")
     s.add_argument("--name", help="run folder name (default: sweep-DATA-TIME)")
-    s.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    s.add_argument("--quiet", action="store_true", help="print only the run folder's path")
 
 
 def _sweep(args) -> int:
@@ -77,12 +94,13 @@ def _sweep(args) -> int:
         from . import sweep_ray
 
         sweep_ray.check(args.address)
+    train.check_device(cfg["train"]["device"])
     data = train._load_data(cfg)
     n = len(spec["alphas"]) * len(spec["lrs"] or [0])
     sweep.memory_plan(cfg, data, n, spec["max_memory"])  # refuses before a folder exists
     run_dir = train.new_run_dir({**cfg, "runs": []}, "sweep")
     ui = console.Console(quiet=args.quiet)
-    ui.say(f"run folder: {run_dir}")
+    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
         if args.backend == "ray":
             result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
@@ -96,6 +114,38 @@ def _sweep(args) -> int:
     ui.say(sweep.describe_result(result))
     ui.say(f"report: {report}" if report else "report: not built (see the error above)")
     return 0
+
+
+def _selected_compare(args, cfg: dict) -> int:
+    """compare with runs.NAME.alphas (λ chosen on validation) and/or seeds > 1."""
+    from . import console, select, train
+
+    select.check(cfg)
+    train.prepare(cfg)  # bad input fails here, before a run folder exists
+    run_dir = train.new_run_dir(cfg, args.command)
+    ui = console.Console(quiet=args.quiet)
+    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
+    try:
+        seeds = range(cfg["seed"], cfg["seed"] + cfg["seeds"])
+        names = [{**r, "name": f"{r['name']}-s{s}" if cfg["seeds"] > 1 else r["name"]}
+                 for s in seeds for r in cfg["runs"]]
+        with ui.progress({**cfg, "runs": names}) as progress:
+            result = select.run_compare(cfg, run_dir, progress=progress, say=ui.say)
+    finally:
+        report = _build_report(run_dir, ui)
+    ui.say(select.markdown(result))
+    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
+    return 0
+
+
+def _version() -> str:
+    import platform
+
+    import torch
+
+    import decaylab
+
+    return f"decaylab {decaylab.__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 def _resolve(args) -> dict:
@@ -117,35 +167,52 @@ def _resolve(args) -> dict:
 
 
 def _experiment(args) -> int:
+    cfg = _resolve(args)
+    if args.print_config:
+        print(config_mod.to_toml(cfg, args.command), end="")
+        return 0
+    from . import select, train
+
+    if args.command == "compare" and select.wants_selection(cfg):
+        return _selected_compare(args, cfg)
+    if any(r.get("alphas") for r in cfg["runs"]) or cfg.get("seeds", 1) != 1:
+        raise config_mod.ConfigError("'alphas' and 'seeds' are for decaylab compare; use decaylab sweep")
+    data = train.prepare(cfg)  # bad input fails here, before a run folder exists
+    run_dir = train.new_run_dir(cfg, args.command)
+    return _train(args, cfg, run_dir, lambda progress: train.run_experiment(
+        cfg, args.command, progress=progress, run_dir=run_dir, data=data))
+
+
+def _resume(args) -> int:
+    from . import runfolder, train
+
+    run_dir = Path(args.run_dir)
+    cfg = train.folder_config(run_dir)
+    data = train.prepare(cfg)
+    then = (runfolder.read_config(run_dir).get("versions") or {})
+    now = train.versions()
+    changed = [f"{k} {then[k]} -> {now[k]}" for k in ("decaylab", "torch", "numpy") if then.get(k, now[k]) != now[k]]
+    if changed:
+        print(f"decaylab: note: versions changed since the run started ({', '.join(changed)}); the resumed "
+              f"run may differ from an uninterrupted one in the last bits", file=sys.stderr)
+    return _train(args, cfg, run_dir, lambda progress: train.resume_experiment(run_dir, progress, data))
+
+
+def _train(args, cfg: dict, run_dir: Path, go) -> int:
     from . import console, train
 
-    cfg = _resolve(args)
-    from . import select
-
-    selecting = args.command == "compare" and select.wants_selection(cfg)
-    if selecting:
-        select.check(cfg)
-    elif any(r.get("alphas") for r in cfg["runs"]) or cfg.get("seeds", 1) != 1:
-        raise config_mod.ConfigError("'alphas' and 'seeds' are for decaylab compare; use decaylab sweep")
-    run_dir = train.new_run_dir(cfg, args.command)
     ui = console.Console(quiet=args.quiet)
-    ui.say(f"run folder: {run_dir}")
+    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
-        if selecting:
-            seeds = range(cfg["seed"], cfg["seed"] + cfg["seeds"])
-            names = [{**r, "name": f"{r['name']}-s{s}" if cfg["seeds"] > 1 else r["name"]}
-                     for s in seeds for r in cfg["runs"]]
-            with ui.progress({**cfg, "runs": names}) as progress:
-                result = select.run_compare(cfg, run_dir, progress=progress, say=ui.say)
-        else:
-            with ui.progress(cfg) as progress:
-                train.run_experiment(cfg, args.command, progress=progress, run_dir=run_dir)
+        with ui.progress(cfg) as progress:
+            go(progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: checkpointed after the current step; continue with: "
+              f"{train.resume_command(run_dir)}", file=sys.stderr)
+        raise
     finally:
         report = _build_report(run_dir, ui)
-    if selecting:
-        ui.say(select.markdown(result))
-    else:
-        ui.table(run_dir)
+    ui.table(run_dir)
     ui.say(f"report: {report}" if report else "report: not built (see the error above)")
     return 0
 
@@ -174,18 +241,26 @@ def main(argv: list[str] | None = None) -> int:
             for run_dir in args.run_dir:
                 print(f"report: {build_report(run_dir)}")
             return 0
+        if args.command == "resume":
+            return _resume(args)
         if args.command == "sweep":
             return _sweep(args)
         return _experiment(args)
     except KeyboardInterrupt:
-        print("interrupted; finished epochs are in the run folder (status: interrupted)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (config_mod.ConfigError, FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"decaylab: error: {err}", file=sys.stderr)
+    except (config_mod.ConfigError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+        print(f"decaylab: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:
-        print(f"decaylab: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"decaylab: failed: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _one_line(err) -> str:
+    """The message on one line: line breaks a user typed into a key or path are escaped."""
+    text = str(err)
+    return text.translate({c: repr(chr(c))[1:-1] for c in range(32)} | {0x85: "\\x85", 0x2028: "\\u2028",
+                                                                         0x2029: "\\u2029"})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from . import sweep as sweep_mod
+from . import runfolder
 from . import train as train_mod
 
 STATS = ("val_acc", "test_acc", "train_acc", "gap", "zero_fraction", "val_loss", "test_loss")
@@ -50,13 +51,13 @@ def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
     seeds = [cfg["seed"] + i for i in range(cfg.get("seeds", 1))]
     runs = [dict(r) for r in cfg["runs"]]
     expanded = [{**r, "name": _seed_name(r["name"], s, len(seeds))} for s in seeds for r in runs]
-    train_mod._write_json(run_dir / "status.json", {"state": "running", "error": None, "updated": train_mod._now()})
-    train_mod._write_json(run_dir / "config.json", {**cfg, "runs": expanded, "base_runs": runs, "command": "compare",
-                                                     "versions": train_mod.versions(), "created": train_mod._now()})
+    runfolder.set_status(run_dir, "running")
+    runfolder.write_json(run_dir / "config.json", {**cfg, "runs": expanded, "base_runs": runs, "command": "compare",
+                                                     "versions": train_mod.versions(), "created": runfolder.now()})
     state, error = "failed", None
     try:
         data0 = train_mod._load_data(cfg)
-        train_mod._write_json(run_dir / "data.json", data0.info())
+        runfolder.write_json(run_dir / "data.json", data0.info())
         chosen = {}
         for r in runs:
             if r.get("alphas"):
@@ -70,7 +71,7 @@ def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
                     f"({sw['wall_time']:.1f} s)")
         expanded = [{**r, "name": _seed_name(r["name"], s, len(seeds))} for s in seeds for r in runs]
         cfg_json = json.loads((run_dir / "config.json").read_text())
-        train_mod._write_json(run_dir / "config.json", {**cfg_json, "runs": expanded, "base_runs": runs})
+        runfolder.write_json(run_dir / "config.json", {**cfg_json, "runs": expanded, "base_runs": runs})
         for s in seeds:
             cfg_s = {**cfg, "seed": s}
             data = data0 if s == cfg["seed"] else train_mod._load_data(cfg_s)
@@ -78,7 +79,7 @@ def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
                 name = _seed_name(r["name"], s, len(seeds))
                 train_mod.train_run(cfg_s, data, {**r, "name": name}, run_dir / "runs" / name, progress)
         result = summarize(run_dir, runs, seeds, chosen)
-        train_mod._write_json(run_dir / "compare.json", result)
+        runfolder.write_json(run_dir / "compare.json", result)
         state = "complete"
     except KeyboardInterrupt:
         state, error = "interrupted", "interrupted by the user (Ctrl-C)"
@@ -87,7 +88,7 @@ def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
         error = f"{type(err).__name__}: {err}"
         raise
     finally:
-        train_mod._write_json(run_dir / "status.json", {"state": state, "error": error, "updated": train_mod._now()})
+        runfolder.set_status(run_dir, state, error)
     return result
 
 

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 import decaylab as dl
 
+from . import runfolder
 from . import train as train_mod
 from .models import build_model, stack_models, unstack_model
 
@@ -458,12 +459,12 @@ def _finish_point(stack: _Stack, j: int, last: dict, run_dir: Path, stopped: boo
     p = stack.points[j]
     model = unstack_model(stack.model, j, stack.base)
     d = run_dir / "runs" / p["name"]
-    torch.save(model.state_dict(), d / "model.pt")
+    runfolder.save_pt(model.state_dict(), d / "model.pt")
     final = train_mod._final(model, last, train_mod.weight_stats(model))
     final.update(mean_epoch_time=sum(stack.times) / max(len(stack.times), 1), stopped_early=stopped,
                  warm_started=False, stacked_with=len(stack.points),
                  layer_l2={k: v["l2"] for k, v in dl.layer_stats(model).items()})
-    train_mod._write_json(d / "final.json", final)
+    runfolder.write_json(d / "final.json", final)
 
 
 # -- the sweep -----------------------------------------------------------------------------------
@@ -524,10 +525,10 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
     points = make_points(spec["alphas"], lrs, seeds)
     run = {**cfg["runs"][0], "penalty": spec["penalty"]}
     t_start = time.perf_counter()
-    train_mod._write_json(run_dir / "status.json", {"state": "running", "error": None, "updated": train_mod._now()})
+    runfolder.set_status(run_dir, "running")
     cfg_saved = {**cfg, "runs": [{**run, "name": p["name"], "alpha": p["alpha"]} for p in points]}
-    train_mod._write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
-                                                     "versions": train_mod.versions(), "created": train_mod._now()})
+    runfolder.write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
+                                                     "versions": train_mod.versions(), "created": runfolder.now()})
     state, error = "failed", None
     try:
         stops, method = None, {}
@@ -535,7 +536,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
             cfg_s = {**cfg, "seed": seed}
             data_s = data if (data is not None and seed == cfg["seed"]) else train_mod._load_data(cfg_s)
             if seed == cfg["seed"]:
-                train_mod._write_json(run_dir / "data.json", data_s.info())
+                runfolder.write_json(run_dir / "data.json", data_s.info())
             mine = [p for p in points if p["seed"] == seed]
             per_stack, per, budget = memory_plan(cfg, data_s, len(mine), spec.get("max_memory"))
             if per_stack < len(mine) and seed == cfg["seed"]:
@@ -556,7 +557,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
                 for p in chunk:
                     d = run_dir / "runs" / p["name"]
                     d.mkdir(parents=True)
-                    train_mod._write_json(d / "spec.json", {**run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
+                    runfolder.write_json(d / "spec.json", {**run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
                                                             "seed": seed, "describe": train_mod.describe({**run, "alpha": p["alpha"]})})
                 got = _train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
                                    spec.get("log_every", 0), (eta, min_full))
@@ -565,7 +566,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
                 stops = decided
         result = summarize(run_dir, spec, points, run, method)
         result["wall_time"] = time.perf_counter() - t_start
-        train_mod._write_json(run_dir / "sweep.json", result)
+        runfolder.write_json(run_dir / "sweep.json", result)
         state = "complete"
     except KeyboardInterrupt:
         state, error = "interrupted", "interrupted by the user (Ctrl-C)"
@@ -574,7 +575,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
         error = f"{type(err).__name__}: {err}"
         raise
     finally:
-        train_mod._write_json(run_dir / "status.json", {"state": state, "error": error, "updated": train_mod._now()})
+        runfolder.set_status(run_dir, state, error)
     return result
 
 

@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 
 from . import sweep as sweep_mod
+from . import runfolder
 from . import train as train_mod
 
 EXTRA = 'pip install "decaylab[ray]"'
@@ -75,15 +76,15 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
     seeds = [cfg["seed"] + i for i in range(spec["seeds"])]
     points = sweep_mod.make_points(spec["alphas"], lrs, seeds)
     run_ = {**cfg["runs"][0], "penalty": spec["penalty"]}
-    train_mod._write_json(run_dir / "status.json", {"state": "running", "error": None, "updated": train_mod._now()})
+    runfolder.set_status(run_dir, "running")
     cfg_saved = {**cfg, "runs": [{**run_, "name": p["name"], "alpha": p["alpha"]} for p in points]}
-    train_mod._write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
-                                                     "versions": train_mod.versions(), "created": train_mod._now()})
+    runfolder.write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
+                                                     "versions": train_mod.versions(), "created": runfolder.now()})
     state, error = "failed", None
     started = False
     try:
         data = train_mod._load_data(cfg)
-        train_mod._write_json(run_dir / "data.json", data.info())
+        runfolder.write_json(run_dir / "data.json", data.info())
         cpus = num_cpus or os.cpu_count() or 1
         per_seed = math.ceil(len(points) / len(seeds) / max(1, cpus // len(seeds)))
         batches = []
@@ -93,7 +94,7 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
         for p in points:
             d = run_dir / "runs" / p["name"]
             d.mkdir(parents=True)
-            train_mod._write_json(d / "spec.json", {**run_, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
+            runfolder.write_json(d / "spec.json", {**run_, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
                                                     "seed": p["seed"],
                                                     "describe": train_mod.describe({**run_, "alpha": p["alpha"]})})
         src = str(Path(__file__).resolve().parents[2])
@@ -116,7 +117,7 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
                   "halving_rungs": [], "warm_starts": False,
                   "logged_epochs": "at the last epoch" if not spec.get("log_every") else f"every {spec['log_every']}"}
         result = sweep_mod.summarize(run_dir, {**spec, "lrs": lrs}, points, run_, method)
-        train_mod._write_json(run_dir / "sweep.json", result)
+        runfolder.write_json(run_dir / "sweep.json", result)
         state = "complete"
     except KeyboardInterrupt:
         state, error = "interrupted", "interrupted by the user (Ctrl-C)"
@@ -127,5 +128,5 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
     finally:
         if started:
             ray.shutdown()
-        train_mod._write_json(run_dir / "status.json", {"state": state, "error": error, "updated": train_mod._now()})
+        runfolder.set_status(run_dir, state, error)
     return result
