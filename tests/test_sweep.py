@@ -194,3 +194,33 @@ def test_bad_compare_selection_input(tmp_path, capsys, sets, match):
     assert cli.main(args) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_after_a_kill_recomputes_nothing_finished(tmp_path, monkeypatch):
+    args = ("--penalty", "l2", "--alphas", "1e-3:10:4", "--seeds", "2")
+    assert _sweep(tmp_path, "ref", *args) == 0
+    real, calls = sweep._train_stack, []
+
+    def killed_in_second_seed(cfg, data, run, points, *rest, **kw):
+        calls.append([p["name"] for p in points])
+        if points[0]["seed"] == 1:
+            raise KeyboardInterrupt
+        return real(cfg, data, run, points, *rest, **kw)
+
+    monkeypatch.setattr(sweep, "_train_stack", killed_in_second_seed)
+    assert _sweep(tmp_path, "k", *args) == 130
+    d = tmp_path / "k"
+    assert json.loads((d / "status.json").read_text())["state"] == "interrupted"
+    done = {p.parent.name: p.read_bytes() for p in (d / "runs").glob("*/final.json")}
+    assert set(done) == {"a0.001-s0", "a0.0215-s0", "a0.464-s0", "a10-s0"}
+    calls.clear()
+    monkeypatch.setattr(sweep, "_train_stack", lambda *a, **kw: (calls.append([p["name"] for p in a[3]]), real(*a, **kw))[1])
+    assert cli.main(["resume", str(d), "--quiet"]) == 0
+    assert calls == [["a0.001-s1", "a0.0215-s1", "a0.464-s1", "a10-s1"]]  # only the unfinished seed
+    assert {n: (d / "runs" / n / "final.json").read_bytes() for n in done} == done  # untouched
+    ref = json.loads((tmp_path / "ref" / "sweep.json").read_text())
+    got = json.loads((d / "sweep.json").read_text())
+    assert got["chosen"] == ref["chosen"]
+    for a, b in zip(got["points"], ref["points"]):
+        assert (a["alpha"], a["epochs"], a["stopped_early"]) == (b["alpha"], b["epochs"], b["stopped_early"])
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)

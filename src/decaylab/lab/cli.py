@@ -187,6 +187,8 @@ def _resume(args) -> int:
     from . import runfolder, train
 
     run_dir = Path(args.run_dir)
+    if runfolder.read_config(run_dir).get("command") == "sweep":
+        return _resume_sweep(args, run_dir)
     cfg = train.folder_config(run_dir)
     data = train.prepare(cfg)
     then = (runfolder.read_config(run_dir).get("versions") or {})
@@ -196,6 +198,20 @@ def _resume(args) -> int:
         print(f"decaylab: note: versions changed since the run started ({', '.join(changed)}); the resumed "
               f"run may differ from an uninterrupted one in the last bits", file=sys.stderr)
     return _train(args, cfg, run_dir, lambda progress: train.resume_experiment(run_dir, progress, data))
+
+
+def _resume_sweep(args, run_dir: Path) -> int:
+    from . import console, sweep
+
+    ui = console.Console(quiet=args.quiet)
+    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
+    try:
+        result = sweep.resume_sweep(run_dir, say=ui.say)
+    finally:
+        report = _build_report(run_dir, ui)
+    ui.say(sweep.describe_result(result))
+    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
+    return 0
 
 
 def _train(args, cfg: dict, run_dir: Path, go) -> int:

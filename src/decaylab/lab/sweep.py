@@ -511,7 +511,8 @@ def memory_plan(cfg: dict, data, n_points: int, max_memory: int | None) -> tuple
     return plan_chunks(n_points, per, budget), per, budget
 
 
-def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, say=print) -> dict:
+def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, say=print,
+              resume: bool = False) -> dict:
     """Train every point of ``spec`` into ``run_dir`` (already made) and write ``sweep.json``.
 
     ``spec``: ``penalty``, ``alphas``, ``lrs`` (None = ``train.lr``), ``seeds`` (count),
@@ -519,6 +520,12 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
     (halving keeps ``ceil(n / eta)`` points per rung until ``min_full`` are left; 2 and 2),
     ``log_every`` (metrics every N epochs; 0, the default, logs only the rungs and the last
     epoch, which is all the path needs and saves evaluation time).
+
+    With ``resume=True`` (``decaylab resume`` of a sweep folder) a point with ``final.json``
+    is kept as it is; the others start again from scratch, stacked. A point's training does
+    not depend on the others in its stack, and halving the unfinished points of a seed uses
+    the remaining rungs (those of a smaller stack), so a resumed sweep decides as an
+    uninterrupted one would.
     """
     lrs = spec.get("lrs") or [cfg["train"]["lr"]]
     seeds = [cfg["seed"] + i for i in range(spec["seeds"])]
@@ -526,50 +533,55 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
     run = {**cfg["runs"][0], "penalty": spec["penalty"]}
     t_start = time.perf_counter()
     runfolder.set_status(run_dir, "running")
-    cfg_saved = {**cfg, "runs": [{**run, "name": p["name"], "alpha": p["alpha"]} for p in points]}
-    runfolder.write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
-                                                     "versions": train_mod.versions(), "created": runfolder.now()})
+    if not resume:
+        cfg_saved = {**cfg, "runs": [{**run, "name": p["name"], "alpha": p["alpha"]} for p in points]}
+        runfolder.write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
+                                                         "versions": train_mod.versions(), "created": runfolder.now()})
     state, error = "failed", None
     try:
         stops, method = None, {}
+        eta, min_full = spec.get("eta", 2), spec.get("min_full", 2)
         for seed in seeds:
             cfg_s = {**cfg, "seed": seed}
-            data_s = data if (data is not None and seed == cfg["seed"]) else train_mod._load_data(cfg_s)
-            if seed == cfg["seed"]:
-                runfolder.write_json(run_dir / "data.json", data_s.info())
             mine = [p for p in points if p["seed"] == seed]
-            per_stack, per, budget = memory_plan(cfg, data_s, len(mine), spec.get("max_memory"))
+            todo = [p for p in mine if not (resume and runfolder.run(run_dir, p["name"]).is_complete())]
+            data_s = data if (data is not None and seed == cfg["seed"]) else (
+                train_mod._load_data(cfg_s) if todo or seed == cfg["seed"] else None)
+            if seed == cfg["seed"]:
+                runfolder.write_data_info(run_dir, data_s.info())
+            per_stack, per, budget = memory_plan(cfg, data_s or data, len(mine), spec.get("max_memory"))
             if per_stack < len(mine) and seed == cfg["seed"]:
                 say(f"sweep: {len(mine)} points need about {len(mine) * per / 2**20:.0f} MiB stacked, over the "
                     f"{budget / 2**20:.0f} MiB allowed; training them in stacks of {per_stack}")
-            eta, min_full = spec.get("eta", 2), spec.get("min_full", 2)
-            rungs = [] if spec.get("full") else halving_rungs(min(per_stack, len(mine)), cfg["train"]["epochs"],
-                                                              eta, min_full)
             method = {"stacked": True, "per_stack": per_stack, "stacks_per_seed": math.ceil(len(mine) / per_stack),
-                      "halving_rungs": rungs, "halving_on": "validation accuracy of the first seed",
+                      "halving_rungs": [] if spec.get("full") else
+                      halving_rungs(min(per_stack, len(mine)), cfg["train"]["epochs"], eta, min_full),
+                      "halving_on": "validation accuracy of the first seed",
                       "halving_eta": eta, "halving_min_full": min_full,
                       "logged_epochs": "every epoch" if spec.get("log_every") == 1 else
                       f"every {spec['log_every']} epochs, at rungs and the last" if spec.get("log_every")
                       else "at rungs and the last epoch", "warm_starts": False}
-            decided = {}
-            for i in range(0, len(mine), per_stack):
-                chunk = mine[i:i + per_stack]
+            if resume and len(todo) < len(mine):
+                say(f"resume: seed {seed}: {len(mine) - len(todo)} of {len(mine)} points finished, kept; "
+                    f"{len(todo)} trained again")
+            for i in range(0, len(todo), per_stack):
+                chunk = todo[i:i + per_stack]
                 for p in chunk:
-                    d = run_dir / "runs" / p["name"]
-                    d.mkdir(parents=True)
-                    runfolder.write_json(d / "spec.json", {**run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
-                                                            "seed": seed, "describe": train_mod.describe({**run, "alpha": p["alpha"]})})
-                got = _train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
-                                   spec.get("log_every", 0), (eta, min_full))
-                decided.update({next(p["key"] for p in chunk if p["name"] == n): e for n, e in got.items()})
-            if stops is None:
-                stops = decided
+                    runfolder.run(run_dir, p["name"]).begin({
+                        **run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": seed,
+                        "describe": train_mod.describe({**run, "alpha": p["alpha"]})})
+                rungs = [] if spec.get("full") else halving_rungs(len(chunk), cfg["train"]["epochs"], eta, min_full)
+                _train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
+                             spec.get("log_every", 0), (eta, min_full))
+            if stops is None:  # the first seed's halving decides for the others
+                finals = {p["key"]: runfolder.run(run_dir, p["name"]).final() for p in mine}
+                stops = {k: f["epochs"] for k, f in finals.items() if f.get("stopped_early")}
         result = summarize(run_dir, spec, points, run, method)
         result["wall_time"] = time.perf_counter() - t_start
         runfolder.write_json(run_dir / "sweep.json", result)
         state = "complete"
     except KeyboardInterrupt:
-        state, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        state, error = "interrupted", "interrupted by the user (Ctrl-C); continue with: decaylab resume " + str(run_dir)
         raise
     except BaseException as err:
         error = f"{type(err).__name__}: {err}"
@@ -577,6 +589,17 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
     finally:
         runfolder.set_status(run_dir, state, error)
     return result
+
+
+def resume_sweep(run_dir, progress=None, say=print) -> dict:
+    """Continue a sweep folder (``decaylab resume``): finished points are kept, the rest
+    trained again (see :func:`run_sweep`). A Ray sweep resumes locally."""
+    saved = runfolder.read_config(run_dir)
+    spec = saved["sweep"]
+    cfg = {k: v for k, v in saved.items() if k not in ("command", "versions", "created", "sweep")}
+    cfg["runs"] = [{k: v for k, v in saved["runs"][0].items()}]
+    train_mod.check_device(cfg["train"]["device"])
+    return run_sweep(cfg, spec, Path(run_dir), progress=progress, say=say, resume=True)
 
 
 # -- the path and the choice -----------------------------------------------------------------------
