@@ -224,3 +224,27 @@ def test_resume_after_a_kill_recomputes_nothing_finished(tmp_path, monkeypatch):
     for a, b in zip(got["points"], ref["points"]):
         assert (a["alpha"], a["epochs"], a["stopped_early"]) == (b["alpha"], b["epochs"], b["stopped_early"])
         assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
+
+
+def test_resume_in_the_middle_of_halving_decides_as_an_uninterrupted_sweep(tmp_path, monkeypatch):
+    args = ("--penalty", "l2", "--alphas", "1e-3:100:8")
+    sets = ["train.epochs=8"]  # rungs at epochs 2 and 4: 8 -> 4 -> 2
+    assert _sweep(tmp_path, "ref", *args, sets=sets) == 0
+    real = sweep._log_epoch
+
+    def kill_at_epoch_4(stack, data, epoch, *rest):
+        if epoch == 4:
+            raise KeyboardInterrupt
+        return real(stack, data, epoch, *rest)
+
+    monkeypatch.setattr(sweep, "_log_epoch", kill_at_epoch_4)
+    assert _sweep(tmp_path, "k", *args, sets=sets) == 130
+    d = tmp_path / "k"
+    assert len(list((d / "runs").glob("*/final.json"))) == 4  # stopped at the first rung
+    monkeypatch.setattr(sweep, "_log_epoch", real)
+    assert cli.main(["resume", str(d), "--quiet"]) == 0
+    ref = json.loads((tmp_path / "ref" / "sweep.json").read_text())
+    got = json.loads((d / "sweep.json").read_text())
+    assert [(p["epochs"], p["stopped_early"]) for p in got["points"]] == \
+        [(p["epochs"], p["stopped_early"]) for p in ref["points"]]
+    assert got["chosen"] == ref["chosen"]
