@@ -187,8 +187,12 @@ def _resume(args) -> int:
     from . import runfolder, train
 
     run_dir = Path(args.run_dir)
-    if runfolder.read_config(run_dir).get("command") == "sweep":
+    saved = runfolder.read_config(run_dir)
+    if saved.get("command") == "sweep":
         return _resume_sweep(args, run_dir)
+    if "base_runs" in saved:
+        raise config_mod.ConfigError(f"{run_dir} is a compare with strengths chosen on validation over seeds; "
+                                     f"resuming one is not supported yet: run the command again")
     cfg = train.folder_config(run_dir)
     data = train.prepare(cfg)
     then = (runfolder.read_config(run_dir).get("versions") or {})
