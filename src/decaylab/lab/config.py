@@ -49,7 +49,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "mode": "",  # "" = the penalty's default (prox for L1/EN/GL, decoupled for L2/L2SP)
     "l1_ratio": 0.5,
     "groups": "inputs",
-    "params": "",  # "" = Linear/Conv weights; "first" = the first layer's weight; or a glob
+    "params": "",  # "" = the default selection (weights >= 2-D); "first" = the first layer's weight; or a glob
     "metric": "lr",
     "warmup_epochs": 0,
     "finetune_epochs": 0,

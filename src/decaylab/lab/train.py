@@ -135,7 +135,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> t
 
 
 def weight_stats(model: nn.Module) -> dict:
-    """Norms, exact zeros per layer, live inputs: over the Linear/Conv weights."""
+    """Norms, exact zeros per layer, live inputs: over the default selection (weights >= 2-D)."""
     ws = [p.detach() for _, p in selected_weights(model)]
     zeros = sum(int((w == 0).sum()) for w in ws)
     numel = sum(w.numel() for w in ws)
