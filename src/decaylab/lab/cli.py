@@ -118,9 +118,9 @@ def _sweep(args) -> int:
 
 def _selected_compare(args, cfg: dict) -> int:
     """compare with runs.NAME.alphas (λ chosen on validation) and/or seeds > 1."""
-    from . import console, select, train
+    from . import choose, console, train
 
-    select.check(cfg)
+    choose.check(cfg)
     train.prepare(cfg)  # bad input fails here, before a run folder exists
     run_dir = train.new_run_dir(cfg, args.command)
     ui = console.Console(quiet=args.quiet)
@@ -130,10 +130,10 @@ def _selected_compare(args, cfg: dict) -> int:
         names = [{**r, "name": f"{r['name']}-s{s}" if cfg["seeds"] > 1 else r["name"]}
                  for s in seeds for r in cfg["runs"]]
         with ui.progress({**cfg, "runs": names}) as progress:
-            result = select.run_compare(cfg, run_dir, progress=progress, say=ui.say)
+            result = choose.run_compare(cfg, run_dir, progress=progress, say=ui.say)
     finally:
         report = _build_report(run_dir, ui)
-    ui.say(select.markdown(result))
+    ui.say(choose.markdown(result))
     ui.say(f"report: {report}" if report else "report: not built (see the error above)")
     return 0
 
@@ -171,9 +171,9 @@ def _experiment(args) -> int:
     if args.print_config:
         print(config_mod.to_toml(cfg, args.command), end="")
         return 0
-    from . import select, train
+    from . import choose, train
 
-    if args.command == "compare" and select.wants_selection(cfg):
+    if args.command == "compare" and choose.wants_selection(cfg):
         return _selected_compare(args, cfg)
     if any(r.get("alphas") for r in cfg["runs"]) or cfg.get("seeds", 1) != 1:
         raise config_mod.ConfigError("'alphas' and 'seeds' are for decaylab compare; use decaylab sweep")
