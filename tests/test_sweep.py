@@ -47,6 +47,8 @@ def _assert_same_run(stacked: Path, alone: Path) -> None:
     ("l2", "0.01,1", []),
     ("l1", "1e-4,3e-3", ["penalty.metric=\"adam\""]),
     ("l2", "0.01,1", ["penalty.mode=\"coupled\"", "train.optimizer=\"sgd\"", "train.lr=0.05"]),
+    ("grouplasso", "1e-3,1e-2", ["penalty.params=\"first\"", "penalty.metric=\"adam\""]),
+    ("l2sp", "0.1,1", []),
 ])
 def test_each_stacked_point_equals_decaylab_train_of_it_alone(tmp_path, penalty, alphas, extra):
     assert _sweep(tmp_path, "s", "--penalty", penalty, "--alphas", alphas, "--full", sets=extra) == 0
