@@ -327,3 +327,23 @@ def test_real_fashion_mnist_from_the_debian_package(monkeypatch):
     assert (len(ds.x_train) + len(ds.x_val), len(ds.x_test)) == (60000, 10000)
     assert ds.x_train.shape[1] == 784 and ds.image_shape == (28, 28) and ds.n_classes == 10
     assert torch.bincount(ds.y_test).tolist() == [1000] * 10
+
+
+def test_label_noise_flips_that_share_of_training_labels_only():
+    clean = data.load("digits", seed=3)
+    noisy = data.load("digits", seed=3, label_noise=0.2)
+    flipped = clean.y_train != noisy.y_train
+    assert int(flipped.sum()) == round(0.2 * len(clean.y_train))
+    assert torch.equal(clean.y_val, noisy.y_val) and torch.equal(clean.y_test, noisy.y_test)
+    assert torch.equal(clean.x_train, noisy.x_train)
+    assert torch.equal(data.load("digits", seed=3, label_noise=0.2).y_train, noisy.y_train)  # seeded
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": "digits", "label_noise": 1.0}, "label_noise=1.0 must be in"),
+    ({"name": "digits", "label_noise": -0.1}, "label_noise=-0.1 must be in"),
+    ({"name": "diabetes", "label_noise": 0.1}, "needs a classification data set"),
+])
+def test_bad_label_noise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        data.load(**kwargs)

@@ -54,7 +54,8 @@ def test_compare_writes_a_complete_run_folder(run_dir):
 def test_report_has_every_figure_and_rebuilds_identically_from_the_folder(run_dir, tmp_path):
     html = (run_dir / "report.html").read_text()
     ids = set(re.findall(r'data-figure="([^"]+)"', html))
-    assert ids == {"curves", "histograms", "layer-sparsity", "sparsity-over-time", "input-maps"}
+    assert ids == {"curves", "loss-curves", "histograms", "weights-overlaid", "layer-sparsity", "sparsity-over-time",
+                   "input-maps"}
     rebuilt = report.build_report(run_dir, out=tmp_path / "again.html")
     assert cli.main(["report", str(run_dir)]) == 0
     assert rebuilt.read_text() == html == (run_dir / "report.html").read_text()
@@ -170,7 +171,7 @@ def test_markdown_table_lists_every_run_and_the_sparsest_close_run(run_dir, caps
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| run", "| ---"))]
     assert [r.split("|")[1].strip() for r in rows] == ["none", "l2", "decoupled", "l1", "elasticnet", "grouplasso"]
-    assert re.search(r"Sparsest run within 0.5 points of it: `\w+` with [\d.]+% exact-zero weights", out)
+    assert re.search(r"Sparsest run within 0.5 points of it on validation: `\w+` with [\d.]+% exact-zero weights", out)
 
 
 @pytest.mark.parametrize("data_name, model, metric", [

@@ -121,7 +121,7 @@ def test_regression_tables_say_mse(tmp_path, capsys):
     assert "test MSE" in table and "test acc" not in table
     assert cli.main(["report", "--markdown", str(tmp_path / "reg")]) == 0
     md = capsys.readouterr().out
-    assert md.startswith("| run | penalty | test MSE |") and "test acc" not in md
+    assert md.startswith("| run | penalty | val MSE | test MSE |") and "test acc" not in md
 
 
 def test_markdown_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):

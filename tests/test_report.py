@@ -21,7 +21,8 @@ import pytest
 from decaylab.lab.report import build_report, figures, load_run_folder
 from report_fixtures import make_run_folder
 
-ALL_FIGURES = {"curves", "histograms", "layer-sparsity", "sparsity-over-time", "input-maps"}
+ALL_FIGURES = {"curves", "loss-curves", "histograms", "weights-overlaid", "layer-sparsity", "sparsity-over-time",
+               "input-maps"}
 CHROMIUM = "/usr/bin/chromium"
 IMG_TAG = re.compile(r"<img\b[^>]*>")
 URL_ATTR = re.compile(r"""\b(?:src|href|srcset|action|poster|data)\s*=\s*["']([^"']*)["']""")
@@ -95,7 +96,7 @@ def test_figures_leave_matplotlib_settings_alone(tmp_path):
     import matplotlib
     folder = make_run_folder(tmp_path / "run", runs=("l1",), image_shape=None)
     before = dict(matplotlib.rcParams)
-    assert set(figures(folder)) == ALL_FIGURES - {"input-maps"}
+    assert set(figures(folder)) == ALL_FIGURES - {"input-maps", "weights-overlaid"}  # one run: nothing to overlay
     assert dict(matplotlib.rcParams) == before
 
 
@@ -137,7 +138,7 @@ def test_run_with_no_final_at_all_still_builds(tmp_path):
     folder = make_run_folder(tmp_path / "run", runs=("l1",), incomplete="l1")
     page = build_report(folder).read_text(encoding="utf-8")
     figs = {img["data-figure"] for img in _img_attrs(page)}
-    assert figs == {"curves", "layer-sparsity", "sparsity-over-time"}
+    assert figs == {"curves", "loss-curves", "layer-sparsity", "sparsity-over-time"}
 
 
 def test_regression_shows_loss(tmp_path):
@@ -148,12 +149,28 @@ def test_regression_shows_loss(tmp_path):
     assert {img["data-figure"] for img in _img_attrs(page)} == ALL_FIGURES - {"input-maps"}
 
 
-def test_best_test_accuracy_is_highlighted(built):
+def test_best_validation_accuracy_is_highlighted_not_best_test(built):
     folder, page = built
-    accs = {r["name"]: r["final"]["test_acc"] for r in load_run_folder(folder)["runs"]}
-    assert max(accs, key=accs.get) == "l1"
-    assert _row(page, "l1").startswith('<tr class="best">')
-    assert not any(_row(page, n).startswith('<tr class="best">') for n in ("none", "l2"))
+    runs = load_run_folder(folder)["runs"]
+    vals = {r["name"]: r["final"]["val_acc"] for r in runs}
+    best = max(vals, key=vals.get)
+    assert _row(page, best).startswith('<tr class="best">')
+    assert not any(_row(page, n).startswith('<tr class="best">') for n in vals if n != best)
+    assert "chosen on validation data" in page
+
+
+def test_the_highlight_follows_validation_when_test_disagrees(tmp_path):
+    import json
+
+    folder = make_run_folder(tmp_path / "run", runs=("none", "l2", "l1"))
+    for name, val, test in (("none", 0.99, 0.80), ("l2", 0.90, 0.99), ("l1", 0.91, 0.95)):
+        f = folder / "runs" / name / "final.json"
+        d = json.loads(f.read_text())
+        d.update(val_acc=val, test_acc=test)
+        f.write_text(json.dumps(d))
+    page = build_report(folder).read_text(encoding="utf-8")
+    assert _row(page, "none").startswith('<tr class="best">')
+    assert not _row(page, "l2").startswith('<tr class="best">')
 
 
 def test_text_is_escaped(tmp_path):

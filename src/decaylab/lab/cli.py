@@ -2,6 +2,7 @@
 
     decaylab compare [CONFIG.toml] [--set key=value ...]   several penalties, one report
     decaylab train CONFIG.toml [--set key=value ...]       one penalty setting
+    decaylab sweep [CONFIG.toml] --penalty l2 --alphas 1e-4:1:9   a λ grid, the path and the choice
     decaylab resume RUN_DIR                                continue an interrupted run folder
     decaylab report RUN_DIR                                rebuild report.html from a run folder
 
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--quiet", action="store_true", help="print only the run folder's path")
         c.add_argument("--print-config", action="store_true",
                        help="print the resolved config as TOML (a valid CONFIG file) and exit")
+    _sweep_parser(sub)
     c = sub.add_parser("resume", help="continue an interrupted compare/train run folder from its checkpoints")
     c.add_argument("run_dir", help="the run folder")
     c.add_argument("--quiet", action="store_true", help="print only the run folder's path")
@@ -50,6 +52,90 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", nargs="+", help="run folder (several with --markdown)")
     r.add_argument("--markdown", action="store_true", help="print the results as one Markdown table instead")
     return p
+
+
+def _sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="train a grid of strengths (stacked) and choose one on validation")
+    s.add_argument("config", nargs="?", help="TOML file with one [penalty] table (defaults: digits, MLP)")
+    s.add_argument("--penalty", required=True, help="l2, l1, elasticnet, grouplasso or l2sp")
+    s.add_argument("--alphas", required=True, help="LO:HI:N (N log-spaced values) or a comma list a,b,c")
+    s.add_argument("--lrs", help="learning rates as a second axis (LO:HI:N or a comma list)")
+    s.add_argument("--seeds", type=int, default=1, help="train every point with N seeds (mean ± sd)")
+    s.add_argument("--full", action="store_true", help="train every point the full schedule (no halving)")
+    s.add_argument("--eta", type=int, default=2, help="successive halving keeps 1/ETA of the points per rung")
+    s.add_argument("--min-full", type=int, default=2, help="halving stops once this many points are left")
+    s.add_argument("--log-every", type=int, default=0,
+                   help="metrics every N epochs (default 0: only at halving rungs and the last epoch)")
+    s.add_argument("--max-memory", type=float, help="MiB a stack may take (default: half the free memory)")
+    s.add_argument("--backend", choices=("local", "ray"), default="local", help="local stacks or Ray Tune trials")
+    s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", help="parent folder of the run folder (default: runs)")
+    s.add_argument("--name", help="run folder name (default: sweep-DATA-TIME)")
+    s.add_argument("--quiet", action="store_true", help="print only the run folder's path")
+
+
+def _sweep(args) -> int:
+    from . import console, sweep, train
+
+    file_cfg = config_mod.load_file(args.config) if args.config else {}
+    cfg = config_mod.resolve(file_cfg, args.overrides, command="train")
+    cfg["out"], cfg["name"] = args.out or cfg["out"], args.name or cfg["name"]
+    spec = {"penalty": args.penalty, "alphas": sweep.parse_grid(args.alphas, "--alphas"),
+            "lrs": sweep.parse_grid(args.lrs, "--lrs") if args.lrs is not None else None,
+            "seeds": args.seeds, "full": args.full, "backend": args.backend, "eta": args.eta,
+            "min_full": args.min_full, "log_every": args.log_every,
+            "max_memory": int(args.max_memory * 2**20) if args.max_memory is not None else None}
+    if spec["max_memory"] is not None and not spec["max_memory"] > 0:
+        raise sweep.SweepError(f"--max-memory {args.max_memory} must be > 0 (MiB)")
+    cfg["runs"][0]["penalty"] = args.penalty if args.penalty in config_mod.PENALTIES else cfg["runs"][0]["penalty"]
+    sweep.check_spec(cfg, spec)
+    if args.backend == "ray":
+        from . import sweep_ray
+
+        sweep_ray.check(args.address)
+    train.check_device(cfg["train"]["device"])
+    data = train._load_data(cfg)
+    n = len(spec["alphas"]) * len(spec["lrs"] or [0])
+    sweep.memory_plan(cfg, data, n, spec["max_memory"])  # refuses before a folder exists
+    run_dir = train.new_run_dir({**cfg, "runs": []}, "sweep")
+    ui = console.Console(quiet=args.quiet)
+    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
+    try:
+        if args.backend == "ray":
+            result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
+        else:
+            points = sweep.make_points(spec["alphas"], spec["lrs"] or [cfg["train"]["lr"]],
+                                       [cfg["seed"] + i for i in range(spec["seeds"])])
+            with ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
+                result = sweep.run_sweep(cfg, spec, run_dir, data=data, progress=progress, say=ui.say)
+    finally:
+        report = _build_report(run_dir, ui)
+    ui.say(sweep.describe_result(result))
+    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
+    return 0
+
+
+def _selected_compare(args, cfg: dict) -> int:
+    """compare with runs.NAME.alphas (λ chosen on validation) and/or seeds > 1."""
+    from . import choose, console, train
+
+    choose.check(cfg)
+    train.prepare(cfg)  # bad input fails here, before a run folder exists
+    run_dir = train.new_run_dir(cfg, args.command)
+    ui = console.Console(quiet=args.quiet)
+    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
+    try:
+        seeds = range(cfg["seed"], cfg["seed"] + cfg["seeds"])
+        names = [{**r, "name": f"{r['name']}-s{s}" if cfg["seeds"] > 1 else r["name"]}
+                 for s in seeds for r in cfg["runs"]]
+        with ui.progress({**cfg, "runs": names}) as progress:
+            result = choose.run_compare(cfg, run_dir, progress=progress, say=ui.say)
+    finally:
+        report = _build_report(run_dir, ui)
+    ui.say(choose.markdown(result))
+    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
+    return 0
 
 
 def _version() -> str:
@@ -85,8 +171,12 @@ def _experiment(args) -> int:
     if args.print_config:
         print(config_mod.to_toml(cfg, args.command), end="")
         return 0
-    from . import train
+    from . import choose, train
 
+    if args.command == "compare" and choose.wants_selection(cfg):
+        return _selected_compare(args, cfg)
+    if any(r.get("alphas") for r in cfg["runs"]) or cfg.get("seeds", 1) != 1:
+        raise config_mod.ConfigError("'alphas' and 'seeds' are for decaylab compare; use decaylab sweep")
     data = train.prepare(cfg)  # bad input fails here, before a run folder exists
     run_dir = train.new_run_dir(cfg, args.command)
     return _train(args, cfg, run_dir, lambda progress: train.run_experiment(
@@ -97,6 +187,12 @@ def _resume(args) -> int:
     from . import runfolder, train
 
     run_dir = Path(args.run_dir)
+    saved = runfolder.read_config(run_dir)
+    if saved.get("command") == "sweep":
+        return _resume_sweep(args, run_dir)
+    if "base_runs" in saved:
+        raise config_mod.ConfigError(f"{run_dir} is a compare with strengths chosen on validation over seeds; "
+                                     f"resuming one is not supported yet: run the command again")
     cfg = train.folder_config(run_dir)
     data = train.prepare(cfg)
     then = (runfolder.read_config(run_dir).get("versions") or {})
@@ -106,6 +202,20 @@ def _resume(args) -> int:
         print(f"decaylab: note: versions changed since the run started ({', '.join(changed)}); the resumed "
               f"run may differ from an uninterrupted one in the last bits", file=sys.stderr)
     return _train(args, cfg, run_dir, lambda progress: train.resume_experiment(run_dir, progress, data))
+
+
+def _resume_sweep(args, run_dir: Path) -> int:
+    from . import console, sweep
+
+    ui = console.Console(quiet=args.quiet)
+    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
+    try:
+        result = sweep.resume_sweep(run_dir, say=ui.say)
+    finally:
+        report = _build_report(run_dir, ui)
+    ui.say(sweep.describe_result(result))
+    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
+    return 0
 
 
 def _train(args, cfg: dict, run_dir: Path, go) -> int:
@@ -153,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "resume":
             return _resume(args)
+        if args.command == "sweep":
+            return _sweep(args)
         return _experiment(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

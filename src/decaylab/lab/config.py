@@ -21,9 +21,11 @@ PENALTIES = ("none", "l2", "l1", "elasticnet", "grouplasso", "l2sp")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
+    "seeds": 1,  # compare: every run over seeds seed, seed+1, ... (mean ± sd)
     "out": "runs",
     "name": "",
-    "data": {"name": "digits", "root": "", "val_fraction": 0.15, "n_train": 0, "download": True},
+    "data": {"name": "digits", "root": "", "val_fraction": 0.15, "n_train": 0, "download": True,
+             "label_noise": 0.0},  # share of training labels flipped (seeded); val/test stay clean
     "model": {"kind": "mlp", "hidden": [256, 128], "dropout": 0.0},
     "train": {
         "epochs": 40,
@@ -52,6 +54,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 0,
     "finetune_epochs": 0,
     "finetune_lr": 0.0,  # 0 = a tenth of train.lr
+    "alphas": "",  # compare: choose alpha from this grid (LO:HI:N or a,b,c) by a sweep on validation
 }
 
 # The default comparison (digits, MLP, Adam). Strengths were picked on the validation

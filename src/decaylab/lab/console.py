@@ -59,18 +59,20 @@ class Console:
 
         folder = runfolder.load(run_dir)
         t = Table(title=f"decaylab: {run_dir}")
-        for col in ("run", "penalty", _test_label([folder]), "gap", "exact zeros", "inputs kept", "epoch s"):
+        for col in ("run", "penalty", _test_label([folder]).replace("test", "val"), _test_label([folder]), "gap",
+                    "exact zeros", "inputs kept", "epoch s"):
             t.add_column(col, justify="left" if col in ("run", "penalty") else "right")
         for name, run in _runs_in_order(folder):
             if run is None or not run["spec"]:
-                t.add_row(name, "not started", "", "", "", "", "")
+                t.add_row(name, "not started", "", "", "", "", "", "")
                 continue
             spec, f = run["spec"], run["final"]
             if f is None:
-                t.add_row(spec["name"], spec["describe"], "incomplete", "", "", "", "")
+                t.add_row(spec["name"], spec["describe"], "incomplete", "", "", "", "", "")
                 continue
             acc, kept = _acc_and_kept(f)
-            t.add_row(spec["name"], spec["describe"], _num(acc), f"{f['gap']:+.3f}", f"{f['zero_fraction']:.1%}",
+            val = f["val_acc"] if f["val_acc"] is not None else f["val_loss"]
+            t.add_row(spec["name"], spec["describe"], _num(val), _num(acc), f"{f['gap']:+.3f}", f"{f['zero_fraction']:.1%}",
                       kept, f"{f.get('mean_epoch_time', 0):.2f}")
         self.out.print(t)
 
@@ -102,14 +104,15 @@ def _num(x) -> str:
 
 def markdown_table(run_dirs, within: float = 0.005) -> str:
     """Results of one or more run folders as one Markdown table, plus the sparsest run that
-    stays within ``within`` (absolute test accuracy) of the best dense run (no penalty or L2)."""
+    stays within ``within`` (absolute validation accuracy) of the best dense run (no penalty or
+    L2), both chosen on validation (the test column is reported, never used to choose)."""
     folders = []
     for run_dir in [run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs:
         runfolder.read_config(run_dir)  # not a run folder: one clear error
         folders.append(runfolder.load(run_dir))
-    lines = [f"| run | penalty | {_test_label(folders)} | train−test gap | exact-zero weights | inputs kept "
-             f"| epoch time (s) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| run | penalty | {_test_label(folders).replace('test', 'val')} | {_test_label(folders)} "
+             f"| train−test gap | exact-zero weights | inputs kept | epoch time (s) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     done = []
     for folder in folders:
         for name, run in _runs_in_order(folder):
@@ -117,20 +120,22 @@ def markdown_table(run_dirs, within: float = 0.005) -> str:
             lines.append(row)
             if run is not None and run["final"] is not None:
                 done.append((run["spec"], run["final"]))
-    dense = [f["test_acc"] for r, f in done if r["penalty"] in ("none", "l2") and f["test_acc"] is not None]
+    dense = [f["val_acc"] for r, f in done if r["penalty"] in ("none", "l2") and f["val_acc"] is not None]
     if dense:
         best = max(dense)
-        ok = [(f["zero_fraction"], r["name"]) for r, f in done if f["test_acc"] is not None and f["test_acc"] >= best - within]
+        ok = [(f["zero_fraction"], r["name"]) for r, f in done if f["val_acc"] is not None and f["val_acc"] >= best - within]
         z, name = max(ok)
-        lines += ["", f"Best dense run (no penalty or L2): test accuracy {best:.4f}. Sparsest run within "
-                      f"{within * 100:.1f} points of it: `{name}` with {z:.1%} exact-zero weights."]
+        lines += ["", f"Best dense run (no penalty or L2) on validation: accuracy {best:.4f}. Sparsest run "
+                      f"within {within * 100:.1f} points of it on validation: `{name}` with {z:.1%} exact-zero "
+                      f"weights. (Chosen on validation; test accuracy is reported, never used to choose.)"]
     return "\n".join(lines)
 
 
 def _markdown_row(name: str, run: dict | None) -> str:
     if run is None or run["final"] is None:
-        return f"| {name} | incomplete | | | | | |"
+        return f"| {name} | incomplete | | | | | | |"
     spec, f = run["spec"], run["final"]
     acc, kept = _acc_and_kept(f)
-    return (f"| {name} | {spec['describe']} | {acc:.4f} | {f['gap']:+.4f} | "
+    val = f["val_acc"] if f["val_acc"] is not None else f["val_loss"]
+    return (f"| {name} | {spec['describe']} | {val:.4f} | {acc:.4f} | {f['gap']:+.4f} | "
             f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.3g} |")

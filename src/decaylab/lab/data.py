@@ -345,9 +345,24 @@ def _normalize(train: np.ndarray, *others: np.ndarray, per_feature: bool, center
     return [((a - mean) / std).astype(np.float32, copy=False) for a in (train, *others)]
 
 
+def flip_labels(y: np.ndarray, fraction: float, n_classes: int, seed: int) -> np.ndarray:
+    """A copy of ``y`` with ``round(fraction * len(y))`` labels (seeded choice) set to
+    another class drawn uniformly from the other ``n_classes - 1``.
+
+    >>> y = np.zeros(10, np.int64)
+    >>> int((flip_labels(y, 0.3, 10, seed=0) != 0).sum())
+    3
+    """
+    rng = np.random.default_rng([seed, 7])
+    out = y.copy()
+    idx = rng.choice(len(y), int(round(fraction * len(y))), replace=False)
+    out[idx] = (y[idx] + rng.integers(1, n_classes, len(idx))) % n_classes
+    return out
+
+
 def load(name: str = "digits", *, root: str | os.PathLike | None = None,
          val_fraction: float = 0.1, seed: int = 0, download: bool = True,
-         n_train: int | None = None) -> Dataset:
+         n_train: int | None = None, label_noise: float = 0.0) -> Dataset:
     """Load a data set with a fixed test split and a seeded validation split.
 
     Args:
@@ -357,9 +372,12 @@ def load(name: str = "digits", *, root: str | os.PathLike | None = None,
         seed: Seed of the validation split and of the ``n_train`` subsample.
         download: Fetch missing IDX files into the user cache (MD5-checked).
         n_train: Keep only this many training examples (seeded); validation is unchanged.
+        label_noise: Share of *training* labels replaced by a different class drawn
+            uniformly (seeded by ``seed``); validation and test labels stay clean.
 
     Raises:
-        ValueError: Unknown name, ``val_fraction`` outside (0, 1), or a bad ``n_train``.
+        ValueError: Unknown name, ``val_fraction`` outside (0, 1), a bad ``n_train``, or
+            ``label_noise`` outside [0, 1) or set for a regression set.
         DataNotFoundError: IDX files not found and not downloadable (a FileNotFoundError).
 
     >>> ds = load("digits", n_train=100)
@@ -370,6 +388,8 @@ def load(name: str = "digits", *, root: str | os.PathLike | None = None,
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction} must be in (0, 1), e.g. 0.1")
+    if not 0 <= label_noise < 1:
+        raise ValueError(f"label_noise={label_noise} must be in [0, 1), e.g. 0.2 flips a fifth of the training labels")
     if name in ("mnist", "fashion-mnist"):
         x, y, x_test, y_test, image_shape = _load_idx(name, root, download)
         task, names, kind = "classification", None, "image"
@@ -386,9 +406,13 @@ def load(name: str = "digits", *, root: str | os.PathLike | None = None,
         train = np.sort(np.random.default_rng(seed + 1).permutation(train)[:n_train])
     xs = _normalize(x[train], x[val], x_test, per_feature=kind == "tabular", center=kind == "tabular")
     if task == "regression":
+        if label_noise > 0:
+            raise ValueError(f"label_noise={label_noise} needs a classification data set; {name} is regression")
         ys = _normalize(y[train], y[val], y_test, per_feature=False)
     else:
         ys = [a.astype(np.int64) for a in (y[train], y[val], y_test)]
+        if label_noise > 0:
+            ys[0] = flip_labels(ys[0], label_noise, int(max(y.max(), y_test.max())) + 1, seed)
     t = [torch.from_numpy(np.ascontiguousarray(a)) for a in (*xs, *ys)]
     return Dataset(name, task, t[0], t[3], t[1], t[4], t[2], t[5], n_features=xs[0].shape[1],
                    n_classes=int(max(y.max(), y_test.max())) + 1 if ys[0].dtype == np.int64

@@ -93,3 +93,79 @@ def build_model(kind: str, n_features: int, n_out: int, *, hidden: Sequence[int]
                              "use model.kind='mlp' for tabular data")
         return LeNet5(image_shape, n_out, dropout)
     raise ValueError(f"unknown model.kind {kind!r}; use one of {MODELS}")
+
+
+# -- stacked models: K configurations of one MLP trained at once -----------------------------
+class StackedLinear(nn.Linear):
+    """``K`` Linear layers of one shape as one module: weight ``[K, out, in]``, bias ``[K, out]``.
+
+    Input ``[N, in]`` (shared by every configuration) or ``[K, N, in]``; output ``[K, N, out]``.
+    It is an ``nn.Linear``, so the library's default selection (Linear weights) picks its
+    weight, and a ``[K]`` strength acts per configuration.
+
+    >>> layer = StackedLinear.stack([nn.Linear(3, 2), nn.Linear(3, 2)])
+    >>> layer(torch.zeros(5, 3)).shape, layer.weight.shape
+    (torch.Size([2, 5, 2]), torch.Size([2, 2, 3]))
+    """
+
+    @classmethod
+    def stack(cls, layers: Sequence[nn.Linear]) -> "StackedLinear":
+        first = layers[0]
+        out = cls(first.in_features, first.out_features, bias=first.bias is not None,
+                  device="meta")
+        out.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]).clone())
+        if first.bias is not None:
+            out.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]).clone())
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.matmul(x, self.weight.transpose(1, 2))
+        if x.ndim == 2:
+            x = x.expand(self.weight.shape[0], *x.shape)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return f"configs={self.weight.shape[0]}, " + super().extra_repr()
+
+
+def stack_models(models: Sequence[nn.Module]) -> nn.Module:
+    """One model whose Linear layers hold the ``K`` given MLPs' weights stacked ``[K, ...]``.
+
+    The models must be MLPs of one architecture (``linear``, ``mlp``, ``lenet300``);
+    the result maps ``[N, in]`` to ``[K, N, out]``, configuration ``k`` computing exactly
+    what ``models[k]`` computes (up to floating-point rounding of the batched matmul).
+
+    >>> a, b = MLP(4, 3, [8]), MLP(4, 3, [8])
+    >>> s = stack_models([a, b])
+    >>> x = torch.randn(5, 4)
+    >>> bool(torch.allclose(s(x)[1], b(x), atol=1e-6))
+    True
+    """
+    import copy
+
+    if not models or not all(isinstance(m, MLP) for m in models):
+        raise ValueError("stack_models() takes one or more MLPs (model.kind linear, mlp or lenet300); "
+                         "train other models one configuration at a time")
+    out = copy.deepcopy(models[0])
+    out.layers = nn.ModuleList(StackedLinear.stack([m.layers[i] for m in models])
+                               for i in range(len(models[0].layers)))
+    return out
+
+
+def unstack_model(stacked: nn.Module, k: int, like: nn.Module) -> nn.Module:
+    """Configuration ``k`` of a stacked MLP as a plain copy of ``like`` (the unstacked model).
+
+    >>> a, b = MLP(4, 3, [8]), MLP(4, 3, [8])
+    >>> bool(torch.equal(unstack_model(stack_models([a, b]), 1, a).layers[0].weight, b.layers[0].weight))
+    True
+    """
+    import copy
+
+    out = copy.deepcopy(like)
+    with torch.no_grad():
+        for src, dst in zip(stacked.layers, out.layers):
+            dst.weight.copy_(src.weight[k])
+            if dst.bias is not None:
+                dst.bias.copy_(src.bias[k])
+    return out

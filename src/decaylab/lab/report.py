@@ -44,6 +44,22 @@ _FIGURES = {   # figure id -> (section title, caption: what a learner should loo
                            "Exact-zero fraction and L2 norm of the penalized weights per epoch: "
                            "zeros appear only with L1-type penalties, while any penalty keeps "
                            "the norm below the unpenalized run's."),
+    "loss-curves": ("Loss curves",
+                    "Train and validation loss per epoch, next to the accuracy curves above: a "
+                    "validation loss that turns up while the train loss keeps falling is overfitting."),
+    "weights-overlaid": ("Weights of no penalty, L2 and L1 on one axis",
+                         "One histogram per penalty on a shared axis (log counts): L2 narrows the "
+                         "bell, L1 moves weights into the spike of exact zeros at 0 (drawn to its full height)."),
+    "lambda-path": ("Regularization path",
+                    "Against the strength λ (log axis): validation (solid) and test (dashed) "
+                    "accuracy with a ± sd band, the chosen best (solid line) and one-SE (dotted) λ; "
+                    "the train−test gap, exact zeros and each layer's weight norm. Too little λ "
+                    "overfits (large gap), too much underfits (accuracy falls)."),
+    "pareto": ("Accuracy against nonzero parameters",
+               "Validation accuracy against the number of nonzero parameters, one curve per "
+               "penalty: the upper-left envelope is the best accuracy for a model size."),
+    "heatmap": ("Learning rate × λ",
+                "Mean validation accuracy over the grid of learning rates and strengths."),
     "input-maps": ("Surviving input pixels",
                    "Which input pixels each model still reads (dark = kept, pale = dropped): "
                    "a sparse first layer drops the pixels that carry no signal, such as the "
@@ -65,7 +81,24 @@ img{max-width:100%;height:auto}figcaption{color:#444;font-size:.95em}
 
 
 # ----------------------------------------------------------------------------- loading
-load_run_folder = runfolder.load   # the one reader of a run folder (kept here for callers)
+def load_run_folder(run_dir) -> dict:
+    """:func:`runfolder.load` (the one reader of a run folder) plus what a sweep or a compare
+    with selection adds: ``"sweep"`` (sweep.json), ``"compare"`` (compare.json) and
+    ``"sweeps"`` ([(run name, sweep.json)] of ``sweeps/*/``).
+
+    >>> load_run_folder("runs/digits-compare")["sweeps"]  # doctest: +SKIP
+    []
+    """
+    run = runfolder.load(run_dir)
+    root = pathlib.Path(run_dir)
+    sweeps_dir = root / "sweeps"
+    sweeps = [(p.name, runfolder.read_json(p / "sweep.json")) for p in sorted(sweeps_dir.iterdir())] \
+        if sweeps_dir.is_dir() else []
+    sweep = runfolder.read_json(root / "sweep.json")
+    compare = runfolder.read_json(root / "compare.json")
+    return {**run, "sweep": sweep if isinstance(sweep, dict) else None,
+            "compare": compare if isinstance(compare, dict) else None,
+            "sweeps": [(name, sw) for name, sw in sweeps if isinstance(sw, dict)]}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -263,11 +296,45 @@ def _fig_input_maps(run):
     return fig
 
 
+def _sweeps(run):
+    if run.get("sweep"):
+        return [(run["sweep"].get("penalty", "sweep"), run["sweep"])]
+    return run.get("sweeps") or []
+
+
+def _fig_lambda(run):
+    from .figures import fig_lambda
+    return fig_lambda(_sweeps(run))
+
+
+def _fig_pareto(run):
+    from .figures import fig_pareto
+    return fig_pareto(_sweeps(run))
+
+
+def _fig_heatmap(run):
+    from .figures import fig_heatmap
+    return fig_heatmap(run["sweep"]) if run.get("sweep") else None
+
+
+def _fig_loss_curves(run):
+    from .figures import fig_loss_curves
+    return fig_loss_curves(run["runs"])
+
+
+def _fig_weights_overlaid(run):
+    from .figures import fig_overlaid_histograms
+    return fig_overlaid_histograms(run["runs"])
+
+
 _BUILDERS = {
-    "curves": _fig_curves, "histograms": _fig_histograms,
+    "curves": _fig_curves, "loss-curves": _fig_loss_curves, "histograms": _fig_histograms,
+    "weights-overlaid": _fig_weights_overlaid,
     "layer-sparsity": _fig_layer_sparsity, "sparsity-over-time": _fig_sparsity_over_time,
-    "input-maps": _fig_input_maps,
+    "input-maps": _fig_input_maps, "lambda-path": _fig_lambda, "pareto": _fig_pareto,
+    "heatmap": _fig_heatmap,
 }
+_SWEEP_FIGURES = ("lambda-path", "pareto", "heatmap")  # a sweep folder shows only these
 
 
 def figures(run) -> dict[str, bytes]:
@@ -289,6 +356,8 @@ def figures(run) -> dict[str, bytes]:
     out = {}
     with matplotlib.style.context(["default", _STYLE]):
         for fig_id, build in _BUILDERS.items():
+            if run.get("sweep") and fig_id not in _SWEEP_FIGURES:
+                continue
             fig = build(run)
             if fig is not None:
                 buf = io.BytesIO()
@@ -349,7 +418,7 @@ def _summary_row(r, regression):
     final = r["final"] or {}
     src = final or (r["metrics"][-1] if r["metrics"] else {})
     kind = "loss" if regression else "acc"
-    train, test = src.get(f"train_{kind}"), src.get(f"test_{kind}")
+    train, test, val = src.get(f"train_{kind}"), src.get(f"test_{kind}"), src.get(f"val_{kind}")
     gap = final.get("gap")
     if gap is None and train is not None and test is not None:
         gap = test - train if regression else train - test
@@ -357,7 +426,7 @@ def _summary_row(r, regression):
     mean_time = final.get("mean_epoch_time", sum(times) / len(times) if times else None)
     live, n_in = src.get("live_inputs"), src.get("n_inputs")
     nonzero, params = final.get("nonzero_params"), final.get("n_params")
-    return {"test": test, "gap": gap, "zero": src.get("zero_fraction"), "time": mean_time,
+    return {"val": val, "test": test, "gap": gap, "zero": src.get("zero_fraction"), "time": mean_time,
             "inputs": f"{live:,} / {n_in:,}" if live is not None and n_in else None,
             "params": f"{nonzero:,} / {params:,}" if nonzero is not None and params else None}
 
@@ -368,7 +437,8 @@ def _summary_cells(r, v, regression):
     state = "complete" if r["final"] is not None else \
         f"incomplete ({len(r['metrics'])} epochs logged)"
     return [(r["name"], "name"), (r["spec"].get("describe") or r["spec"].get("penalty"), "desc"),
-            (_fmt(v["test"], metric), "metric"), (_fmt(v["gap"], "+" + metric), ""),
+            (_fmt(v["val"], metric), "metric"), (_fmt(v["test"], metric), ""),
+            (_fmt(v["gap"], "+" + metric), ""),
             (_fmt(v["zero"], ".1%"), ""), (v["inputs"], ""), (v["params"], ""),
             (None if v["time"] is None else f"{v['time']:.2f} s", ""),
             (state, state.split()[0])]
@@ -377,9 +447,10 @@ def _summary_cells(r, v, regression):
 def _summary_html(run):
     regression = _is_regression(run)
     rows = [(r, _summary_row(r, regression)) for r in run["runs"]]
-    tests = [v["test"] for _, v in rows if v["test"] is not None]
-    best = (min(tests) if regression else max(tests)) if tests else None
-    head = ["run", "penalty", "test loss" if regression else "test accuracy",
+    vals = [v["val"] for _, v in rows if v["val"] is not None]
+    best = (min(vals) if regression else max(vals)) if vals else None  # chosen on validation only
+    head = ["run", "penalty", "validation loss" if regression else "validation accuracy",
+            "test loss" if regression else "test accuracy",
             "gap (test − train loss)" if regression else "gap (train − test acc)",
             "exact-zero fraction", "inputs kept", "nonzero params / params",
             "mean epoch time", "state"]
@@ -387,13 +458,49 @@ def _summary_html(run):
     for r, v in rows:
         tds = "".join(f'<td class="{css}">{_esc(text)}</td>' if css else f"<td>{_esc(text)}</td>"
                       for text, css in _summary_cells(r, v, regression))
-        tr = '<tr class="best">' if best is not None and v["test"] == best else "<tr>"
+        tr = '<tr class="best">' if best is not None and v["val"] == best else "<tr>"
         body.append(f"{tr}{tds}</tr>")
     ths = "".join(f"<th>{_esc(h)}</th>" for h in head)
-    note = "Best test loss" if regression else "Best test accuracy"
+    note = "The best validation loss" if regression else "The best validation accuracy"
     return (f'<table id="summary"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
-            f"</tbody></table>\n<p>{note} is highlighted. Incomplete runs show their last "
+            f"</tbody></table>\n<p>{note} is highlighted: runs are chosen on validation data; "
+            f"the test set is reported, never used to choose. Incomplete runs show their last "
             f"logged epoch.</p>")
+
+
+def _ms(v, spec=".3f"):
+    m, s = v if isinstance(v, (list, tuple)) else (v, None)
+    if m is None:
+        return "—"
+    return format(m, spec) + (" ± " + format(s, spec) if s is not None else "")
+
+
+def _selection_html(run):
+    """The choice on validation: compare.json's mean ± sd table, or sweep.json's choice."""
+    out = []
+    cmp_ = run.get("compare")
+    if cmp_:
+        n = len(cmp_.get("seeds", []))
+        head = "".join(f"<th>{h}</th>" for h in ("run", "penalty (λ chosen on validation)", "validation accuracy",
+                                                   "test accuracy", "train − test gap", "exact zeros"))
+        body = "".join(
+            f'<tr><td class="name">{_esc(r["name"])}</td><td class="desc">{_esc(r["describe"])}</td>'
+            f"<td>{_ms(r['val_acc'])}</td><td>{_ms(r['test_acc'])}</td><td>{_ms(r['gap'])}</td>"
+            f"<td>{_ms(r['zero_fraction'], '.1%')}</td></tr>" for r in cmp_.get("runs", []))
+        verdicts = "".join(f"<li>{_esc(v)}</li>" for v in cmp_.get("verdicts", []))
+        out += [f"<h2>Chosen on validation, mean ± sd over {n} seeds</h2>",
+                f'<table id="selection"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
+                f"<ul>{verdicts}</ul><p>{_esc(cmp_.get('note'))}</p>"]
+    sw = run.get("sweep")
+    if sw:
+        ch, test = sw.get("chosen", {}), sw.get("chosen_test_acc", {})
+        stopped = sum(1 for p in sw.get("points", []) if p.get("stopped_early"))
+        out += ["<h2>Chosen strength</h2>",
+                f"<p>{_esc(sw.get('describe'))}: best λ = {_esc(ch.get('best'))} (test {_ms(test.get('best'))}), "
+                f"one-SE λ = {_esc(ch.get('one_se'))} (test {_ms(test.get('one_se'))}). "
+                f"{_esc(sw.get('selection'))}. SE: {_esc(sw.get('se'))}. {stopped} of {len(sw.get('points', []))} "
+                f"points were stopped early by successive halving (see sweep.json).</p>"]
+    return out
 
 
 def _figure_html(fig_id, png, run):
@@ -411,7 +518,7 @@ def _figure_html(fig_id, png, run):
 
 def _page_html(run, figs):
     title = f"decaylab report: {pathlib.Path(run['path']).name}"
-    parts = [_header_html(run), "<h2>Summary</h2>", _summary_html(run)]
+    parts = [_header_html(run)] + _selection_html(run) + ["<h2>Summary</h2>", _summary_html(run)]
     parts += [_figure_html(fig_id, png, run) for fig_id, png in figs.items()]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -383,7 +383,8 @@ def _load_data(cfg: dict):
         torch.set_num_threads(cfg["train"]["threads"])
     dc = cfg["data"]
     return data_mod.load(dc["name"], root=dc["root"] or None, val_fraction=dc["val_fraction"],
-                         seed=cfg["seed"], download=dc["download"], n_train=dc["n_train"] or None)
+                         seed=cfg["seed"], download=dc["download"], n_train=dc["n_train"] or None,
+                         label_noise=dc.get("label_noise", 0.0))
 
 
 def check_device(name: str) -> torch.device:

@@ -1,0 +1,169 @@
+"""``decaylab compare`` with strengths chosen on validation and results over seeds.
+
+A run whose ``alphas`` is set (a grid, ``LO:HI:N`` or ``a,b,c``) gets its ``alpha`` from a
+cheap stacked sweep (:mod:`decaylab.lab.sweep`) on the first seed's validation split; the
+sweep is kept in ``sweeps/<run>/`` as an ordinary sweep folder. Then every run is trained
+with ``seeds`` seeds (``runs/<run>-s<seed>``) and ``compare.json`` holds, per run, the
+chosen strength and mean ± sd over seeds of validation and test accuracy, the gap and the
+zeros, plus a sentence per penalty saying whether it beat no penalty beyond seed noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from . import sweep as sweep_mod
+from . import runfolder
+from . import train as train_mod
+
+STATS = ("val_acc", "test_acc", "train_acc", "gap", "zero_fraction", "val_loss", "test_loss")
+
+
+def wants_selection(cfg: dict) -> bool:
+    return cfg.get("seeds", 1) != 1 or any(r.get("alphas") for r in cfg["runs"])
+
+
+def check(cfg: dict) -> None:
+    """Parse every grid before any folder is made."""
+    if cfg.get("seeds", 1) < 1:
+        raise sweep_mod.SweepError(f"config key 'seeds' = {cfg['seeds']} must be >= 1")
+    for r in cfg["runs"]:
+        if r.get("alphas"):
+            if r["penalty"] == "none":
+                raise sweep_mod.SweepError(f"run '{r['name']}' has no penalty; remove its 'alphas'")
+            sweep_mod.parse_grid(r["alphas"], f"runs.{r['name']}.alphas")
+            sweep_mod.check_spec({**cfg, "runs": [r]}, _spec(r))
+
+
+def _spec(r: dict) -> dict:
+    return {"penalty": r["penalty"], "alphas": sweep_mod.parse_grid(r["alphas"], f"runs.{r['name']}.alphas"),
+            "lrs": None, "seeds": 1, "full": False, "max_memory": None, "eta": 2, "min_full": 2, "log_every": 0}
+
+
+def _seed_name(name: str, seed: int, n: int) -> str:
+    return f"{name}-s{seed}" if n > 1 else name
+
+
+def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
+    """Choose strengths, train every run over the seeds, write ``compare.json``."""
+    seeds = [cfg["seed"] + i for i in range(cfg.get("seeds", 1))]
+    runs = [dict(r) for r in cfg["runs"]]
+    expanded = [{**r, "name": _seed_name(r["name"], s, len(seeds))} for s in seeds for r in runs]
+    runfolder.set_status(run_dir, "running")
+    runfolder.write_json(run_dir / "config.json", {**cfg, "runs": expanded, "base_runs": runs, "command": "compare",
+                                                     "versions": train_mod.versions(), "created": runfolder.now()})
+    state, error = "failed", None
+    try:
+        data0 = train_mod._load_data(cfg)
+        runfolder.write_json(run_dir / "data.json", data0.info())
+        chosen = {}
+        for r in runs:
+            if r.get("alphas"):
+                d = run_dir / "sweeps" / r["name"]
+                d.mkdir(parents=True)
+                sw = sweep_mod.run_sweep({**cfg, "runs": [r]}, _spec(r), d, data=data0, say=lambda s: None)
+                r["alpha"] = sw["chosen"]["best"]
+                chosen[r["name"]] = {"grid": sw["alphas"], "best": sw["chosen"]["best"], "one_se": sw["chosen"]["one_se"],
+                                     "sweep": f"sweeps/{r['name']}/sweep.json"}
+                say(f"{r['name']}: alpha {r['alpha']:g} chosen on validation from {len(sw['alphas'])} strengths "
+                    f"({sw['wall_time']:.1f} s)")
+        expanded = [{**r, "name": _seed_name(r["name"], s, len(seeds))} for s in seeds for r in runs]
+        cfg_json = json.loads((run_dir / "config.json").read_text())
+        runfolder.write_json(run_dir / "config.json", {**cfg_json, "runs": expanded, "base_runs": runs})
+        for s in seeds:
+            cfg_s = {**cfg, "seed": s}
+            data = data0 if s == cfg["seed"] else train_mod._load_data(cfg_s)
+            for r in runs:
+                name = _seed_name(r["name"], s, len(seeds))
+                train_mod.train_run(cfg_s, data, {**r, "name": name}, run_dir / "runs" / name, progress)
+        result = summarize(run_dir, runs, seeds, chosen)
+        runfolder.write_json(run_dir / "compare.json", result)
+        state = "complete"
+    except KeyboardInterrupt:
+        state, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        raise
+    except BaseException as err:
+        error = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        runfolder.set_status(run_dir, state, error)
+    return result
+
+
+def _mean_sd(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
+
+
+def beats(a: dict, b: dict, key: str = "test_acc") -> bool:
+    """True if ``a``'s mean beats ``b``'s by more than twice the standard error of the
+    difference of two means over seeds (needs >= 2 seeds each).
+
+    >>> beats({"n": 3, "test_acc": [0.83, 0.006]}, {"n": 3, "test_acc": [0.79, 0.008]})
+    True
+    >>> beats({"n": 3, "test_acc": [0.80, 0.02]}, {"n": 3, "test_acc": [0.79, 0.02]})
+    False
+    """
+    (ma, sa), (mb, sb) = a[key], b[key]
+    if a["n"] < 2 or b["n"] < 2 or sa is None or sb is None:
+        return False
+    return ma - mb > 2 * math.sqrt(sa ** 2 / a["n"] + sb ** 2 / b["n"])
+
+
+def summarize(run_dir: Path, runs: list[dict], seeds: list[int], chosen: dict) -> dict:
+    rows = []
+    for r in runs:
+        finals = [json.loads((run_dir / "runs" / _seed_name(r["name"], s, len(seeds)) / "final.json").read_text())
+                  for s in seeds]
+        row = {"name": r["name"], "penalty": r["penalty"], "alpha": r["alpha"],
+               "describe": train_mod.describe(r), "n": len(seeds), "chosen": chosen.get(r["name"])}
+        row.update({k: list(_mean_sd([f.get(k) for f in finals])) for k in STATS})
+        rows.append(row)
+    base = next((x for x in rows if x["penalty"] == "none"), None)
+    verdicts = []
+    for row in rows:
+        if base is None or row is base:
+            continue
+        key = "test_acc" if row["test_acc"][0] is not None else None
+        if key is None:
+            continue
+        diff = row[key][0] - base[key][0]
+        val_diff = row["val_acc"][0] - base["val_acc"][0]
+        if beats(row, base, "test_acc") and beats(row, base, "val_acc"):
+            text = (f"{row['name']} ({row['describe']}) beats no penalty beyond seed noise: test accuracy "
+                    f"{diff:+.3f}, validation {val_diff:+.3f} (mean over {row['n']} seeds).")
+        elif diff > 0:
+            text = (f"{row['name']} ({row['describe']}) does not clearly help: test accuracy {diff:+.3f} against no "
+                    f"penalty, within seed noise (validation {val_diff:+.3f}).")
+        else:
+            text = (f"{row['name']} ({row['describe']}) does not help here: test accuracy {diff:+.3f} against no "
+                    f"penalty (validation {val_diff:+.3f}).")
+        row["beats_none"] = beats(row, base, "test_acc") and beats(row, base, "val_acc")
+        verdicts.append(text)
+    return {"seeds": seeds, "runs": rows, "verdicts": verdicts,
+            "note": "strengths chosen on the first seed's validation split only; test is reported, never used to choose"}
+
+
+def markdown(result: dict) -> str:
+    """The compare.json table: mean ± sd over seeds, then the verdicts."""
+    n = len(result["seeds"])
+    lines = [f"| run | penalty (λ chosen on validation) | val acc | test acc | train−test gap | exact zeros |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+
+    def ms(v, pct=False):
+        m, s = v
+        if m is None:
+            return "-"
+        f = (lambda x: f"{x:.1%}") if pct else (lambda x: f"{x:.3f}")
+        return f(m) + (f" ± {f(s)}" if s is not None else "")
+
+    for r in result["runs"]:
+        lines.append(f"| {r['name']} | {r['describe']} | {ms(r['val_acc'])} | {ms(r['test_acc'])} | "
+                     f"{ms(r['gap'])} | {ms(r['zero_fraction'], True)} |")
+    lines += ["", f"Mean ± sd over {n} seed{'s' if n > 1 else ''}."] + [f"- {v}" for v in result["verdicts"]]
+    return "\n".join(lines)
