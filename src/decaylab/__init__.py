@@ -9,6 +9,7 @@ The library depends on torch only; the lab (``decaylab.lab``) is imported separa
 """
 
 from . import coupled, functional, groups
+from .compact import Compaction, compact
 from .coupled import CoupledGroupLasso, coupled_groups
 from .groups import Channels, Columns, Grouping, Indexed, Rows
 from .optim import Regularized, regularize
@@ -24,6 +25,6 @@ __all__ = [
     "Grouping", "Rows", "Columns", "Channels", "Indexed",
     "norm_layers", "embeddings", "biases", "weights", "default_selection",
     "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary",
-    "CoupledGroupLasso", "coupled_groups",
+    "CoupledGroupLasso", "coupled_groups", "compact", "Compaction",
     "functional", "groups", "coupled",
 ]

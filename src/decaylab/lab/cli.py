@@ -3,6 +3,7 @@
     decaylab compare [CONFIG.toml] [--set key=value ...]   several penalties, one report
     decaylab train CONFIG.toml [--set key=value ...]       one penalty setting
     decaylab report RUN_DIR                                rebuild report.html from a run folder
+    decaylab compact RUN_DIR                               remove zero neurons/channels/inputs
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild report.html from a run folder alone")
     r.add_argument("run_dir", nargs="+", help="run folder (several with --markdown)")
     r.add_argument("--markdown", action="store_true", help="print the results as one Markdown table instead")
+    k = sub.add_parser("compact", help="remove zero neurons, channels and inputs of each run's model")
+    k.add_argument("run_dir", help="run folder written by compare/train")
     return p
 
 
@@ -87,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             from .console import markdown_table
 
             print(markdown_table(args.run_dir))
+            return 0
+        if args.command == "compact":
+            from .compacting import compact_run_folder
+
+            compact_run_folder(args.run_dir)
             return 0
         if args.command == "report":
             from .report import build_report

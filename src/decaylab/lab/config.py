@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PENALTIES = ("none", "l2", "l1", "elasticnet", "grouplasso", "l2sp")
+PENALTIES = ("none", "l2", "l1", "elasticnet", "grouplasso", "l2sp", "coupled")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

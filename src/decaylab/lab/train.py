@@ -82,6 +82,10 @@ def make_penalty(run: dict, model: nn.Module | None):
         return dl.GroupLasso(alpha, run["groups"])
     if kind == "l2sp":
         return dl.L2SP(alpha)  # toward the initial weights of this run
+    if kind == "coupled":  # neurons/channels and inputs, each with all it owns; l1_ratio = its L1 share
+        if model is None:  # config validation: check alpha and l1_ratio on a stand-in chain
+            model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        return dl.CoupledGroupLasso(alpha, model, l1_ratio=run["l1_ratio"])
     raise ValueError(f"unknown penalty {kind!r}")
 
 
