@@ -11,6 +11,7 @@ The library depends on torch only; the lab (``decaylab.lab``) is imported separa
 from . import coupled, functional, groups
 from .compact import Compaction, compact
 from .coupled import CoupledGroupLasso, coupled_groups
+from .selection import AdaptiveGroupLasso, adaptive_weights
 from .sparsity import TargetSparsity, cubic_sparsity
 from .groups import Channels, Columns, Grouping, Indexed, Rows
 from .optim import Regularized, regularize
@@ -27,6 +28,6 @@ __all__ = [
     "norm_layers", "embeddings", "biases", "weights", "default_selection",
     "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary",
     "CoupledGroupLasso", "coupled_groups", "compact", "Compaction",
-    "TargetSparsity", "cubic_sparsity",
+    "TargetSparsity", "cubic_sparsity", "AdaptiveGroupLasso", "adaptive_weights",
     "functional", "groups", "coupled",
 ]

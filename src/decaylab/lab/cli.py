@@ -3,6 +3,7 @@
     decaylab compare [CONFIG.toml] [--set key=value ...]   several penalties, one report
     decaylab train CONFIG.toml [--set key=value ...]       one penalty setting
     decaylab report RUN_DIR                                rebuild report.html from a run folder
+    decaylab select [CONFIG.toml] [--set key=value ...]    which features matter (selection.json)
     decaylab compact RUN_DIR                               remove zero neurons/channels/inputs
 """
 
@@ -21,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("compare", "train one model per penalty and compare them"),
-                        ("train", "train one model with one penalty setting")):
+                        ("train", "train one model with one penalty setting"),
+                        ("select", "which of my features matter? (adaptive group lasso path, 1-SE choice)")):
         c = sub.add_parser(name, help=help_)
         c.add_argument("config", nargs="?", help="TOML file (defaults: digits, MLP, the six penalties)")
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             from .console import markdown_table
 
             print(markdown_table(args.run_dir))
+            return 0
+        if args.command == "select":
+            from .select import run_select
+
+            run_select(_resolve(args))
             return 0
         if args.command == "compact":
             from .compacting import compact_run_folder

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "breast_cancer", "diabetes", "mnist1d", "synthetic", "fashion-mnist", "mnist")
+DATASETS = ("digits", "breast_cancer", "diabetes", "mnist1d", "synthetic", "fashion-mnist", "mnist", "csv")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # Download bases, tried in order (tests point these at a local server).
@@ -345,7 +345,8 @@ def _normalize(train: np.ndarray, *others: np.ndarray, per_feature: bool, center
 
 def load(name: str = "digits", *, root: str | os.PathLike | None = None,
          val_fraction: float = 0.1, seed: int = 0, download: bool = True,
-         n_train: int | None = None) -> Dataset:
+         n_train: int | None = None, path: str | os.PathLike | None = None,
+         target: str | None = None, features: list[str] | None = None) -> Dataset:
     """Load a data set with a fixed test split and a seeded validation split.
 
     Args:
@@ -355,6 +356,8 @@ def load(name: str = "digits", *, root: str | os.PathLike | None = None,
         seed: Seed of the validation split and of the ``n_train`` subsample.
         download: Fetch missing IDX files into the user cache (MD5-checked).
         n_train: Keep only this many training examples (seeded); validation is unchanged.
+        path, target, features: For ``name="csv"``: the table, the column to predict and
+            the feature columns (default: all others); see :mod:`decaylab.lab.csvdata`.
 
     Raises:
         ValueError: Unknown name, ``val_fraction`` outside (0, 1), or a bad ``n_train``.
@@ -372,7 +375,13 @@ def load(name: str = "digits", *, root: str | os.PathLike | None = None,
         x, y, x_test, y_test, image_shape = _load_idx(name, root, download)
         task, names, kind = "classification", None, "image"
     else:
-        x, y, task, image_shape, names, kind = _load_small(name)
+        if name == "csv":
+            from .csvdata import read_csv
+
+            x, y, task, names = read_csv(path or "", target or "", features)
+            image_shape, kind = None, "tabular"
+        else:
+            x, y, task, image_shape, names, kind = _load_small(name)
         strat = y if task == "classification" else None
         trainval, test = _split(len(x), 0.2, _SPLIT_SEED, strat)
         x, y, x_test, y_test = x[trainval], y[trainval], x[test], y[test]

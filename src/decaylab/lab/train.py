@@ -292,7 +292,9 @@ def _load_data(cfg: dict):
         torch.set_num_threads(cfg["train"]["threads"])
     dc = cfg["data"]
     return data_mod.load(dc["name"], root=dc["root"] or None, val_fraction=dc["val_fraction"],
-                         seed=cfg["seed"], download=dc["download"], n_train=dc["n_train"] or None)
+                         seed=cfg["seed"], download=dc["download"], n_train=dc["n_train"] or None,
+                         **({"path": dc["path"], "target": dc["target"], "features": dc["features"] or None}
+                            if dc["name"] == "csv" else {}))
 
 
 def _worker(cfg: dict, run: dict, run_dir: str) -> str:
