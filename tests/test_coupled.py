@@ -133,3 +133,19 @@ def test_split_param_groups_are_refused():
 
 def test_chain_reports_stages():
     assert [s.units for s in chain(cnn_bn()).stages] == [4, 6, 5, 3]
+
+
+def test_scale_multiplies_one_set():
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU(), nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+        model[2].weight.fill_(4.0)
+    params = dict(model.named_parameters())
+    tensors = [params[n] for n in ("0.weight", "2.weight")]
+    plain = dl.CoupledGroupLasso(1.0, model, scale={"inputs": 0.0}).value(tensors, ["0.weight", "2.weight"])
+    both = dl.CoupledGroupLasso(1.0, model, scale={"inputs": 2.0}).value(tensors, ["0.weight", "2.weight"])
+    # neuron group: sqrt(2) * 5; input group (column of layer 0): 1 * 3, times the multiplier
+    assert float(plain.detach()) == pytest.approx(math.sqrt(2) * 5)
+    assert float(both.detach()) == pytest.approx(math.sqrt(2) * 5 + 2 * 3)
+    with pytest.raises(ValueError, match="scale.*'inputs'"):
+        dl.CoupledGroupLasso(1.0, model, scale={"input": 2.0})

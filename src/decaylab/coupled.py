@@ -243,10 +243,12 @@ def _scale_units_(t: Tensor, m: Member, factor: Tensor) -> None:
 class CoupledGroupLasso(Penalty):
     """Group lasso over coupled groups, with an optional L1 term (sparse group lasso):
 
-    ``R(theta) = alpha * ( l1_ratio * ||W||_1 + (1 - l1_ratio) * sum_sets sum_g sqrt(|g|) * ||theta_g||_2 )``
+    ``R(theta) = alpha * ( l1_ratio * ||W||_1 + (1 - l1_ratio) * sum_sets m_set * sum_g sqrt(|g|) * ||theta_g||_2 )``
 
     where ``theta_g`` is everything unit ``g`` owns (see :func:`coupled_groups`), ``|g|``
-    its number of entries and ``W`` the Linear/Conv weights of the groups. The prox
+    its number of entries and ``W`` the Linear/Conv weights of the groups; ``scale``
+    multiplies the group term of a set (``{"inputs": 4.0}``: input features 4x as strongly
+    as neurons; keys: ``"inputs"``, ``"neurons"`` or a layer name). The prox
     soft-thresholds ``W`` at ``step*alpha*l1_ratio``, then scales each group by
     ``max(0, 1 - step*alpha*(1-l1_ratio)*sqrt(|g|) / ||theta_g||)``: a group becomes zero
     as a whole, bias and BatchNorm included. The two group sets ``"inputs"`` and
@@ -263,7 +265,8 @@ class CoupledGroupLasso(Penalty):
     ['0.weight', '0.bias', '2.weight']
     """
 
-    def __init__(self, alpha, model: nn.Module, groups=("inputs", "neurons"), l1_ratio: float = 0.0):
+    def __init__(self, alpha, model: nn.Module, groups=("inputs", "neurons"), l1_ratio: float = 0.0,
+                 scale: dict | None = None):
         super().__init__(alpha)
         if isinstance(self.alpha, Tensor):
             raise ValueError("CoupledGroupLasso takes one float strength; batched strengths are not supported")
@@ -273,6 +276,12 @@ class CoupledGroupLasso(Penalty):
         self.l1_ratio = float(l1_ratio)
         self.groups = (groups,) if isinstance(groups, str) else tuple(groups)
         self.sets = coupled_groups(model, self.groups)
+        self.scale = dict(scale or {})
+        labels = {s.label for s in self.sets} | {"neurons"}
+        bad = {k: v for k, v in self.scale.items() if k not in labels or not (isinstance(v, (int, float)) and v >= 0)}
+        if bad:
+            raise ValueError(f"CoupledGroupLasso(scale) maps group sets to multipliers >= 0; got {bad}, sets are "
+                             f"{sorted(labels)} ('neurons' = every hidden layer)")
         names = []
         for s in self.sets:
             names += [m.name for m in s.members if m.name not in names]
@@ -298,6 +307,11 @@ class CoupledGroupLasso(Penalty):
                              f"device and dtype, all with gradients); missing {missing}")
         return dict(zip(ctxs, tensors))
 
+    def _mult(self, s: GroupSet) -> float:
+        if s.label in self.scale:
+            return float(self.scale[s.label])
+        return float(self.scale.get("neurons", 1.0)) if s.label != "inputs" else 1.0
+
     def group_norms(self, tensors: dict[str, Tensor]) -> list[Tensor]:
         """Per group set, the L2 norm of each unit's group (float32 or wider)."""
         out = []
@@ -321,7 +335,7 @@ class CoupledGroupLasso(Penalty):
         total = 0
         for s, size in zip(self.sets, self.group_sizes(named)):
             sq = sum(_unit_view(named[m.name], m, s.units).pow(2).sum(1) for m in s.members)
-            total = total + (1 - self.l1_ratio) * math.sqrt(size) * sq.sqrt().sum()
+            total = total + self._mult(s) * (1 - self.l1_ratio) * math.sqrt(size) * sq.sqrt().sum()
         if self.l1_ratio:
             total = total + self.l1_ratio * sum(named[n].abs().sum() for n in self.weight_names)
         return self.alpha * total
@@ -350,7 +364,7 @@ class CoupledGroupLasso(Penalty):
             else:  # harmonic mean of the coordinates' steps: lr / mean(sqrt(v_hat) + eps)
                 inv = sum(_unit_view(steps[m.name], m, s.units).reciprocal().sum(1) for m in s.members)
                 unit_step = size / inv
-            tau = unit_step * self.alpha * (1 - self.l1_ratio) * math.sqrt(size)
+            tau = unit_step * self.alpha * self._mult(s) * (1 - self.l1_ratio) * math.sqrt(size)
             factor = (1 - tau / norm.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
             for m in s.members:
                 _scale_units_(named[m.name], m, factor)
@@ -367,4 +381,5 @@ class CoupledGroupLasso(Penalty):
 
     def __repr__(self):
         r = f", l1_ratio={self.l1_ratio:g}" if self.l1_ratio else ""
+        r += f", scale={self.scale}" if self.scale else ""
         return f"CoupledGroupLasso(alpha={self._alpha_repr()}, groups={self.groups!r}{r})"

@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "jobs": 1,  # runs trained at once in separate processes (each with `threads`)
     },
     # decaylab select: adaptive group lasso path on the first layer's columns (lab/select.py)
-    "select": {"alpha_max": 16.0, "alpha_min": 1.0, "n_alphas": 8, "gamma": 2.0,
+    "select": {"alpha_max": 16.0, "alpha_min": 1.0, "n_alphas": 12, "gamma": 2.0,
                "path_epochs": 30, "refit_epochs": 20},
 }
 
