@@ -84,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--finetune", type=int, default=2)
     ap.add_argument("--alphas", default="1e-4,2e-4,4e-4", help="comma-separated strengths (Adam metric)")
+    ap.add_argument("--metric", default="adam", choices=["adam", "lr"], help="prox metric of the penalty")
     ap.add_argument("--input-scale", type=float, default=4.0, help="input-pixel groups' strength multiplier")
     ap.add_argument("--tolerance", type=float, default=0.5, help="validation points below dense allowed")
     ap.add_argument("--seed", type=int, default=0)
@@ -103,7 +104,7 @@ def main(argv=None):
     for alpha in [float(a) for a in args.alphas.split(",")]:
         model = copy.deepcopy(init)
         pen = dl.CoupledGroupLasso(alpha, model, groups=("inputs", "neurons"), scale={"inputs": args.input_scale})
-        train(model, data, args.epochs, args.seed, dl.Rule(pen, metric="adam"))
+        train(model, data, args.epochs, args.seed, dl.Rule(pen, metric=args.metric))
         train(model, data, args.finetune, args.seed + 1, hold=group_masks(model), lr=1e-3 * 0.5)
         live = pen.live(dict(model.named_parameters()))
         val = accuracy(model, data.x_val, data.y_val)

@@ -149,3 +149,25 @@ def test_scale_multiplies_one_set():
     assert float(both.detach()) == pytest.approx(math.sqrt(2) * 5 + 2 * 3)
     with pytest.raises(ValueError, match="scale.*'inputs'"):
         dl.CoupledGroupLasso(1.0, model, scale={"input": 2.0})
+
+
+def test_target_removes_the_asked_fraction_of_groups_and_holds_them():
+    model = mlp()  # hidden 5 and 4, 6 inputs
+    pen = dl.CoupledGroupLasso(1e-3, model, target={"inputs": 0.5, "neurons": 0.5}, begin=2, end=20, every=3)
+    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model, pen)
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(30):
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    live = pen.live(dict(model.named_parameters()))
+    assert live == {"inputs": (3, 6), "0": (3, 5), "2": (2, 4)}  # floor(0.5 * units) removed
+    small = dl.compact(model, x)
+    assert small.compaction.layers == {"0": (3, 5), "2": (2, 4)}
+
+
+@pytest.mark.parametrize("target", [1.0, 0.0, {"inputs": 1.5}, {"layer9": 0.5}, "0.5"])
+def test_bad_target(target):
+    with pytest.raises(ValueError, match=r"target\) is the fraction of groups to remove"):
+        dl.CoupledGroupLasso(1e-3, mlp(), target=target)

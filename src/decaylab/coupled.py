@@ -256,6 +256,12 @@ class CoupledGroupLasso(Penalty):
     (the usual proximal splitting, not the exact prox of the overlapping sum). With
     ``metric="adam"`` each group's step is the harmonic mean of its coordinates' steps.
 
+    ``target`` (a fraction, or ``{"inputs": 0.6, "neurons": 0.7}``) adds a budget: after
+    the prox, the smallest groups of a set are zeroed until that fraction of its groups is
+    zero, ramped on Zhu & Gupta's cubic schedule over optimizer steps ``begin..end``
+    (updated every ``every`` steps); from ``end`` on the penalty is off and the removed
+    groups are held at zero, so the survivors fine-tune.
+
     Passed bare to :func:`decaylab.regularize`, it selects its own parameters (weights,
     biases, BatchNorm scales and shifts of the groups). One float strength only.
 
@@ -266,7 +272,8 @@ class CoupledGroupLasso(Penalty):
     """
 
     def __init__(self, alpha, model: nn.Module, groups=("inputs", "neurons"), l1_ratio: float = 0.0,
-                 scale: dict | None = None):
+                 scale: dict | None = None, target: float | dict | None = None, begin: int = 0,
+                 end: int = 0, every: int = 1):
         super().__init__(alpha)
         if isinstance(self.alpha, Tensor):
             raise ValueError("CoupledGroupLasso takes one float strength; batched strengths are not supported")
@@ -282,6 +289,13 @@ class CoupledGroupLasso(Penalty):
         if bad:
             raise ValueError(f"CoupledGroupLasso(scale) maps group sets to multipliers >= 0; got {bad}, sets are "
                              f"{sorted(labels)} ('neurons' = every hidden layer)")
+        self.targets = self._check_targets(target, labels)
+        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end and isinstance(every, int)
+                and every >= 1):
+            raise ValueError(f"CoupledGroupLasso needs integer steps 0 <= begin <= end and every >= 1, got "
+                             f"begin={begin!r}, end={end!r}, every={every!r}")
+        self.begin, self.end, self.every, self.t = begin, end, every, 0
+        self._keep: dict[str, Tensor] = {}
         names = []
         for s in self.sets:
             names += [m.name for m in s.members if m.name not in names]
@@ -289,6 +303,25 @@ class CoupledGroupLasso(Penalty):
         self.weight_names = [n for n in names if n.endswith(".weight") and not self._is_norm(model, n)]
         self._sizes = None
         self._bound: dict[str, Tensor] = {}
+
+    @staticmethod
+    def _check_targets(target, labels) -> dict:
+        if target is None:
+            return {}
+        items = target.items() if isinstance(target, dict) else [("inputs", target), ("neurons", target)]
+        out = {}
+        for k, v in items:
+            ok = not isinstance(v, (str, bytes, bool)) and isinstance(v, (int, float)) and 0 < v < 1
+            if k not in labels or not ok:
+                raise ValueError(f"CoupledGroupLasso(target) is the fraction of groups to remove, in (0, 1), per "
+                                 f"set {sorted(labels)}; got {k!r}: {v!r}")
+            out[k] = float(v)
+        return out
+
+    def _target(self, s: GroupSet) -> float | None:
+        if s.label in self.targets:
+            return self.targets[s.label]
+        return self.targets.get("neurons") if s.label != "inputs" else None
 
     @staticmethod
     def _is_norm(model, name) -> bool:
@@ -346,6 +379,10 @@ class CoupledGroupLasso(Penalty):
     @torch.no_grad()
     def prox_(self, tensors, step, ctxs=None, foreach=None):
         named = self._tensors(tensors, ctxs)
+        t, self.t = self.t, self.t + 1
+        if self.targets and t >= self.end and self._keep:  # budget reached: hold the removed groups
+            self._apply_budget(named, t)
+            return
         steps = None if isinstance(step, (int, float)) else dict(zip(ctxs, step))
         if self.l1_ratio:
             ws = [named[n] for n in self.weight_names]
@@ -368,6 +405,27 @@ class CoupledGroupLasso(Penalty):
             factor = (1 - tau / norm.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
             for m in s.members:
                 _scale_units_(named[m.name], m, factor)
+        if self.targets and t >= self.begin:
+            self._apply_budget(named, t)
+
+    def _apply_budget(self, named, t: int) -> None:
+        """Zero the smallest groups of each set with a target, on the cubic schedule."""
+        from .sparsity import cubic_sparsity
+
+        update = t <= self.end and ((t - self.begin) % self.every == 0 or t == self.end)
+        for s, norm in zip(self.sets, self.group_norms(named)):
+            target = self._target(s)
+            if target is None:
+                continue
+            if update or s.label not in self._keep:
+                k = math.floor(cubic_sparsity(min(t, self.end), target, self.begin, self.end) * s.units)
+                keep = norm > 0
+                if k > 0:
+                    keep &= norm > norm.kthvalue(k).values
+                self._keep[s.label] = keep
+            keep = self._keep[s.label]
+            for m in s.members:
+                _scale_units_(named[m.name], m, keep.to(named[m.name].dtype))
 
     def live(self, tensors: dict[str, Tensor] | None = None) -> dict[str, tuple[int, int]]:
         """Per group set: (groups with a nonzero entry, groups).
