@@ -260,7 +260,8 @@ class CoupledGroupLasso(Penalty):
     the prox, the smallest groups of a set are zeroed until that fraction of its groups is
     zero, ramped on Zhu & Gupta's cubic schedule over optimizer steps ``begin..end``
     (updated every ``every`` steps); from ``end`` on the penalty is off and the removed
-    groups are held at zero, so the survivors fine-tune.
+    groups are held at zero, so the survivors fine-tune. (The step counter ``t`` lives in
+    the penalty, not in the optimizer's ``state_dict``.)
 
     Passed bare to :func:`decaylab.regularize`, it selects its own parameters (weights,
     biases, BatchNorm scales and shifts of the groups). One float strength only.

@@ -50,6 +50,8 @@ class TargetSparsity(Penalty):
     gradients are large cost more to remove). The mask is recomputed every ``every``
     steps and held in between; from ``end`` on the L1 term is off and the final mask is
     held, so the survivors fine-tune freely. ``alpha = 0`` is gradual magnitude pruning.
+    The step counter ``t`` and the mask live in the penalty, not in the optimizer's
+    ``state_dict``: to resume mid-ramp, restore ``penalty.t`` too.
 
     Args:
         alpha: L1 strength while the budget ramps (>= 0).
