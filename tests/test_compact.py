@@ -156,3 +156,11 @@ def test_no_zero_group_returns_the_model_with_a_warning():
 def test_bad_input(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         dl.compact(model, **kwargs)
+
+
+def test_torch_pruning_route_without_the_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    with pytest.raises(ValueError, match=r"pip install torch-pruning==1.6.1"):
+        dl.compact(TinyResNet(), torch.randn(2, 3, 8, 8), backend="torch-pruning")

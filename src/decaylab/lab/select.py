@@ -170,7 +170,7 @@ def figure(selection: dict, image_shape, out: Path) -> None:
     if image_shape:
         fig, ax = plt.subplots(figsize=(4, 4))
         im = ax.imshow(norms.reshape(image_shape), cmap="viridis")
-        ax.set_title(f"first-layer column norms ({len(selection['features'])} pixels kept)")
+        ax.set_title(f"first-layer column norms\n({len(selection['features'])} pixels kept)", fontsize=9)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
     else:
