@@ -38,7 +38,11 @@ def _rebuild(cfg: dict, data, state_path: Path) -> torch.nn.Module:
 
 
 def time_inference(model: torch.nn.Module, x: torch.Tensor, repeats: int = 20) -> float:
-    """Best-of-``repeats`` seconds for one forward pass of ``x`` (no grad)."""
+    """Best-of-``repeats`` seconds for one forward pass of ``x`` (no grad).
+
+    >>> time_inference(torch.nn.Linear(3, 2), torch.zeros(4, 3), repeats=2) > 0
+    True
+    """
     best = float("inf")
     with torch.no_grad():
         model(x)

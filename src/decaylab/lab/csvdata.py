@@ -33,12 +33,19 @@ def _number(cell: str, column: str, line: int, path) -> float:
 
 
 def read_csv(path, target: str, features: list[str] | None = None):
-    """Read a table -> ``(x, y, task, feature_names)``.
+    r"""Read a table -> ``(x, y, task, feature_names)``.
 
     Raises:
         ValueError: no such target or feature column, an empty table, or a bad cell
             (naming the column and the line).
         FileNotFoundError: no file at ``path``.
+
+    >>> import tempfile, os
+    >>> f = tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False)
+    >>> _ = f.write("age,income,label\n31,2.5,yes\n45,3.1,no\n"); f.close()
+    >>> x, y, task, names = read_csv(f.name, "label"); os.unlink(f.name)
+    >>> x.tolist(), y.tolist(), task, names
+    ([[31.0, 2.5], [45.0, 3.1]], [1, 0], 'classification', ['age', 'income'])
     """
     path = Path(path)
     if not str(path) or not path.is_file():

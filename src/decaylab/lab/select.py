@@ -72,7 +72,11 @@ def _first(model) -> nn.Linear:
 
 @torch.no_grad()
 def scores(model, x, y, task: str) -> np.ndarray:
-    """Per-example score: 1/0 correct (classification) or minus the squared error."""
+    """Per-example score: 1/0 correct (classification) or minus the squared error.
+
+    >>> scores(torch.nn.Identity(), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([1, 1]), "classification")
+    array([1., 0.])
+    """
     out = model(x)
     if task == "classification":
         return (out.argmax(1) == y).double().numpy()
