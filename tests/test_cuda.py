@@ -63,7 +63,7 @@ def test_cuda_decoupled_l2_adam_equals_adamw(fused):
 
 
 @cuda
-def test_cuda_l1_prox_gives_exact_zeros_and_bf16_decay_accumulates():
+def test_cuda_l1_prox_gives_exact_zeros():
     model = _mlp()
     opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model, dl.Rule(dl.L1(1e-3), metric="adam"))
     x, y = torch.randn(256, 20, device="cuda"), torch.randint(0, 5, (256,), device="cuda")
@@ -86,6 +86,29 @@ def test_cuda_bf16_decoupled_decay_accumulates():
     expected = (1 - 1e-5) ** 500
     assert abs(float(lin.weight[0, 0]) - expected) < 4e-3  # bf16 spacing near 1 is 2**-8
     assert float(lin.weight[0, 0]) < 1.0
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kind", ["L1-prox", "L2-decoupled"])
+def test_cuda_low_precision_decay_below_rounding_accumulates(dtype, kind):
+    lr, alpha, steps = 0.1, 1e-4, 300  # lr * alpha = 1e-5: far below bf16/fp16 rounding near 1
+    w0 = torch.tensor([[1.0, -2.0, 0.75, 1.5]])
+    lin = nn.Linear(4, 1, bias=False).cuda()
+    with torch.no_grad():
+        lin.weight.copy_(w0)
+    lin = lin.to(dtype)
+    pen = dl.L2(alpha) if kind == "L2-decoupled" else dl.L1(alpha)
+    opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=lr), lin, pen)
+    for _ in range(steps):
+        lin.weight.grad = torch.zeros_like(lin.weight)
+        opt.step()
+    got = lin.weight.detach().cpu()
+    assert got.dtype == dtype
+    w = w0.double()
+    exact = w * (1 - lr * alpha) ** steps if kind == "L2-decoupled" else torch.sign(w) * (w.abs() - steps * lr * alpha)
+    assert torch.equal(got, exact.to(dtype)), (got, exact)  # the nearest representable value
+    assert not torch.equal(got, w0.to(dtype))  # it moved, where a bf16 update would not
 
 
 if __name__ == "__main__":

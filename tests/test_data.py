@@ -303,7 +303,7 @@ def test_download_with_wrong_checksum_leaves_nothing_complete(tmp_path, monkeypa
     md5["t10k-images-idx3-ubyte.gz"] = "0" * 32
     monkeypatch.setattr(data, "MIRRORS", {"fashion-mnist": (url,)})
     monkeypatch.setattr(data, "MD5", {"fashion-mnist": md5})
-    with pytest.raises(FileNotFoundError, match=r"MD5 mismatch .*t10k-images.*expected 0{32}"):
+    with pytest.raises(FileNotFoundError, match=r"MD5 mismatch .*t10k-images.*expected 0{32}; the downloaded file was deleted"):
         data.load("fashion-mnist")
     cache = tmp_path / "cache" / "decaylab" / "fashion-mnist"
     left = sorted(os.listdir(cache))

@@ -45,6 +45,29 @@ def _negative_schedule_at_step():
     opt.step()  # multiplier -1.0: raises
 
 
+class Holder(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(w, requires_grad=w.is_floating_point() or w.is_complex())
+
+
+class SparseEmb(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 2, sparse=True)
+        self.fc = nn.Linear(2, 2)
+
+
+def _adam_metric_with(make_opt, penalty=None, params=None):
+    model = Net()
+    rule = dl.Rule(penalty or dl.L1(1e-3), params=params, metric="adam")
+    return _reg(rule, opt=make_opt(model.parameters()), model=model)
+
+
+def _one_arg_predicate():
+    return _reg(dl.Rule(dl.L1(1e-3), params=lambda name: name.endswith("weight")))
+
+
 PENALTIES = [dl.L2, dl.L1, dl.ElasticNet, dl.GroupLasso, dl.L2SP]
 BAD_STRENGTHS = [(-1.0, "-1.0"), (float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "-inf")]
 
@@ -105,6 +128,45 @@ CASES = [
                  r"2 strengths.*'fc\.weight' has shape \(3, 4\)", id="batched-K"),
     pytest.param(_regularize_twice, r"already regularized", id="regularize-twice"),
     pytest.param(_negative_schedule_at_step, r"schedule of L1\(alpha=0\.001\) returned -1\.0 at step 2", id="schedule"),
+    # raised at regularize(), not at the first step() or never
+    pytest.param(lambda: _reg(dl.Rule(dl.L1(1e-3), schedule=lambda s: -1)),
+                 r"schedule of L1\(alpha=0\.001\) returned -1\.0 at step 0; it must be >= 0", id="schedule-at-bind"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L1(1e-3), schedule=lambda: 1.0)),
+                 r"schedule of L1\(alpha=0\.001\) must be a function f\(step\) -> multiplier", id="schedule-no-arg"),
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), schedule=0.5),
+                 r"schedule must be a function f\(step\) -> multiplier, got 0\.5", id="schedule-not-callable"),
+    pytest.param(lambda: _reg(dl.Rule(dl.GroupLasso(1e-3, groups=lambda shape: None), params="fc.weight")),
+                 r"groups=<function>\) on 'fc\.weight': a grouping function must return an integer tensor.*got None",
+                 id="group-fn-returns-None"),
+    pytest.param(lambda: _reg(None), r"regularize\(\) needs a Penalty, a Rule or a list of them, got None",
+                 id="rules=None"),
+    pytest.param(lambda: dl.regularize(torch.optim.SGD(Net().parameters(), lr=0.1), Net().parameters(), dl.L1(1e-3)),
+                 r"regularize\(\) needs the model \(an nn\.Module\).*got generator.*not model\.parameters\(\)",
+                 id="parameters-not-model"),
+    pytest.param(_one_arg_predicate, r"predicate '<lambda>' must take \(name, param, module\)", id="one-arg-predicate"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L1(1e-3), params="w"), model=Holder(torch.zeros(2, 2, dtype=torch.complex64))),
+                 r"L1 needs real floating-point weights; 'w' is torch\.complex64", id="L1-complex"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L1(1e-3), params="w"), model=Holder(torch.ones(2, 2, dtype=torch.int64))),
+                 r"L1 needs real floating-point weights; 'w' is torch\.int64", id="L1-integer"),
+    pytest.param(lambda: _reg(dl.Rule(dl.L2(1e-3), params="emb.weight", mode="coupled"), model=SparseEmb()),
+                 r"sparse gradient of 'emb\.weight'.*mode='decoupled'", id="coupled-sparse-embedding"),
+    *[
+        pytest.param(lambda make=make: _adam_metric_with(make),
+                     rf"metric='adam' needs an Adam-family optimizer.*{name} keeps no exp_avg_sq", id=f"adam-metric-{name}")
+        for name, make in [("SGD", lambda p: torch.optim.SGD(p, lr=0.1)),
+                           ("Adagrad", lambda p: torch.optim.Adagrad(p, lr=0.1)),
+                           ("Adamax", lambda p: torch.optim.Adamax(p, lr=0.1))]
+    ],
+    pytest.param(lambda: _adam_metric_with(lambda p: torch.optim.Adam(p), dl.GroupLasso(
+                     1e-3, groups=lambda s: torch.zeros(s, dtype=torch.long)), "fc.weight"),
+                 r"GroupLasso with groups=<function> supports metric='lr' only", id="adam-metric-group-fn"),
+    pytest.param(lambda: dl.L1(True), r"L1\(alpha\) must be a number, got True", id="alpha=True"),
+    pytest.param(lambda: dl.L1(torch.tensor([True, False])), r"L1\(alpha\) must be a number.*got a tensor of torch\.bool",
+                 id="alpha=bool-tensor"),
+    pytest.param(lambda: dl.ElasticNet(1e-3, l1_ratio="0.5"), r"ElasticNet\(l1_ratio\) must be in \[0, 1\], got '0\.5'",
+                 id="l1_ratio=str"),
+    pytest.param(lambda: dl.ElasticNet(1e-3, l1_ratio=True), r"ElasticNet\(l1_ratio\) must be in \[0, 1\], got True",
+                 id="l1_ratio=True"),
 ]
 
 

@@ -251,11 +251,18 @@ def test_foreach_matches_loop(name, dtype):
 @pytest.mark.parametrize("name", ["shrink_", "soft_threshold_", "elastic_net_prox_"])
 def test_foreach_none_on_cpu_matches_both(name):
     kernel = FOREACH_KERNELS[name]
-    auto, loop = _mixed(torch.float32, 1), _mixed(torch.float32, 1)
+    base = _mixed(torch.float32, 1)
+    auto, loop, fused = clones(base), clones(base), clones(base)
     kernel(auto, None)
     kernel(loop, False)
-    for a, b in zip(auto, loop):
-        assert torch.equal(a, b)
+    kernel(fused, True)
+    eps = torch.finfo(torch.float32).eps
+    for a, b, c, w in zip(auto, loop, fused, base):
+        assert torch.equal(a, b)  # on CPU the automatic choice is the loop, bit for bit
+        # ... and agrees with the foreach path to an ulp, with the same exact zeros
+        torch.testing.assert_close(a, c, rtol=2 * eps, atol=2 * eps * float(w.abs().max()))
+        assert torch.equal(a == 0, c == 0)
+    assert any(not torch.equal(a, w) for a, w in zip(auto, base))
 
 
 def test_empty_list_is_a_no_op():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from decaylab.lab import cli, config, report, train
+from decaylab.lab import cli, config, report, runfolder, train
 
 TINY = ["data.n_train=150", "train.epochs=2", "model.hidden=[16]", "train.batch_size=50"]
 
@@ -45,7 +45,7 @@ def test_compare_writes_a_complete_run_folder(run_dir):
         final = json.loads((d / "final.json").read_text())
         assert len(final["input_mask"]) == 64 and sum(final["input_mask"]) == final["live_inputs"]
         assert sum(final["histogram"]["counts"]) == final["weights"]
-        assert set(torch.load(d / "model.pt")) == {"layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}
+        assert set(torch.load(d / "model.pt", weights_only=True)) == {"layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}
     l1 = json.loads((run_dir / "runs" / "l1" / "final.json").read_text())
     none = json.loads((run_dir / "runs" / "none" / "final.json").read_text())
     assert l1["zeros"] > 0 and none["zeros"] == 0
@@ -128,17 +128,16 @@ def test_nan_loss_stops_the_run_naming_epoch_and_step(tmp_path, capsys):
 
 
 def test_interrupted_run_keeps_finished_epochs_and_is_marked(tmp_path, monkeypatch):
-    real = train._Epochs.log
+    real = runfolder.Run.append_metrics
     calls = {"n": 0}
 
     def log_then_interrupt(self, *a, **k):
-        row = real(self, *a, **k)
+        real(self, *a, **k)
         calls["n"] += 1
         if calls["n"] == 3:  # none: epochs 1-2, then l2: epoch 1
             raise KeyboardInterrupt
-        return row
 
-    monkeypatch.setattr(train._Epochs, "log", log_then_interrupt)
+    monkeypatch.setattr(runfolder.Run, "append_metrics", log_then_interrupt)
     assert _compare(tmp_path, "int") == 130
     run_dir = tmp_path / "int"
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"

@@ -33,12 +33,10 @@ def test_l1_value():
 
 
 def test_elastic_net_value_is_sklearns_penalty():
-    # sklearn: alpha * l1_ratio * ||w||_1 + 0.5 * alpha * (1 - l1_ratio) * ||w||_2^2
+    # sklearn: alpha * l1_ratio * ||w||_1 + 0.5 * alpha * (1 - l1_ratio) * ||w||_2^2; by hand
+    # for w = (2, -1), alpha = 2, l1_ratio = 1/4: 2 * 1/4 * 3 + 1/2 * 2 * 3/4 * 5 = 1.5 + 3.75
     w = t64(2.0, -1.0)
-    alpha, r = 2.0, 0.25
-    expected = alpha * r * 3.0 + 0.5 * alpha * (1 - r) * 5.0  # = 1.5 + 3.75
-    assert expected == 5.25
-    assert float(dl.ElasticNet(alpha, l1_ratio=r).value([w])) == pytest.approx(5.25, rel=1e-15)
+    assert float(dl.ElasticNet(2.0, l1_ratio=0.25).value([w])) == pytest.approx(5.25, rel=1e-15)
 
 
 def test_elastic_net_ends_are_l1_and_l2():
@@ -153,6 +151,26 @@ def test_group_lasso_grad_of_a_zero_group_is_zero_not_nan():
     assert torch.isfinite(g).all()
     assert (g[0] == 0).all() and (g[2] == 0).all()
     torch.testing.assert_close(g[1], torch.full((4,), 0.5 * 2.0, dtype=f64))  # unit * sqrt(4)
+
+
+@pytest.mark.parametrize("groups", ["rows", "columns", lambda s: torch.arange(s.numel()).reshape(s) // s[1]],
+                         ids=["rows", "columns", "function"])
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_group_lasso_value_has_finite_gradients_at_a_zero_group(groups, dtype):
+    # an exactly-zero group is what the prox produces; its subgradient 0 is the one to take
+    w = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]], dtype=dtype, requires_grad=True)
+    if groups == "columns":
+        w = torch.tensor([[0.0, 3.0], [0.0, 0.0], [0.0, 4.0]], dtype=dtype, requires_grad=True)
+    (g,) = torch.autograd.grad(dl.GroupLasso(2.0, groups=groups).value([w]), w)
+    assert torch.isfinite(g).all()
+    zero_group = (w == 0).all(dim=1 if groups != "columns" else 0)
+    live = w[1] if groups != "columns" else w[:, 1]
+    if groups == "columns":
+        assert (g[:, zero_group] == 0).all()
+        torch.testing.assert_close(g[:, 1], 2.0 * math.sqrt(3) * live.detach() / 5)
+    else:
+        assert (g[zero_group] == 0).all()
+        torch.testing.assert_close(g[1], 2.0 * math.sqrt(3) * live.detach() / 5)
 
 
 # ---------------------------------------------------------------------------------------

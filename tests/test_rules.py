@@ -90,7 +90,7 @@ def test_explicit_rules_take_precedence_over_default(default_first):
         net.fc1.weight[:, 0] *= 0.01  # a weak input the group prox must remove
 
     names = {b.rule.label: b.names for b in opt.bindings}
-    assert names["Linear/Conv weights"] == ["conv.weight", "fc2.weight"]
+    assert names["weights >= 2-D"] == ["conv.weight", "fc2.weight"]
     assert names["fc1.weight"] == ["fc1.weight"]
     assert names["*.bias | norm_layers"] == [
         "conv.bias", "bn.weight", "bn.bias", "fc1.bias", "ln.weight", "ln.bias", "fc2.bias"]
@@ -203,11 +203,11 @@ def test_summary_counts_tensors_and_elements():
     text = dl.summary(opt)
     assert text.splitlines()[0].split() == ["rule", "penalty", "mode", "tensors", "elements", "zeros", "L2", "norm"]
     rows = _rows(text)
-    assert list(rows) == ["Linear/Conv weights", "fc1.weight", "*.bias | norm_layers", "(no rule)"]
+    assert list(rows) == ["weights >= 2-D", "fc1.weight", "*.bias | norm_layers", "(no rule)"]
     # (mode, tensors, elements, zero %, norm)
     conv_norm = float(net.conv.weight.detach().norm())
-    assert rows["Linear/Conv weights"][:4] == ("prox", 2, 18 + 18, 50.0)  # fc2.weight is all zero
-    assert rows["Linear/Conv weights"][4] == pytest.approx(conv_norm, rel=2e-3)
+    assert rows["weights >= 2-D"][:4] == ("prox", 2, 18 + 18, 50.0)  # fc2.weight is all zero
+    assert rows["weights >= 2-D"][4] == pytest.approx(conv_norm, rel=2e-3)
     assert rows["fc1.weight"][:4] == ("prox", 1, 48, 0.0)
     assert rows["*.bias | norm_layers"][:3] == ("-", 7, 2 + 2 + 2 + 6 + 6 + 6 + 3)
     assert rows["(no rule)"][:3] == ("-", 1, 40)
@@ -278,3 +278,138 @@ def test_surviving_inputs_linear_and_conv():
 def test_adam_metric_implies_prox_mode_when_no_mode_is_given():
     assert dl.Rule(dl.L2(1e-3), metric="adam").mode == "prox"
     assert dl.Rule(dl.L2(1e-3)).mode == "decoupled"
+
+
+# -- names written against wrappers or their state_dict --------------------------------
+
+
+def _two_layers():
+    net = nn.Sequential()
+    net.add_module("fc1", nn.Linear(4, 3))
+    net.add_module("fc2", nn.Linear(3, 2))
+    return net
+
+
+@pytest.mark.parametrize("pattern", ["module.fc1.weight", "_orig_mod.fc1.weight", "_orig_mod.module.fc1.weight",
+                                     "module.fc1.w*"])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_names_with_wrapper_prefixes_are_accepted(pattern, wrapped):
+    net = _two_layers()
+    model = nn.DataParallel(net) if wrapped else net
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                        [dl.Rule(dl.L1(1e-2), params=pattern), dl.Rule(None, params="*.bias")])
+    assert opt.bindings[0].names == ["fc1.weight"]
+    assert opt.unpenalized == ["fc2.weight"]
+
+
+def test_a_submodule_really_named_module_is_matched_as_written():
+    net = nn.Sequential()
+    net.add_module("module", nn.Linear(2, 2))
+    net.add_module("weight_user", nn.Linear(2, 2))
+    opt = dl.regularize(torch.optim.SGD(net.parameters(), lr=0.1), net, dl.Rule(dl.L2(1e-2), params="module.*"))
+    assert opt.bindings[0].names == ["module.weight", "module.bias"]
+
+
+def test_l2sp_reference_from_a_ddp_state_dict_is_accepted():
+    net = _two_layers()
+    ddp_sd = {f"module.{k}": v.clone() + 1.0 for k, v in net.state_dict().items()}
+    opt = dl.regularize(torch.optim.SGD(net.parameters(), lr=0.1), net, dl.L2SP(1e-2, ddp_sd))
+    assert opt.bindings[0].names == ["fc1.weight", "fc2.weight"]
+    assert torch.equal(opt.bindings[0].ctxs[0], ddp_sd["module.fc1.weight"])
+    compiled_sd = {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}
+    dl.regularize(torch.optim.SGD(net.parameters(), lr=0.1), net, dl.L2SP(1e-2, compiled_sd))
+
+
+def test_a_rule_matching_nothing_lists_the_names_it_could_match():
+    model = nn.DataParallel(_two_layers())
+    with pytest.raises(ValueError, match=r"matches no parameter of Sequential; its parameters are named "
+                                         r"'fc1\.weight', 'fc1\.bias', 'fc2\.weight', 'fc2\.bias'"):
+        dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(dl.L1(1e-3), params="fc3.*"))
+
+
+# -- tied weights: one tensor, several names ------------------------------------------
+
+
+class TiedLM(nn.Module):
+    """A language model whose output head shares the embedding table."""
+
+    def __init__(self, extra_linear=False):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.mix = nn.Linear(4, 4) if extra_linear else None
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+
+@pytest.mark.parametrize("selector", ["head.weight", "emb.weight", dl.embeddings, dl.weights(nn.Linear)])
+def test_a_tied_weight_is_selectable_by_either_name(selector):
+    model = TiedLM()
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(dl.L2(1e-2), params=selector))
+    assert opt.bindings[0].params == [model.emb.weight]
+    assert opt.bindings[0].names == ["emb.weight"]  # listed once, under its first name
+
+
+@pytest.mark.parametrize("extra_linear", [False, True])
+def test_the_default_selection_decays_a_tied_head_once(extra_linear):
+    lr, alpha = 0.5, 0.25
+    model = TiedLM(extra_linear)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model, dl.L2(alpha))
+    names = opt.bindings[0].names
+    assert "emb.weight" in names and ("mix.weight" in names) == extra_linear
+    before = model.emb.weight.detach().clone()
+    _zero_grads(model)
+    opt.step()
+    assert torch.equal(model.emb.weight.detach(), before * (1 - lr * alpha))  # once, not twice
+
+
+def test_two_rules_on_the_two_names_of_a_tied_weight_is_an_error():
+    model = TiedLM()
+    with pytest.raises(ValueError, match=r"'emb\.weight' is selected by two rules"):
+        dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                      [dl.Rule(dl.L2(1e-2), params="emb.weight"), dl.Rule(dl.L1(1e-2), params="head.weight")])
+
+
+# -- the default selection: every trainable >= 2-D weight but embeddings and norms -----
+
+
+class Zoo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.attn = nn.MultiheadAttention(8, 2, add_bias_kv=True)  # in_proj_weight, bias_k (1, 1, 8)
+        self.lstm = nn.LSTM(8, 4)
+        self.ln = nn.LayerNorm(8)
+        self.pos = nn.Parameter(torch.zeros(5, 8))  # a bare >= 2-D parameter
+        self.frozen = nn.Linear(8, 8)
+        self.frozen.weight.requires_grad_(False)
+        self.gain = nn.Parameter(torch.ones(8))
+
+
+def test_default_selection_is_every_trainable_matrix_except_embeddings_and_norms():
+    model = Zoo()
+    opt = dl.regularize(torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1),
+                        model, dl.L2(1e-2))
+    assert opt.bindings[0].names == [
+        "pos", "attn.in_proj_weight", "attn.out_proj.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0",
+    ]
+    for name in ("emb.weight", "attn.bias_k", "attn.bias_v", "attn.in_proj_bias", "lstm.bias_ih_l0",
+                 "ln.weight", "frozen.weight", "frozen.bias", "gain"):
+        assert name in opt.unpenalized, name
+
+
+def test_default_selection_on_an_lstm_alone_works():
+    model = nn.LSTM(3, 2, num_layers=2)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.L1(1e-3))
+    assert len(opt.bindings[0].names) == 4
+
+
+def test_frozen_weights_are_not_decayed_by_the_default_selection():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.5), model, dl.L2(0.5))
+    assert opt.bindings[0].names == ["1.weight"]
+    model[1].weight.grad = torch.zeros(2, 2)
+    model[0].weight.grad = torch.zeros(2, 2)  # even with a gradient lying around
+    opt.step()
+    assert torch.equal(model[0].weight, frozen)

@@ -200,6 +200,9 @@ def group_soft_threshold_(
     _check_scale(scale)
     for i, (w, grouping) in enumerate(zip(tensors, groupings)):
         norms, sizes = grouping.norms(w)
+        # a NaN entry (a NaN gradient after the inner step) makes its group's norm NaN; as
+        # an infinite norm the group is left alone instead of turning wholly NaN
+        norms.nan_to_num_(nan=math.inf)
         s = per_tensor(scale, i, w)
         if isinstance(sizes, int) and isinstance(s, (int, float)):
             # Fast path, in place on the small norms tensor: relu(1 - t/||w_g||); a zero
@@ -213,7 +216,9 @@ def group_soft_threshold_(
         # blocking copy, i.e. one stream sync per tensor. (Indexed sizes are already there.)
         factor = torch.as_tensor(sizes, dtype=norms.dtype).sqrt()
         factor = factor * s
-        factor = torch.where(norms > 0, 1.0 - factor / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+        # (a norm that underflowed to 0 under a zero threshold keeps its group: identity)
+        factor = torch.where(norms > 0, 1.0 - factor / norms.clamp_min(torch.finfo(norms.dtype).tiny),
+                             (factor == 0).to(norms.dtype))
         w.mul_(factor.clamp_min_(0.0).to(w.dtype))
 
 

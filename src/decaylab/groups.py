@@ -122,7 +122,16 @@ class Indexed(Grouping):
         return Indexed(self.fn, batch_dims)
 
     def _ids(self, shape: Sequence[int], device=None) -> Tensor:
-        ids = torch.as_tensor(self.fn(torch.Size(shape)), device=device)
+        ids = self.fn(torch.Size(shape))
+        if not isinstance(ids, Tensor):
+            try:
+                ids = torch.as_tensor(ids)
+            except (TypeError, RuntimeError, ValueError):
+                raise ValueError(
+                    f"a grouping function must return an integer tensor of shape {tuple(shape)}, "
+                    f"got {ids!r}"
+                ) from None
+        ids = ids.to(device) if device is not None else ids
         if tuple(ids.shape) != tuple(shape) or ids.dtype not in (torch.int32, torch.int64):
             raise ValueError(
                 f"a grouping function must return an integer tensor of shape {tuple(shape)}, "
@@ -144,7 +153,10 @@ class Indexed(Grouping):
         flat = w.reshape(-1, ids.numel()).to(torch.promote_types(w.dtype, torch.float32))
         n_groups = int(ids.max()) + 1 if ids.numel() else 0
         sq = flat.new_zeros(flat.shape[0], n_groups).index_add_(1, ids, flat * flat)
-        norms = sq.sqrt()[:, ids].reshape(w.shape)
+        # sqrt has an infinite derivative at 0 (NaN gradients of value() at a zero group,
+        # which the prox produces): take the subgradient 0 there instead
+        root = torch.where(sq > 0, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), sq)  # 0 (or NaN)
+        norms = root[:, ids].reshape(w.shape)
         sizes = torch.bincount(ids, minlength=n_groups)[ids].reshape(inner).to(norms.dtype)
         return norms, sizes
 

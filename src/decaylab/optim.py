@@ -26,7 +26,8 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .penalties import L2SP, Penalty, ScratchSteps
+from .groups import Indexed
+from .penalties import L2SP, GroupLasso, Penalty, ScratchSteps
 from .rules import Rule, named_params, resolve
 
 __all__ = ["regularize", "Regularized"]
@@ -48,6 +49,11 @@ class _Bucket:
 def _as_rules(penalty_or_rules) -> list[Rule]:
     if isinstance(penalty_or_rules, (Penalty, Rule)):
         penalty_or_rules = [penalty_or_rules]
+    if not isinstance(penalty_or_rules, (list, tuple)):
+        raise ValueError(
+            f"regularize() needs a Penalty, a Rule or a list of them, got {penalty_or_rules!r}; "
+            f"e.g. regularize(opt, model, dl.L2(1e-4))"
+        )
     rules = []
     for r in penalty_or_rules:
         if isinstance(r, Penalty):
@@ -72,6 +78,11 @@ class Regularized(torch.optim.Optimizer):
             raise ValueError("this optimizer is already regularized; pass all rules in one regularize() call")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"regularize() needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"regularize() needs the model (an nn.Module) to match parameter names, got "
+                f"{type(model).__name__}; pass the model itself, not model.parameters()"
+            )
         self.optimizer = optimizer
         for hooks in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
                       "load_state_dict_pre", "load_state_dict_post"):
@@ -86,6 +97,7 @@ class Regularized(torch.optim.Optimizer):
         self._comp: dict[int, Tensor] = {}  # global param index -> fp32 rounding residual
         self._buffers: dict[int, Tensor] = {}  # global param index -> Adam-metric step buffer
         self._index = {id(p): i for i, p in enumerate(self._all_params())}
+        self._check_rules()
         self._warn_double_decay()
 
     # -- torch.optim.Optimizer surface, shared with the inner optimizer ---------------
@@ -143,6 +155,34 @@ class Regularized(torch.optim.Optimizer):
                 buckets[key].ctxs.append(ctx)
         return list(buckets.values())
 
+    def _check_rules(self) -> None:
+        """Fail at regularize() what would otherwise fail at the first step()."""
+        for b in self.bindings:
+            rule = b.rule
+            if rule.schedule is not None:
+                try:
+                    rule.schedule(0)
+                except TypeError as err:
+                    raise ValueError(
+                        f"schedule of {rule.penalty!r} must be a function f(step) -> multiplier; "
+                        f"calling it with step 0 failed: {err}"
+                    ) from None
+                self._multiplier(rule)  # >= 0 and finite at step 0
+            if rule.metric == "adam" and rule.penalty is not None:
+                if isinstance(rule.penalty, GroupLasso) and isinstance(rule.penalty.grouping, Indexed):
+                    raise ValueError(
+                        "GroupLasso with groups=<function> supports metric='lr' only; use metric='lr' "
+                        "or a built-in grouping ('rows', 'inputs', 'channels')"
+                    )
+        for b in self._buckets:
+            group = self.optimizer.param_groups[b.group]
+            adam = "betas" in group and "eps" in group and not isinstance(self.optimizer, torch.optim.Adamax)
+            if b.rule.metric == "adam" and not adam:
+                raise ValueError(
+                    f"metric='adam' needs an Adam-family optimizer (Adam, AdamW, NAdam, RAdam); "
+                    f"{type(self.optimizer).__name__} keeps no exp_avg_sq; use metric='lr'"
+                )
+
     def _warn_double_decay(self) -> None:
         for b in self._buckets:
             wd = self.optimizer.param_groups[b.group].get("weight_decay", 0)
@@ -168,11 +208,48 @@ class Regularized(torch.optim.Optimizer):
             self._couple(b)
         for b in by_mode["decoupled"]:
             self._apply(b, "decay_")
-        self.optimizer.step()
+        if closure is None:
+            self.optimizer.step()
+        else:  # LBFGS and friends need it; most optimizers call it once and get `loss`
+            self.optimizer.step(self._inner_closure(closure, loss))
         for b in by_mode["prox"]:
             self._apply(b, "prox_")
         self._steps += 1
         return loss
+
+    def _inner_closure(self, closure: Callable[[], Tensor], loss) -> Callable[[], Tensor]:
+        """The closure the inner optimizer sees: its first call returns the loss already
+        computed (one evaluation, as torch's optimizers do); each further call (LBFGS's
+        iterations and line search) re-evaluates the user's closure and adds the coupled
+        rules' gradients again, and every call adds their value, so the inner optimizer
+        minimizes loss + coupled penalties consistently."""
+        coupled = self._by_mode["coupled"]
+        calls = 0
+
+        def inner():
+            nonlocal calls
+            calls += 1
+            value = loss
+            if calls > 1:
+                with torch.enable_grad():
+                    value = closure()
+                with torch.no_grad():
+                    for b in coupled:
+                        self._couple(b)
+            if coupled and value is not None:
+                with torch.no_grad():
+                    value = value + self._coupled_value()
+            return value
+
+        return inner
+
+    def _coupled_value(self) -> Tensor:
+        total = 0.0
+        for b in self._by_mode["coupled"]:
+            pen = b.rule.penalty
+            v = pen.value(b.params, b.ctxs) if isinstance(pen, L2SP) else pen.value(b.params)
+            total = total + v * self._multiplier(b.rule)
+        return total
 
     def _multiplier(self, rule: Rule) -> float:
         if rule.schedule is None:
@@ -278,6 +355,13 @@ class Regularized(torch.optim.Optimizer):
             "steps": self._steps,
             "residuals": {i: c.clone() for i, c in self._comp.items()},
             "alphas": [b.rule.penalty.alpha if b.rule.penalty is not None else None for b in self.bindings],
+            # L2-SP snapshots (reference=None) of the starting weights: a resumed run must
+            # keep pulling toward them, not toward the weights it resumed from
+            "references": {
+                i: [r.clone() for r in b.ctxs]
+                for i, b in enumerate(self.bindings)
+                if isinstance(b.rule.penalty, L2SP) and b.rule.penalty.reference is None
+            },
         }
         return sd
 
@@ -293,6 +377,15 @@ class Regularized(torch.optim.Optimizer):
         for b, alpha in zip(self.bindings, extra["alphas"]):
             if b.rule.penalty is not None and alpha is not None:
                 b.rule.penalty.alpha = alpha
+        for i, refs in extra.get("references", {}).items():
+            b = self.bindings[int(i)] if int(i) < len(self.bindings) else None
+            if b is None or not isinstance(b.rule.penalty, L2SP) or len(b.ctxs) != len(refs):
+                raise ValueError(
+                    f"this checkpoint holds L2SP snapshots for rule {i}, which is not an L2SP rule "
+                    f"over {len(refs)} parameters here; build the optimizer with the same rules"
+                )
+            for ref, saved in zip(b.ctxs, refs):
+                ref.copy_(saved)  # in place: the penalty holds the same tensors
 
     def __repr__(self) -> str:
         rules = ", ".join(f"{b.rule.penalty!r}:{b.rule.mode} on {len(b.params)}" for b in self.bindings)
@@ -300,6 +393,13 @@ class Regularized(torch.optim.Optimizer):
 
     def __getstate__(self):
         return self.__dict__
+
+    def __setstate__(self, state):
+        # a copy (deepcopy, pickle, torch.save) holds new parameter objects with new ids:
+        # rebuild the id-keyed index so the residual and step buffers follow them
+        self.__dict__.update(state)
+        self._patch_step_function()
+        self._index = {id(p): i for i, p in enumerate(self._all_params())}
 
 
 def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_rules) -> Regularized:
@@ -310,8 +410,8 @@ def regularize(optimizer: torch.optim.Optimizer, model: nn.Module, penalty_or_ru
             ``weight_decay=0``; the rules now own regularization).
         model: the module whose parameter names the rules match (DDP / ``torch.compile``
             wrappers are unwrapped).
-        penalty_or_rules: a Penalty (applied to the default selection: Linear/Conv
-            weights), a Rule, or a list of them.
+        penalty_or_rules: a Penalty (applied to the default selection: trainable weights
+            of 2 or more dimensions except biases, norms and embeddings), a Rule, or a list.
 
     Returns:
         A :class:`Regularized` optimizer; the training loop does not change.

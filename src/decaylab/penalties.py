@@ -33,6 +33,8 @@ MODES = ("prox", "decoupled", "coupled")
 def check_strength(alpha, what: str) -> float | Tensor:
     """Validate a strength: a finite float >= 0, or a 0-/1-D tensor of them."""
     if isinstance(alpha, Tensor):
+        if not alpha.is_floating_point():
+            raise ValueError(f"{what} must be a number or a float tensor, got a tensor of {alpha.dtype}")
         if alpha.ndim > 1:
             raise ValueError(
                 f"{what} must be a float or a 1-D tensor with one strength per configuration, "
@@ -45,7 +47,8 @@ def check_strength(alpha, what: str) -> float | Tensor:
         # float32 at least; a float64 strength stays float64 so lr * alpha keeps its precision
         return alpha.detach().to(torch.promote_types(alpha.dtype, torch.float32))
     try:
-        if isinstance(alpha, (str, bytes)):  # float("1e-3") would pass: a config-parsing slip
+        # float("1e-3") would pass (a config-parsing slip), and float(True) is 1.0
+        if isinstance(alpha, (str, bytes, bool)):
             raise TypeError
         value = float(alpha)
     except (TypeError, ValueError):
@@ -98,6 +101,11 @@ class Penalty:
 
     def bind(self, name: str, param: Tensor):
         """Check the penalty fits parameter ``name`` and return its per-parameter context."""
+        if not param.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__} needs real floating-point weights; '{name}' is {param.dtype}; "
+                f"exclude it from this rule (e.g. Rule(None, params='{name}'))"
+            )
         if self.batch_dims:
             k = self.alpha.shape[0]
             if param.ndim == 0 or param.shape[0] != k:
@@ -194,6 +202,8 @@ class ElasticNet(Penalty):
     def __init__(self, alpha, l1_ratio: float = 0.5):
         super().__init__(alpha)
         try:
+            if isinstance(l1_ratio, (str, bytes, bool)):
+                raise TypeError
             ok = 0.0 <= float(l1_ratio) <= 1.0
         except (TypeError, ValueError):
             ok = False
@@ -292,7 +302,8 @@ class GroupLasso(Penalty):
                     "or a built-in grouping ('rows', 'inputs', 'channels')"
                 )
             # harmonic mean: lr / mean(sqrt(v_hat) + eps), not swamped by near-zero v entries
-            out.append(s.reciprocal().mean(dim=g._reduce_dims(w), keepdim=True).reciprocal())
+            # (nanmean: a NaN v_hat entry, from a NaN gradient, does not poison its group)
+            out.append(s.reciprocal().nanmean(dim=g._reduce_dims(w), keepdim=True).reciprocal())
         return out
 
     def __repr__(self):
@@ -315,33 +326,47 @@ class L2SP(Penalty):
     def __init__(self, alpha, reference: Mapping[str, Tensor] | None = None):
         super().__init__(alpha)
         self.reference = reference
-        self._bound: dict[int, Tensor] = {}
+        # keyed by the parameter itself (hash = identity): a deepcopy or pickle of the
+        # penalty with its parameters maps the keys to the copies; id(param) would not
+        self._bound: dict[Tensor, Tensor] = {}
 
     def bind(self, name, param):
         super().bind(name, param)
         if self.reference is None:
             ref = param.detach().clone()
-        elif name not in self.reference:
-            raise ValueError(
-                f"L2SP reference has no entry for '{name}'; pass a state_dict that contains it, "
-                f"or exclude '{name}' from this rule"
-            )
         else:
-            ref = torch.as_tensor(self.reference[name]).detach()
+            ref = torch.as_tensor(self._lookup(name)).detach()
             if ref.shape != param.shape:
                 raise ValueError(
                     f"L2SP reference for '{name}' has shape {tuple(ref.shape)} but the parameter "
                     f"has shape {tuple(param.shape)}; pass the matching pretrained weights"
                 )
             ref = ref.to(device=param.device, dtype=param.dtype).clone()
-        self._bound[id(param)] = ref
+        self._bound[param] = ref
         return ref
+
+    def _lookup(self, name: str):
+        """The reference for ``name``, also under a DDP (``module.``) or compiled
+        (``_orig_mod.``) model's key, as in that model's ``state_dict()``."""
+        if name in self.reference:
+            return self.reference[name]
+        from .rules import strip_wrappers
+
+        for key in self.reference:
+            if isinstance(key, str) and strip_wrappers(key) == name:
+                return self.reference[key]
+        keys = [k for k in self.reference if isinstance(k, str)]
+        shown = ", ".join(repr(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+        raise ValueError(
+            f"L2SP reference has no entry for '{name}' (its keys are {shown or 'none'}); pass a "
+            f"state_dict that contains it, or exclude '{name}' from this rule"
+        )
 
     def _refs(self, tensors, references):
         if references is not None:
             return references
         try:
-            return [self._bound[id(w)] for w in tensors]
+            return [self._bound[w] for w in tensors]
         except KeyError:
             raise ValueError("L2SP.value() needs references= for tensors not bound by regularize()") from None
 

@@ -3,17 +3,25 @@
 A rule's ``params`` selects parameters by name glob (``fnmatch``, e.g. ``"*.bias"``,
 ``"fc1.weight"``), by module type (every parameter a module of that type owns directly),
 by predicate ``f(name, param, module) -> bool``, or by a list of these (their union).
+Names are those of the unwrapped model; a ``module.`` (DDP/DataParallel) or ``_orig_mod.``
+(``torch.compile``) prefix, as in the wrapper's ``named_parameters()`` or ``state_dict()``,
+is accepted too. A tied parameter (an LM head sharing the embedding table) is one
+parameter with several names: any of them selects it, and it is listed under the first.
 
-``params=None`` means the *default selection*: the trainable weights of Linear and Conv
-layers (frozen ones, ``requires_grad=False``, are left alone).
-Biases, norm layers and embeddings get nothing unless a rule names them. Explicit rules
-take precedence over the default selection; two explicit rules naming one parameter is an
-error, as is a rule that matches nothing.
+``params=None`` means the *default selection*, what timm and Hugging Face decay: every
+trainable (``requires_grad``) parameter with 2 or more dimensions - Linear, Conv,
+Bilinear, ``MultiheadAttention.in_proj_weight``, LSTM/GRU ``weight_ih``/``weight_hh``,
+bare ``nn.Parameter`` matrices - except biases (``bias``, ``bias_k``, ...), norm layers and
+embedding tables. A tied weight is selected if any of its uses is (a tied LM head is
+decayed, as its untied version would be). Explicit rules take precedence over the default
+selection; two explicit rules naming one parameter is an error, as is a rule that matches
+nothing.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -30,6 +38,7 @@ __all__ = [
     "weights",
     "default_selection",
     "named_params",
+    "param_aliases",
     "resolve",
     "Binding",
 ]
@@ -44,7 +53,7 @@ _NORMS = (
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
-_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def norm_layers(name: str, param: torch.Tensor, module: nn.Module) -> bool:
@@ -88,8 +97,38 @@ def weights(*types: type) -> Callable[[str, torch.Tensor, nn.Module], bool]:
     return select
 
 
-default_selection = weights(*_WEIGHTED)
-default_selection.__name__ = "Linear/Conv weights"
+def _is_bias(name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf == "bias" or leaf.startswith("bias_") or leaf.endswith("_bias")
+
+
+def default_selection(name: str, param: torch.Tensor, module: nn.Module) -> bool:
+    """The default: weights of 2 or more dimensions, except biases, norms and embeddings.
+
+    (Frozen parameters are left out by :func:`resolve`, not here.)
+
+    >>> default_selection("attn.in_proj_weight", torch.zeros(6, 2), nn.MultiheadAttention(2, 1))
+    True
+    >>> default_selection("emb.weight", torch.zeros(3, 2), nn.Embedding(3, 2))
+    False
+    """
+    if param is None or param.ndim < 2 or _is_bias(name):
+        return False
+    return not isinstance(module, _NORMS + _EMBEDDINGS)
+
+
+default_selection.__name__ = "weights >= 2-D"
+
+
+def strip_wrappers(name: str) -> str:
+    """Remove leading ``module.`` / ``_orig_mod.`` (DDP, DataParallel, torch.compile).
+
+    >>> strip_wrappers("_orig_mod.module.fc1.weight")
+    'fc1.weight'
+    """
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
 
 
 @dataclass
@@ -98,7 +137,8 @@ class Rule:
 
     Args:
         penalty: a :class:`~decaylab.penalties.Penalty`, or ``None`` for "no penalty".
-        params: selector(s); ``None`` = default selection (Linear/Conv weights).
+        params: selector(s); ``None`` = default selection (trainable weights of 2 or more
+            dimensions, except biases, norm layers and embeddings).
         mode: ``"prox"``, ``"decoupled"`` or ``"coupled"``; ``None`` = the penalty's default.
         metric: ``"lr"`` (prox step = the group's lr) or ``"adam"`` (prox in Adam's
             metric: per-coordinate step ``lr / (sqrt(v_hat) + eps)``).
@@ -129,6 +169,11 @@ class Rule:
             raise ValueError(f"unknown mode {self.mode!r} in rule for {self.penalty!r}; use one of {MODES}")
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; use one of {METRICS}")
+        if self.schedule is not None and not callable(self.schedule):
+            raise ValueError(
+                f"schedule must be a function f(step) -> multiplier, got {self.schedule!r}; "
+                f"e.g. schedule=lambda step: min(1.0, step / 1000)"
+            )
         if self.metric == "adam" and self.mode != "prox":
             raise ValueError(f"metric='adam' applies to mode='prox' only, got mode={self.mode!r}")
         if not self.label:
@@ -162,15 +207,69 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter, nn.Module]]:
-    """(name, parameter, owning module) for each distinct parameter, in model order."""
-    seen, out = set(), []
+def param_aliases(model: nn.Module) -> list[tuple[str, nn.Parameter, list[tuple[str, nn.Module]]]]:
+    """(first name, parameter, [(name, owning module), ...]) for each distinct parameter.
+
+    A tied parameter has one entry with every name it goes by.
+
+    >>> m = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False))
+    >>> m[1].weight = m[0].weight
+    >>> [(n, [a for a, _ in al]) for n, _, al in param_aliases(m)]
+    [('0.weight', ['0.weight', '1.weight'])]
+    """
+    index: dict[int, int] = {}
+    out: list[tuple[str, nn.Parameter, list]] = []
     for mod_name, module in unwrap(model).named_modules():
         for p_name, p in module.named_parameters(recurse=False):
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append((f"{mod_name}.{p_name}" if mod_name else p_name, p, module))
+            name = f"{mod_name}.{p_name}" if mod_name else p_name
+            if id(p) in index:
+                out[index[id(p)]][2].append((name, module))
+            else:
+                index[id(p)] = len(out)
+                out.append((name, p, [(name, module)]))
     return out
+
+
+def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter, nn.Module]]:
+    """(name, parameter, owning module) for each distinct parameter, in model order."""
+    return [(name, p, aliases[0][1]) for name, p, aliases in param_aliases(model)]
+
+
+def _check_selector(sel) -> None:
+    if sel is None or isinstance(sel, (str, torch.Tensor)):
+        return
+    if isinstance(sel, (list, tuple)):
+        for s in sel:
+            _check_selector(s)
+        return
+    if isinstance(sel, type) and issubclass(sel, nn.Module):
+        return
+    if callable(sel) and not isinstance(sel, type):
+        try:
+            inspect.signature(sel).bind("name", None, None)
+        except TypeError:
+            raise ValueError(
+                f"the predicate {getattr(sel, '__name__', sel)!r} must take (name, param, module); "
+                f"write it as lambda name, param, module: ..."
+            ) from None
+        except ValueError:  # no signature to inspect (some builtins): call it and see
+            pass
+        return
+    raise ValueError(
+        f"cannot select parameters with {sel!r}; use a name glob, a module type, a predicate "
+        f"f(name, param, module) -> bool, or a list of these"
+    )
+
+
+def _normalize(sel, names: list[str]):
+    """Patterns written against a wrapper (``module.``/``_orig_mod.``) match the unwrapped
+    names; a pattern that matches as written (a submodule really named ``module``) stays."""
+    if isinstance(sel, (list, tuple)):
+        return [_normalize(s, names) for s in sel]
+    if isinstance(sel, str) and sel.startswith(_WRAPPER_PREFIXES):
+        if not any(fnmatch.fnmatchcase(n, sel) for n in names):
+            return strip_wrappers(sel)
+    return sel
 
 
 def _matches(sel, name: str, param, module) -> bool:
@@ -184,12 +283,11 @@ def _matches(sel, name: str, param, module) -> bool:
         return isinstance(module, sel)
     if isinstance(sel, torch.Tensor):
         return sel is param
-    if callable(sel):
-        return bool(sel(name, param, module))
-    raise ValueError(
-        f"cannot select parameters with {sel!r}; use a name glob, a module type, a predicate "
-        f"f(name, param, module) -> bool, or a list of these"
-    )
+    return bool(sel(name, param, module))
+
+
+def _matches_any(sel, param, aliases) -> bool:
+    return any(_matches(sel, name, param, module) for name, module in aliases)
 
 
 @dataclass
@@ -208,13 +306,16 @@ def resolve(model: nn.Module, rules: Iterable[Rule]) -> tuple[list[Binding], lis
     Returns the bindings (rule order) and the names of parameters with no rule.
     """
     rules = list(rules)
-    items = named_params(model)
+    items = param_aliases(model)
+    all_names = [n for _, _, aliases in items for n, _ in aliases]
     owner: dict[str, int] = {}
     for i, rule in enumerate(rules):
         if rule.is_default:
             continue
-        for name, p, m in items:
-            if _matches(rule.params, name, p, m):
+        _check_selector(rule.params)
+        sel = _normalize(rule.params, all_names)
+        for name, p, aliases in items:
+            if _matches_any(sel, p, aliases):
                 if name in owner:
                     raise ValueError(
                         f"parameter '{name}' is selected by two rules ({_rule_str(rules[owner[name]])} "
@@ -225,20 +326,29 @@ def resolve(model: nn.Module, rules: Iterable[Rule]) -> tuple[list[Binding], lis
         if rule.is_default:
             if any(r.is_default for r in rules[:i]):
                 raise ValueError("two rules use the default selection (params=None); give one of them params=")
-            for name, p, m in items:
+            for name, p, aliases in items:
                 # frozen weights (requires_grad=False) are not trained, so not decayed
-                if name not in owner and p.requires_grad and _matches(None, name, p, m):
+                if name not in owner and p.requires_grad and _matches_any(None, p, aliases):
                     owner[name] = i
     bindings = []
     for i, rule in enumerate(rules):
-        chosen = [(n, p) for n, p, _ in items if owner.get(n) == i]
+        chosen = [(n, p, aliases) for n, p, aliases in items if owner.get(n) == i]
         if not chosen:
+            shown = ", ".join(f"'{n}'" for n, _, _ in items[:8]) + (", ..." if len(items) > 8 else "")
             raise ValueError(
                 f"rule {_rule_str(rule)} matches no parameter of {type(unwrap(model)).__name__}; "
-                f"check the pattern against the names in model.named_parameters()"
+                f"its parameters are named {shown or '(none)'} (a 'module.' or '_orig_mod.' prefix "
+                f"is optional); fix the pattern or drop the rule"
             )
-        ctxs = [rule.penalty.bind(n, p) if rule.penalty is not None else None for n, p in chosen]
-        bindings.append(Binding(rule, [n for n, _ in chosen], [p for _, p in chosen], ctxs))
+        if rule.penalty is not None and rule.mode == "coupled":
+            for n, _, aliases in chosen:
+                if any(getattr(m, "sparse", False) is True for _, m in aliases):
+                    raise ValueError(
+                        f"rule {_rule_str(rule)} couples a penalty into the sparse gradient of '{n}' "
+                        f"(an embedding with sparse=True); use mode='decoupled' or 'prox', or sparse=False"
+                    )
+        ctxs = [rule.penalty.bind(n, p) if rule.penalty is not None else None for n, p, _ in chosen]
+        bindings.append(Binding(rule, [n for n, _, _ in chosen], [p for _, p, _ in chosen], ctxs))
     free = [n for n, _, _ in items if n not in owner]
     return bindings, free
 

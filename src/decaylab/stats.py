@@ -8,24 +8,25 @@ import torch
 from torch import Tensor, nn
 
 from .groups import Columns, Rows
-from .rules import default_selection, named_params
+from .rules import default_selection, param_aliases
 
 __all__ = ["sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary", "selected_weights"]
 
 
 def selected_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
-    """(name, weight) of the default selection: the Linear/Conv weights.
+    """(name, weight) of the default selection: weights of 2 or more dimensions except
+    biases, norm layers and embeddings (tied weights once, under their first name).
 
     >>> [n for n, _ in selected_weights(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))]
     ['0.weight']
     """
-    return [(n, p) for n, p, m in named_params(model) if default_selection(n, p, m)]
+    return [(n, p) for n, p, aliases in param_aliases(model) if any(default_selection(a, p, m) for a, m in aliases)]
 
 
 def sparsity(tensors: nn.Module | Iterable[Tensor]) -> float:
     """Fraction of entries that are exactly zero.
 
-    A module counts its Linear/Conv weights (the default selection).
+    A module counts the weights of its default selection (Linear/Conv/attention/RNN matrices).
 
     >>> sparsity([torch.tensor([0.0, 1.0, 0.0, 2.0])])
     0.5
@@ -64,7 +65,7 @@ def surviving_inputs(weight: Tensor) -> Tensor:
 
 
 def layer_stats(model: nn.Module) -> dict[str, dict]:
-    """Per Linear/Conv weight: size, exact zeros, norms, live rows (neurons / channels).
+    """Per weight of the default selection: size, exact zeros, norms, live rows (neurons / channels).
 
     >>> s = layer_stats(nn.Linear(3, 2))
     >>> s["weight"]["numel"], s["weight"]["rows"]

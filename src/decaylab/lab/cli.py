@@ -2,9 +2,13 @@
 
     decaylab compare [CONFIG.toml] [--set key=value ...]   several penalties, one report
     decaylab train CONFIG.toml [--set key=value ...]       one penalty setting
+    decaylab resume RUN_DIR                                continue an interrupted run folder
     decaylab report RUN_DIR                                rebuild report.html from a run folder
     decaylab select [CONFIG.toml] [--set key=value ...]    which features matter (selection.json)
     decaylab compact RUN_DIR                               remove zero neurons/channels/inputs
+
+Bad input (config, paths, devices, data) is one line on stderr and exit code 2, checked
+before a run folder is created; a failed run exits 1, Ctrl-C exits 130 after a checkpoint.
 """
 
 from __future__ import annotations
@@ -18,9 +22,17 @@ from . import config as config_mod
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"decaylab: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_ in (("compare", "train one model per penalty and compare them"),
                         ("train", "train one model with one penalty setting"),
                         ("select", "which of my features matter? (adaptive group lasso path, 1-SE choice)")):
@@ -31,13 +43,28 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--out", help="parent folder of the run folder (default: runs)")
         c.add_argument("--name", help="run folder name (default: COMMAND-DATA-TIME)")
         c.add_argument("--only", help="comma-separated run names to keep (compare)")
-        c.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+        c.add_argument("--quiet", action="store_true", help="print only the run folder's path")
+        c.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as TOML (a valid CONFIG file) and exit")
+    c = sub.add_parser("resume", help="continue an interrupted compare/train run folder from its checkpoints")
+    c.add_argument("run_dir", help="the run folder")
+    c.add_argument("--quiet", action="store_true", help="print only the run folder's path")
     r = sub.add_parser("report", help="rebuild report.html from a run folder alone")
     r.add_argument("run_dir", nargs="+", help="run folder (several with --markdown)")
     r.add_argument("--markdown", action="store_true", help="print the results as one Markdown table instead")
     k = sub.add_parser("compact", help="remove zero neurons, channels and inputs of each run's model")
     k.add_argument("run_dir", help="run folder written by compare/train")
     return p
+
+
+def _version() -> str:
+    import platform
+
+    import torch
+
+    import decaylab
+
+    return f"decaylab {decaylab.__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 def _resolve(args) -> dict:
@@ -59,15 +86,45 @@ def _resolve(args) -> dict:
 
 
 def _experiment(args) -> int:
+    cfg = _resolve(args)
+    if args.print_config:
+        print(config_mod.to_toml(cfg, args.command), end="")
+        return 0
+    from . import train
+
+    data = train.prepare(cfg)  # bad input fails here, before a run folder exists
+    run_dir = train.new_run_dir(cfg, args.command)
+    return _train(args, cfg, run_dir, lambda progress: train.run_experiment(
+        cfg, args.command, progress=progress, run_dir=run_dir, data=data))
+
+
+def _resume(args) -> int:
+    from . import runfolder, train
+
+    run_dir = Path(args.run_dir)
+    cfg = train.folder_config(run_dir)
+    data = train.prepare(cfg)
+    then = (runfolder.read_config(run_dir).get("versions") or {})
+    now = train.versions()
+    changed = [f"{k} {then[k]} -> {now[k]}" for k in ("decaylab", "torch", "numpy") if then.get(k, now[k]) != now[k]]
+    if changed:
+        print(f"decaylab: note: versions changed since the run started ({', '.join(changed)}); the resumed "
+              f"run may differ from an uninterrupted one in the last bits", file=sys.stderr)
+    return _train(args, cfg, run_dir, lambda progress: train.resume_experiment(run_dir, progress, data))
+
+
+def _train(args, cfg: dict, run_dir: Path, go) -> int:
     from . import console, train
 
-    cfg = _resolve(args)
-    run_dir = train.new_run_dir(cfg, args.command)
     ui = console.Console(quiet=args.quiet)
-    ui.say(f"run folder: {run_dir}")
+    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
         with ui.progress(cfg) as progress:
-            train.run_experiment(cfg, args.command, progress=progress, run_dir=run_dir)
+            go(progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: checkpointed after the current step; continue with: "
+              f"{train.resume_command(run_dir)}", file=sys.stderr)
+        raise
     finally:
         report = _build_report(run_dir, ui)
     ui.table(run_dir)
@@ -109,16 +166,24 @@ def main(argv: list[str] | None = None) -> int:
             for run_dir in args.run_dir:
                 print(f"report: {build_report(run_dir)}")
             return 0
+        if args.command == "resume":
+            return _resume(args)
         return _experiment(args)
     except KeyboardInterrupt:
-        print("interrupted; finished epochs are in the run folder (status: interrupted)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (config_mod.ConfigError, FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"decaylab: error: {err}", file=sys.stderr)
+    except (config_mod.ConfigError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+        print(f"decaylab: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:
-        print(f"decaylab: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"decaylab: failed: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _one_line(err) -> str:
+    """The message on one line: line breaks a user typed into a key or path are escaped."""
+    text = str(err)
+    return text.translate({c: repr(chr(c))[1:-1] for c in range(32)} | {0x85: "\\x85", 0x2028: "\\u2028",
+                                                                         0x2029: "\\u2029"})
 
 
 if __name__ == "__main__":

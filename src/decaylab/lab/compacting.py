@@ -2,14 +2,14 @@
 
 For each ``runs/NAME/model.pt`` the model is rebuilt from ``config.json``, compacted with
 :func:`decaylab.compact`, checked on the test set (max abs difference of the outputs), and
-saved as ``runs/NAME/compact.pt`` (the whole module, ``torch.load(weights_only=False)``)
-with ``runs/NAME/compact.json``: kept input indices, units kept per layer, parameters
+saved as ``runs/NAME/compact.pt`` (the compacted module's ``state_dict``: tensors only, so
+it loads with ``weights_only=True``; ``decaylab.compact`` on the run's model rebuilds the
+module deterministically) with ``runs/NAME/compact.json``: kept input indices, units kept per layer, parameters
 before and after, the test-set difference and the CPU inference speed-up (batch 256).
 """
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -21,19 +21,11 @@ import decaylab as dl
 from .models import build_model
 
 
-def _load_config(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no config.json; pass a folder written by 'decaylab compare' "
-                                f"or 'decaylab train'")
-    return json.loads(path.read_text())
-
-
-def _rebuild(cfg: dict, data, state_path: Path) -> torch.nn.Module:
+def _rebuild(cfg: dict, data, run) -> torch.nn.Module:
     model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
                         hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
                         dropout=cfg["model"]["dropout"])
-    model.load_state_dict(torch.load(state_path, map_location="cpu"))
+    model.load_state_dict(run.load_model())
     return model.eval()
 
 
@@ -55,17 +47,19 @@ def time_inference(model: torch.nn.Module, x: torch.Tensor, repeats: int = 20) -
 
 def compact_run_folder(run_dir, say=print) -> dict:
     """Compact every run of ``run_dir``; returns ``{run name: compact.json contents}``."""
-    from .train import _load_data
+    from . import runfolder
+    from .train import _load_data, folder_config
 
     run_dir = Path(run_dir)
-    cfg = _load_config(run_dir)
-    models = sorted((run_dir / "runs").glob("*/model.pt"))
+    cfg = folder_config(run_dir)
+    models = sorted((run_dir / "runs").glob(f"*/{runfolder.MODEL}"))
     if not models:
-        raise FileNotFoundError(f"{run_dir} has no runs/*/model.pt; train first (decaylab compare/train)")
+        raise FileNotFoundError(f"{run_dir} has no runs/*/{runfolder.MODEL}; train first (decaylab compare/train)")
     data = _load_data(cfg)
     out = {}
     for path in models:
-        model = _rebuild(cfg, data, path)
+        run = runfolder.Run(path.parent)
+        model = _rebuild(cfg, data, run)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             small = dl.compact(model)
@@ -82,8 +76,8 @@ def compact_run_folder(run_dir, say=print) -> dict:
                       "params_before": info.params_before, "params_after": info.params_after,
                       "max_abs_diff_test": diff,
                       "speedup_batch256": time_inference(model, batch) / time_inference(small, batch)}
-            torch.save(small, path.parent / "compact.pt")
-        (path.parent / "compact.json").write_text(json.dumps(result, indent=2))
+            runfolder.save_pt(small.state_dict(), path.parent / "compact.pt")
+        runfolder.write_json(path.parent / "compact.json", result)
         name = path.parent.name
         say(f"{name}: " + (small.compaction.summary() + f"; test max |diff| {result['max_abs_diff_test']:.2g}, "
                            f"{result['speedup_batch256']:.2f}x faster (batch 256)"

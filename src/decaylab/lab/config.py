@@ -8,6 +8,7 @@ The resolved config is saved in every run folder.
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from typing import Any
 
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "cpu",
         "threads": 1,  # small models train fastest on one thread; 0 = torch's default
         "jobs": 1,  # runs trained at once in separate processes (each with `threads`)
+        "checkpoint": True,  # an atomic checkpoint per epoch, for `decaylab resume`
     },
     # decaylab select: adaptive group lasso path on the first layer's columns (lab/select.py)
     "select": {"alpha_max": 16.0, "alpha_min": 1.0, "n_alphas": 12, "gamma": 2.0,
@@ -49,7 +51,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "mode": "",  # "" = the penalty's default (prox for L1/EN/GL, decoupled for L2/L2SP)
     "l1_ratio": 0.5,
     "groups": "inputs",
-    "params": "",  # "" = Linear/Conv weights; "first" = the first layer's weight; or a glob
+    "params": "",  # "" = the default selection (weights >= 2-D); "first" = the first layer's weight; or a glob
     "metric": "lr",
     "warmup_epochs": 0,
     "finetune_epochs": 0,
@@ -79,6 +81,28 @@ CHOICES = {
 }
 
 
+# Numeric keys and the values they accept (a penalty's alpha and l1_ratio are checked by
+# the penalty itself, see train.check_runs): (low, high, low inclusive, high inclusive).
+RANGES = {
+    "seed": (0, None, True, True),
+    "data.val_fraction": (0.0, 1.0, False, False),
+    "data.n_train": (0, None, True, True),
+    "model.dropout": (0.0, 1.0, True, False),
+    "train.epochs": (1, None, True, True),
+    "train.batch_size": (1, None, True, True),
+    "train.lr": (0.0, None, False, True),
+    "train.momentum": (0.0, 1.0, True, False),
+    "train.threads": (0, None, True, True),
+    "train.jobs": (1, None, True, True),
+    "warmup_epochs": (0, None, True, True),
+    "finetune_epochs": (0, None, True, True),
+    "finetune_lr": (0.0, None, True, True),
+}
+
+# Models whose widths are fixed: model.hidden is set to what they really use.
+FIXED_HIDDEN = {"linear": [], "lenet300": [300, 100], "cnn": [120, 84]}
+
+
 class ConfigError(ValueError):
     """A config key or value that cannot be used; the message lists what can."""
 
@@ -102,11 +126,37 @@ def _check_value(key: str, default, value):
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(f"config key '{key}' must be {_type_name(default)}, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be {_type_name(default)}, got {value!r}")
     short = key.split(".")[-1] if key.startswith(("runs", "penalty")) else key
     if short in CHOICES and value not in CHOICES[short]:
-        raise ConfigError(f"config key '{key}' = {value!r} is not one of {CHOICES[short]}")
+        raise ConfigError(f"config key {key!r} = {value!r} is not one of {CHOICES[short]}")
+    if short in RANGES:
+        _check_range(key, value, *RANGES[short])
+    if short == "model.hidden" and any(w < 1 for w in value):
+        raise ConfigError(f"config key {key!r} = {value!r}: every width must be >= 1")
+    if short == "name" and value:
+        _check_name(key, value)
     return value
+
+
+def _check_range(key: str, value, low, high, low_in: bool, high_in: bool) -> None:
+    import math
+
+    ok = math.isfinite(value) and (low is None or (value >= low if low_in else value > low)) \
+        and (high is None or (value <= high if high_in else value < high))
+    if not ok:
+        lo = "" if low is None else f"{'[' if low_in else '('}{low}"
+        hi = "inf)" if high is None else f"{high}{']' if high_in else ')'}"
+        raise ConfigError(f"config key {key!r} = {value!r} is out of range; it must be in {lo}, {hi}")
+
+
+def _check_name(key: str, value: str) -> None:
+    from .runfolder import check_name
+
+    try:
+        check_name(value, f"config key {key!r}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _merge(base: dict, update: dict, prefix: str = "") -> dict:
@@ -114,10 +164,10 @@ def _merge(base: dict, update: dict, prefix: str = "") -> dict:
     for k, v in update.items():
         key = f"{prefix}{k}"
         if k not in base:
-            raise ConfigError(f"unknown config key '{key}'; valid keys here: {sorted(base)}")
+            raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(base)}")
         if isinstance(base[k], dict):
             if not isinstance(v, dict):
-                raise ConfigError(f"config key '{key}' is a table; valid keys: {sorted(base[k])}")
+                raise ConfigError(f"config key {key!r} is a table; valid keys: {sorted(base[k])}")
             out[k] = _merge(base[k], v, key + ".")
         else:
             out[k] = _check_value(key, base[k], v)
@@ -142,20 +192,43 @@ def resolve(file_cfg: dict | None = None, overrides: list[str] | None = None, *,
     runs = file_cfg.pop("runs", None)
     penalty = file_cfg.pop("penalty", None)
     cfg = _merge(DEFAULTS, file_cfg)
+    auto_name = False
     if command == "train":
         if runs is not None:
             raise ConfigError("'runs' is for 'decaylab compare'; 'decaylab train' takes one [penalty] table")
+        if penalty is not None and not isinstance(penalty, dict):
+            raise ConfigError(f"'penalty' must be a table (e.g. [penalty] penalty = \"l1\"), got {penalty!r}")
         cfg["runs"] = [resolve_run(penalty or {}, "penalty")]
+        auto_name = not (penalty or {}).get("name")
     else:
+        if runs is not None and not (isinstance(runs, list) and all(isinstance(r, dict) for r in runs)):
+            raise ConfigError(f"'runs' must be a list of [[runs]] tables, got {runs!r}")
         if penalty is not None:
             raise ConfigError("'penalty' is for 'decaylab train'; 'decaylab compare' takes [[runs]] tables")
         cfg["runs"] = [resolve_run(r, f"runs[{i}]") for i, r in enumerate(runs if runs is not None else DEFAULT_RUNS)]
     for item in overrides or []:
         _apply_override(cfg, item, command)
+        if auto_name and item.partition("=")[0].strip() == "penalty.name":
+            auto_name = False
+    if auto_name:  # named after the penalty it ended with, e.g. --set penalty.penalty=l1
+        cfg["runs"][0]["name"] = cfg["runs"][0]["penalty"]
+    _check_consistent(cfg, command)
     names = [r["name"] for r in cfg["runs"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"run names must be unique, got {names}; set 'name' in each [[runs]] table")
     return cfg
+
+
+def _check_consistent(cfg: dict, command: str) -> None:
+    """Checks across keys: fixed model widths, a strength without a penalty."""
+    model = cfg["model"]
+    fixed = FIXED_HIDDEN.get(model["kind"])
+    if fixed is not None:  # the saved config (and the report header) says what was built
+        model["hidden"] = list(fixed)
+    for run in cfg["runs"]:
+        if command == "train" and run["penalty"] == "none" and run["alpha"] != 0:
+            raise ConfigError(f"penalty.alpha={run['alpha']} has no effect: the penalty is 'none'; add "
+                              f"--set penalty.penalty=l1 (or l2, elasticnet, grouplasso, l2sp)")
 
 
 def parse_value(text: str):
@@ -178,27 +251,27 @@ def _apply_override(cfg: dict, item: str, command: str) -> None:
     node, default = cfg, DEFAULTS
     for p in parts[:-1]:
         if p not in default or not isinstance(default[p], dict):
-            raise ConfigError(f"unknown config key '{key}'; valid top-level keys: {sorted(DEFAULTS) + ['runs']}")
+            raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {sorted(DEFAULTS) + ['runs']}")
         node, default = node[p], default[p]
     if parts[-1] not in default or isinstance(default[parts[-1]], dict):
-        raise ConfigError(f"unknown config key '{key}'; valid keys here: {sorted(default)}")
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {sorted(default)}")
     node[parts[-1]] = _check_value(key, default[parts[-1]], value)
 
 
 def _override_run(cfg: dict, parts: list[str], value, key: str, command: str) -> None:
     if parts[0] == "penalty":
         if command != "train" or len(parts) != 2:
-            raise ConfigError(f"'{key}': use penalty.KEY with 'decaylab train', runs.NAME.KEY with compare")
+            raise ConfigError(f"{key!r}: use penalty.KEY with 'decaylab train', runs.NAME.KEY with compare")
         targets, field = cfg["runs"], parts[1]
     else:
         if len(parts) != 3:
-            raise ConfigError(f"'{key}': use runs.NAME.KEY (runs: {[r['name'] for r in cfg['runs']]})")
+            raise ConfigError(f"{key!r}: use runs.NAME.KEY (runs: {[r['name'] for r in cfg['runs']]})")
         targets = [r for r in cfg["runs"] if r["name"] == parts[1] or parts[1] == "*"]
         if not targets:
-            raise ConfigError(f"'{key}': no run named {parts[1]!r}; runs are {[r['name'] for r in cfg['runs']]}")
+            raise ConfigError(f"{key!r}: no run named {parts[1]!r}; runs are {[r['name'] for r in cfg['runs']]}")
         field = parts[2]
     if field not in RUN_DEFAULTS:
-        raise ConfigError(f"unknown config key '{key}'; valid keys of a run: {sorted(RUN_DEFAULTS)}")
+        raise ConfigError(f"unknown config key {key!r}; valid keys of a run: {sorted(RUN_DEFAULTS)}")
     for run in targets:
         run[field] = _check_value(key, RUN_DEFAULTS[field], value)
 
@@ -212,3 +285,42 @@ def load_file(path) -> dict:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if not isinstance(v, float) or v == v and abs(v) != float("inf") else \
+            ("nan" if v != v else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    # a TOML basic string: JSON's escapes are valid TOML; TOML also escapes DEL
+    return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_table(header: str, table: dict) -> list[str]:
+    lines = [header] if header else []
+    lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    return lines
+
+
+def to_toml(cfg: dict, command: str = "compare") -> str:
+    """The resolved config as a TOML file that :func:`resolve` reads back to the same config
+    (``decaylab compare --print-config``).
+
+    >>> cfg = resolve({}, ["train.epochs=3"])
+    >>> resolve(tomllib.loads(to_toml(cfg))) == cfg
+    True
+    """
+    top = {k: v for k, v in cfg.items() if k != "runs"}
+    lines = _toml_table("", top)
+    for k, v in top.items():
+        if isinstance(v, dict):
+            lines += [""] + _toml_table(f"[{k}]", v)
+    if command == "train":
+        lines += [""] + _toml_table("[penalty]", cfg["runs"][0])
+    else:
+        for run in cfg["runs"]:
+            lines += [""] + _toml_table("[[runs]]", run)
+    return "\n".join(lines) + "\n"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
+
+from . import runfolder
 
 
 class Console:
@@ -56,25 +57,36 @@ class Console:
             return
         from rich.table import Table
 
+        folder = runfolder.load(run_dir)
         t = Table(title=f"decaylab: {run_dir}")
-        for col in ("run", "penalty", "test acc", "gap", "exact zeros", "inputs kept", "epoch s"):
+        for col in ("run", "penalty", _test_label([folder]), "gap", "exact zeros", "inputs kept", "epoch s"):
             t.add_column(col, justify="left" if col in ("run", "penalty") else "right")
-        cfg = json.loads((run_dir / "config.json").read_text())
-        for run in cfg["runs"]:
-            spec_file = run_dir / "runs" / run["name"] / "spec.json"
-            if not spec_file.exists():
-                t.add_row(run["name"], "not started", "", "", "", "", "")
+        for name, run in _runs_in_order(folder):
+            if run is None or not run["spec"]:
+                t.add_row(name, "not started", "", "", "", "", "")
                 continue
-            spec = json.loads(spec_file.read_text())
-            final_file = spec_file.parent / "final.json"
-            if not final_file.exists():
+            spec, f = run["spec"], run["final"]
+            if f is None:
                 t.add_row(spec["name"], spec["describe"], "incomplete", "", "", "", "")
                 continue
-            f = json.loads(final_file.read_text())
             acc, kept = _acc_and_kept(f)
             t.add_row(spec["name"], spec["describe"], _num(acc), f"{f['gap']:+.3f}", f"{f['zero_fraction']:.1%}",
                       kept, f"{f.get('mean_epoch_time', 0):.2f}")
         self.out.print(t)
+
+
+def _runs_in_order(folder: dict):
+    """(name, run or None) for each run config.json names, in its order."""
+    by_name = {r["name"]: r for r in folder["runs"]}
+    return [(run["name"], by_name.get(run["name"])) for run in folder["config"].get("runs", [])]
+
+
+def _test_label(folders: list[dict]) -> str:
+    """'test acc', or 'test MSE' when every folder is a regression task."""
+    tasks = {f["data"].get("task") for f in folders}
+    if tasks == {"regression"}:
+        return "test MSE"
+    return "test acc" if "regression" not in tasks else "test acc / MSE"
 
 
 def _acc_and_kept(final: dict) -> tuple[float, str]:
@@ -91,17 +103,20 @@ def _num(x) -> str:
 def markdown_table(run_dirs, within: float = 0.005) -> str:
     """Results of one or more run folders as one Markdown table, plus the sparsest run that
     stays within ``within`` (absolute test accuracy) of the best dense run (no penalty or L2)."""
-    lines = ["| run | penalty | test acc | train−test gap | exact-zero weights | inputs kept | epoch time (s) |",
+    folders = []
+    for run_dir in [run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs:
+        runfolder.read_config(run_dir)  # not a run folder: one clear error
+        folders.append(runfolder.load(run_dir))
+    lines = [f"| run | penalty | {_test_label(folders)} | train−test gap | exact-zero weights | inputs kept "
+             f"| epoch time (s) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     done = []
-    for run_dir in [run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs:
-        run_dir = Path(run_dir)
-        cfg = json.loads((run_dir / "config.json").read_text())
-        for run in cfg["runs"]:
-            row = _markdown_row(run_dir / "runs" / run["name"], run)
-            lines.append(row[0])
-            if row[1] is not None:
-                done.append((run, row[1]))
+    for folder in folders:
+        for name, run in _runs_in_order(folder):
+            row = _markdown_row(name, run)
+            lines.append(row)
+            if run is not None and run["final"] is not None:
+                done.append((run["spec"], run["final"]))
     dense = [f["test_acc"] for r, f in done if r["penalty"] in ("none", "l2") and f["test_acc"] is not None]
     if dense:
         best = max(dense)
@@ -112,10 +127,10 @@ def markdown_table(run_dirs, within: float = 0.005) -> str:
     return "\n".join(lines)
 
 
-def _markdown_row(d: Path, run: dict):
-    if not (d / "final.json").exists():
-        return f"| {run['name']} | incomplete | | | | | |", None
-    spec, f = json.loads((d / "spec.json").read_text()), json.loads((d / "final.json").read_text())
+def _markdown_row(name: str, run: dict | None) -> str:
+    if run is None or run["final"] is None:
+        return f"| {name} | incomplete | | | | | |"
+    spec, f = run["spec"], run["final"]
     acc, kept = _acc_and_kept(f)
-    return (f"| {run['name']} | {spec['describe']} | {acc:.4f} | {f['gap']:+.4f} | "
-            f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.3g} |"), f
+    return (f"| {name} | {spec['describe']} | {acc:.4f} | {f['gap']:+.4f} | "
+            f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.3g} |")

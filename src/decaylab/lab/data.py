@@ -185,7 +185,8 @@ def _fetch(url: str, target: Path, md5: str) -> None:
                 digest.update(chunk)
                 out.write(chunk)
         if digest.hexdigest() != md5:
-            raise ValueError(f"MD5 mismatch for {url}: got {digest.hexdigest()}, expected {md5}")
+            raise ValueError(f"MD5 mismatch for {url}: got {digest.hexdigest()}, expected {md5}; "
+                             f"the downloaded file was deleted")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -211,7 +212,8 @@ def _download(name: str, folder: Path) -> list[str]:
 
 
 def _not_found(name: str, dirs: list[Path], errors: list[str]) -> DataNotFoundError:
-    how = ["set $DECAYLAB_DATA to a folder holding them (or pass root=)",
+    how = ["point decaylab at a folder holding them with --set data.root=FOLDER (root= in Python, "
+           "or $DECAYLAB_DATA)",
            "allow download=True" if not errors else "retry the download"]
     if name == "fashion-mnist":
         how.insert(0, "apt-get install dataset-fashion-mnist")

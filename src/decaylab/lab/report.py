@@ -14,10 +14,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
-import os
 import pathlib
+
+from . import runfolder
 
 _STYLE = {
     "svg.hashsalt": "decaylab", "figure.dpi": 100, "savefig.dpi": 100,
@@ -27,6 +27,7 @@ _STYLE = {
 }
 _PNG_METADATA = {"Software": None}
 _ZERO_COLOR = "crimson"
+_BAR_LABEL_IN, _LEGEND_IN = 0.34, 2.8   # layer-sparsity figure: inches per bar, for the rest
 _MASK_CMAP = "Blues"
 
 _FIGURES = {   # figure id -> (section title, caption: what a learner should look for)
@@ -64,73 +65,7 @@ img{max-width:100%;height:auto}figcaption{color:#444;font-size:.95em}
 
 
 # ----------------------------------------------------------------------------- loading
-def _read_json(path, default=None):
-    """Parse a JSON file; a missing or half-written file gives ``default``."""
-    try:
-        return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return default
-
-
-def _read_metrics(path):
-    """One dict per parsable line of ``metrics.jsonl``; a partial last line is skipped."""
-    path, rows = pathlib.Path(path), []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() \
-        if path.exists() else []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [row for row in rows if isinstance(row, dict)]
-
-
-def _config_order(config):
-    """Run names in the order ``config.json["runs"]`` lists them (names, dicts or a map)."""
-    runs = config.get("runs")
-    items = list(runs) if isinstance(runs, (list, dict)) else []
-    return [str(item["name"]) if isinstance(item, dict) else item for item in items
-            if isinstance(item, str) or (isinstance(item, dict) and "name" in item)]
-
-
-def _load_run(run_dir):
-    spec = _read_json(run_dir / "spec.json", {}) or {}
-    final = _read_json(run_dir / "final.json")
-    return {"name": str(spec.get("name", run_dir.name)), "dir": run_dir.name, "spec": spec,
-            "metrics": _read_metrics(run_dir / "metrics.jsonl"),
-            "final": final if isinstance(final, dict) else None}
-
-
-def load_run_folder(run_dir) -> dict:
-    """Read a run folder (see docs/run-folder.md) into plain Python data.
-
-    Args:
-        run_dir: the folder written by ``decaylab compare`` / ``decaylab train``.
-
-    Returns:
-        ``{"path", "config", "status", "data", "runs"}``; each run is ``{"name", "dir",
-        "spec", "metrics" (list of epoch dicts), "final" (dict, or None if incomplete)}``,
-        ordered as ``config.json["runs"]`` names them, else alphabetically.
-
-    Raises:
-        FileNotFoundError: if ``run_dir`` has neither ``config.json`` nor ``runs/``.
-
-    >>> load_run_folder("runs/digits-compare")["runs"][0]["name"]  # doctest: +SKIP
-    'none'
-    """
-    root = pathlib.Path(run_dir)
-    if not (root / "config.json").is_file() and not (root / "runs").is_dir():
-        raise FileNotFoundError(f"'{root}' is not a run folder: it has no config.json and no "
-                                f"runs/; pass the folder written by 'decaylab compare'")
-    config = _read_json(root / "config.json", {}) or {}
-    runs_dir = root / "runs"
-    runs = [_load_run(p) for p in sorted(runs_dir.iterdir()) if p.is_dir()] \
-        if runs_dir.is_dir() else []
-    rank = {name: i for i, name in enumerate(_config_order(config))}
-    runs.sort(key=lambda r: (rank.get(r["name"], rank.get(r["dir"], len(rank))), r["name"]))
-    return {"path": str(root), "config": config,
-            "status": _read_json(root / "status.json", {}) or {},
-            "data": _read_json(root / "data.json", {}) or {}, "runs": runs}
+load_run_folder = runfolder.load   # the one reader of a run folder (kept here for callers)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -259,8 +194,14 @@ def _fig_layer_sparsity(run):
         return None
     names = list(dict.fromkeys(name for _, r in runs for name in _layers(r)))
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(max(5.0, 1.1 * len(names) * max(1, len(runs) / 3)), 3.2),
-                 layout="constrained")
+    # every bar gets room for its "100%" label (about 0.3 in at 7 pt); past 24 in, the
+    # labels turn vertical instead of colliding
+    bars_in = _BAR_LABEL_IN * len(runs) * len(names) / 0.8
+    legend_rows = math.ceil(len(runs) / 5) if len(runs) > 8 else 0  # many runs: legend below
+    side = 0.6 if legend_rows else _LEGEND_IN
+    width = min(max(5.0, side + bars_in), 24.0)
+    vertical = width - side < bars_in
+    fig = Figure(figsize=(width, 3.2 + 0.3 * vertical + 0.22 * legend_rows), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(runs)
     for i, (color, r) in enumerate(runs):
@@ -269,11 +210,14 @@ def _fig_layer_sparsity(run):
         values = [_zero_fraction(layers.get(n)) for n in names]
         bars = ax.bar(x, values, width, color=color, label=_label(r))
         ax.bar_label(bars, ["" if math.isnan(v) else f"{v:.0%}" for v in values],
-                     fontsize=7, padding=1)
+                     fontsize=7, padding=1, rotation=90 if vertical else 0)
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.3 if vertical else 1.1)
     ax.set_ylabel("exact-zero fraction")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    if legend_rows:
+        fig.legend(loc="outside lower center", ncols=5)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
@@ -491,7 +435,5 @@ def build_report(run_dir, out=None) -> pathlib.Path:
     run = load_run_folder(run_dir)
     page = _page_html(run, figures(run))
     path = pathlib.Path(out) if out is not None else pathlib.Path(run_dir) / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)   # a browser never sees half a report
+    runfolder.write_text(path, page)   # atomic: a browser never sees half a report
     return path

@@ -147,15 +147,16 @@ def select_features(cfg: dict, data, say=print) -> tuple[dict, dict]:
 
 def run_select(cfg: dict, say=print) -> Path:
     """``decaylab select``: a run folder with ``selection.json`` and the figure."""
-    from .train import _load_data, _write_json, new_run_dir, versions
+    from . import runfolder
+    from .train import new_run_dir, prepare, versions
 
-    data = _load_data(cfg)  # bad data (a CSV error) before any folder is made
+    data = prepare(cfg)  # bad input (a CSV error) fails before any folder is made
     run_dir = new_run_dir(cfg, "select")
-    _write_json(run_dir / "config.json", {**cfg, "command": "select", "versions": versions()})
-    _write_json(run_dir / "data.json", data.info())
+    runfolder.write_config(run_dir, {**cfg, "command": "select", "versions": versions()})
+    runfolder.write_data_info(run_dir, data.info())
     selection, path = select_features(cfg, data, say)
-    _write_json(run_dir / "path.json", path)
-    _write_json(run_dir / "selection.json", selection)
+    runfolder.write_json(run_dir / "path.json", path)
+    runfolder.write_json(run_dir / "selection.json", selection)
     figure(selection, data.image_shape, run_dir / "selection.png")
     say(f"{len(selection['features'])} features kept: {', '.join(selection['features'][:20])}"
         f"{' ...' if len(selection['features']) > 20 else ''}")

@@ -1,18 +1,21 @@
 """Training runs: one model, data and seed; one run per penalty setting; a run folder.
 
-The folder layout is documented in docs/run-folder.md. Metrics are appended and flushed
-each epoch, so a crash or Ctrl-C leaves every finished epoch readable, and
-``status.json`` says how the run ended.
+Data flows one way: config -> :func:`build_state` -> :func:`run_epochs` (a
+:class:`~decaylab.lab.state.TrainState`) -> the run folder (written only through
+:mod:`decaylab.lab.runfolder`, layout in docs/run-folder.md). Each epoch appends a flushed
+metrics line and then an atomic checkpoint, so a crash leaves every finished epoch
+readable and ``decaylab resume`` continues bit for bit; Ctrl-C stops after the current
+step, checkpoints, and ``status.json`` says "interrupted".
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
+import signal
+import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -23,21 +26,25 @@ import decaylab as dl
 from decaylab.stats import selected_weights
 
 from . import data as data_mod
+from . import runfolder
 from .models import build_model
+from .state import TrainState
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or :func:`request_stop`): the run stopped after a step and checkpointed."""
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+STOP = threading.Event()  # set by the SIGINT handler; the loop stops after the current step
+
+
+def request_stop() -> None:
+    """Ask the running loop to stop after its current step and checkpoint (as Ctrl-C does)."""
+    STOP.set()
 
 
 def versions() -> dict:
@@ -117,9 +124,10 @@ def make_optimizer(train: dict, params, lr: float | None = None) -> torch.optim.
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> tuple[float, float | None]:
     model.eval()
     total, correct = 0.0, 0
+    device = next(model.parameters()).device
     for i in range(0, len(x), 4096):
-        out = model(x[i:i + 4096])
-        yb = y[i:i + 4096]
+        out = model(x[i:i + 4096].to(device))
+        yb = y[i:i + 4096].to(device)
         if task == "classification":
             total += float(F.cross_entropy(out, yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
@@ -131,7 +139,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> t
 
 
 def weight_stats(model: nn.Module) -> dict:
-    """Norms, exact zeros per layer, live inputs: over the Linear/Conv weights."""
+    """Norms, exact zeros per layer, live inputs: over the default selection (weights >= 2-D)."""
     ws = [p.detach() for _, p in selected_weights(model)]
     zeros = sum(int((w == 0).sum()) for w in ws)
     numel = sum(w.numel() for w in ws)
@@ -161,111 +169,179 @@ def histogram(model: nn.Module, bins: int = 81) -> dict:
 
 
 # -- the loop ---------------------------------------------------------------------------
-class _Epochs:
-    """Runs epochs of one phase, writing one metrics line per epoch."""
+def build_state(cfg: dict, data, run: dict) -> TrainState:
+    """A fresh run: the model (seeded), optimizer, penalty rules and schedule of ``run``."""
+    tr = cfg["train"]
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
+                        hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
+                        dropout=cfg["model"]["dropout"]).to(tr["device"])
+    opt = make_optimizer(tr, model.parameters())
+    rules = make_rules(run, model, math.ceil(len(data.x_train) / tr["batch_size"]))
+    if rules is not None:
+        opt = dl.regularize(opt, model, rules)
+    sched = _cosine(opt, tr["epochs"]) if tr["schedule"] == "cosine" else None
+    return TrainState(model, opt, sched, torch.Generator().manual_seed(cfg["seed"]),
+                      regularized=opt if rules is not None else None)
 
-    def __init__(self, ctx: dict, model: nn.Module, opt, run: dict, metrics_file, progress):
-        self.ctx, self.model, self.opt, self.run = ctx, model, opt, run
-        self.metrics_file, self.progress = metrics_file, progress
-        self.step = 0
-        self.times: list[float] = []
 
-    def loss_fn(self, out, yb):
-        if self.ctx["data"].task == "classification":
-            return F.cross_entropy(out, yb)
-        return F.mse_loss(out.squeeze(1), yb)
+def enter_finetune(state: TrainState, run: dict, tr: dict) -> None:
+    """Switch to fine-tuning: the penalty off, a fresh optimizer, the zeros held at zero."""
+    state.masks = [p.detach() != 0 for _, p in selected_weights(state.model)]
+    lr = run["finetune_lr"] or tr["lr"] * 0.1
+    state.opt = make_optimizer(tr, state.model.parameters(), lr=lr)
+    state.sched = _cosine(state.opt, run["finetune_epochs"]) if tr["schedule"] == "cosine" else None
+    state.phase = "finetune"
 
-    def run_phase(self, phase: str, epochs: int, sched, after_step=None) -> None:
-        d, cfg = self.ctx["data"], self.ctx["cfg"]
-        bs = cfg["train"]["batch_size"]
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            order = torch.randperm(len(d.x_train), generator=self.ctx["batch_gen"])
-            for i in range(0, len(order), bs):
-                idx = order[i:i + bs]
-                loss = self.loss_fn(self.model(d.x_train[idx]), d.y_train[idx])
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"run '{self.run['name']}': loss became {float(loss.detach())} at {phase} epoch {epoch}, "
-                        f"step {self.step}; lower train.lr or the penalty strength")
-                loss.backward()
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                if after_step is not None:
-                    after_step()
-                self.step += 1
-            lr = self.opt.param_groups[0]["lr"]
-            if sched is not None:
-                sched.step()
-            self.times.append(time.perf_counter() - t0)
-            self.log(phase, epoch, lr, self.times[-1])
 
-    def log(self, phase: str, epoch: int, lr: float, seconds: float) -> dict:
-        d = self.ctx["data"]
-        row = {"epoch": self.ctx["epoch_offset"] + epoch, "step": self.step, "phase": phase}
-        for split in ("train", "val", "test"):
-            loss, acc = evaluate(self.model, getattr(d, f"x_{split}"), getattr(d, f"y_{split}"), d.task)
-            row[f"{split}_loss"], row[f"{split}_acc"] = loss, acc
-        stats = weight_stats(self.model)
-        self.ctx["last_stats"] = stats  # final.json reuses them: the weights do not change after
-        row.update({k: v for k, v in stats.items() if k not in ("input_mask", "zeros", "weights")},
-                   lr=float(lr), epoch_time=seconds)
-        self.metrics_file.write(json.dumps(row) + "\n")
-        self.metrics_file.flush()
-        self.ctx["last"] = row
-        if self.progress is not None:
-            self.progress(self.run["name"], row)
-        return row
+def _loss(out, yb, task: str):
+    if task == "classification":
+        return F.cross_entropy(out, yb)
+    return F.mse_loss(out.squeeze(1), yb)
+
+
+@torch.no_grad()
+def _hold_zeros(state: TrainState) -> None:
+    for (_, p), mask in zip(selected_weights(state.model), state.masks):
+        p.mul_(mask)
+
+
+def _train_steps(state: TrainState, data, bs: int, run_name: str, save) -> None:
+    """The rest of the current epoch's batches; on a stop request, checkpoint and raise."""
+    t0 = time.perf_counter()
+    if state.order is None:
+        state.order, state.batch, state.epoch_seconds = \
+            torch.randperm(len(data.x_train), generator=state.batch_gen), 0, 0.0
+    device = next(state.model.parameters()).device
+    while state.batch * bs < len(state.order):
+        idx = state.order[state.batch * bs:(state.batch + 1) * bs]
+        loss = _loss(state.model(data.x_train[idx].to(device)), data.y_train[idx].to(device), data.task)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"run '{run_name}': loss became {float(loss.detach())} at {state.phase} epoch "
+                f"{state.epoch + 1}, step {state.step}; lower train.lr or the penalty strength")
+        loss.backward()
+        state.opt.step()
+        state.opt.zero_grad(set_to_none=True)
+        if state.masks is not None:
+            _hold_zeros(state)
+        state.step += 1
+        state.batch += 1
+        if STOP.is_set():
+            state.epoch_seconds += time.perf_counter() - t0
+            save(state)
+            raise Interrupted(f"run '{run_name}' stopped at step {state.step} and checkpointed")
+    state.epoch_seconds += time.perf_counter() - t0
+
+
+def _measure(state: TrainState, data, lr: float, seconds: float) -> dict:
+    row = {"epoch": state.epoch, "step": state.step, "phase": state.phase}
+    for split in ("train", "val", "test"):
+        loss, acc = evaluate(state.model, getattr(data, f"x_{split}"), getattr(data, f"y_{split}"), data.task)
+        row[f"{split}_loss"], row[f"{split}_acc"] = loss, acc
+    stats = weight_stats(state.model)
+    state.last_stats = stats  # final.json reuses them: the weights do not change after
+    row.update({k: v for k, v in stats.items() if k not in ("input_mask", "zeros", "weights")},
+               lr=float(lr), epoch_time=seconds)
+    state.last = row
+    return row
+
+
+def run_epochs(state: TrainState, cfg: dict, data, run: dict, out: runfolder.Run | None = None,
+               progress=None) -> TrainState:
+    """Train ``state`` to the end of ``run``'s epochs (both phases) and return it.
+
+    Each finished epoch appends a metrics line to ``out`` and then, if
+    ``cfg["train"]["checkpoint"]``, an atomic checkpoint; ``progress(name, row)`` is called
+    last. A stop request (Ctrl-C) checkpoints mid-epoch (even with checkpoints off) and
+    raises :class:`Interrupted`.
+    """
+    tr = cfg["train"]
+    on_stop = out.checkpoint if out is not None else (lambda s: None)
+    save = on_stop if tr.get("checkpoint", True) else (lambda s: None)
+    plan = [("train", tr["epochs"], 0), ("finetune", run["finetune_epochs"], tr["epochs"])]
+    for phase, epochs, offset in plan:
+        if phase == "finetune" and epochs > 0 and state.phase == "train":
+            enter_finetune(state, run, tr)
+        while state.phase == phase and state.epoch < offset + epochs:
+            _train_steps(state, data, tr["batch_size"], run["name"], on_stop)
+            lr = state.opt.param_groups[0]["lr"]
+            if state.sched is not None:
+                state.sched.step()
+            state.times.append(state.epoch_seconds)
+            state.epoch, state.order, state.batch, state.epoch_seconds = state.epoch + 1, None, 0, 0.0
+            row = _measure(state, data, lr, state.times[-1])
+            if out is not None:
+                out.append_metrics(row)
+            save(state)
+            if progress is not None:
+                progress(run["name"], row)
+    return state
 
 
 def _cosine(opt, epochs: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
 
 
-def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None) -> dict:
-    """Train one penalty setting into ``run_dir``; returns what final.json holds."""
-    run_dir.mkdir(parents=True)
-    _write_json(run_dir / "spec.json", {**run, "describe": describe(run)})
-    torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
-                        hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
-                        dropout=cfg["model"]["dropout"]).to(cfg["train"]["device"])
-    tr = cfg["train"]
-    steps_per_epoch = math.ceil(len(data.x_train) / tr["batch_size"])
-    opt = make_optimizer(tr, model.parameters())
-    rules = make_rules(run, model, steps_per_epoch)
-    if rules is not None:
-        opt = dl.regularize(opt, model, rules)
-        (run_dir / "rules.txt").write_text(dl.summary(opt) + "\n")
-    sched = _cosine(opt, tr["epochs"]) if tr["schedule"] == "cosine" else None
-    ctx = {"cfg": cfg, "data": data, "epoch_offset": 0,
-           "batch_gen": torch.Generator().manual_seed(cfg["seed"])}
-    with open(run_dir / "metrics.jsonl", "a") as mf:
-        loop = _Epochs(ctx, model, opt, run, mf, progress)
-        loop.run_phase("train", tr["epochs"], sched)
-        if run["finetune_epochs"] > 0:
-            _finetune(loop, model, run, tr)
-    torch.save(model.state_dict(), run_dir / "model.pt")
-    final = _final(model, ctx["last"], ctx["last_stats"])
-    final["mean_epoch_time"] = sum(loop.times) / max(len(loop.times), 1)
-    _write_json(run_dir / "final.json", final)
+def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None, resume: bool = False) -> dict:
+    """Train one penalty setting into ``run_dir``; returns what final.json holds.
+
+    With ``resume=True`` a run that is complete is left as it is, a run with a checkpoint
+    continues from it (metric lines past the checkpoint are dropped and redone), and any
+    other run starts again from scratch.
+    """
+    out = runfolder.Run(run_dir)
+    if resume and out.is_complete():
+        return out.final()
+    ckpt = out.load_checkpoint() if resume else None
+    state = build_state(cfg, data, run)
+    if ckpt is None:
+        out.begin({**run, "describe": describe(run)})
+    else:
+        if ckpt["phase"] == "finetune":
+            state.model.load_state_dict(ckpt["model"])
+            enter_finetune(state, run, cfg["train"])
+        state.load_state_dict(ckpt)
+        out.keep_epochs(state.epoch)
+    with _stop_on_sigint():
+        run_epochs(state, cfg, data, run, out, progress)
+    return finish_run(state, out)
+
+
+def finish_run(state: TrainState, out: runfolder.Run) -> dict:
+    """Write rules.txt (with the final zeros), model.pt and final.json; drop the checkpoint."""
+    if state.regularized is not None:
+        out.write_rules(dl.summary(state.regularized))
+    out.save_model(state.model.state_dict())
+    final = _final(state.model, state.last, state.last_stats)
+    final["mean_epoch_time"] = sum(state.times) / max(len(state.times), 1)
+    out.write_final(final)
+    out.drop_checkpoint()
     return final
 
 
-def _finetune(loop: _Epochs, model: nn.Module, run: dict, tr: dict) -> None:
-    """Retrain the surviving weights with the penalty off and the zeros held at zero."""
-    masks = [(p, p.detach() != 0) for _, p in selected_weights(model)]
-    lr = run["finetune_lr"] or tr["lr"] * 0.1
-    loop.opt = make_optimizer(tr, model.parameters(), lr=lr)
-    sched = _cosine(loop.opt, run["finetune_epochs"]) if tr["schedule"] == "cosine" else None
-    loop.ctx["epoch_offset"] = tr["epochs"]
+class _stop_on_sigint:
+    """Within the block, the first Ctrl-C asks the loop to stop after its step (and
+    checkpoint); a second one interrupts at once. Only the main thread installs it."""
 
-    @torch.no_grad()
-    def hold_zeros():
-        for p, mask in masks:
-            p.mul_(mask)
+    def __enter__(self):
+        STOP.clear()
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
 
-    loop.run_phase("finetune", run["finetune_epochs"], sched, after_step=hold_zeros)
+    def _handle(self, signum, frame):
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        STOP.set()
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        STOP.clear()
+        return False
 
 
 def _final(model: nn.Module, last: dict, stats: dict) -> dict:
@@ -297,73 +373,142 @@ def _load_data(cfg: dict):
                             if dc["name"] == "csv" else {}))
 
 
-def _worker(cfg: dict, run: dict, run_dir: str) -> str:
-    """One run in a worker process (data loaded there; one result folder per run)."""
-    train_run(cfg, _load_data(cfg), run, Path(run_dir) / "runs" / run["name"])
-    return run["name"]
+def check_device(name: str) -> torch.device:
+    """The ``train.device`` as a torch device, or a ``ValueError`` saying what to use.
 
-
-def _train_parallel(cfg: dict, run_dir: Path, progress) -> None:
-    """Runs in ``train.jobs`` processes; each run is still seeded and ordered the same,
-    so results equal a sequential run. Progress is reported per finished run."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(cfg["train"]["jobs"], mp_context=ctx) as pool:
-        futures = [pool.submit(_worker, cfg, run, str(run_dir)) for run in cfg["runs"]]
-        for fut in as_completed(futures):
-            name = fut.result()
-            if progress is not None:
-                rows = (run_dir / "runs" / name / "metrics.jsonl").read_text().splitlines()
-                progress(name, json.loads(rows[-1]))
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"train.device={name!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={name!r} but this torch {torch.__version__} has no usable CUDA "
+                             f"device; use --set train.device=cpu or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) "
+                             f"exist; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"train.device={name!r} but MPS is not available here; use --set train.device=cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"train.device={name!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return dev
 
 
 def check_runs(cfg: dict) -> None:
     """Build every penalty once so a bad strength fails before any training starts."""
     for run in cfg["runs"]:
         try:
+            if run["penalty"] == "none" and not (math.isfinite(run["alpha"]) and run["alpha"] >= 0):
+                raise ValueError(f"alpha={run['alpha']} must be finite and >= 0 (and has no effect "
+                                 f"with penalty 'none')")
             describe(run)
         except ValueError as err:
             raise ValueError(f"run '{run['name']}': {err}") from None
 
 
+def prepare(cfg: dict):
+    """Check what can be checked without training (penalties, device, data) and load the
+    data: everything that can fail on bad input fails here, before a run folder exists."""
+    check_runs(cfg)
+    check_device(cfg["train"]["device"])
+    return _load_data(cfg)
+
+
 def new_run_dir(cfg: dict, command: str) -> Path:
+    """Create the run folder ``out/name`` (default name ``COMMAND-DATA-TIME``)."""
     check_runs(cfg)
     name = cfg["name"] or f"{command}-{cfg['data']['name']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    path = Path(cfg["out"]) / name
-    if path.exists():
-        raise FileExistsError(
-            f"run folder {str(path)!r} already exists and is never overwritten; choose another "
-            f"--name or remove it")
-    path.mkdir(parents=True)
-    return path
+    return runfolder.create(cfg["out"], name)
 
 
-def run_experiment(cfg: dict, command: str = "compare", progress=None, run_dir: Path | None = None) -> Path:
-    """Load data, train every run of ``cfg`` into a new run folder, return the folder.
+def _worker(cfg: dict, run: dict, run_dir: str, resume: bool) -> str:
+    """One run in a worker process (data loaded there; one result folder per run)."""
+    train_run(cfg, _load_data(cfg), run, runfolder.run(run_dir, run["name"]).path, resume=resume)
+    return run["name"]
 
-    ``status.json`` ends as "complete", "failed" (with the error) or "interrupted".
-    """
-    run_dir = run_dir or new_run_dir(cfg, command)
-    _write_json(run_dir / "status.json", {"state": "running", "error": None, "updated": _now()})
-    _write_json(run_dir / "config.json", {**cfg, "command": command, "versions": versions(), "created": _now()})
+
+def _train_parallel(cfg: dict, run_dir: Path, progress, resume: bool) -> None:
+    """Runs in ``train.jobs`` processes; each run is still seeded and ordered the same,
+    so results equal a sequential run. Progress is reported per finished run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(cfg["train"]["jobs"], mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [pool.submit(_worker, cfg, run, str(run_dir), resume) for run in cfg["runs"]]
+        for fut in as_completed(futures):
+            name = fut.result()
+            if progress is not None:
+                progress(name, runfolder.run(run_dir, name).metrics()[-1])
+    except BaseException:  # Ctrl-C or a failed run: start no further run; running ones
+        pool.shutdown(wait=True, cancel_futures=True)  # stop after a step and checkpoint
+        raise
+    pool.shutdown()
+
+
+def _execute(cfg: dict, run_dir: Path, data, progress, resume: bool) -> None:
+    """Train every run of ``cfg`` into ``run_dir``; status.json says how it ended."""
+    runfolder.set_status(run_dir, "running")
     state, error = "failed", None
     try:
-        data = _load_data(cfg)
-        _write_json(run_dir / "data.json", data.info())
+        data = data if data is not None else _load_data(cfg)
+        runfolder.write_data_info(run_dir, data.info())
         if cfg["train"]["jobs"] > 1 and len(cfg["runs"]) > 1:
-            _train_parallel(cfg, run_dir, progress)
+            _train_parallel(cfg, run_dir, progress, resume)
         else:
             for run in cfg["runs"]:
-                train_run(cfg, data, run, run_dir / "runs" / run["name"], progress)
+                train_run(cfg, data, run, runfolder.run(run_dir, run["name"]).path, progress, resume)
         state = "complete"
     except KeyboardInterrupt:
-        state, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        state, error = "interrupted", f"interrupted by the user (Ctrl-C); continue with: {resume_command(run_dir)}"
         raise
     except BaseException as err:
         error = f"{type(err).__name__}: {err}"
         raise
     finally:
-        _write_json(run_dir / "status.json", {"state": state, "error": error, "updated": _now()})
+        runfolder.set_status(run_dir, state, error)
+
+
+def resume_command(run_dir) -> str:
+    return f"decaylab resume {run_dir}"
+
+
+def run_experiment(cfg: dict, command: str = "compare", progress=None, run_dir: Path | None = None,
+                   data=None) -> Path:
+    """Load data, train every run of ``cfg`` into a new run folder, return the folder.
+
+    ``status.json`` ends as "complete", "failed" (with the error) or "interrupted".
+    """
+    if run_dir is None:
+        data = prepare(cfg)
+        run_dir = new_run_dir(cfg, command)
+    runfolder.write_config(run_dir, {**cfg, "command": command, "versions": versions(), "created": runfolder.now()})
+    _execute(cfg, run_dir, data, progress, resume=False)
+    return run_dir
+
+
+RUN_KEYS = ("command", "versions", "created")  # what config.json adds to the config
+
+
+def folder_config(run_dir) -> dict:
+    """The config a run folder was trained with (config.json less what training added)."""
+    saved = runfolder.read_config(run_dir)
+    return {k: v for k, v in saved.items() if k not in RUN_KEYS}
+
+
+def resume_experiment(run_dir, progress=None, data=None) -> Path:
+    """Continue an interrupted or failed run folder in place (``decaylab resume``).
+
+    Complete runs are kept, runs with a checkpoint continue from it, the others start
+    again. On CPU the result is bit-identical to a run that was never interrupted.
+    """
+    run_dir = Path(run_dir)
+    cfg = folder_config(run_dir)
+    if data is None:
+        data = prepare(cfg)
+    _execute(cfg, run_dir, data, progress, resume=True)
     return run_dir

@@ -1,0 +1,228 @@
+"""Checkpoints and ``decaylab resume``: bit-identical continuation on CPU, and faults survived.
+
+Each test interrupts a tiny run a different way (Ctrl-C through the real signal handler, a
+crash between the metrics line and the checkpoint, a SIGKILL in the middle of writing a
+checkpoint), resumes it, and compares metrics.jsonl and model.pt with a run that was never
+interrupted, exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from decaylab.lab import cli, runfolder, train
+
+SRC = str(Path(__file__).parents[1] / "src")
+TINY = ["data.n_train=150", "model.hidden=[16]", "train.batch_size=40", "model.dropout=0.2"]
+# one penalty setting that uses every piece of state: Adam metric, a warm-up schedule
+# (the regularizer's step count), dropout (torch RNG), and a fine-tune phase with masks
+TRAIN = TINY + ["train.epochs=3", "penalty.penalty=\"l1\"", "penalty.alpha=3e-3", "penalty.metric=\"adam\"",
+                "penalty.warmup_epochs=1", "penalty.finetune_epochs=2"]
+COMPARE = TINY + ["train.epochs=3", "runs.l1.finetune_epochs=1"]
+
+
+def _args(command: str, out: Path, name: str, items: list[str]) -> list[str]:
+    args = [command, "--out", str(out), "--name", name, "--quiet"]
+    for item in items:
+        args += ["--set", item]
+    return args
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("epoch_time")
+    return rows
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in (a / "runs").iterdir())
+    assert names == sorted(p.name for p in (b / "runs").iterdir())
+    for name in names:
+        ra, rb = a / "runs" / name, b / "runs" / name
+        assert _rows(ra) == _rows(rb), name
+        wa, wb = runfolder.load_pt(ra / "model.pt"), runfolder.load_pt(rb / "model.pt")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+        fa, fb = json.loads((ra / "final.json").read_text()), json.loads((rb / "final.json").read_text())
+        fa.pop("mean_epoch_time"), fb.pop("mean_epoch_time")
+        assert fa == fb, name
+        assert not (ra / "checkpoint.pt").exists()
+        assert (ra / "rules.txt").exists() == (rb / "rules.txt").exists()
+    assert json.loads((a / "status.json").read_text())["state"] == "complete"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    assert cli.main(_args("train", out, "train", TRAIN)) == 0
+    assert cli.main(_args("compare", out, "compare", COMPARE)) == 0
+    return out
+
+
+@pytest.mark.parametrize("stop_after", [2, 4])  # a checkpoint in the train phase / in the fine-tune
+def test_stop_request_checkpoints_mid_epoch_and_resume_is_bit_identical(reference, tmp_path, monkeypatch, capsys,
+                                                                        stop_after):
+    real, saves = runfolder.Run.save_checkpoint, []
+
+    def save_then_stop(self, ckpt):
+        real(self, ckpt)
+        saves.append(ckpt["epoch"])
+        if len(saves) == stop_after:
+            train.request_stop()  # as Ctrl-C: the loop stops after its next step
+
+    monkeypatch.setattr(runfolder.Run, "save_checkpoint", save_then_stop)
+    assert cli.main(_args("train", tmp_path, "t", TRAIN)) == 130
+    err = capsys.readouterr().err
+    assert f"decaylab resume {tmp_path / 't'}" in err
+    run = tmp_path / "t" / "runs" / "l1"
+    ckpt = runfolder.load_pt(run / "checkpoint.pt")
+    assert ckpt["epoch"] == stop_after and ckpt["batch"] == 1 and ckpt["order"] is not None  # mid-epoch
+    assert json.loads((tmp_path / "t" / "status.json").read_text())["state"] == "interrupted"
+    monkeypatch.setattr(runfolder.Run, "save_checkpoint", real)
+    assert cli.main(["resume", str(tmp_path / "t"), "--quiet"]) == 0
+    _assert_same(tmp_path / "t", reference / "train")
+
+
+def test_crash_between_metrics_line_and_checkpoint_redoes_that_epoch(reference, tmp_path, monkeypatch):
+    real, lines = runfolder.Run.append_metrics, []
+
+    def append_then_crash(self, row):
+        real(self, row)
+        lines.append(self.path.name)
+        if len(lines) == 5:  # none: 3 epochs, l2: 2 epochs written, l2's 2nd checkpoint not
+            raise RuntimeError("power cut")
+
+    monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_crash)
+    assert cli.main(_args("compare", tmp_path, "c", COMPARE)) == 1
+    l2 = runfolder.Run(tmp_path / "c" / "runs" / "l2")
+    assert len(l2.metrics()) == 2 and l2.load_checkpoint()["epoch"] == 1
+    monkeypatch.setattr(runfolder.Run, "append_metrics", real)
+    assert cli.main(["resume", str(tmp_path / "c"), "--quiet"]) == 0
+    _assert_same(tmp_path / "c", reference / "compare")
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, torch
+    from decaylab.lab import cli, runfolder
+    real, n = torch.save, [0]
+    def save_half_then_die(obj, f, *a, **k):
+        n[0] += 1
+        if n[0] == {kill_at}:
+            f.write(b"PK\\x03\\x04 half a checkpoint")
+            f.flush()
+            os.kill(os.getpid(), signal.{sig})
+        return real(obj, f, *a, **k)
+    torch.save = save_half_then_die
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def _subprocess(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one(reference, tmp_path):
+    script = _KILL_SCRIPT.format(kill_at=3, sig="SIGKILL")  # dies writing epoch 3's checkpoint
+    proc = _subprocess(script, _args("train", tmp_path, "k", TRAIN))
+    assert proc.returncode == -signal.SIGKILL
+    run = runfolder.Run(tmp_path / "k" / "runs" / "l1")
+    assert list(run.path.glob(".checkpoint.pt.*.tmp"))  # the torn write, never renamed
+    assert run.load_checkpoint()["epoch"] == 2  # the previous checkpoint is intact
+    assert [r["epoch"] for r in run.metrics()] == [1, 2, 3]
+    assert json.loads((tmp_path / "k" / "status.json").read_text())["state"] == "running"
+    assert cli.main(["resume", str(tmp_path / "k"), "--quiet"]) == 0
+    assert not list(run.path.glob(".*.tmp"))
+    _assert_same(tmp_path / "k", reference / "train")
+
+
+def test_real_sigint_stops_checkpoints_and_prints_the_resume_command(reference, tmp_path):
+    script = _KILL_SCRIPT.format(kill_at=2, sig="SIGINT")  # Ctrl-C during epoch 2's checkpoint
+    proc = _subprocess(script, _args("train", tmp_path, "i", TRAIN))
+    assert proc.returncode == 130, proc.stderr
+    assert f"continue with: decaylab resume {tmp_path / 'i'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    ckpt = runfolder.load_pt(tmp_path / "i" / "runs" / "l1" / "checkpoint.pt")
+    assert (ckpt["epoch"], ckpt["batch"]) == (2, 1)  # stopped one step into epoch 3
+    assert cli.main(["resume", str(tmp_path / "i"), "--quiet"]) == 0
+    _assert_same(tmp_path / "i", reference / "train")
+
+
+def test_resume_of_a_complete_folder_changes_nothing(reference, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "done"
+    shutil.copytree(reference / "compare", copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["versions"]["torch"] = "0.0"
+    (copy / "config.json").write_text(json.dumps(saved))
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != "status.json"
+              and p.name != "report.html"}
+    assert cli.main(["resume", str(copy), "--quiet"]) == 0
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert f"versions changed since the run started (torch 0.0 -> {torch.__version__})" in capsys.readouterr().err
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    assert cli.main(["resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a run folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_loads_with_weights_only(reference, tmp_path, monkeypatch):
+    seen = []
+    real = torch.load
+
+    def spy(*a, **k):
+        seen.append(k.get("weights_only"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "load", spy)
+    runfolder.load_pt(reference / "train" / "runs" / "l1" / "model.pt")
+    assert seen == [True]
+
+
+def test_checkpoints_off_still_checkpoint_on_a_stop(reference, tmp_path, monkeypatch):
+    real_append, real_save, saved = runfolder.Run.append_metrics, runfolder.Run.save_checkpoint, []
+
+    def append_then_stop(self, row):
+        real_append(self, row)
+        if row["epoch"] == 2:
+            train.request_stop()
+
+    monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_stop)
+    monkeypatch.setattr(runfolder.Run, "save_checkpoint", lambda self, c: (saved.append(c["epoch"]), real_save(self, c)))
+    assert cli.main(_args("train", tmp_path, "off", TRAIN + ["train.checkpoint=false"])) == 130
+    assert saved == [2]  # no per-epoch checkpoints, one on the stop (one step into epoch 3)
+    monkeypatch.setattr(runfolder.Run, "append_metrics", real_append)
+    assert cli.main(["resume", str(tmp_path / "off"), "--quiet"]) == 0
+    _assert_same(tmp_path / "off", reference / "train")
+
+
+def test_resume_with_parallel_jobs(reference, tmp_path, monkeypatch):
+    real, lines = runfolder.Run.append_metrics, []
+
+    def append_then_interrupt(self, row):
+        real(self, row)
+        lines.append(row)
+        if len(lines) == 4:  # none complete, l2 one epoch in
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_interrupt)
+    assert cli.main(_args("compare", tmp_path, "p", COMPARE)) == 130
+    saved = json.loads((tmp_path / "p" / "config.json").read_text())
+    saved["train"]["jobs"] = 2  # the rest trains in worker processes
+    (tmp_path / "p" / "config.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(runfolder.Run, "append_metrics", real)
+    assert cli.main(["resume", str(tmp_path / "p"), "--quiet"]) == 0
+    _assert_same(tmp_path / "p", reference / "compare")
