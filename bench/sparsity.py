@@ -2,7 +2,7 @@
 pruning (GMP) vs decaylab's recipe, at equal exact-zero fractions and equal epochs.
 
     PYTHONPATH=src python bench/sparsity.py                       # full: 28 epochs, 2 seeds
-    PYTHONPATH=src python bench/sparsity.py --epochs 10 --ramp 1,5  # reduced (label it so)
+    PYTHONPATH=src python bench/sparsity.py --epochs 10 --ramp 1,6  # reduced (labelled so)
 
 Every run: same initialization and data order per seed, Adam (lr 1e-3) with a cosine
 schedule over all epochs, batch 128, the same total epochs. Sparsity is a global budget
