@@ -8,7 +8,11 @@
 The library depends on torch only; the lab (``decaylab.lab``) is imported separately.
 """
 
-from . import functional, groups
+from . import coupled, functional, groups
+from .compact import Compaction, compact
+from .coupled import CoupledGroupLasso, coupled_groups
+from .selection import AdaptiveGroupLasso, adaptive_weights
+from .sparsity import TargetSparsity, cubic_sparsity
 from .groups import Channels, Columns, Grouping, Indexed, Rows
 from .optim import Regularized, regularize
 from .penalties import L1, L2, L2SP, MODES, ElasticNet, GroupLasso, Penalty
@@ -23,5 +27,7 @@ __all__ = [
     "Grouping", "Rows", "Columns", "Channels", "Indexed",
     "norm_layers", "embeddings", "biases", "weights", "default_selection",
     "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary",
-    "functional", "groups",
+    "CoupledGroupLasso", "coupled_groups", "compact", "Compaction",
+    "TargetSparsity", "cubic_sparsity", "AdaptiveGroupLasso", "adaptive_weights",
+    "functional", "groups", "coupled",
 ]

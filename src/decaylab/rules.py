@@ -163,6 +163,8 @@ class Rule:
     def __post_init__(self):
         if self.penalty is not None and not isinstance(self.penalty, Penalty):
             raise ValueError(f"Rule needs a Penalty or None, got {self.penalty!r}")
+        if self.params is None and getattr(self.penalty, "selection", None) is not None:
+            self.params = list(self.penalty.selection)  # penalties that know their tensors (coupled groups)
         if self.mode is None:  # metric="adam" is a prox metric, so it implies mode="prox"
             default = self.penalty.default_mode if self.penalty is not None else "prox"
             self.mode = "prox" if self.metric == "adam" else default

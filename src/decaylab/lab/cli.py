@@ -5,6 +5,8 @@
     decaylab sweep [CONFIG.toml] --penalty l2 --alphas 1e-4:1:9   a λ grid, the path and the choice
     decaylab resume RUN_DIR                                continue an interrupted run folder
     decaylab report RUN_DIR                                rebuild report.html from a run folder
+    decaylab select [CONFIG.toml] [--set key=value ...]    which features matter (selection.json)
+    decaylab compact RUN_DIR                               remove zero neurons/channels/inputs
 
 Bad input (config, paths, devices, data) is one line on stderr and exit code 2, checked
 before a run folder is created; a failed run exits 1, Ctrl-C exits 130 after a checkpoint.
@@ -33,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_ in (("compare", "train one model per penalty and compare them"),
-                        ("train", "train one model with one penalty setting")):
+                        ("train", "train one model with one penalty setting"),
+                        ("select", "which of my features matter? (adaptive group lasso path, 1-SE choice)")):
         c = sub.add_parser(name, help=help_)
         c.add_argument("config", nargs="?", help="TOML file (defaults: digits, MLP, the six penalties)")
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild report.html from a run folder alone")
     r.add_argument("run_dir", nargs="+", help="run folder (several with --markdown)")
     r.add_argument("--markdown", action="store_true", help="print the results as one Markdown table instead")
+    k = sub.add_parser("compact", help="remove zero neurons, channels and inputs of each run's model")
+    k.add_argument("run_dir", help="run folder written by compare/train")
     return p
 
 
@@ -254,6 +259,16 @@ def main(argv: list[str] | None = None) -> int:
             from .console import markdown_table
 
             print(markdown_table(args.run_dir))
+            return 0
+        if args.command == "select":
+            from .select import run_select
+
+            run_select(_resolve(args))
+            return 0
+        if args.command == "compact":
+            from .compacting import compact_run_folder
+
+            compact_run_folder(args.run_dir)
             return 0
         if args.command == "report":
             from .report import build_report

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PENALTIES = ("none", "l2", "l1", "elasticnet", "grouplasso", "l2sp")
+PENALTIES = ("none", "l2", "l1", "elasticnet", "grouplasso", "l2sp", "coupled")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -25,7 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "out": "runs",
     "name": "",
     "data": {"name": "digits", "root": "", "val_fraction": 0.15, "n_train": 0, "download": True,
-             "label_noise": 0.0},  # share of training labels flipped (seeded); val/test stay clean
+             "label_noise": 0.0,  # share of training labels flipped (seeded); val/test stay clean
+             "path": "", "target": "", "features": []},  # path/target/features: data.name = "csv"
     "model": {"kind": "mlp", "hidden": [256, 128], "dropout": 0.0},
     "train": {
         "epochs": 40,
@@ -39,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "jobs": 1,  # runs trained at once in separate processes (each with `threads`)
         "checkpoint": True,  # an atomic checkpoint per epoch, for `decaylab resume`
     },
+    # decaylab select: adaptive group lasso path on the first layer's columns (lab/select.py)
+    "select": {"alpha_max": 16.0, "alpha_min": 1.0, "n_alphas": 12, "gamma": 2.0,
+               "path_epochs": 30, "refit_epochs": 20},
 }
 
 # One penalty setting; "runs" (compare) is a list of these, "penalty" (train) is one.
@@ -70,7 +74,7 @@ DEFAULT_RUNS: list[dict[str, Any]] = [
 ]
 
 CHOICES = {
-    "data.name": ("digits", "breast_cancer", "diabetes", "mnist1d", "synthetic", "fashion-mnist", "mnist"),
+    "data.name": ("digits", "breast_cancer", "diabetes", "mnist1d", "synthetic", "fashion-mnist", "mnist", "csv"),
     "model.kind": ("linear", "mlp", "lenet300", "cnn"),
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.schedule": ("none", "cosine"),
@@ -118,6 +122,8 @@ def _check_value(key: str, default, value):
         value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif key == "data.features":  # column names of a CSV table
+        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
     elif isinstance(default, list):
         ok = isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
     else:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "breast_cancer", "diabetes", "mnist1d", "synthetic", "fashion-mnist", "mnist")
+DATASETS = ("digits", "breast_cancer", "diabetes", "mnist1d", "synthetic", "fashion-mnist", "mnist", "csv")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # Download bases, tried in order (tests point these at a local server).
@@ -362,7 +362,9 @@ def flip_labels(y: np.ndarray, fraction: float, n_classes: int, seed: int) -> np
 
 def load(name: str = "digits", *, root: str | os.PathLike | None = None,
          val_fraction: float = 0.1, seed: int = 0, download: bool = True,
-         n_train: int | None = None, label_noise: float = 0.0) -> Dataset:
+         n_train: int | None = None, label_noise: float = 0.0,
+         path: str | os.PathLike | None = None,
+         target: str | None = None, features: list[str] | None = None) -> Dataset:
     """Load a data set with a fixed test split and a seeded validation split.
 
     Args:
@@ -374,6 +376,8 @@ def load(name: str = "digits", *, root: str | os.PathLike | None = None,
         n_train: Keep only this many training examples (seeded); validation is unchanged.
         label_noise: Share of *training* labels replaced by a different class drawn
             uniformly (seeded by ``seed``); validation and test labels stay clean.
+        path, target, features: For ``name="csv"``: the table, the column to predict and
+            the feature columns (default: all others); see :mod:`decaylab.lab.csvdata`.
 
     Raises:
         ValueError: Unknown name, ``val_fraction`` outside (0, 1), a bad ``n_train``, or
@@ -394,7 +398,13 @@ def load(name: str = "digits", *, root: str | os.PathLike | None = None,
         x, y, x_test, y_test, image_shape = _load_idx(name, root, download)
         task, names, kind = "classification", None, "image"
     else:
-        x, y, task, image_shape, names, kind = _load_small(name)
+        if name == "csv":
+            from .csvdata import read_csv
+
+            x, y, task, names = read_csv(path or "", target or "", features)
+            image_shape, kind = None, "tabular"
+        else:
+            x, y, task, image_shape, names, kind = _load_small(name)
         strat = y if task == "classification" else None
         trainval, test = _split(len(x), 0.2, _SPLIT_SEED, strat)
         x, y, x_test, y_test = x[trainval], y[trainval], x[test], y[test]

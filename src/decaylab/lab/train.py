@@ -96,6 +96,10 @@ def make_penalty(run: dict, model: nn.Module | None):
         return dl.GroupLasso(alpha, run["groups"])
     if kind == "l2sp":
         return dl.L2SP(alpha)  # toward the initial weights of this run
+    if kind == "coupled":  # neurons/channels and inputs, each with all it owns; l1_ratio = its L1 share
+        if model is None:  # config validation: check alpha and l1_ratio on a stand-in chain
+            model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        return dl.CoupledGroupLasso(alpha, model, l1_ratio=run["l1_ratio"])
     raise ValueError(f"unknown penalty {kind!r}")
 
 
@@ -384,7 +388,9 @@ def _load_data(cfg: dict):
     dc = cfg["data"]
     return data_mod.load(dc["name"], root=dc["root"] or None, val_fraction=dc["val_fraction"],
                          seed=cfg["seed"], download=dc["download"], n_train=dc["n_train"] or None,
-                         label_noise=dc.get("label_noise", 0.0))
+                         label_noise=dc.get("label_noise", 0.0),
+                         **({"path": dc["path"], "target": dc["target"], "features": dc["features"] or None}
+                            if dc["name"] == "csv" else {}))
 
 
 def check_device(name: str) -> torch.device:

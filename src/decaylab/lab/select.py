@@ -1,0 +1,190 @@
+"""``decaylab select``: which of my features matter? The adaptive group lasso recipe.
+
+1. Fit the network dense (``train.epochs``; no penalty) -> ``dense_val_acc`` and the
+   first layer's column norms ``||w0_j||``.
+2. A path of strengths ``alpha`` from ``select.alpha_max`` down to ``select.alpha_min``
+   (``select.n_alphas``, geometric): from the dense weights, train ``select.path_epochs``
+   with :class:`decaylab.AdaptiveGroupLasso` on the first layer's columns (strength
+   ``alpha * (mean ||w0|| / ||w0_j||)^gamma`` per column), then refit
+   ``select.refit_epochs`` with the penalty off and the dropped columns held at zero.
+3. Choose by validation with the one-standard-error rule: the strongest ``alpha`` whose
+   refit validation score is within one standard error of the best (glmnet's
+   ``lambda.1se``: the fewest features the data cannot tell apart from the best).
+4. Report the kept features, most important (largest column norm) first, the test score
+   of the chosen refit model, and a figure.
+
+The run folder holds ``config.json``, ``data.json``, ``path.json`` (every alpha: kept
+features, validation score), ``selection.json`` and ``selection.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import decaylab as dl
+
+from .models import build_model
+
+
+def _batches(n: int, batch: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i:i + batch] for i in range(0, n, batch)]
+
+
+def _fit(model, data, tr: dict, epochs: int, rules=None, mask=None, seed: int = 0):
+    from .train import make_optimizer
+
+    opt = make_optimizer(tr, model.parameters())
+    if rules:
+        opt = dl.regularize(opt, model, rules)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = F.cross_entropy if data.task == "classification" else (lambda o, y: F.mse_loss(o.squeeze(1), y))
+    first = _first(model)
+    model.train()
+    for _ in range(epochs):
+        for idx in _batches(len(data.x_train), tr["batch_size"], gen):
+            loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+            opt.zero_grad()
+            if mask is not None:
+                with torch.no_grad():
+                    first.weight.mul_(mask)
+    model.eval()
+    return model
+
+
+def _first(model) -> nn.Linear:
+    layer = model.get_submodule(model.first_layer)
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"decaylab select needs a model whose first layer is Linear (one column per input "
+                         f"feature); model.kind gives {type(layer).__name__}; use model.kind = 'mlp', "
+                         f"'linear' or 'lenet300'")
+    return layer
+
+
+@torch.no_grad()
+def scores(model, x, y, task: str) -> np.ndarray:
+    """Per-example score: 1/0 correct (classification) or minus the squared error.
+
+    >>> scores(torch.nn.Identity(), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([1, 1]), "classification")
+    array([1., 0.])
+    """
+    out = model(x)
+    if task == "classification":
+        return (out.argmax(1) == y).double().numpy()
+    return -((out.squeeze(1) - y) ** 2).double().numpy()
+
+
+def one_se_choice(means: list[float], ses: list[float]) -> int:
+    """Index of the first entry (strongest penalty first) within one SE of the best.
+
+    >>> one_se_choice([0.80, 0.89, 0.90, 0.91], [0.01, 0.01, 0.01, 0.01])
+    2
+    """
+    best = int(np.argmax(means))
+    return next(i for i, m in enumerate(means) if m >= means[best] - ses[best])
+
+
+def select_features(cfg: dict, data, say=print) -> tuple[dict, dict]:
+    """Run the recipe on a loaded data set -> ``(selection, path)`` dicts (see module doc)."""
+    sc, tr = cfg["select"], cfg["train"]
+    torch.manual_seed(cfg["seed"])
+    dense = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1, hidden=cfg["model"]["hidden"],
+                        image_shape=data.image_shape, dropout=cfg["model"]["dropout"])
+    first_name = dense.first_layer
+    _first(dense)
+    _fit(dense, data, tr, tr["epochs"], seed=cfg["seed"])
+    dense_val = scores(dense, data.x_val, data.y_val, data.task)
+    say(f"dense: val {dense_val.mean():.4f}")
+    w0 = _first(dense).weight.detach().clone()
+    alphas = np.geomspace(sc["alpha_max"], sc["alpha_min"], sc["n_alphas"]).tolist()
+    path = {"alphas": alphas, "kept": [], "val": [], "val_se": [], "features": []}
+    models = []
+    for alpha in alphas:
+        model = copy.deepcopy(dense)
+        rule = dl.Rule(dl.AdaptiveGroupLasso(alpha, w0, groups="inputs", gamma=sc["gamma"]),
+                       params=f"{first_name}.weight")
+        _fit(model, data, tr, sc["path_epochs"], [rule], seed=cfg["seed"] + 1)
+        keep = dl.surviving_inputs(_first(model).weight)
+        norms = _first(model).weight.detach().norm(dim=0)
+        refit = copy.deepcopy(model)
+        if sc["refit_epochs"] > 0:
+            _fit(refit, data, tr, sc["refit_epochs"], mask=keep.to(w0.dtype), seed=cfg["seed"] + 2)
+        val = scores(refit, data.x_val, data.y_val, data.task)
+        se = float(val.std(ddof=1) / math.sqrt(len(val))) if len(val) > 1 else 0.0
+        order = [int(j) for j in torch.argsort(norms, descending=True) if keep[j]]
+        path["kept"].append(int(keep.sum()))
+        path["val"].append(float(val.mean()))
+        path["val_se"].append(se)
+        path["features"].append(order)
+        models.append((refit, norms))
+        say(f"alpha {alpha:.3g}: {int(keep.sum())}/{data.n_features} features, val {val.mean():.4f}")
+    i = one_se_choice(path["val"], path["val_se"])
+    path["chosen"] = i
+    refit, norms = models[i]
+    names = data.feature_names or [f"x{j}" for j in range(data.n_features)]
+    test = scores(refit, data.x_test, data.y_test, data.task)
+    metric = "acc" if data.task == "classification" else "neg_mse"
+    selection = {
+        "features": [names[j] for j in path["features"][i]],
+        "feature_indices": path["features"][i],
+        f"val_{metric}": path["val"][i], f"dense_val_{metric}": float(dense_val.mean()),
+        f"test_{metric}": float(test.mean()),
+        "dense_test_" + metric: float(scores(dense, data.x_test, data.y_test, data.task).mean()),
+        "alpha": alphas[i], "rule": "one standard error (strongest alpha within 1 SE of the best validation)",
+        "column_norms": norms.tolist(),
+    }
+    return selection, path
+
+
+def run_select(cfg: dict, say=print) -> Path:
+    """``decaylab select``: a run folder with ``selection.json`` and the figure."""
+    from . import runfolder
+    from .train import new_run_dir, prepare, versions
+
+    data = prepare(cfg)  # bad input (a CSV error) fails before any folder is made
+    run_dir = new_run_dir(cfg, "select")
+    runfolder.write_config(run_dir, {**cfg, "command": "select", "versions": versions()})
+    runfolder.write_data_info(run_dir, data.info())
+    selection, path = select_features(cfg, data, say)
+    runfolder.write_json(run_dir / "path.json", path)
+    runfolder.write_json(run_dir / "selection.json", selection)
+    figure(selection, data.image_shape, run_dir / "selection.png")
+    say(f"{len(selection['features'])} features kept: {', '.join(selection['features'][:20])}"
+        f"{' ...' if len(selection['features']) > 20 else ''}")
+    say(f"selection: {run_dir / 'selection.json'}")
+    return run_dir
+
+
+def figure(selection: dict, image_shape, out: Path) -> None:
+    """Ranked bar chart of the kept features (tabular) or a column-norm heat map (images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norms = np.asarray(selection["column_norms"])
+    if image_shape:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        im = ax.imshow(norms.reshape(image_shape), cmap="viridis")
+        ax.set_title(f"first-layer column norms\n({len(selection['features'])} pixels kept)", fontsize=9)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    else:
+        names, idx = selection["features"], selection["feature_indices"]
+        fig, ax = plt.subplots(figsize=(6, 0.3 * max(len(names), 3) + 1))
+        ax.barh(range(len(names))[::-1], norms[idx], color="tab:blue")
+        ax.set_yticks(range(len(names))[::-1], names)
+        ax.set_xlabel("first-layer column norm")
+        ax.set_title(f"{len(names)} features kept, most important first")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
