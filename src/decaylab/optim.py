@@ -342,11 +342,17 @@ class Regularized(torch.optim.Optimizer):
             return
         step = float(self.optimizer.param_groups[b.group]["lr"]) * m
         adam = b.metric == "adam"
+        pen = b.rule.penalty
+        if getattr(pen, "takes_steps", False):
+            # penalties that own their update from the raw step (coupled groups, budgets,
+            # adaptive weights): lr, or Adam's per-coordinate step lr / (sqrt(v_hat) + eps)
+            getattr(pen, f"{op}_")(params, self._adam_steps(b, step, params) if adam else step,
+                                   ctxs, b.rule.foreach)
+            return
         comps = [self._residual(p) for p in params] if b.low_precision else None
         if idx is None and self._fused_step(b, step, comps):
             return
         scale = self._adam_thresholds(b, step, idx, params) if adam else b.scale(step, idx)
-        pen = b.rule.penalty
         if op == "prox":
             fn = functools.partial(pen.prox_scaled_, per_coordinate=adam)
         else:
@@ -429,6 +435,14 @@ class Regularized(torch.optim.Optimizer):
         else:
             rbcs = [math.sqrt(1.0 - beta2 ** float(x)) for x in steps]
         return vs, rbcs, float(group["eps"])
+
+    def _adam_steps(self, b: _Bucket, step: float, params) -> list[Tensor]:
+        """Adam's per-coordinate step ``step / (sqrt(v_hat) + eps)`` (fresh tensors), for
+        penalties that form their own thresholds from it (``takes_steps``)."""
+        vs, rbcs, eps = self._adam_state(b.group, params)
+        dtype = torch.promote_types(vs[0].dtype, torch.float32)
+        return [torch.sqrt(v.to(dtype)).div_(rbcs[i]).add_(eps).reciprocal_().mul_(step)
+                for i, v in enumerate(vs)]
 
     def _adam_thresholds(self, b: _Bucket, step: float, idx, params) -> list[Tensor]:
         """Per coordinate ``step * alpha / max(sqrt(v_hat) + eps, alpha)``: Adam's step

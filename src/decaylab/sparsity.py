@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from .penalties import Penalty, _scale
+from .penalties import Penalty
 
 __all__ = ["TargetSparsity", "cubic_sparsity"]
 
@@ -64,6 +64,9 @@ class TargetSparsity(Penalty):
     >>> w
     tensor([ 0., -2.,  0.,  4.])
     """
+
+    # the wrapper passes the raw step (lr, or Adam's per-coordinate steps) to prox_()
+    takes_steps = True
 
     def __init__(self, alpha, target: float, begin: int = 0, end: int = 1000, every: int = 1,
                  saliency: str = "magnitude"):
@@ -112,7 +115,7 @@ class TargetSparsity(Penalty):
                              f"(one optimizer param group, device and dtype, all with gradients); missing {missing}")
         t, self.t = self.t, self.t + 1
         if self.alpha and t < self.end:
-            F.soft_threshold_(list(tensors), _scale(step, self.alpha))
+            F.soft_threshold_(list(tensors), F.times(F.prepare(self.alpha, list(tensors)), step))
         if t < self.begin:
             return
         if self._masks is None or (t < self.end and (t - self.begin) % self.every == 0) or t == self.end:
