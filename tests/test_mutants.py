@@ -334,7 +334,7 @@ def test_group_lasso_adam_metric_columns_of_a_square_weight():
     model.w.grad, ref.grad = g.clone(), g.clone()
     opt.step()
     ref_opt.step()
-    steps = _threshold(opt, model.w, lr, 1.0)
+    steps = _threshold(opt, model.w, lr, alpha) / alpha  # per-coordinate lr / max(sqrt(v_hat) + eps, alpha)
     harmonic = 1.0 / (1.0 / steps).mean(dim=0, keepdim=True)  # one step per column
     w = ref.detach().double()
     expected = w * (1 - harmonic * alpha * math.sqrt(3) / w.norm(dim=0, keepdim=True)).clamp_min(0)
