@@ -377,6 +377,13 @@ class CoupledGroupLasso(Penalty):
             total = total + self.l1_ratio * sum(named[n].abs().sum() for n in self.weight_names)
         return self.alpha * total
 
+    def state_dict(self) -> dict:
+        return {"t": self.t, "keep": {k: v.clone() for k, v in self._keep.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = int(state["t"])
+        self._keep = {k: v.clone() for k, v in state["keep"].items()}
+
     def grad(self, w, ctx=None):
         raise ValueError("CoupledGroupLasso acts through its prox; use mode='prox'")
 

@@ -523,6 +523,9 @@ class Regularized(torch.optim.Optimizer):
                 for i, b in enumerate(self.bindings)
                 if isinstance(b.rule.penalty, L2SP) and b.rule.penalty.reference is None
             },
+            # penalties with a state of their own (budget schedules, held masks)
+            "penalties": [b.rule.penalty.state_dict() if b.rule.penalty is not None else None
+                          for b in self.bindings],
         }
         return sd
 
@@ -547,6 +550,9 @@ class Regularized(torch.optim.Optimizer):
                 )
             for ref, saved in zip(b.ctxs, refs):
                 ref.copy_(saved)  # in place: the penalty holds the same tensors
+        for b, saved in zip(self.bindings, extra.get("penalties", [])):
+            if b.rule.penalty is not None and saved:
+                b.rule.penalty.load_state_dict(saved)
 
     def __repr__(self) -> str:
         rules = ", ".join(f"{b.rule.penalty!r}:{b.rule.mode} on {len(b.params)}" for b in self.bindings)

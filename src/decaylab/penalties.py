@@ -112,6 +112,17 @@ class Penalty:
     def value(self, tensors: Sequence[Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """What the penalty keeps between steps besides its strength (empty for the
+        stateless ones); saved in the wrapper's ``state_dict()["decaylab"]["penalties"]``."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        if state:
+            raise ValueError(f"{self!r} keeps no state, but the checkpoint holds {sorted(state)}; "
+                             f"build the optimizer with the same rules as the checkpoint")
+
     def scale(self, step, tensors) -> F.Prepared:
         """``step * alpha`` for ``tensors`` (see :func:`decaylab.functional.times`)."""
         return F.times(F.prepare(self.alpha, tensors), step)

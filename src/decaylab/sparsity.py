@@ -104,6 +104,13 @@ class TargetSparsity(Penalty):
         return self.alpha * torch.stack([w.abs().sum() for w in tensors]).sum() if self.t < self.end \
             else torch.zeros(())
 
+    def state_dict(self) -> dict:
+        return {"t": self.t, "masks": None if self._masks is None else [m.clone() for m in self._masks]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = int(state["t"])
+        self._masks = None if state["masks"] is None else [m.clone() for m in state["masks"]]
+
     def grad(self, w, ctx=None):
         raise ValueError("TargetSparsity acts through its prox; use mode='prox'")
 
