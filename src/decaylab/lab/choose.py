@@ -54,8 +54,7 @@ def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
     runfolder.set_status(run_dir, "running")
     runfolder.write_json(run_dir / "config.json", {**cfg, "runs": expanded, "base_runs": runs, "command": "compare",
                                                      "versions": train_mod.versions(), "created": runfolder.now()})
-    state, error = "failed", None
-    try:
+    with runfolder.tracking(run_dir):
         data0 = train_mod._load_data(cfg)
         runfolder.write_json(run_dir / "data.json", data0.info())
         chosen = {}
@@ -80,15 +79,6 @@ def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
                 train_mod.train_run(cfg_s, data, {**r, "name": name}, run_dir / "runs" / name, progress)
         result = summarize(run_dir, runs, seeds, chosen)
         runfolder.write_json(run_dir / "compare.json", result)
-        state = "complete"
-    except KeyboardInterrupt:
-        state, error = "interrupted", "interrupted by the user (Ctrl-C)"
-        raise
-    except BaseException as err:
-        error = f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        runfolder.set_status(run_dir, state, error)
     return result
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -216,6 +217,26 @@ def set_status(root: str | os.PathLike, state: str, error: str | None = None) ->
     """Write ``status.json``: one of ``STATES``, the error if any, the time."""
     assert state in STATES, state
     write_json(Path(root) / STATUS, {"state": state, "error": error, "updated": now()})
+
+
+@contextmanager
+def tracking(root: str | os.PathLike, resume_hint: str | None = None):
+    """On leaving the block, write ``status.json``: complete, interrupted (Ctrl-C; the
+    message names ``resume_hint`` if given) or failed (with the error), and re-raise."""
+    state, error = "failed", None
+    try:
+        yield
+        state = "complete"
+    except KeyboardInterrupt:
+        state, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        if resume_hint:
+            error += f"; continue with: {resume_hint}"
+        raise
+    except BaseException as err:
+        error = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        set_status(root, state, error)
 
 
 def read_status(root: str | os.PathLike) -> dict:

@@ -537,8 +537,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
         cfg_saved = {**cfg, "runs": [{**run, "name": p["name"], "alpha": p["alpha"]} for p in points]}
         runfolder.write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
                                                          "versions": train_mod.versions(), "created": runfolder.now()})
-    state, error = "failed", None
-    try:
+    with runfolder.tracking(run_dir, train_mod.resume_command(run_dir)):
         stops, method = None, {}
         eta, min_full = spec.get("eta", 2), spec.get("min_full", 2)
         for seed in seeds:
@@ -579,15 +578,6 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
         result = summarize(run_dir, spec, points, run, method)
         result["wall_time"] = time.perf_counter() - t_start
         runfolder.write_json(run_dir / "sweep.json", result)
-        state = "complete"
-    except KeyboardInterrupt:
-        state, error = "interrupted", "interrupted by the user (Ctrl-C); continue with: decaylab resume " + str(run_dir)
-        raise
-    except BaseException as err:
-        error = f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        runfolder.set_status(run_dir, state, error)
     return result
 
 

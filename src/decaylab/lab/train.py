@@ -494,8 +494,7 @@ def _execute(cfg: dict, run_dir: Path, data, progress, resume: bool) -> None:
 
 def _execute_locked(cfg: dict, run_dir: Path, data, progress, resume: bool) -> None:
     runfolder.set_status(run_dir, "running")
-    state, error = "failed", None
-    try:
+    with runfolder.tracking(run_dir, resume_command(run_dir)):
         data = data if data is not None else _load_data(cfg)
         runfolder.write_data_info(run_dir, data.info())
         if cfg["train"]["jobs"] > 1 and len(cfg["runs"]) > 1:
@@ -503,15 +502,6 @@ def _execute_locked(cfg: dict, run_dir: Path, data, progress, resume: bool) -> N
         else:
             for run in cfg["runs"]:
                 train_run(cfg, data, run, runfolder.run(run_dir, run["name"]).path, progress, resume)
-        state = "complete"
-    except KeyboardInterrupt:
-        state, error = "interrupted", f"interrupted by the user (Ctrl-C); continue with: {resume_command(run_dir)}"
-        raise
-    except BaseException as err:
-        error = f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        runfolder.set_status(run_dir, state, error)
 
 
 def resume_command(run_dir) -> str:
