@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,21 @@ TINY = ["data.n_train=150", "model.hidden=[16]", "train.batch_size=40", "model.d
 TRAIN = TINY + ["train.epochs=3", "penalty.penalty=\"l1\"", "penalty.alpha=3e-3", "penalty.metric=\"adam\"",
                 "penalty.warmup_epochs=1", "penalty.finetune_epochs=2"]
 COMPARE = TINY + ["train.epochs=3", "runs.l1.finetune_epochs=1"]
+
+
+def _edit_config(folder: Path, edit) -> None:
+    """Apply ``edit`` to the folder's saved config.json (as a user or a newer version would)."""
+    saved = json.loads((folder / "config.json").read_text())
+    edit(saved)
+    (folder / "config.json").write_text(json.dumps(saved))
+
+
+def _copy(src: Path, dst: Path, edit=None) -> Path:
+    """A copy of a reference run folder, its config edited by ``edit`` if given."""
+    shutil.copytree(src, dst)
+    if edit is not None:
+        _edit_config(dst, edit)
+    return dst
 
 
 def _args(command: str, out: Path, name: str, items: list[str]) -> list[str]:
@@ -160,13 +176,7 @@ def test_real_sigint_stops_checkpoints_and_prints_the_resume_command(reference, 
 
 
 def test_resume_of_a_complete_folder_changes_nothing(reference, tmp_path, capsys):
-    import shutil
-
-    copy = tmp_path / "done"
-    shutil.copytree(reference / "compare", copy)
-    saved = json.loads((copy / "config.json").read_text())
-    saved["versions"]["torch"] = "0.0"
-    (copy / "config.json").write_text(json.dumps(saved))
+    copy = _copy(reference / "compare", tmp_path / "done", lambda c: c["versions"].update(torch="0.0"))
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != "status.json"
               and p.name != "report.html"}
     assert cli.main(["resume", str(copy), "--quiet"]) == 0
@@ -221,31 +231,20 @@ def test_resume_with_parallel_jobs(reference, tmp_path, monkeypatch):
 
     monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_interrupt)
     assert cli.main(_args("compare", tmp_path, "p", COMPARE)) == 130
-    saved = json.loads((tmp_path / "p" / "config.json").read_text())
-    saved["train"]["jobs"] = 2  # the rest trains in worker processes
-    (tmp_path / "p" / "config.json").write_text(json.dumps(saved))
+    _edit_config(tmp_path / "p", lambda c: c["train"].update(jobs=2))  # the rest trains in worker processes
     monkeypatch.setattr(runfolder.Run, "append_metrics", real)
     assert cli.main(["resume", str(tmp_path / "p"), "--quiet"]) == 0
     _assert_same(tmp_path / "p", reference / "compare")
 
 
 def test_resume_checks_the_saved_config(reference, tmp_path, capsys):
-    import shutil
-
-    copy = tmp_path / "edited"
-    shutil.copytree(reference / "train", copy)
-    saved = json.loads((copy / "config.json").read_text())
-    saved["train"]["epochs"] = "many"
-    (copy / "config.json").write_text(json.dumps(saved))
+    copy = _copy(reference / "train", tmp_path / "edited", lambda c: c["train"].update(epochs="many"))
     assert cli.main(["resume", str(copy)]) == 2
     assert re.search(r"config.json: config key 'train.epochs' must be an integer", capsys.readouterr().err)
 
 
 def test_a_folder_in_use_is_not_resumed_twice(reference, tmp_path, capsys):
-    import shutil
-
-    copy = tmp_path / "busy"
-    shutil.copytree(reference / "train", copy)
+    copy = _copy(reference / "train", tmp_path / "busy")
     with runfolder.lock(copy):  # as another process training into it
         assert cli.main(["resume", str(copy)]) == 2
     assert "is in use by another decaylab process" in capsys.readouterr().err
