@@ -132,7 +132,6 @@ def test_wrappers_are_unwrapped(wrapper, tmp_path):
     net = nn.Sequential()
     net.add_module("fc1", nn.Linear(4, 3))
     net.add_module("fc2", nn.Linear(3, 2))
-    dist = None
     if wrapper == "DataParallel":
         model = nn.DataParallel(net)  # on a CPU-only machine it just holds .module
     elif wrapper == "compiled":
@@ -140,26 +139,21 @@ def test_wrappers_are_unwrapped(wrapper, tmp_path):
     elif wrapper == "nested":
         model = _CompiledLike(nn.DataParallel(net))
     else:
-        import torch.distributed as dist
-
-        if not dist.is_available() or dist.is_initialized():
-            pytest.skip("torch.distributed unavailable or already initialized")
-        store = dist.FileStore(str(tmp_path / "store"), 1)
-        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-        model = nn.parallel.DistributedDataParallel(net)
-    try:
-        assert any(n.startswith(("module.", "_orig_mod.")) for n, _ in model.named_parameters())
-        rules = [dl.Rule(dl.L1(1e-2)), dl.Rule(dl.GroupLasso(1e-2), params="fc1.weight"),
-                 dl.Rule(None, params="*.bias")]
-        opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, rules)
-        assert [b.names for b in opt.bindings] == [["fc2.weight"], ["fc1.weight"], ["fc1.bias", "fc2.bias"]]
-        assert opt.unpenalized == []
-        model(torch.randn(5, 4)).sum().backward()
-        opt.step()
-        assert opt.steps == 1
-    finally:
-        if dist is not None:
-            dist.destroy_process_group()
+        # a DDP instance holding the net, built without a process group: an in-process gloo
+        # group here hung the suite now and then (futex wait in DDP's collectives); real DDP
+        # across two processes is tests/test_ddp.py
+        model = nn.parallel.DistributedDataParallel.__new__(nn.parallel.DistributedDataParallel)
+        nn.Module.__init__(model)
+        model.module = net
+    assert any(n.startswith(("module.", "_orig_mod.")) for n, _ in model.named_parameters())
+    rules = [dl.Rule(dl.L1(1e-2)), dl.Rule(dl.GroupLasso(1e-2), params="fc1.weight"),
+             dl.Rule(None, params="*.bias")]
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, rules)
+    assert [b.names for b in opt.bindings] == [["fc2.weight"], ["fc1.weight"], ["fc1.bias", "fc2.bias"]]
+    assert opt.unpenalized == []
+    (model.module if wrapper == "DistributedDataParallel" else model)(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    assert opt.steps == 1
 
 
 def test_tied_parameters_are_counted_once():
