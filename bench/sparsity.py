@@ -38,8 +38,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import decaylab as dl  # noqa: E402
 from decaylab.lab import data as data_mod  # noqa: E402
 from decaylab.lab.models import build_model  # noqa: E402
+from decaylab.stats import selected_weights  # noqa: E402
 
 TARGETS = {0.9: 0.0, 0.95: 0.3, 0.98: 0.5}
+
+
+def variant(method, args):
+    """A method name -> (TargetSparsity keyword arguments, metric).
+
+    ``gmp`` or ``ours`` (alias ``ours-metric`` = ``ours+metric``), then optional ``+``
+    modifiers for exploration: ``metric`` (saliency in Adam's metric), ``erk`` / ``uniform``
+    (per-layer budget), ``rg<f>`` (regrow fraction), ``rw<delta>`` (reweighted L1),
+    ``a<alpha>`` (L1 strength).
+    """
+    base, *mods = method.replace("ours-metric", "ours+metric").split("+")
+    if base not in ("gmp", "ours"):
+        raise ValueError(f"unknown method {method!r}: start with gmp or ours")
+    kw = {"alpha": 0.0 if base == "gmp" else args.alpha}
+    for m in mods:
+        if m == "metric":
+            kw["saliency"] = "metric"
+        elif m in ("erk", "uniform"):
+            kw["budget"] = m
+        elif m.startswith("rg"):
+            kw["regrow"] = float(m[2:])
+        elif m.startswith("rw"):
+            kw["reweight"] = float(m[2:])
+        elif m.startswith("a"):
+            kw["alpha"] = float(m[1:])
+        else:
+            raise ValueError(f"unknown modifier {m!r} in {method!r}")
+    adam = kw["alpha"] > 0 or kw.get("saliency") == "metric"
+    return kw, "adam" if adam else "lr"
 
 
 def run(method, target, seed, data, args):
@@ -49,10 +79,9 @@ def run(method, target, seed, data, args):
     steps = -(-len(data.x_train) // 128)
     begin, end = args.ramp[0] * steps, args.ramp[1] * steps
     if method != "dense":
-        alpha = 0.0 if method == "gmp" else args.alpha
-        pen = dl.TargetSparsity(alpha, target, begin=begin, end=end, every=args.every,
-                                saliency="metric" if method == "ours-metric" else "magnitude")
-        opt = dl.regularize(opt, model, dl.Rule(pen, metric="adam" if alpha or method == "ours-metric" else "lr"))
+        kw, metric = variant(method, args)
+        pen = dl.TargetSparsity(target=target, begin=begin, end=end, every=args.every, **kw)
+        opt = dl.regularize(opt, model, dl.Rule(pen, metric=metric))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(args.epochs):
@@ -63,9 +92,11 @@ def run(method, target, seed, data, args):
             opt.zero_grad()
         sched.step()
     model.eval()
+    x, y = (data.x_val, data.y_val) if args.val else (data.x_test, data.y_test)
     with torch.no_grad():
-        acc = sum(int((model(xb).argmax(1) == yb).sum())
-                  for xb, yb in zip(data.x_test.split(4096), data.y_test.split(4096))) / len(data.x_test)
+        acc = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(4096), y.split(4096))) / len(x)
+    if args.layers and method != "dense":
+        print(f"    kept per layer: {[round(1 - dl.sparsity([p]), 4) for _, p in selected_weights(model)]}")
     return acc, dl.sparsity(model)
 
 
@@ -79,6 +110,10 @@ def main(argv=None):
     ap.add_argument("--targets", default="0.9,0.95,0.98")
     ap.add_argument("--methods", default="gmp,ours")
     ap.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--val", action="store_true",
+                    help="score on the validation split held out from training (for choosing), not the test set")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense runs (exploration)")
+    ap.add_argument("--layers", action="store_true", help="print the fraction kept per layer")
     args = ap.parse_args(argv)
     args.ramp = [int(x) for x in args.ramp.split(",")]
     torch.set_num_threads(1)
@@ -88,10 +123,12 @@ def main(argv=None):
     targets = [float(t) for t in args.targets.split(",")]
     methods = args.methods.split(",")
     results = {}
+    split = "val" if args.val else "test"
     for seed in seeds:
-        acc, _ = run("dense", None, seed, data, args)
-        results.setdefault(("dense", None), []).append((acc, 0.0))
-        print(f"seed {seed} dense: {acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
+        if not args.no_dense:
+            acc, _ = run("dense", None, seed, data, args)
+            results.setdefault(("dense", None), []).append((acc, 0.0))
+            print(f"seed {seed} dense: {acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
         for target in targets:
             for method in methods:
                 acc, zeros = run(method, target, seed, data, args)
@@ -101,7 +138,8 @@ def main(argv=None):
     reduced = args.epochs != 28 or args.ramp != [1, 15]
     print()
     print(f"Fashion-MNIST LeNet-300-100, {args.epochs} epochs, ramp epochs {args.ramp[0]}-{args.ramp[1]}, "
-          f"seeds {seeds}, alpha {args.alpha:g}{' (REDUCED run)' if reduced else ''}; wall {time.time() - t0:.0f}s "
+          f"seeds {seeds}, alpha {args.alpha:g}{' (REDUCED run)' if reduced else ''}, "
+          f"{'VALIDATION' if args.val else 'test'} accuracy; wall {time.time() - t0:.0f}s "
           f"on a shared 2-core machine")
 
     def ms(key):
@@ -109,13 +147,15 @@ def main(argv=None):
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         return statistics.mean(accs), sd, statistics.mean(z for _, z in results[key])
 
-    m, sd, _ = ms(("dense", None))
-    print(f"{'method':<12} {'target':>7} {'zeros':>7} {'test acc (mean ± sd)':>22}")
-    print(f"{'dense':<12} {'-':>7} {0:>7.3f} {m:>13.4f} ± {sd:.4f}")
+    w = max(12, *(len(m) for m in methods))
+    print(f"{'method':<{w}} {'target':>7} {'zeros':>7} {split + ' acc (mean ± sd)':>22}")
+    if ("dense", None) in results:
+        m, sd, _ = ms(("dense", None))
+        print(f"{'dense':<{w}} {'-':>7} {0:>7.3f} {m:>13.4f} ± {sd:.4f}")
     for target in targets:
         for method in methods:
             m, sd, z = ms((method, target))
-            print(f"{method:<12} {target:>7.0%} {z:>7.4f} {m:>13.4f} ± {sd:.4f}")
+            print(f"{method:<{w}} {target:>7.0%} {z:>7.4f} {m:>13.4f} ± {sd:.4f}")
     for target in targets:
         if "gmp" not in methods or "ours" not in methods:
             break

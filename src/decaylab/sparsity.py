@@ -19,7 +19,9 @@ from torch import Tensor
 from . import functional as F
 from .penalties import Penalty
 
-__all__ = ["TargetSparsity", "cubic_sparsity"]
+__all__ = ["TargetSparsity", "cubic_sparsity", "keep_counts", "BUDGETS"]
+
+BUDGETS = ("global", "erk", "uniform")
 
 
 def cubic_sparsity(step: int, target: float, begin: int, end: int) -> float:
@@ -34,6 +36,52 @@ def cubic_sparsity(step: int, target: float, begin: int, end: int) -> float:
         return target if step >= begin else 0.0
     frac = min(max((step - begin) / (end - begin), 0.0), 1.0)
     return target * (1.0 - (1.0 - frac) ** 3)
+
+
+def keep_counts(shapes, keep: int, budget: str = "erk") -> list[int]:
+    """How many weights of each tensor a per-tensor budget keeps, ``keep`` in all.
+
+    ``"uniform"``: every tensor keeps the same fraction. ``"erk"`` (Erdos-Renyi-kernel,
+    Evci et al. 2020): tensor ``i`` keeps the fraction ``d_i = min(1, eps * sum(shape_i) /
+    prod(shape_i))``, with ``eps`` solved so the counts add up to ``keep`` - small layers
+    (the classifier) stay denser than big ones. Counts are ``floor(d_i * n_i)`` with the
+    remainder given to the largest fractional parts, so they sum to ``keep`` exactly.
+
+    >>> keep_counts([(300, 784), (100, 300), (10, 100)], 5324)
+    [3627, 1337, 360]
+    >>> keep_counts([(4, 4), (2, 4)], 12, "uniform")
+    [8, 4]
+    """
+    sizes = [math.prod(sh) for sh in shapes]
+    total = sum(sizes)
+    if not 0 <= keep <= total:
+        raise ValueError(f"keep_counts: keep={keep} must be between 0 and the {total} weights")
+    if budget == "uniform":
+        raw = [keep * n / total for n in sizes]
+    elif budget == "erk":
+        rates = [sum(sh) / n for sh, n in zip(shapes, sizes)]
+        full: set[int] = set()
+        while True:  # tensors whose share would exceed 1 stay dense; re-solve eps for the rest
+            rest = keep - sum(sizes[i] for i in full)
+            denom = sum(rates[i] * sizes[i] for i in range(len(sizes)) if i not in full)
+            eps = rest / denom if denom else 0.0
+            over = {i for i in range(len(sizes)) if i not in full and eps * rates[i] > 1.0}
+            if not over:
+                break
+            full |= over
+        raw = [float(n) if i in full else eps * rates[i] * n for i, n in enumerate(sizes)]
+    else:
+        raise ValueError(f"keep_counts(budget) must be 'erk' or 'uniform', got {budget!r}")
+    counts = [min(math.floor(r), n) for r, n in zip(raw, sizes)]
+    order = sorted(range(len(sizes)), key=lambda i: counts[i] - raw[i])
+    short = keep - sum(counts)
+    for i in order:
+        if short <= 0:
+            break
+        if counts[i] < sizes[i]:
+            counts[i] += 1
+            short -= 1
+    return counts
 
 
 class TargetSparsity(Penalty):
@@ -69,7 +117,8 @@ class TargetSparsity(Penalty):
     takes_steps = True
 
     def __init__(self, alpha, target: float, begin: int = 0, end: int = 1000, every: int = 1,
-                 saliency: str = "magnitude"):
+                 saliency: str = "magnitude", budget: str = "global", regrow: float = 0.0,
+                 reweight: float = 0.0):
         super().__init__(alpha)
         if isinstance(self.alpha, Tensor):
             raise ValueError("TargetSparsity takes one float strength; batched strengths are not supported")
@@ -86,7 +135,18 @@ class TargetSparsity(Penalty):
             raise ValueError(f"TargetSparsity(every) must be an integer >= 1, got {every!r}")
         if saliency not in ("magnitude", "metric"):
             raise ValueError(f"TargetSparsity(saliency) must be 'magnitude' or 'metric', got {saliency!r}")
+        if budget not in BUDGETS:
+            raise ValueError(f"TargetSparsity(budget) must be one of {BUDGETS}, got {budget!r}; "
+                             f"'global' ranks all tensors together, 'erk' gives each its Erdos-Renyi-kernel share")
+        if isinstance(regrow, bool) or not isinstance(regrow, (int, float)) or not 0.0 <= regrow < 1.0:
+            raise ValueError(f"TargetSparsity(regrow) is the fraction of the kept budget re-chosen by gradient "
+                             f"magnitude at each mask update and must be in [0, 1), got {regrow!r}; e.g. regrow=0.1")
+        if isinstance(reweight, bool) or not isinstance(reweight, (int, float)) or not (
+                math.isfinite(reweight) and reweight >= 0.0):
+            raise ValueError(f"TargetSparsity(reweight) is the offset delta of reweighted L1, alpha*delta/(|w|+delta), "
+                             f"and must be a finite number >= 0 (0: plain L1), got {reweight!r}; e.g. reweight=0.01")
         self.target, self.begin, self.end, self.every, self.saliency = float(target), begin, end, every, saliency
+        self.budget, self.regrow, self.reweight = budget, float(regrow), float(reweight)
         self.t = 0
         self._names: set[str] = set()
         self._masks: list[Tensor] | None = None
@@ -120,27 +180,64 @@ class TargetSparsity(Penalty):
             missing = sorted(set(self._names) - set(ctxs))
             raise ValueError(f"{self!r} sets one global budget and needs all of its tensors in one call "
                              f"(one optimizer param group, device and dtype, all with gradients); missing {missing}")
+        tensors = list(tensors)
         t, self.t = self.t, self.t + 1
         if self.alpha and t < self.end:
-            F.soft_threshold_(list(tensors), F.times(F.prepare(self.alpha, list(tensors)), step))
+            scale = F.times(F.prepare(self.alpha, tensors), step)
+            if self.reweight:  # Candes-Wakin-Boyd: alpha_i = alpha * delta / (|w_i| + delta), from the current w
+                d = self.reweight
+                scale = [(sc if isinstance(sc, Tensor) else torch.tensor(sc, dtype=w.dtype, device=w.device))
+                         * (d / (w.detach().abs() + d)) for sc, w in zip(F.prepare(scale, tensors), tensors)]
+            F.soft_threshold_(tensors, scale)
         if t < self.begin:
             return
         if self._masks is None or (t < self.end and (t - self.begin) % self.every == 0) or t == self.end:
-            self._masks = self._budget_masks(tensors, step, self.sparsity_at(t))
+            self._masks = self._budget_masks(tensors, step, self.sparsity_at(t), regrow=t < self.end)
         for w, m in zip(tensors, self._masks):
             w.mul_(m)
 
-    def _budget_masks(self, tensors, step, s: float) -> list[Tensor]:
+    def _scores(self, tensors, step) -> list[Tensor]:
         if self.saliency == "metric" and not isinstance(step, (int, float)):
-            scores = [(w.float() ** 2) / st.float() for w, st in zip(tensors, step)]
+            return [(w.float() ** 2) / st.float() for w, st in zip(tensors, step)]
+        return [w.detach().abs().float() for w in tensors]
+
+    def _budget_masks(self, tensors, step, s: float, regrow: bool = False) -> list[Tensor]:
+        scores = self._scores(tensors, step)
+        regrow = regrow and self.regrow > 0 and s > 0
+        if regrow and any(w.grad is None for w in tensors):
+            raise ValueError(f"{self!r} regrows by gradient magnitude and needs .grad on its tensors at the step; "
+                             f"call it through decaylab.regularize after backward(), or use regrow=0")
+        if self.budget == "global" and not regrow:
+            # one magnitude ranking over all tensors (Zhu & Gupta); ties at the threshold are pruned
+            flat = torch.cat([x.flatten() for x in scores])
+            k = math.floor(s * flat.numel())
+            if k <= 0:
+                return [torch.ones_like(w, dtype=torch.bool) for w in tensors]
+            threshold = flat.kthvalue(k).values
+            return [x > threshold for x in scores]
+        sizes = [w.numel() for w in tensors]
+        keep_total = sum(sizes) - math.floor(s * sum(sizes))
+        if self.budget == "global":
+            groups = [(list(range(len(tensors))), keep_total)]
         else:
-            scores = [w.detach().abs().float() for w in tensors]
-        flat = torch.cat([x.flatten() for x in scores])
-        k = math.floor(s * flat.numel())
-        if k <= 0:
-            return [torch.ones_like(w, dtype=torch.bool) for w in tensors]
-        threshold = flat.kthvalue(k).values
-        return [x > threshold for x in scores]
+            groups = [([i], k) for i, k in enumerate(keep_counts([tuple(w.shape) for w in tensors], keep_total,
+                                                                 self.budget))]
+        masks = [torch.zeros_like(w, dtype=torch.bool) for w in tensors]
+        for idx, keep in groups:
+            flat = torch.cat([scores[i].flatten() for i in idx])
+            grown = round(self.regrow * keep) if regrow else 0
+            chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+            chosen[flat.topk(keep - grown, sorted=False).indices] = True
+            if grown:
+                # RigL-style: the rest of the budget goes to the coordinates (pruned or not)
+                # whose loss gradient is largest, so that weights the magnitude ranking has
+                # cut can come back if the loss asks for them
+                g = torch.cat([tensors[i].grad.detach().abs().float().flatten() for i in idx])
+                g[chosen] = -1.0
+                chosen[g.topk(grown, sorted=False).indices] = True
+            for i, part in zip(idx, chosen.split([sizes[i] for i in idx])):
+                masks[i] = part.view_as(tensors[i])
+        return masks
 
     def __repr__(self):
         extra = "" if self.saliency == "magnitude" else ", saliency='metric'"
