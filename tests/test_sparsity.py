@@ -71,3 +71,86 @@ def test_pruned_weights_stay_zero_after_the_ramp():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         dl.TargetSparsity(1e-4, **kwargs)
+
+
+# -- per-layer budgets, regrowth, reweighting ---------------------------------------------
+
+def test_erk_keep_counts_closed_form():
+    # eps = 5324 / (1084 + 400 + 110); raw 3620.50, 1336.01, 367.40 -> floors 3620, 1336, 367,
+    # the one left over goes to the largest fractional part (3620.50)
+    assert dl.keep_counts([(300, 784), (100, 300), (10, 100)], 5324) == [3621, 1336, 367]
+    # a small tensor whose share would exceed 1 stays dense, eps is re-solved for the rest:
+    # rates 5/4 and 100/2500; eps = 104/105 -> 1.24 > 1, so [4, 100]
+    assert dl.keep_counts([(1, 4), (50, 50)], 104) == [4, 100]
+    assert dl.keep_counts([(10, 10), (5, 20)], 50, "uniform") == [25, 25]
+    assert sum(dl.keep_counts([(7, 13), (3, 5), (11, 2)], 37)) == 37
+
+
+def test_erk_budget_holds_per_layer_counts_in_training():
+    pen = dl.TargetSparsity(0.0, target=0.9, begin=10, end=80, every=5, budget="erk")
+    model, fractions = short_run(pen, steps=100)
+    weights = [model[0].weight, model[2].weight, model[4].weight]
+    n = sum(w.numel() for w in weights)
+    expected = dl.keep_counts([tuple(w.shape) for w in weights], n - int(0.9 * n))
+    assert [int((w != 0).sum()) for w in weights] == expected
+    assert abs(fractions[-1] - 0.9) <= 0.01
+    # the global ranking keeps other counts on the same run: the option changes behaviour
+    glob, _ = short_run(dl.TargetSparsity(0.0, target=0.9, begin=10, end=80, every=5), steps=100)
+    assert [int((w != 0).sum()) for w in (glob[0].weight, glob[2].weight, glob[4].weight)] != expected
+
+
+def test_regrow_closed_form():
+    # t=1 of a ramp over steps 0..2: s = 0.5 * (1 - 0.5**3) = 0.4375 -> 7 zeros of 16, 9 kept;
+    # regrow 1/3 -> 3 by gradient, 6 by magnitude
+    w = torch.tensor([16.0, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1])
+    w.grad = torch.zeros(16)
+    w.grad[[0, 13, 14, 15]] = torch.tensor([100.0, 3.0, -5.0, 4.0])  # index 0 is kept anyway
+    pen = dl.TargetSparsity(0.0, target=0.5, begin=0, end=2, regrow=1 / 3)
+    pen.prox_([w], 0.1)  # t=0: s=0, nothing pruned
+    pen.prox_([w], 0.1)
+    kept = (w != 0).nonzero().flatten().tolist()
+    assert kept == [0, 1, 2, 3, 4, 5, 13, 14, 15]
+
+
+def test_regrow_reaches_the_target_and_changes_the_masks():
+    pen = dl.TargetSparsity(1e-4, target=0.9, begin=10, end=80, every=5, regrow=0.3)
+    model, fractions = short_run(pen, "adam", steps=100)
+    assert abs(fractions[-1] - 0.9) <= 0.01
+    plain, _ = short_run(dl.TargetSparsity(1e-4, target=0.9, begin=10, end=80, every=5), "adam", steps=100)
+    assert not torch.equal(model[0].weight != 0, plain[0].weight != 0)
+
+
+def test_regrow_needs_gradients():
+    w = torch.randn(10)
+    pen = dl.TargetSparsity(0.0, target=0.5, begin=0, end=4, regrow=0.2)
+    pen.prox_([w], 0.1)
+    with pytest.raises(ValueError, match="needs .grad"):
+        pen.prox_([w], 0.1)
+
+
+def test_reweight_closed_form():
+    # threshold lr * alpha * delta / (|w| + delta) with lr 1, alpha 0.02, delta 0.1; no budget yet
+    w = torch.tensor([0.1, 1.0, -0.01])
+    dl.TargetSparsity(0.02, target=0.5, begin=5, end=10, reweight=0.1).prox_([w], 1.0)
+    expected = torch.tensor([0.1 - 0.002 / 0.2, 1.0 - 0.002 / 1.1, 0.0])
+    torch.testing.assert_close(w, expected)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"budget": "layerwise"}, r"budget\) must be one of .*got 'layerwise'"),
+    ({"regrow": 1.0}, r"regrow\) .* must be in \[0, 1\), got 1.0"),
+    ({"regrow": -0.1}, r"regrow\)"),
+    ({"regrow": True}, r"regrow\)"),
+    ({"reweight": -0.01}, r"reweight\) .* >= 0 .*got -0.01"),
+    ({"reweight": float("nan")}, r"reweight\)"),
+])
+def test_bad_recipe_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dl.TargetSparsity(1e-4, target=0.9, **kwargs)
+
+
+def test_keep_counts_bad_input():
+    with pytest.raises(ValueError, match="keep=30 must be between 0 and the 20 weights"):
+        dl.keep_counts([(4, 5)], 30)
+    with pytest.raises(ValueError, match="budget"):
+        dl.keep_counts([(4, 5)], 3, "global")

@@ -12,7 +12,7 @@ from . import coupled, functional, groups
 from .compact import Compaction, compact
 from .coupled import CoupledGroupLasso, coupled_groups
 from .selection import AdaptiveGroupLasso, adaptive_weights
-from .sparsity import TargetSparsity, cubic_sparsity
+from .sparsity import TargetSparsity, cubic_sparsity, keep_counts
 from .groups import Channels, Columns, Grouping, Indexed, Rows
 from .optim import Regularized, regularize
 from .penalties import L1, L2, L2SP, MODES, ElasticNet, GroupLasso, Penalty
@@ -28,6 +28,6 @@ __all__ = [
     "norm_layers", "embeddings", "biases", "weights", "default_selection",
     "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary",
     "CoupledGroupLasso", "coupled_groups", "compact", "Compaction",
-    "TargetSparsity", "cubic_sparsity", "AdaptiveGroupLasso", "adaptive_weights",
+    "TargetSparsity", "cubic_sparsity", "keep_counts", "AdaptiveGroupLasso", "adaptive_weights",
     "functional", "groups", "coupled",
 ]
