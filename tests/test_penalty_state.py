@@ -22,6 +22,9 @@ def _mlp():
 def _make(kind, model):
     if kind == "target":
         pen = dl.TargetSparsity(1e-4, target=0.8, begin=2, end=20, every=3)
+    elif kind == "target-recipe":  # per-layer budget, Adam-metric saliency, regrowth, reweighting
+        pen = dl.Rule(dl.TargetSparsity(1e-4, target=0.8, begin=2, end=20, every=3, budget="erk",
+                                        saliency="metric", regrow=0.2, reweight=0.01), metric="adam")
     else:
         pen = dl.CoupledGroupLasso(1e-3, model, target={"inputs": 0.5, "neurons": 0.5}, begin=2, end=20, every=3)
     return dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model, pen)
@@ -36,7 +39,7 @@ def _steps(model, opt, start, stop):
         opt.zero_grad()
 
 
-@pytest.mark.parametrize("kind", ["target", "coupled"])
+@pytest.mark.parametrize("kind", ["target", "target-recipe", "coupled"])
 def test_resume_mid_ramp_is_bit_identical(kind):
     model = _mlp()
     opt = _make(kind, model)

@@ -93,19 +93,38 @@ class TargetSparsity(Penalty):
 
     Its prox after each step is exact: soft-threshold at ``step*alpha`` (per coordinate
     in Adam's metric with ``metric="adam"``), then zero the entries of smallest saliency
-    until ``s(t)*n`` are zero. Saliency is ``|w|`` (``saliency="magnitude"``) or, in the
-    prox's own metric, ``w^2 / step_i`` (``saliency="metric"``: with Adam, weights whose
-    gradients are large cost more to remove). The mask is recomputed every ``every``
-    steps and held in between; from ``end`` on the L1 term is off and the final mask is
-    held, so the survivors fine-tune freely. ``alpha = 0`` is gradual magnitude pruning.
-    The step counter ``t`` and the mask live in the penalty, not in the optimizer's
-    ``state_dict``: to resume mid-ramp, restore ``penalty.t`` too.
+    until ``s(t)*n`` are zero. The mask is recomputed every ``every`` steps and held in
+    between; from ``end`` on the L1 term is off and the final mask is held, so the
+    survivors fine-tune freely. ``alpha = 0`` with the defaults is gradual magnitude
+    pruning. The step counter ``t`` and the masks are the penalty's state, saved in the
+    wrapper's ``state_dict`` (resuming mid-ramp continues bit for bit).
+
+    Options beyond magnitude pruning (measured in ``bench/sparsity.py`` / BENCHMARKS.md):
+
+    * ``saliency="metric"``: rank by ``w_i^2 / step_i`` - with ``metric="adam"`` that is
+      ``w_i^2 (sqrt(v_hat_i) + eps) / lr``, the loss increase of removing ``w_i`` under
+      Adam's diagonal curvature estimate (Optimal-Brain-Damage-like; with a plain lr step
+      it ranks as ``|w|``). Weights whose gradients are large cost more to remove.
+    * ``budget="erk"`` / ``"uniform"``: one budget per tensor instead of one global
+      ranking; tensor ``i`` keeps :func:`keep_counts` weights (Erdos-Renyi-kernel shares:
+      small layers stay denser), ``n - floor(s(t) n)`` in all.
+    * ``regrow=f``: at each mask update during the ramp, ``(1 - f)`` of the kept budget
+      goes to the highest saliency and the remaining ``f`` to the other coordinates with
+      the largest ``|grad|`` (RigL-style regrowth: pruned weights the loss asks for come
+      back). Needs ``.grad`` on the tensors (call it through :func:`decaylab.regularize`).
+    * ``reweight=delta``: reweighted L1 (Candes, Wakin & Boyd 2008), per-coordinate
+      strength ``alpha_i = alpha * delta / (|w_i| + delta)`` from the weights before each
+      prox - small weights are shrunk at the full ``alpha``, large ones hardly at all.
 
     Args:
         alpha: L1 strength while the budget ramps (>= 0).
         target: the final exact-zero fraction, in (0, 1).
         begin, end: optimizer steps where the ramp starts and reaches ``target``.
         every: steps between mask updates during the ramp.
+        saliency: ``"magnitude"`` (``|w|``) or ``"metric"`` (see above).
+        budget: ``"global"`` (one ranking over all tensors), ``"erk"`` or ``"uniform"``.
+        regrow: fraction of the kept budget chosen by gradient magnitude, in [0, 1).
+        reweight: ``delta`` of reweighted L1, >= 0 (0: plain L1).
 
     >>> w = torch.tensor([0.1, -2.0, 0.3, 4.0])
     >>> TargetSparsity(0.0, target=0.5, begin=0, end=0).prox_([w], 0.1)
@@ -239,6 +258,9 @@ class TargetSparsity(Penalty):
         return masks
 
     def __repr__(self):
-        extra = "" if self.saliency == "magnitude" else ", saliency='metric'"
+        extra = "".join(f", {k}={v!r}" for k, v, d in (("saliency", self.saliency, "magnitude"),
+                                                          ("budget", self.budget, "global"),
+                                                          ("regrow", self.regrow, 0.0),
+                                                          ("reweight", self.reweight, 0.0)) if v != d)
         return (f"TargetSparsity(alpha={self._alpha_repr()}, target={self.target:g}, begin={self.begin}, "
                 f"end={self.end}{extra})")
