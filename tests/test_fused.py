@@ -276,3 +276,28 @@ def test_checkpoint_taken_between_fused_adam_steps_resumes_the_same_run(monkeypa
         opt2.step()
         opt2.zero_grad()
     _assert_fused_equals_eager(list(straight.parameters()), list(m2.parameters()))
+
+
+def test_one_rule_over_fp32_and_bf16_weights_fuses_the_fp32_bucket_only(monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+
+    def run(flag):
+        torch.manual_seed(0)
+        m = nn.Module()
+        m.a = nn.Parameter(torch.randn(4, 3))
+        m.b = nn.Parameter(torch.randn(4, 3).to(torch.bfloat16))
+        opt = dl.regularize(torch.optim.AdamW(m.parameters(), lr=0.05, weight_decay=0.0), m,
+                            dl.Rule(dl.L1(0.05), params=["a", "b"]), fused=flag)
+        target = torch.linspace(-1, 1, 12).reshape(4, 3)
+        for _ in range(4):
+            ((m.a - target) ** 2).sum().backward()
+            ((m.b.float() - target) ** 2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return [m.a.detach().clone(), m.b.detach().float() + opt._comp.get(opt._index[id(m.b)], 0)], opt
+
+    eager, _ = run(False)
+    comp, opt = run(True)
+    by_dtype = {b.params[0].dtype: b.kernel for b in opt._buckets}
+    assert by_dtype[torch.float32]._adam_fn is not None and by_dtype[torch.bfloat16]._adam_fn is None
+    _assert_fused_equals_eager(eager, comp)

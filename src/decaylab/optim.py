@@ -39,7 +39,7 @@ __all__ = ["regularize", "Regularized"]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: equality would compare weight tensors
 class _Bucket:
     """Parameters of one rule, one param group, one device and dtype: one kernel call.
 
@@ -254,6 +254,7 @@ class Regularized(torch.optim.Optimizer):
         # skips them (no gradient) and the kernel does Adam and the prox in one pass
         fused_adam = self._adam_fusable() if closure is None and by_mode["prox"] else []
         hidden = [(p, p.grad) for b in fused_adam for p in b.params]
+        fused_ids = {id(b) for b in fused_adam}
         try:
             for b in by_mode["coupled"]:
                 self._couple(b, swapped)
@@ -274,7 +275,7 @@ class Regularized(torch.optim.Optimizer):
         if self._pending:
             self._resolve_metrics()
         for b in by_mode["prox"]:
-            if not (b in fused_adam and self._adam_fused_step(b)):
+            if not (id(b) in fused_ids and self._adam_fused_step(b)):
                 self._apply(b, "prox")
         self._steps += 1
         return loss
