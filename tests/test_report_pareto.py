@@ -47,7 +47,7 @@ def test_reference_prunes_to_the_sweep_points_exact_zeros(tmp_path):
             (final["val_acc"], final["test_acc"], final["nonzero_params"])
         assert final["epochs"] == 2  # the sweep's epochs
     page = (d / "report.html").read_text()
-    assert 'data-figure="pareto"' in page and 'id="reference"' in page and "magnitude pruning" in page
+    assert 'data-figure="pareto"' in page and 'class="reference"' in page and "magnitude pruning" in page
 
 
 def test_asked_targets_over_seeds_give_mean_and_sd(tmp_path):
@@ -72,11 +72,23 @@ def test_a_sweep_with_no_sparse_point_gets_a_note_not_a_curve(tmp_path):
     assert not list((tmp_path / "s" / "runs").glob("magnitude-*"))
 
 
+def test_compare_with_alphas_trains_the_reference_inside_its_sweep(tmp_path):
+    sets = [s for s in TINY if not s.startswith("penalty.")] + REF + ["pareto.targets=[0.5]",
+                                                                       "runs.l1.alphas=\"1e-4,1e-3\""]
+    assert cli.main(["compare", *_sets(sets), "--only", "none,l1", "--out", str(tmp_path), "--name", "c",
+                     "--quiet"]) == 0
+    d = tmp_path / "c" / "sweeps" / "l1"
+    (p,) = _json(d / "sweep.json")["reference"]["points"]
+    assert p["target"] == 0.5 and _json(d / "runs" / "magnitude-z0.5" / "final.json")["epochs"] == 2
+    page = (tmp_path / "c" / "report.html").read_text()
+    assert "Magnitude-pruning reference to the l1 sweep" in page and 'data-figure="pareto"' in page
+
+
 def test_without_the_key_a_sweep_trains_no_reference(tmp_path):
     assert _sweep(tmp_path, "s", "1e-4,1e-3") == 0
     assert "reference" not in _json(tmp_path / "s" / "sweep.json")
     assert not list((tmp_path / "s" / "runs").glob("magnitude-*"))
-    assert 'id="reference"' not in (tmp_path / "s" / "report.html").read_text()
+    assert 'class="reference"' not in (tmp_path / "s" / "report.html").read_text()
 
 
 def test_resume_after_a_kill_in_the_reference_keeps_what_finished(tmp_path, monkeypatch):

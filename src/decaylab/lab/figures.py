@@ -149,7 +149,8 @@ def fig_compaction(runs: list[dict]):
     >>> fig_compaction([{"name": "coupled", "compact": c}]).axes[0].get_ylabel()
     'units (neurons / channels / inputs)'
     """
-    runs = [r for r in runs if (r.get("compact") or {}).get("compacted")]
+    colors = [f"C{i % 10}" for i, r in enumerate(runs) if (r.get("compact") or {}).get("compacted")]
+    runs = [r for r in runs if (r.get("compact") or {}).get("compacted")]  # a run keeps the report's color
     if not runs:
         return None
     from matplotlib.figure import Figure
@@ -174,7 +175,7 @@ def fig_compaction(runs: list[dict]):
                 **{k: v[0] for k, v in c["layers"].items()}}
         xs = [j - 0.4 + width * (i + 1.5) for j in range(len(names))]
         values = [kept.get(n) if kept.get(n) is not None else groups[n] for n in names]
-        bars = units.bar(xs, values, width, color=f"C{i % 10}", label=r["name"])
+        bars = units.bar(xs, values, width, color=colors[i], label=r["name"])
         if len(runs) <= 8:
             units.bar_label(bars, [f"{v}" for v in values], fontsize=6, padding=1, rotation=90 if len(runs) > 3 else 0)
     units.margins(y=0.12)
@@ -182,17 +183,17 @@ def fig_compaction(runs: list[dict]):
     units.set_ylabel("units (neurons / channels / inputs)")
     units.set_title("kept after compaction, per layer")
     units.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
-    _fig_times(times, runs)
+    _fig_times(times, runs, colors)
     return fig
 
 
-def _fig_times(ax, runs):
+def _fig_times(ax, runs, colors):
     absolute = all(r["compact"].get("time_dense_batch256") for r in runs)
     for i, r in enumerate(runs):
         c = r["compact"]
         dense = 1e3 * c["time_dense_batch256"] if absolute else 1.0
         small = 1e3 * c["time_compact_batch256"] if absolute else 1.0 / c["speedup_batch256"]
-        ax.barh([2 * i - 0.4, 2 * i + 0.4], [dense, small], 0.75, color=["0.85", f"C{i % 10}"], edgecolor="0.5")
+        ax.barh([2 * i - 0.4, 2 * i + 0.4], [dense, small], 0.75, color=["0.85", colors[i]], edgecolor="0.5")
         ax.annotate(f"{c['speedup_batch256']:.2f}×", xy=(small, 2 * i + 0.4), xytext=(3, 0),
                     textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks([2 * i for i in range(len(runs))], [r["name"] for r in runs], fontsize=7)

@@ -516,16 +516,19 @@ def _selection_html(run):
                 f"{_esc(sw.get('selection'))}. SE: {_esc(sw.get('se'))}. {stopped} of {len(sw.get('points', []))} "
                 f"points were stopped early by successive halving (see sweep.json).</p>"]
         out += _reference_html(sw)
+    for name, swept in run.get("sweeps") or []:
+        out += _reference_html(swept, f" to the {name} sweep")
     return out
 
 
-def _reference_html(sw):
+def _reference_html(sw, of=""):
     """The magnitude-pruning reference next to the sweep's point of the same sparsity."""
     ref = sw.get("reference")
     if not ref:
         return []
+    title = f"<h2>Magnitude-pruning reference{_esc(of)}</h2>"
     if not ref.get("points"):
-        return ["<h2>Magnitude-pruning reference</h2>", f"<p>{_esc(ref.get('note'))}</p>"]
+        return [title, f"<p>{_esc(ref.get('note'))}</p>"]
     lr = (sw.get("chosen_lr") or {}).get("best")
     mine = {round(p["zeros"], 3): p for p in sw.get("points", []) if p.get("lr") == lr and p.get("zeros") is not None}
     name = "accuracy" if sw.get("metric", "accuracy") == "accuracy" else "mse"
@@ -540,10 +543,10 @@ def _reference_html(sw):
                  q and _ms((q["val_acc"], q.get("val_acc_sd"))), q and _ms((q["test_acc"], q.get("test_acc_sd"))),
                  q and ("yes" if q.get("stopped_early") else "no")]
         rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
-    return ["<h2>Magnitude-pruning reference</h2>",
+    return [title,
             f"<p>{_esc(ref.get('describe'))}; targets: {_esc(ref.get('targets_from'))}. Same data, model, "
             f"optimizer, schedule, epochs and seeds as the sweep.</p>",
-            f'<table id="reference"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
+            f'<table class="reference"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
 
 
 def _figure_html(fig_id, png, run):
