@@ -127,10 +127,14 @@ def _params_axis(ax, log: bool, n_params):
     """Nonzero parameters below (log only over a wide range; plain numbers), % kept on top."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    plain = FuncFormatter(lambda x, _: f"{x:,.0f}")
+    from matplotlib.ticker import MaxNLocator
+
+    plain = FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 10_000 else f"{x:,.0f}")
     if log:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.xaxis.set_major_formatter(plain)
     ax.set_xlabel("nonzero parameters" + (" (log scale)" if log else ""))
     if n_params:
@@ -140,17 +144,19 @@ def _params_axis(ax, log: bool, n_params):
         top.set_xlabel(f"kept, % of {n_params:,} parameters", fontsize=8)
 
 
-def fig_compaction(runs: list[dict]):
+def fig_compaction(runs: list[dict], colors: list | None = None):
     """From each run's ``compact.json``: units kept per layer against the dense width (left;
     ``inputs`` first) and the CPU time of one batch of 256, dense vs compacted (right).
+    ``colors``: one per run (default the C0..C9 cycle); runs without a compaction are skipped.
 
     >>> c = {"compacted": True, "kept_inputs": [0, 2], "n_inputs": 4, "layers": {"layers.0": [3, 8]},
     ...      "time_dense_batch256": 2e-3, "time_compact_batch256": 5e-4, "speedup_batch256": 4.0}
     >>> fig_compaction([{"name": "coupled", "compact": c}]).axes[0].get_ylabel()
     'units (neurons / channels / inputs)'
     """
-    colors = [f"C{i % 10}" for i, r in enumerate(runs) if (r.get("compact") or {}).get("compacted")]
-    runs = [r for r in runs if (r.get("compact") or {}).get("compacted")]  # a run keeps the report's color
+    colors = colors or [f"C{i % 10}" for i in range(len(runs))]  # one per run: a run keeps the report's color
+    colors = [c for c, r in zip(colors, runs) if (r.get("compact") or {}).get("compacted")]
+    runs = [r for r in runs if (r.get("compact") or {}).get("compacted")]
     if not runs:
         return None
     from matplotlib.figure import Figure

@@ -1,8 +1,9 @@
 """A self-contained HTML report rebuilt from a run folder's JSON files alone.
 
 The report reads only what ``docs/run-folder.md`` lists (``config.json``, ``status.json``,
-``data.json`` and, per run, ``spec.json``, ``metrics.jsonl``, ``final.json``); it never
-opens a ``.pt`` file. ``report.html`` is one file that opens offline: figures are inlined
+``data.json``, ``sweep.json`` / ``compare.json`` and, per run, ``spec.json``,
+``metrics.jsonl``, ``final.json`` and, after ``decaylab compact``, ``compact.json``); it
+never opens a ``.pt`` file. ``report.html`` is one file that opens offline: figures are inlined
 as base64 PNG, the CSS is inline, and there is no script and no external URL.
 
 Figures are drawn with matplotlib's object-oriented API (rendered by Agg) inside a fixed
@@ -329,7 +330,7 @@ def _fig_heatmap(run):
 
 def _fig_compaction(run):
     from .figures import fig_compaction
-    return fig_compaction(run["runs"])
+    return fig_compaction(run["runs"], [color for color, _ in _colored(run, lambda r: True)])
 
 
 def _fig_loss_curves(run):
@@ -360,8 +361,9 @@ def figures(run) -> dict[str, bytes]:
 
     Returns:
         Figure id (``"curves"``, ``"histograms"``, ``"layer-sparsity"``,
-        ``"sparsity-over-time"``, ``"input-maps"``) -> PNG bytes; a figure with nothing to
-        show (e.g. input maps for non-image data) is left out.
+        ``"sparsity-over-time"``, ``"input-maps"``, ...; sweeps: ``"lambda-path"``,
+        ``"pareto"``, ``"heatmap"``; after ``decaylab compact``: ``"compaction"``) -> PNG
+        bytes; a figure with nothing to show (e.g. input maps for non-image data) is left out.
 
     >>> sorted(figures("runs/digits-compare"))  # doctest: +SKIP
     ['curves', 'histograms', 'input-maps', 'layer-sparsity', 'sparsity-over-time']
@@ -526,7 +528,7 @@ def _reference_html(sw, of=""):
     ref = sw.get("reference")
     if not ref:
         return []
-    title = f"<h2>Magnitude-pruning reference{_esc(of)}</h2>"
+    title = f"<h2>Magnitude-pruning reference{html.escape(of)}</h2>"
     if not ref.get("points"):
         return [title, f"<p>{_esc(ref.get('note'))}</p>"]
     lr = (sw.get("chosen_lr") or {}).get("best")
