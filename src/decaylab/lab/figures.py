@@ -75,13 +75,12 @@ def fig_lambda(sweeps: list[tuple[str, dict]]):
 def _pareto_curve(ax, pts, split, **style):
     xs, ys = [p["nonzero_params"] for p in pts], [p[f"{split}_acc"] for p in pts]
     sd = [p.get(f"{split}_acc_sd") for p in pts]
-    line = ax.errorbar(xs, ys, yerr=[s or 0 for s in sd] if any(sd) else None, capsize=2, **style)
-    return line
+    return ax.errorbar(xs, ys, yerr=[s or 0 for s in sd] if any(sd) else None, capsize=2, **style)
 
 
 def fig_pareto(sweeps: list[tuple[str, dict]]):
-    """Validation (left) and test (right) accuracy against nonzero parameters (log axis; top:
-    % of the model's parameters), one curve per sweep over its strengths (at its best lr;
+    """Validation (left) and test (right) accuracy against nonzero parameters (log axis over a
+    wide range; top: % of the model's parameters kept), ± sd over seeds, one curve per sweep over its strengths (at its best lr;
     hollow: stopped early), and the sweep's magnitude-pruning reference curve (dashed) when
     ``sweep.json`` has one. Up and to the left is better: more accuracy for fewer weights.
 
@@ -125,9 +124,7 @@ def fig_pareto(sweeps: list[tuple[str, dict]]):
 
 def _params_axis(ax, log: bool, n_params):
     """Nonzero parameters below (log only over a wide range; plain numbers), % kept on top."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     plain = FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 10_000 else f"{x:,.0f}")
     if log:
