@@ -178,6 +178,10 @@ def test_compaction_figure_bars_are_the_kept_units_and_the_times():
     assert sorted(round(b.get_width(), 6) for b in times.patches) == [0.5, 2.0]  # ms per batch
     assert [t.get_text() for t in times.get_yticklabels()] == ["coupled"]
     assert figures.fig_compaction(runs[1:]) is None
+    old = {k: v for k, v in runs[0]["compact"].items() if not k.startswith("time_")}  # before absolute times
+    times = figures.fig_compaction([{"name": "coupled", "compact": old}]).axes[1]
+    assert times.get_xlabel() == "time relative to dense (CPU)"
+    assert sorted(round(b.get_width(), 6) for b in times.patches) == [0.25, 1.0]
 
 
 def test_report_shows_the_compaction_figure_only_after_compact(tmp_path):
