@@ -301,3 +301,30 @@ def test_one_rule_over_fp32_and_bf16_weights_fuses_the_fp32_bucket_only(monkeypa
     by_dtype = {b.params[0].dtype: b.kernel for b in opt._buckets}
     assert by_dtype[torch.float32]._adam_fn is not None and by_dtype[torch.bfloat16]._adam_fn is None
     _assert_fused_equals_eager(eager, comp)
+
+
+@pytest.mark.parametrize("metric", ["adam", "lr"])
+def test_stacked_strengths_inside_the_adam_kernel_equal_eager(metric, monkeypatch):
+    # a sweep's stacked weights [K, ...] with one strength per configuration
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+
+    def run(flag):
+        torch.manual_seed(0)
+        m = nn.Module()
+        m.w = nn.Parameter(torch.randn(3, 4, 5))
+        alphas = torch.tensor([0.01, 1.0, 5.0]) if metric == "adam" else torch.tensor([0.1, 0.5, 2.0])
+        opt = dl.regularize(torch.optim.Adam(m.parameters(), lr=0.05), m,
+                            dl.Rule(dl.L1(alphas), params="w", metric=metric), fused=flag)
+        target = torch.linspace(-1, 1, 60).reshape(3, 4, 5)
+        for _ in range(10):
+            ((m.w - target) ** 2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return [m.w.detach().clone()], opt
+
+    eager, _ = run(False)
+    comp, opt = run(True)
+    assert opt._buckets[0].kernel._adam_fn is not None and opt._buckets[0].kernel.calls == 9
+    _assert_fused_equals_eager(eager, comp)
+    zeros = (comp[0] == 0).flatten(1).sum(1)
+    assert zeros[0] < zeros[2]  # the strongest configuration is the sparsest
