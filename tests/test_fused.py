@@ -328,3 +328,19 @@ def test_stacked_strengths_inside_the_adam_kernel_equal_eager(metric, monkeypatc
     _assert_fused_equals_eager(eager, comp)
     zeros = (comp[0] == 0).flatten(1).sum(1)
     assert zeros[0] < zeros[2]  # the strongest configuration is the sparsest
+
+
+@pytest.mark.slow
+def test_inductor_group_threshold_in_adams_metric_leaves_a_nan_entry_out_as_eager_does():
+    # the kernel tests NaN as d != d (isnan does not vectorize on a CPU): inductor must not
+    # fold it away; the NaN coordinate is left out of its group's mean step
+    torch.manual_seed(0)
+    w, v = torch.randn(4, 6), torch.rand(4, 6) * 1e-4
+    v[1, 2] = float("nan")
+    scalars = torch.tensor([0.1, 0.05, 0.7])
+    compiled = torch.compile(fused._bucket_update, dynamic=False, fullgraph=True, options=fused._OPTIONS)
+    a, b = [w.clone()], [w.clone()]
+    compiled(a, None, [v], scalars, None, 1e-8, 1.0, "group", ((1,),))
+    fused._bucket_update(b, None, [v], scalars, None, 1e-8, 1.0, "group", ((1,),))
+    assert torch.isfinite(a[0]).all() and torch.equal(a[0], b[0])
+    assert not torch.equal(a[0], w)

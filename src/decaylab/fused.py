@@ -142,7 +142,7 @@ def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tu
     d = torch.maximum(torch.sqrt(v) / rbc + eps, a)
     if op != "group":
         return st * a / d
-    ok = ~torch.isnan(d)  # a NaN entry (NaN gradient) is left out of the mean, as eagerly
+    ok = d == d  # not NaN (vectorizes; isnan does not): a NaN entry is left out of the mean, as eagerly
     count = ok.sum(dim=dims, keepdim=True, dtype=d.dtype)
     return st * a * count / torch.where(ok, d, 0.0).sum(dim=dims, keepdim=True)
 
