@@ -115,6 +115,8 @@ def test_fused_adam_metric_keeps_no_weight_sized_buffer(monkeypatch):
     _, comp = _train(RULES["L1 prox adam"], torch.float32, True)
     assert sum(b.numel() for b in eager._buffers.values()) > 0  # the eager fallback keeps one
     assert comp._buffers == {} and comp._comp == {}
+    _, first = _train(RULES["L1 prox adam"], torch.float32, True, steps=1)  # the eager first step
+    assert first._buffers == {}
 
 
 def test_compiles_once_per_bucket_and_never_again(monkeypatch):
@@ -344,3 +346,18 @@ def test_inductor_group_threshold_in_adams_metric_leaves_a_nan_entry_out_as_eage
     fused._bucket_update(b, None, [v], scalars, None, 1e-8, 1.0, "group", ((1,),))
     assert torch.isfinite(a[0]).all() and torch.equal(a[0], b[0])
     assert not torch.equal(a[0], w)
+
+
+def test_auto_choice_on_a_large_cpu_bucket_compiles_except_a_plain_metric_group_prox(monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    kernels = {}
+    for name, rule in [("l1", dl.Rule(dl.L1(1e-3), metric="lr")),
+                       ("group-lr", dl.Rule(dl.GroupLasso(1e-3, "rows"), metric="lr")),
+                       ("group-adam", dl.Rule(dl.GroupLasso(1e-3, "rows"), metric="adam"))]:
+        lin = nn.Linear(1024, fused.CPU_MIN_NUMEL // 1024, bias=False)
+        opt = dl.regularize(torch.optim.Adam(lin.parameters(), lr=1e-3), lin, rule)  # fused=None
+        lin(torch.randn(2, 1024)).sum().backward()
+        opt.step()
+        kernels[name] = opt._buckets[0].kernel
+    assert kernels["l1"] and kernels["group-adam"]
+    assert kernels["group-lr"] is False  # ATen's threaded norm and multiply: as fast, no compile

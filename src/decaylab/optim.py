@@ -370,6 +370,9 @@ class Regularized(torch.optim.Optimizer):
             fn = pen.decay_scaled_
         if comps is None:
             fn(params, scale, ctxs, b.rule.foreach)
+            if adam and b.kernel and self._buffers and self._adam_can_fuse(b):
+                for p in params:  # from the next step on its kernel takes the step: no buffer kept
+                    self._buffers.pop(self._index[id(p)], None)
             return
         wide = [p.float().add_(c) for p, c in zip(params, comps)]
         fn(wide, scale, ctxs, b.rule.foreach)
@@ -397,9 +400,12 @@ class Regularized(torch.optim.Optimizer):
         """Compiled or eager, chosen once per bucket at its first step (see decaylab.fused)."""
         planned = fused_kernels.plan(b.rule.penalty, b.rule.mode, b.metric)
         want = self.fused
-        if want is None:  # auto: on GPUs; on CPUs only for buckets big enough to repay the compile
+        if want is None:  # auto: on GPUs; on CPUs only for buckets big enough to repay the compile,
+            # and not for a plain-metric group prox, whose eager kernels (ATen's threaded norm
+            # and multiply) are as fast there as the compiled row loop (bench/step_overhead.py)
             dev = b.params[0].device.type
-            want = dev == "cuda" or (dev == "cpu" and sum(p.numel() for p in b.params) >= fused_kernels.CPU_MIN_NUMEL)
+            want = dev == "cuda" or (dev == "cpu" and sum(p.numel() for p in b.params) >= fused_kernels.CPU_MIN_NUMEL
+                                     and not (planned and planned[0] == "group" and b.metric == "lr"))
         if not (want and planned and fused_kernels.available()):
             return False
         dims = [fused_kernels.reduce_dims(b.rule.penalty, c, p) for p, c in zip(b.params, b.ctxs)]
@@ -478,9 +484,6 @@ class Regularized(torch.optim.Optimizer):
         if b.kernel.adam(b.params, [p.grad for p in b.params], [st["exp_avg"] for st in states],
                          [st["exp_avg_sq"] for st in states], sizes, rbcs, lr * self._multiplier(b.rule), lr,
                          b.alphas(), hyper):
-            if self._buffers:  # the eager first step's Adam-metric buffers are not needed again
-                for p in b.params:
-                    self._buffers.pop(self._index[id(p)], None)
             return True
         torch._foreach_sub_(steps, 1)
         mine = {id(p) for p in b.params}
