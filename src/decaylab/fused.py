@@ -58,6 +58,8 @@ __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 # quiet machine) and ~2 ms fused (1.4-1.7x), so the compile pays after ~1,000 steps; a
 # 270k-weight LeNet-300-100 saves well under 1 ms a step: 10,000+ steps to pay back.
 CPU_MIN_NUMEL = 1 << 20
+# Below this many weights a CPU bucket's compiled kernel runs on one thread (Kernel._compiled).
+CPU_SINGLE_THREAD_NUMEL = 1 << 18
 
 _BACKEND: object = "inductor"  # tests swap in a counting backend
 # round low-precision casts as eager does: the residual w32 - float(bf16(w32)) is the
@@ -263,13 +265,22 @@ class Kernel:
     def __getstate__(self):  # a copy or a pickle finds its compiled function again
         return {**self.__dict__, "_fn": None, "_adam_fn": None}
 
-    def _compiled(self, key: tuple, body: Callable = _bucket_update) -> Callable:
+    def _compiled(self, key: tuple, body: Callable, ws) -> Callable:
         """The compiled function for this bucket's signature, shared by every bucket with
-        the same one (another wrapper over a model of the same shapes compiles nothing)."""
+        the same one (another wrapper over a model of the same shapes compiles nothing).
+
+        A small CPU bucket compiles single-threaded: its loops take microseconds, less than
+        the OpenMP fork and barriers of each parallel loop (and far less when the cores are
+        busy with other work, where a waiting thread spins)."""
         fn = _COMPILED.get(key)
         if fn is None:
+            options = None
+            if _BACKEND == "inductor":
+                options = dict(_OPTIONS)
+                if ws[0].device.type == "cpu" and sum(w.numel() for w in ws) < CPU_SINGLE_THREAD_NUMEL:
+                    options["cpp.threads"] = 1
             fn = torch.compile(_fresh(body, f"{self.tag}_{len(_COMPILED)}"), backend=_BACKEND,
-                               dynamic=False, fullgraph=True, options=_OPTIONS if _BACKEND == "inductor" else None)
+                               dynamic=False, fullgraph=True, options=options)
             _COMPILED[key] = fn
         return fn
 
@@ -284,7 +295,7 @@ class Kernel:
         else:
             scalars = torch.tensor([s, a, *(rbcs or ())], dtype=dtype, device=w.device)
         if self._fn is None:
-            self._fn = self._compiled(_signature(ws, comps, vs, alphas, eps, self))
+            self._fn = self._compiled(_signature(ws, comps, vs, alphas, eps, self), _bucket_update, ws)
         return self._run(self._fn, list(ws), comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
 
     def adam(self, ws, gs, ms, vs, step_sizes, rbcs, s: float, lr: float, alphas, hyper: tuple) -> bool:
@@ -303,7 +314,7 @@ class Kernel:
             scalars = torch.tensor([s, a, lr, *per], dtype=w.dtype, device=w.device)
         if self._adam_fn is None or self._adam_key != hyper:
             key = ("adam", hyper, *_signature(ws, None, vs, alphas, 0.0, self), _signature(gs, None, ms, None, 0.0, self))
-            self._adam_fn, self._adam_key = self._compiled(key, _bucket_adam_update), hyper
+            self._adam_fn, self._adam_key = self._compiled(key, _bucket_adam_update, ws), hyper
         return self._run(self._adam_fn, list(ws), list(gs), list(ms), list(vs), scalars, alphas, hyper,
                          self.r, self.op, self.dims)
 
