@@ -95,6 +95,10 @@ VARIANTS = [
     ("+ dl.L1 (prox, adam metric: default)", wrapped(lambda: dl.L1(ALPHA)), None, True),
     ("+ dl.GroupLasso rows (adam metric)", wrapped(lambda: dl.GroupLasso(ALPHA, "rows")), None, True),
     ("+ dl.L1 adam metric, eager", wrapped(lambda: dl.L1(ALPHA), fused=False), None, True),
+    ("+ dl.GroupLasso rows metric=lr, eager",
+     wrapped(lambda: dl.Rule(dl.GroupLasso(ALPHA, "rows"), metric="lr"), fused=False), None, True),
+    ("+ dl.GroupLasso rows metric=lr, compiled",
+     wrapped(lambda: dl.Rule(dl.GroupLasso(ALPHA, "rows"), metric="lr"), fused=True), None, True),
     ("naive L1 in the loss", adamw, naive_l1, False),
 ]
 
@@ -282,6 +286,9 @@ def report_targets(mlp_res: dict, cnn_res: dict, kernels: dict, n_params: int) -
     print(f"MLP: L1 adam metric eager (fused=False) opt-step x{step[l1_eager][3]:.2f}, "
           f"train-step {100 * (train[l1_eager][3] - 1):+.1f}%, keeps "
           f"{EXTRA_BYTES.get(('mlp', l1_eager), float('nan')):.1f} bytes per weight")
+    gl_eager, gl_comp = VARIANTS[9][0], VARIANTS[10][0]
+    print(f"GroupLasso rows metric=lr opt-step, eager vs compiled: MLP x{step[gl_eager][3]:.2f} vs "
+          f"x{step[gl_comp][3]:.2f}, CNN x{cnn_res[False][gl_eager][3]:.2f} vs x{cnn_res[False][gl_comp][3]:.2f}")
     report_compile()
     print("targets on the MLP unless named (x baseline: median of per-round paired ratios):")
     measured = {  # rounded as printed; the verdict is on the printed value

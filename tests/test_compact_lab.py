@@ -23,6 +23,8 @@ def test_compact_command_on_a_coupled_run(tmp_path, capsys):
     state = torch.load(run / "compact.pt", weights_only=True)
     assert sum(t.numel() for k, t in state.items() if k != "select_inputs.index") == result["params_after"]
     assert f"{run.name}: inputs " in capsys.readouterr().out
+    assert result["speedup_batch256"] == result["time_dense_batch256"] / result["time_compact_batch256"]
+    assert 'data-figure="compaction"' in (tmp_path / "c" / "report.html").read_text()  # rebuilt by compact
 
 
 def test_compact_command_on_a_missing_folder_exits_2(tmp_path, capsys):

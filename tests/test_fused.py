@@ -100,7 +100,12 @@ def test_fused_program_equals_eager_for_every_penalty_mode_and_dtype(name, dtype
 def test_inductor_kernels_equal_eager(name, dtype):
     eager, _ = _train(RULES[name], dtype, False)
     comp, c_opt = _train(RULES[name], dtype, True)
-    assert all(b.kernel and b.kernel.calls == 4 for b in c_opt._buckets)
+    # fp32 elementwise prox: step 1 is Adam's own (it makes the state) with the eager prox,
+    # steps 2-4 run Adam's step inside the compiled kernel; bf16 and group proxes keep
+    # Adam's own step, and their kernel runs from step 1
+    fused_adam = dtype == torch.float32 and "GroupLasso" not in name
+    assert all(b.kernel and b.kernel.calls == (3 if fused_adam else 4)
+               and (b.kernel._adam_fn is not None) == fused_adam for b in c_opt._buckets)
     _assert_fused_equals_eager(eager, comp)
 
 
@@ -110,6 +115,8 @@ def test_fused_adam_metric_keeps_no_weight_sized_buffer(monkeypatch):
     _, comp = _train(RULES["L1 prox adam"], torch.float32, True)
     assert sum(b.numel() for b in eager._buffers.values()) > 0  # the eager fallback keeps one
     assert comp._buffers == {} and comp._comp == {}
+    _, first = _train(RULES["L1 prox adam"], torch.float32, True, steps=1)  # the eager first step
+    assert first._buffers == {}
 
 
 def test_compiles_once_per_bucket_and_never_again(monkeypatch):
@@ -133,8 +140,10 @@ def test_compiles_once_per_bucket_and_never_again(monkeypatch):
         opt.step()
         opt.zero_grad()
         sched.step()
-    assert len(opt._buckets) == 3 and all(b.kernel.calls == 6 for b in opt._buckets)
-    assert len(compiles) == 3  # one per bucket, at its first step
+    # the L1 bucket takes AdamW's step into its kernel from step 2 on (step 1 is AdamW's
+    # own, with the eager prox); the group prox and the decoupled L2 compile at step 1
+    assert len(opt._buckets) == 3 and [b.kernel.calls for b in opt._buckets] == [5, 6, 6]
+    assert len(compiles) == 3  # one per bucket, never again
 
 
 def test_compilation_failure_falls_back_to_eager_once(monkeypatch):
@@ -179,7 +188,176 @@ def test_partial_gradients_take_the_eager_path_for_that_step(monkeypatch):
     opt.step()
     assert torch.equal(m[2].weight, before)  # no gradient: left alone, as torch leaves it
     assert opt._buckets[0].kernel is None  # the subset ran eagerly; nothing chosen or compiled
-    m[2].weight.grad = torch.ones_like(m[2].weight)
-    m[0].weight.grad = torch.ones_like(m[0].weight)
-    opt.step()
+    for _ in range(2):  # the first full step makes Adam's state; the second is compiled
+        m[2].weight.grad = torch.ones_like(m[2].weight)
+        m[0].weight.grad = torch.ones_like(m[0].weight)
+        opt.step()
     assert opt._buckets[0].kernel.calls == 1
+
+
+# -- Adam's step inside the prox kernel ---------------------------------------------------
+class _MyAdamW(torch.optim.AdamW):
+    """A subclass may change the update: decaylab must not take its step over."""
+
+
+ADAMS = {
+    "Adam": (torch.optim.Adam, {}),
+    "Adam-coupled-wd": (torch.optim.Adam, {"weight_decay": 0.1}),
+    "AdamW-wd": (torch.optim.AdamW, {"weight_decay": 0.1}),
+    "AdamW-fused-maximize": (torch.optim.AdamW, {"fused": True, "maximize": True}),
+}
+
+
+def _train_adam(opt_cls, kwargs, fused_flag, rule, steps=5, hook=None):
+    m = _model(torch.float32)
+    opt = dl.regularize(opt_cls(m.parameters(), lr=0.05, **kwargs), m,
+                        [rule(), dl.Rule(None, params="*.bias")], fused=fused_flag)
+    if hook is not None:
+        opt.optimizer.register_step_pre_hook(hook)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g), torch.randn(16, 4, generator=g)
+    for _ in range(steps):
+        _loss(m, x, y).backward()
+        opt.step()
+        opt.zero_grad()
+    return m, opt
+
+
+@pytest.mark.parametrize("rule", ["L1 prox adam", "L1 prox lr", "ElasticNet prox adam", "ElasticNet prox lr"])
+@pytest.mark.parametrize("adam", list(ADAMS))
+def test_adam_step_inside_the_kernel_equals_adam_then_prox(adam, rule, monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    opt_cls, kwargs = ADAMS[adam]
+    m_e, o_e = _train_adam(opt_cls, kwargs, False, RULES[rule])
+    m_c, o_c = _train_adam(opt_cls, kwargs, True, RULES[rule])
+    assert all(b.kernel._adam_fn is not None and b.kernel.calls == 4 for b in o_c._by_mode["prox"])
+    _assert_fused_equals_eager(list(m_e.parameters()), list(m_c.parameters()))
+    for p_e, p_c in zip(m_e.parameters(), m_c.parameters()):  # Adam's state, counters included
+        s_e, s_c = o_e.state[p_e], o_c.state[p_c]
+        assert float(s_e["step"]) == float(s_c["step"]) == 5.0
+        torch.testing.assert_close(s_c["exp_avg"], s_e["exp_avg"], rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(s_c["exp_avg_sq"], s_e["exp_avg_sq"], rtol=1e-6, atol=1e-12)
+    assert any((p == 0).any() for p in m_c.parameters())
+
+
+@pytest.mark.parametrize("case", ["amsgrad", "NAdam", "subclass", "step-hook"])
+def test_adam_step_stays_the_inner_optimizers_where_fusing_would_change_it(case, monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    opt_cls, kwargs, hook = torch.optim.AdamW, {}, None
+    seen = []
+    if case == "amsgrad":
+        kwargs = {"amsgrad": True}
+    elif case == "NAdam":
+        opt_cls = torch.optim.NAdam
+    elif case == "subclass":
+        opt_cls = _MyAdamW
+    else:
+        def hook(opt, args, kw):  # a hook that reads the gradients must see them all
+            seen.append(all(p.grad is not None for p in opt.param_groups[0]["params"]))
+    m_e, _ = _train_adam(opt_cls, kwargs, False, RULES["L1 prox adam"])
+    m_c, o_c = _train_adam(opt_cls, kwargs, True, RULES["L1 prox adam"], hook=hook)
+    assert all(b.kernel._adam_fn is None and b.kernel.calls == 5 for b in o_c._by_mode["prox"])
+    _assert_fused_equals_eager(list(m_e.parameters()), list(m_c.parameters()))
+    assert case != "step-hook" or seen == [True] * 5
+
+
+def test_checkpoint_taken_between_fused_adam_steps_resumes_the_same_run(monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    straight, _ = _train_adam(torch.optim.AdamW, {}, True, RULES["L1 prox adam"], steps=6)
+    m, opt = _train_adam(torch.optim.AdamW, {}, True, RULES["L1 prox adam"], steps=3)
+    sd = opt.state_dict()
+    m2 = _model(torch.float32)
+    m2.load_state_dict(m.state_dict())
+    opt2 = dl.regularize(torch.optim.AdamW(m2.parameters(), lr=0.05), m2,
+                         [RULES["L1 prox adam"](), dl.Rule(None, params="*.bias")], fused=True)
+    opt2.load_state_dict(sd)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g), torch.randn(16, 4, generator=g)
+    for _ in range(3):
+        _loss(m2, x, y).backward()
+        opt2.step()
+        opt2.zero_grad()
+    _assert_fused_equals_eager(list(straight.parameters()), list(m2.parameters()))
+
+
+def test_one_rule_over_fp32_and_bf16_weights_fuses_the_fp32_bucket_only(monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+
+    def run(flag):
+        torch.manual_seed(0)
+        m = nn.Module()
+        m.a = nn.Parameter(torch.randn(4, 3))
+        m.b = nn.Parameter(torch.randn(4, 3).to(torch.bfloat16))
+        opt = dl.regularize(torch.optim.AdamW(m.parameters(), lr=0.05, weight_decay=0.0), m,
+                            dl.Rule(dl.L1(0.05), params=["a", "b"]), fused=flag)
+        target = torch.linspace(-1, 1, 12).reshape(4, 3)
+        for _ in range(4):
+            ((m.a - target) ** 2).sum().backward()
+            ((m.b.float() - target) ** 2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return [m.a.detach().clone(), m.b.detach().float() + opt._comp.get(opt._index[id(m.b)], 0)], opt
+
+    eager, _ = run(False)
+    comp, opt = run(True)
+    by_dtype = {b.params[0].dtype: b.kernel for b in opt._buckets}
+    assert by_dtype[torch.float32]._adam_fn is not None and by_dtype[torch.bfloat16]._adam_fn is None
+    _assert_fused_equals_eager(eager, comp)
+
+
+@pytest.mark.parametrize("metric", ["adam", "lr"])
+def test_stacked_strengths_inside_the_adam_kernel_equal_eager(metric, monkeypatch):
+    # a sweep's stacked weights [K, ...] with one strength per configuration
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+
+    def run(flag):
+        torch.manual_seed(0)
+        m = nn.Module()
+        m.w = nn.Parameter(torch.randn(3, 4, 5))
+        alphas = torch.tensor([0.01, 1.0, 5.0]) if metric == "adam" else torch.tensor([0.1, 0.5, 2.0])
+        opt = dl.regularize(torch.optim.Adam(m.parameters(), lr=0.05), m,
+                            dl.Rule(dl.L1(alphas), params="w", metric=metric), fused=flag)
+        target = torch.linspace(-1, 1, 60).reshape(3, 4, 5)
+        for _ in range(10):
+            ((m.w - target) ** 2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return [m.w.detach().clone()], opt
+
+    eager, _ = run(False)
+    comp, opt = run(True)
+    assert opt._buckets[0].kernel._adam_fn is not None and opt._buckets[0].kernel.calls == 9
+    _assert_fused_equals_eager(eager, comp)
+    zeros = (comp[0] == 0).flatten(1).sum(1)
+    assert zeros[0] < zeros[2]  # the strongest configuration is the sparsest
+
+
+@pytest.mark.slow
+def test_inductor_group_threshold_in_adams_metric_leaves_a_nan_entry_out_as_eager_does():
+    # the kernel tests NaN as d != d (isnan does not vectorize on a CPU): inductor must not
+    # fold it away; the NaN coordinate is left out of its group's mean step
+    torch.manual_seed(0)
+    w, v = torch.randn(4, 6), torch.rand(4, 6) * 1e-4
+    v[1, 2] = float("nan")
+    scalars = torch.tensor([0.1, 0.05, 0.7])
+    compiled = torch.compile(fused._bucket_update, dynamic=False, fullgraph=True, options=fused._OPTIONS)
+    a, b = [w.clone()], [w.clone()]
+    compiled(a, None, [v], scalars, None, 1e-8, 1.0, "group", ((1,),))
+    fused._bucket_update(b, None, [v], scalars, None, 1e-8, 1.0, "group", ((1,),))
+    assert torch.isfinite(a[0]).all() and torch.equal(a[0], b[0])
+    assert not torch.equal(a[0], w)
+
+
+def test_auto_choice_on_a_large_cpu_bucket_compiles_except_a_plain_metric_group_prox(monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    kernels = {}
+    for name, rule in [("l1", dl.Rule(dl.L1(1e-3), metric="lr")),
+                       ("group-lr", dl.Rule(dl.GroupLasso(1e-3, "rows"), metric="lr")),
+                       ("group-adam", dl.Rule(dl.GroupLasso(1e-3, "rows"), metric="adam"))]:
+        lin = nn.Linear(1024, fused.CPU_MIN_NUMEL // 1024, bias=False)
+        opt = dl.regularize(torch.optim.Adam(lin.parameters(), lr=1e-3), lin, rule)  # fused=None
+        lin(torch.randn(2, 1024)).sum().backward()
+        opt.step()
+        kernels[name] = opt._buckets[0].kernel
+    assert kernels["l1"] and kernels["group-adam"]
+    assert kernels["group-lr"] is False  # ATen's threaded norm and multiply: as fast, no compile

@@ -14,6 +14,12 @@ What is fused (everything else takes the eager kernels of :mod:`decaylab.functio
   metric (a function grouping stays eager);
 * ``"shrink"`` decoupled L2, ``"div"`` L2's prox.
 
+Under torch's own Adam/AdamW, an elementwise prox bucket (``soft``, ``enet``, ``div``) also
+takes Adam's step for its weights into the same kernel (:func:`_bucket_adam_update`, driven
+by ``Regularized._adam_fused_step``): one pass reading ``w, g, m, v`` and writing ``w, m, v``,
+the traffic of a fused AdamW step alone, where Adam's step and a separate prox make nine
+passes. Adam's state keeps torch's layout, so either path may take any step.
+
 The choice is made once per bucket, at its first step: compiled when it is supported and
 ``torch.compile`` works here, else eager. A compilation that fails (no C++ compiler, an
 unsupported platform, an inductor error) switches every bucket of the process to the eager
@@ -52,6 +58,8 @@ __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 # quiet machine) and ~2 ms fused (1.4-1.7x), so the compile pays after ~1,000 steps; a
 # 270k-weight LeNet-300-100 saves well under 1 ms a step: 10,000+ steps to pay back.
 CPU_MIN_NUMEL = 1 << 20
+# Below this many weights a CPU bucket's compiled kernel runs on one thread (Kernel._compiled).
+CPU_SINGLE_THREAD_NUMEL = 1 << 18
 
 _BACKEND: object = "inductor"  # tests swap in a counting backend
 # round low-precision casts as eager does: the residual w32 - float(bf16(w32)) is the
@@ -136,7 +144,7 @@ def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tu
     d = torch.maximum(torch.sqrt(v) / rbc + eps, a)
     if op != "group":
         return st * a / d
-    ok = ~torch.isnan(d)  # a NaN entry (NaN gradient) is left out of the mean, as eagerly
+    ok = d == d  # not NaN (vectorizes; isnan does not): a NaN entry is left out of the mean, as eagerly
     count = ok.sum(dim=dims, keepdim=True, dtype=d.dtype)
     return st * a * count / torch.where(ok, d, 0.0).sum(dim=dims, keepdim=True)
 
@@ -170,6 +178,57 @@ def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: 
             comps[i].copy_(y - lo.float())
 
 
+def _bucket_adam_update(ws: list, gs: list, ms: list, vs: list, scalars: Tensor, alphas, hyper: tuple,
+                        r: float, op: str, dims: tuple):
+    """Adam's (or AdamW's) step and the prox of one bucket in one pass, in place.
+
+    Per coordinate, as ``torch.optim.Adam``/``AdamW`` do (``hyper`` = beta1, beta2, eps,
+    weight decay, decoupled?, maximize?, prox in Adam's metric?)::
+
+        g <- -g if maximize;  w <- w (1 - lr wd) if decoupled else g <- g + wd w
+        m <- lerp(m, g, 1 - beta1);  v <- beta2 v + (1 - beta2) g^2
+        d <- sqrt(v) / sqrt(1 - beta2^t) + eps;  w <- w - lr / (1 - beta1^t) * m / d
+
+    and then ``w <- op(w, threshold)`` with the plain threshold ``step * alpha`` or, in
+    Adam's metric, ``step * alpha / max(d, alpha)`` (the same ``d``). ``scalars``: the
+    prox step, the strength, lr, then per tensor ``lr / (1 - beta1^t)`` and
+    ``sqrt(1 - beta2^t)``. Reads w, g, m, v and writes w, m, v: the seven passes of a fused
+    AdamW step, and no more.
+    """
+    beta1, beta2, eps, wd, decoupled, maximize, adam_metric = hyper
+    st = scalars[0]
+    lr = scalars[2]
+    for i in range(len(ws)):
+        w, g = ws[i], gs[i]
+        a = scalars[1] if alphas is None else alphas[i]
+        x = w
+        if maximize:
+            g = -g
+        if wd != 0.0:
+            if decoupled:
+                x = x * (1.0 - lr * wd)
+            else:
+                g = g + wd * x
+        m = torch.lerp(ms[i], g, 1.0 - beta1)
+        v = vs[i] * beta2 + (1.0 - beta2) * g * g
+        d = torch.sqrt(v) / scalars[4 + 2 * i] + eps
+        x = x - scalars[3 + 2 * i] * m / d
+        if not adam_metric:
+            t = st * a
+        elif op != "group":
+            t = st * a / torch.maximum(d, a)
+        else:
+            dm = torch.maximum(d, a)
+            count = 1
+            for k in dims[i]:
+                count *= dm.shape[k]
+            t = st * a * count / dm.sum(dim=dims[i], keepdim=True)
+        y = _apply(op, x, t, r, dims[i])
+        ms[i].copy_(m)
+        vs[i].copy_(v)
+        w.copy_(y)
+
+
 _COMPILED: dict = {}  # signature -> compiled function (one code object each)
 
 
@@ -201,17 +260,27 @@ class Kernel:
     def __init__(self, op: str, r: float, dims: Sequence[tuple], tag: str):
         self.op, self.r, self.dims, self.calls = op, float(r), tuple(tuple(d) for d in dims), 0
         self.tag, self._fn = tag, None
+        self._adam_fn, self._adam_key = None, None
 
     def __getstate__(self):  # a copy or a pickle finds its compiled function again
-        return {**self.__dict__, "_fn": None}
+        return {**self.__dict__, "_fn": None, "_adam_fn": None}
 
-    def _compiled(self, key: tuple) -> Callable:
+    def _compiled(self, key: tuple, body: Callable, ws) -> Callable:
         """The compiled function for this bucket's signature, shared by every bucket with
-        the same one (another wrapper over a model of the same shapes compiles nothing)."""
+        the same one (another wrapper over a model of the same shapes compiles nothing).
+
+        A small CPU bucket compiles single-threaded: its loops take microseconds, less than
+        the OpenMP fork and barriers of each parallel loop (and far less when the cores are
+        busy with other work, where a waiting thread spins)."""
         fn = _COMPILED.get(key)
         if fn is None:
-            fn = torch.compile(_fresh(_bucket_update, f"{self.tag}_{len(_COMPILED)}"), backend=_BACKEND,
-                               dynamic=False, fullgraph=True, options=_OPTIONS if _BACKEND == "inductor" else None)
+            options = None
+            if _BACKEND == "inductor":
+                options = dict(_OPTIONS)
+                if ws[0].device.type == "cpu" and sum(w.numel() for w in ws) < CPU_SINGLE_THREAD_NUMEL:
+                    options["cpp.threads"] = 1
+            fn = torch.compile(_fresh(body, f"{self.tag}_{len(_COMPILED)}"), backend=_BACKEND,
+                               dynamic=False, fullgraph=True, options=options)
             _COMPILED[key] = fn
         return fn
 
@@ -226,9 +295,37 @@ class Kernel:
         else:
             scalars = torch.tensor([s, a, *(rbcs or ())], dtype=dtype, device=w.device)
         if self._fn is None:
-            self._fn = self._compiled(_signature(ws, comps, vs, alphas, eps, self))
+            self._fn = self._compiled(_signature(ws, comps, vs, alphas, eps, self), _bucket_update, ws)
+        return self._run(self._fn, list(ws), comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
+
+    def adam(self, ws, gs, ms, vs, step_sizes, rbcs, s: float, lr: float, alphas, hyper: tuple) -> bool:
+        """Adam's step and this bucket's prox in one compiled call (:func:`_bucket_adam_update`);
+        ``step_sizes``/``rbcs``: ``lr / (1 - beta1^t)`` and ``sqrt(1 - beta2^t)`` per tensor
+        (floats, or one device tensor each)."""
+        if not available():
+            return False
+        w = ws[0]
+        a, alphas = (float(alphas), None) if isinstance(alphas, float) else (1.0, list(alphas))
+        if isinstance(rbcs, Tensor):
+            head = torch.tensor([s, a, lr], dtype=w.dtype, device=w.device)
+            scalars = torch.cat([head, torch.stack([step_sizes, rbcs], 1).reshape(-1).to(w.dtype)])
+        else:
+            per = [x for pair in zip(step_sizes, rbcs) for x in pair]
+            scalars = torch.tensor([s, a, lr, *per], dtype=w.dtype, device=w.device)
+        if self._adam_fn is None or self._adam_key != hyper:
+            key = ("adam", hyper, *_signature(ws, None, vs, alphas, 0.0, self), _signature(gs, None, ms, None, 0.0, self))
+            self._adam_fn, self._adam_key = self._compiled(key, _bucket_adam_update, ws), hyper
+        return self._run(self._adam_fn, list(ws), list(gs), list(ms), list(vs), scalars, alphas, hyper,
+                         self.r, self.op, self.dims)
+
+    @property
+    def fresh(self) -> bool:
+        """Nothing compiled yet for this bucket."""
+        return self._fn is None and self._adam_fn is None
+
+    def _run(self, fn: Callable, *args) -> bool:
         try:
-            self._fn(list(ws), comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
+            fn(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure means: eager from now on
             cause = getattr(err, "inner_exception", None) or err.__cause__ or err
             text = (str(cause).strip().splitlines() or [""])[0][:200]

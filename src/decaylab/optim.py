@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.optim import optimizer as _optim_mod
 
 from . import functional as F
 from . import fused as fused_kernels
@@ -38,7 +39,7 @@ __all__ = ["regularize", "Regularized"]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: equality would compare weight tensors
 class _Bucket:
     """Parameters of one rule, one param group, one device and dtype: one kernel call.
 
@@ -249,23 +250,33 @@ class Regularized(torch.optim.Optimizer):
                 loss = closure()
         by_mode = self._by_mode
         swapped: list = []
+        # prox buckets whose Adam step runs inside their compiled kernel: the inner step
+        # skips them (no gradient) and the kernel does Adam and the prox in one pass
+        fused_adam = self._adam_fusable() if closure is None and by_mode["prox"] else []
+        hidden = [(p, p.grad) for b in fused_adam for p in b.params]
+        fused_ids = {id(b) for b in fused_adam}
         try:
             for b in by_mode["coupled"]:
                 self._couple(b, swapped)
             for b in by_mode["decoupled"]:
                 self._apply(b, "decay")
+            for p, _ in hidden:
+                p.grad = None
             if closure is None:
                 self.optimizer.step()
             else:  # LBFGS and friends need it; most optimizers call it once and get `loss`
                 self.optimizer.step(self._inner_closure(closure, loss, swapped))
         finally:
+            for p, grad in hidden:
+                p.grad = grad
             for p, grad, tmp in swapped:  # the user's gradients come back unchanged
                 if p.grad is tmp:
                     p.grad = grad
         if self._pending:
             self._resolve_metrics()
         for b in by_mode["prox"]:
-            self._apply(b, "prox")
+            if not (id(b) in fused_ids and self._adam_fused_step(b)):
+                self._apply(b, "prox")
         self._steps += 1
         return loss
 
@@ -359,6 +370,9 @@ class Regularized(torch.optim.Optimizer):
             fn = pen.decay_scaled_
         if comps is None:
             fn(params, scale, ctxs, b.rule.foreach)
+            if adam and b.kernel and self._buffers and self._adam_can_fuse(b):
+                for p in params:  # from the next step on its kernel takes the step: no buffer kept
+                    self._buffers.pop(self._index[id(p)], None)
             return
         wide = [p.float().add_(c) for p, c in zip(params, comps)]
         fn(wide, scale, ctxs, b.rule.foreach)
@@ -386,9 +400,12 @@ class Regularized(torch.optim.Optimizer):
         """Compiled or eager, chosen once per bucket at its first step (see decaylab.fused)."""
         planned = fused_kernels.plan(b.rule.penalty, b.rule.mode, b.metric)
         want = self.fused
-        if want is None:  # auto: on GPUs; on CPUs only for buckets big enough to repay the compile
+        if want is None:  # auto: on GPUs; on CPUs only for buckets big enough to repay the compile,
+            # and not for a plain-metric group prox, whose eager kernels (ATen's threaded norm
+            # and multiply) are as fast there as the compiled row loop (bench/step_overhead.py)
             dev = b.params[0].device.type
-            want = dev == "cuda" or (dev == "cpu" and sum(p.numel() for p in b.params) >= fused_kernels.CPU_MIN_NUMEL)
+            want = dev == "cuda" or (dev == "cpu" and sum(p.numel() for p in b.params) >= fused_kernels.CPU_MIN_NUMEL
+                                     and not (planned and planned[0] == "group" and b.metric == "lr"))
         if not (want and planned and fused_kernels.available()):
             return False
         dims = [fused_kernels.reduce_dims(b.rule.penalty, c, p) for p, c in zip(b.params, b.ctxs)]
@@ -399,6 +416,8 @@ class Regularized(torch.optim.Optimizer):
             b.kernel = self._choose_kernel(b)
         if not b.kernel:
             return False
+        if b.kernel.fresh and self._adam_can_fuse(b):
+            return False  # its kernel will also take Adam's step from the next step on: no second compile
         vs = rbcs = None
         eps = 0.0
         if b.metric == "adam":
@@ -408,6 +427,78 @@ class Regularized(torch.optim.Optimizer):
         b.kernel = False  # compilation failed: eager from now on (fused.disable warned)
         return False
 
+    # -- Adam and the prox in one kernel ------------------------------------------------
+    def _adam_fusable(self) -> list[_Bucket]:
+        """The prox buckets whose inner Adam/AdamW step their compiled kernel takes over this
+        step: :meth:`_adam_can_fuse`, with every gradient present (dense), Adam's state made
+        (the first step is the inner optimizer's own, which also shows the metric) and the
+        schedule not at zero."""
+        state = self.optimizer.state
+        return [b for b in self._by_mode["prox"]
+                if b.kernel and b.metric is not None and self._adam_can_fuse(b)
+                and all(p.grad is not None and not p.grad.is_sparse and "exp_avg_sq" in state.get(p, ())
+                        for p in b.params)
+                and self._multiplier(b.rule) > 0]
+
+    def _adam_can_fuse(self, b: _Bucket) -> bool:
+        """Whether ``b``'s compiled kernel may run the inner step for its weights: only
+        torch's own ``Adam``/``AdamW`` (by type: a subclass may change the update) without
+        amsgrad, ``capturable`` or ``differentiable``, with no step hooks (they would see the
+        bucket's gradients hidden); fp32/fp64 weights; an elementwise prox (L1, ElasticNet,
+        L2) of a penalty without ``takes_steps``."""
+        opt = self.optimizer
+        if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or opt._optimizer_step_pre_hooks \
+                or opt._optimizer_step_post_hooks or _optim_mod._global_optimizer_pre_hooks \
+                or _optim_mod._global_optimizer_post_hooks:
+            return False
+        group = opt.param_groups[b.group]
+        # a group prox needs the whole updated group before it can scale it: inductor keeps
+        # the updated weights in a fresh weight-sized buffer, which costs more on a CPU than
+        # the separate prox pass it saves (measured: bench/step_overhead.py), so groups stay apart
+        if b.kernel.op == "group":
+            return False
+        return b.rule.mode == "prox" and not (b.low_precision or getattr(b.rule.penalty, "takes_steps", False) or group.get("amsgrad")
+                    or group.get("differentiable") or group.get("capturable")
+                    or any(p.dtype not in (torch.float32, torch.float64) for p in b.params))
+
+    def _adam_fused_step(self, b: _Bucket) -> bool:
+        """Adam's step and the prox of ``b`` in one compiled call; on a compile failure the
+        inner optimizer steps the bucket's parameters alone, returning False (eager prox)."""
+        opt = self.optimizer
+        group = opt.param_groups[b.group]
+        states = [opt.state[p] for p in b.params]
+        steps = [st["step"] for st in states]
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = (float(x) for x in group["betas"])
+        lr = float(group["lr"])
+        if steps[0].device.type != "cpu":  # fused/capturable counters on the device: no host sync
+            t = torch.stack([x.reshape(()) for x in steps]).double()
+            sizes, rbcs = lr / (1.0 - torch.pow(beta1, t)), (1.0 - torch.pow(beta2, t)).sqrt()
+        else:
+            ts = [float(x) for x in steps]
+            sizes = [lr / (1.0 - beta1 ** x) for x in ts]
+            rbcs = [math.sqrt(1.0 - beta2 ** x) for x in ts]
+        decoupled = bool(group.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
+        hyper = (beta1, beta2, float(group["eps"]), float(group["weight_decay"]), decoupled,
+                 bool(group.get("maximize", False)), b.metric == "adam")
+        if b.kernel.adam(b.params, [p.grad for p in b.params], [st["exp_avg"] for st in states],
+                         [st["exp_avg_sq"] for st in states], sizes, rbcs, lr * self._multiplier(b.rule), lr,
+                         b.alphas(), hyper):
+            return True
+        torch._foreach_sub_(steps, 1)
+        mine = {id(p) for p in b.params}
+        others = [(p, p.grad) for p in self._all_params() if id(p) not in mine and p.grad is not None]
+        try:
+            for p, _ in others:
+                p.grad = None
+            opt.step()
+        finally:
+            for p, grad in others:
+                p.grad = grad
+        b.kernel = False
+        return False
+
+    # -- the Adam metric ---------------------------------------------------------------
     # -- the Adam metric ---------------------------------------------------------------
     def _adam_state(self, group_index: int, params) -> tuple[list[Tensor], object, float]:
         """Adam's second moments, ``sqrt(1 - beta2**step)`` per tensor, and eps."""

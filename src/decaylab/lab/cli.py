@@ -95,6 +95,9 @@ def _sweep(args) -> int:
         raise sweep.SweepError(f"--max-memory {args.max_memory} must be > 0 (MiB)")
     cfg["runs"][0]["penalty"] = args.penalty if args.penalty in config_mod.PENALTIES else cfg["runs"][0]["penalty"]
     sweep.check_spec(cfg, spec)
+    if args.backend == "ray" and cfg["pareto"]["reference"] != "none":
+        raise sweep.SweepError("pareto.reference is trained by the local backend only; drop --backend ray "
+                               "or set pareto.reference=\"none\"")
     if args.backend == "ray":
         from . import sweep_ray
 
@@ -176,8 +179,9 @@ def _experiment(args) -> int:
     if args.print_config:
         print(config_mod.to_toml(cfg, args.command), end="")
         return 0
-    from . import choose, train
+    from . import choose, reference, train
 
+    reference.check(cfg, args.command, any(r.get("alphas") for r in cfg["runs"]) and args.command == "compare")
     if args.command == "compare" and choose.wants_selection(cfg):
         return _selected_compare(args, cfg)
     if any(r.get("alphas") for r in cfg["runs"]) or cfg.get("seeds", 1) != 1:
@@ -261,14 +265,21 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown_table(args.run_dir))
             return 0
         if args.command == "select":
+            from .reference import check
             from .select import run_select
 
-            run_select(_resolve(args))
+            cfg = _resolve(args)
+            check(cfg, "select", swept=False)
+            run_select(cfg)
             return 0
         if args.command == "compact":
+            from . import console
             from .compacting import compact_run_folder
 
             compact_run_folder(args.run_dir)
+            ui = console.Console()
+            report = _build_report(Path(args.run_dir), ui)  # its figures now show the compaction
+            ui.say(f"report: {report}" if report else "report: not built (see the error above)")
             return 0
         if args.command == "report":
             from .report import build_report

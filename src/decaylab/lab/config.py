@@ -43,6 +43,10 @@ DEFAULTS: dict[str, Any] = {
     # decaylab select: adaptive group lasso path on the first layer's columns (lab/select.py)
     "select": {"alpha_max": 16.0, "alpha_min": 1.0, "n_alphas": 12, "gamma": 2.0,
                "path_epochs": 30, "refit_epochs": 20},
+    # sweeps: a reference curve on the accuracy-size (Pareto) figure, trained in the same run
+    # (lab/reference.py): "magnitude" = gradual magnitude pruning at the exact-zero fractions
+    # `targets`, or at those the sweep's points reached when `targets` is empty
+    "pareto": {"reference": "none", "targets": []},
 }
 
 # One penalty setting; "runs" (compare) is a list of these, "penalty" (train) is one.
@@ -81,6 +85,7 @@ CHOICES = {
     "penalty": PENALTIES,
     "mode": ("", "prox", "decoupled", "coupled"),
     "metric": ("", "lr", "adam"),
+    "pareto.reference": ("none", "magnitude"),
 }
 
 
@@ -124,6 +129,12 @@ def _check_value(key: str, default, value):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif key == "data.features":  # column names of a CSV table
         ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+    elif key == "pareto.targets":  # exact-zero fractions
+        ok = isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+        if ok and not all(0 < x < 1 for x in value):
+            raise ConfigError(f"config key {key!r} = {value!r}: every target is a fraction of exact zeros in "
+                              f"(0, 1), e.g. [0.5, 0.9, 0.98]")
+        value = [float(x) for x in value] if ok else value
     elif isinstance(default, list):
         ok = isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
     else:

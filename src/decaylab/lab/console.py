@@ -47,6 +47,8 @@ class Console:
                 acc = row["test_acc"] if row["test_acc"] is not None else row["test_loss"]
                 stats = (f"loss {row['train_loss']:.3f}  train {_num(row['train_acc'])}  "
                          f"test {_num(acc)}  zeros {row['zero_fraction']:.1%}")
+                if name not in tasks:  # a run the command adds as it goes (a sweep's reference curve)
+                    tasks[name] = bars.add_task("", total=cfg["train"]["epochs"], run=name, stats="")
                 bars.update(tasks[name], completed=row["epoch"], stats=stats)
 
             yield update

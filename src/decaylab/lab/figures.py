@@ -72,23 +72,137 @@ def fig_lambda(sweeps: list[tuple[str, dict]]):
     return fig
 
 
+def _pareto_curve(ax, pts, split, **style):
+    xs, ys = [p["nonzero_params"] for p in pts], [p[f"{split}_acc"] for p in pts]
+    sd = [p.get(f"{split}_acc_sd") for p in pts]
+    return ax.errorbar(xs, ys, yerr=[s or 0 for s in sd] if any(sd) else None, capsize=2, **style)
+
+
 def fig_pareto(sweeps: list[tuple[str, dict]]):
-    """Validation accuracy against nonzero parameters, one curve per penalty (the points
-    of each sweep at its best lr); the upper-left envelope is the accuracy-size frontier."""
+    """Validation (left) and test (right) accuracy against nonzero parameters (log axis over a
+    wide range; top: % of the model's parameters kept), ± sd over seeds, one curve per sweep over its strengths (at its best lr;
+    hollow: stopped early), and the sweep's magnitude-pruning reference curve (dashed) when
+    ``sweep.json`` has one. Up and to the left is better: more accuracy for fewer weights.
+
+    >>> pts = [{"alpha": a, "lr": 1, "val_acc": v, "test_acc": v, "nonzero_params": n, "n_params": 100}
+    ...        for a, v, n in [(0.1, .9, 80), (1, .85, 30)]]
+    >>> ref = {"points": [{"target": .7, "val_acc": .88, "test_acc": .87, "nonzero_params": 30, "n_params": 100}]}
+    >>> fig = fig_pareto([("l1", {"chosen_lr": {"best": 1}, "points": pts, "reference": ref})])
+    >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    ['l1 (over λ)', 'magnitude pruning']
+    """
     sweeps = [(label, sw) for label, sw in sweeps if sw.get("points") and
               all(p.get("nonzero_params") is not None for p in sw["points"])]
     if not sweeps:
         return None
-    fig, (ax,) = _figure(1, panel=(5.2, 3.4))
+    fig, axes = _figure(2, panel=(4.6, 3.4))
+    metric = "accuracy" if sweeps[0][1].get("metric", "accuracy") == "accuracy" else "mse"
+    n_params = sweeps[0][1]["points"][0].get("n_params")
     for i, (label, sw) in enumerate(sweeps):
         pts = sorted(_rows(sw), key=lambda p: p["nonzero_params"])
-        ax.plot([p["nonzero_params"] for p in pts], [p["val_acc"] for p in pts], marker="o", color=f"C{i}",
-                label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("nonzero parameters")
-    ax.set_ylabel("validation accuracy")
-    ax.legend(loc="best")
+        ref = [p for p in (sw.get("reference") or {}).get("points", []) if p.get("nonzero_params")]
+        ref_color = "0.2" if len(sweeps) == 1 else f"C{i}"
+        ref_label = "magnitude pruning" if len(sweeps) == 1 else f"magnitude pruning (vs {label})"
+        for ax, split in zip(axes, ("val", "test")):
+            _pareto_curve(ax, pts, split, marker="o", color=f"C{i}", label=f"{label} (over λ)")
+            hollow = [(p["nonzero_params"], p[f"{split}_acc"]) for p in pts if p.get("stopped_early")]
+            if hollow:
+                ax.scatter(*zip(*hollow), s=40, facecolor="white", edgecolor=f"C{i}", zorder=3)
+            if ref:
+                _pareto_curve(ax, sorted(ref, key=lambda p: p["nonzero_params"]), split, marker="s", ls="--",
+                              color=ref_color, mfc="white", label=ref_label)
+    stopped = any(p.get("stopped_early") for _, sw in sweeps for p in _rows(sw))
+    xs = [p["nonzero_params"] for _, sw in sweeps for p in sw["points"] + (sw.get("reference") or {}).get("points", [])]
+    log = max(xs) > 10 * max(min(xs), 1)
+    for ax, title in zip(axes, (f"validation {metric} (used to choose)", f"test {metric} (reported)")):
+        _params_axis(ax, log, n_params)
+        ax.set_ylabel(metric)
+        ax.set_title(title + ("\nhollow: stopped early by halving" if stopped and ax is axes[0] else ""))
+    axes[0].legend(loc="best", fontsize=7)
     return fig
+
+
+def _params_axis(ax, log: bool, n_params):
+    """Nonzero parameters below (log only over a wide range; plain numbers), % kept on top."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+    plain = FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 10_000 else f"{x:,.0f}")
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.xaxis.set_major_formatter(plain)
+    ax.set_xlabel("nonzero parameters" + (" (log scale)" if log else ""))
+    if n_params:
+        top = ax.secondary_xaxis("top", functions=(lambda x, n=n_params: 100 * x / n, lambda q, n=n_params: q * n / 100))
+        top.xaxis.set_major_formatter(FuncFormatter(lambda q, _: f"{q:g}%"))
+        top.xaxis.set_minor_formatter(NullFormatter())
+        top.set_xlabel(f"kept, % of {n_params:,} parameters", fontsize=8)
+
+
+def fig_compaction(runs: list[dict], colors: list | None = None):
+    """From each run's ``compact.json``: units kept per layer against the dense width (left;
+    ``inputs`` first) and the CPU time of one batch of 256, dense vs compacted (right).
+    ``colors``: one per run (default the C0..C9 cycle); runs without a compaction are skipped.
+
+    >>> c = {"compacted": True, "kept_inputs": [0, 2], "n_inputs": 4, "layers": {"layers.0": [3, 8]},
+    ...      "time_dense_batch256": 2e-3, "time_compact_batch256": 5e-4, "speedup_batch256": 4.0}
+    >>> fig_compaction([{"name": "coupled", "compact": c}]).axes[0].get_ylabel()
+    'units (neurons / channels / inputs)'
+    """
+    colors = colors or [f"C{i % 10}" for i in range(len(runs))]  # one per run: a run keeps the report's color
+    colors = [c for c, r in zip(colors, runs) if (r.get("compact") or {}).get("compacted")]
+    runs = [r for r in runs if (r.get("compact") or {}).get("compacted")]
+    if not runs:
+        return None
+    from matplotlib.figure import Figure
+
+    groups = {}
+    for r in runs:
+        c = r["compact"]
+        if c.get("kept_inputs") is not None:
+            groups.setdefault("inputs", c["n_inputs"])
+        for layer, (_, before) in c["layers"].items():
+            groups.setdefault(layer, before)
+    names = list(groups)
+    left = max(3.6, 1.6 + 0.16 * len(names) * (len(runs) + 1))
+    fig = Figure(figsize=(left + 4.8, max(3.2, 1.4 + 0.42 * len(runs))), layout="constrained")
+    units, times = fig.subplots(1, 2, width_ratios=[left, 4.8])
+    width = 0.8 / (len(runs) + 1)
+    units.bar([j - 0.4 + width / 2 for j in range(len(names))], [groups[n] for n in names], width,
+              color="0.85", edgecolor="0.5", label="dense")
+    for i, r in enumerate(runs):
+        c = r["compact"]
+        kept = {"inputs": len(c["kept_inputs"]) if c.get("kept_inputs") is not None else None,
+                **{k: v[0] for k, v in c["layers"].items()}}
+        xs = [j - 0.4 + width * (i + 1.5) for j in range(len(names))]
+        values = [kept.get(n) if kept.get(n) is not None else groups[n] for n in names]
+        bars = units.bar(xs, values, width, color=colors[i], label=r["name"])
+        if len(runs) <= 8:
+            units.bar_label(bars, [f"{v}" for v in values], fontsize=6, padding=1, rotation=90 if len(runs) > 3 else 0)
+    units.margins(y=0.12)
+    units.set_xticks(range(len(names)), names)
+    units.set_ylabel("units (neurons / channels / inputs)")
+    units.set_title("kept after compaction, per layer")
+    units.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    _fig_times(times, runs, colors)
+    return fig
+
+
+def _fig_times(ax, runs, colors):
+    absolute = all(r["compact"].get("time_dense_batch256") for r in runs)
+    for i, r in enumerate(runs):
+        c = r["compact"]
+        dense = 1e3 * c["time_dense_batch256"] if absolute else 1.0
+        small = 1e3 * c["time_compact_batch256"] if absolute else 1.0 / c["speedup_batch256"]
+        ax.barh([2 * i - 0.4, 2 * i + 0.4], [dense, small], 0.75, color=["0.85", colors[i]], edgecolor="0.5")
+        ax.annotate(f"{c['speedup_batch256']:.2f}×", xy=(small, 2 * i + 0.4), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks([2 * i for i in range(len(runs))], [r["name"] for r in runs], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per batch of 256 (CPU, best of 20)" if absolute else "time relative to dense (CPU)")
+    ax.set_title("inference time: dense (grey)\nvs compacted (label: speed-up)")
 
 
 def fig_heatmap(sw: dict):

@@ -1,8 +1,9 @@
 """A self-contained HTML report rebuilt from a run folder's JSON files alone.
 
 The report reads only what ``docs/run-folder.md`` lists (``config.json``, ``status.json``,
-``data.json`` and, per run, ``spec.json``, ``metrics.jsonl``, ``final.json``); it never
-opens a ``.pt`` file. ``report.html`` is one file that opens offline: figures are inlined
+``data.json``, ``sweep.json`` / ``compare.json`` and, per run, ``spec.json``,
+``metrics.jsonl``, ``final.json`` and, after ``decaylab compact``, ``compact.json``); it
+never opens a ``.pt`` file. ``report.html`` is one file that opens offline: figures are inlined
 as base64 PNG, the CSS is inline, and there is no script and no external URL.
 
 Figures are drawn with matplotlib's object-oriented API (rendered by Agg) inside a fixed
@@ -55,11 +56,21 @@ _FIGURES = {   # figure id -> (section title, caption: what a learner should loo
                     "accuracy with a ± sd band, the chosen best (solid line) and one-SE (dotted) λ; "
                     "the train−test gap, exact zeros and each layer's weight norm. Too little λ "
                     "overfits (large gap), too much underfits (accuracy falls)."),
-    "pareto": ("Accuracy against nonzero parameters",
-               "Validation accuracy against the number of nonzero parameters, one curve per "
-               "penalty: the upper-left envelope is the best accuracy for a model size."),
+    "pareto": ("Accuracy against parameters kept",
+               "Validation (left, used to choose) and test (right, reported) {metric} against the "
+               "number of nonzero parameters, one curve per penalty over its strengths: up and to the "
+               "left is better. The dashed curve, when present, is gradual magnitude pruning (Zhu & Gupta) "
+               "trained in the same run with the same data, model, optimizer, learning rate and epochs, "
+               "pruned to the exact-zero fractions listed in sweep.json: the baseline a sparse penalty "
+               "has to beat. Error bars: ± sd over seeds."),
     "heatmap": ("Learning rate × λ",
                 "Mean validation accuracy over the grid of learning rates and strengths."),
+    "compaction": ("Compaction: units kept and inference time",
+                   "After decaylab compact: per layer, the dense width (grey) and the neurons, channels "
+                   "or input features each run's compacted model keeps (left); the CPU time of one batch "
+                   "of 256 test examples through the dense and the compacted model, measured one after "
+                   "the other (right). The compacted model gives the same outputs (compact.json: "
+                   "max_abs_diff_test)."),
     "input-maps": ("Surviving input pixels",
                    "Which input pixels each model still reads (dark = kept, pale = dropped): "
                    "a sparse first layer drops the pixels that carry no signal, such as the "
@@ -317,6 +328,11 @@ def _fig_heatmap(run):
     return fig_heatmap(run["sweep"]) if run.get("sweep") else None
 
 
+def _fig_compaction(run):
+    from .figures import fig_compaction
+    return fig_compaction(run["runs"], [color for color, _ in _colored(run, lambda r: True)])
+
+
 def _fig_loss_curves(run):
     from .figures import fig_loss_curves
     return fig_loss_curves(run["runs"])
@@ -332,9 +348,9 @@ _BUILDERS = {
     "weights-overlaid": _fig_weights_overlaid,
     "layer-sparsity": _fig_layer_sparsity, "sparsity-over-time": _fig_sparsity_over_time,
     "input-maps": _fig_input_maps, "lambda-path": _fig_lambda, "pareto": _fig_pareto,
-    "heatmap": _fig_heatmap,
+    "heatmap": _fig_heatmap, "compaction": _fig_compaction,
 }
-_SWEEP_FIGURES = ("lambda-path", "pareto", "heatmap")  # a sweep folder shows only these
+_SWEEP_FIGURES = ("lambda-path", "pareto", "heatmap", "compaction")  # a sweep folder shows only these
 
 
 def figures(run) -> dict[str, bytes]:
@@ -345,8 +361,9 @@ def figures(run) -> dict[str, bytes]:
 
     Returns:
         Figure id (``"curves"``, ``"histograms"``, ``"layer-sparsity"``,
-        ``"sparsity-over-time"``, ``"input-maps"``) -> PNG bytes; a figure with nothing to
-        show (e.g. input maps for non-image data) is left out.
+        ``"sparsity-over-time"``, ``"input-maps"``, ...; sweeps: ``"lambda-path"``,
+        ``"pareto"``, ``"heatmap"``; after ``decaylab compact``: ``"compaction"``) -> PNG
+        bytes; a figure with nothing to show (e.g. input maps for non-image data) is left out.
 
     >>> sorted(figures("runs/digits-compare"))  # doctest: +SKIP
     ['curves', 'histograms', 'input-maps', 'layer-sparsity', 'sparsity-over-time']
@@ -500,7 +517,38 @@ def _selection_html(run):
                 f"one-SE λ = {_esc(ch.get('one_se'))} (test {_ms(test.get('one_se'))}). "
                 f"{_esc(sw.get('selection'))}. SE: {_esc(sw.get('se'))}. {stopped} of {len(sw.get('points', []))} "
                 f"points were stopped early by successive halving (see sweep.json).</p>"]
+        out += _reference_html(sw)
+    for name, swept in run.get("sweeps") or []:
+        out += _reference_html(swept, f" to the {name} sweep")
     return out
+
+
+def _reference_html(sw, of=""):
+    """The magnitude-pruning reference next to the sweep's point of the same sparsity."""
+    ref = sw.get("reference")
+    if not ref:
+        return []
+    title = f"<h2>Magnitude-pruning reference{html.escape(of)}</h2>"
+    if not ref.get("points"):
+        return [title, f"<p>{_esc(ref.get('note'))}</p>"]
+    lr = (sw.get("chosen_lr") or {}).get("best")
+    mine = {round(p["zeros"], 3): p for p in sw.get("points", []) if p.get("lr") == lr and p.get("zeros") is not None}
+    name = "accuracy" if sw.get("metric", "accuracy") == "accuracy" else "mse"
+    head = "".join(f"<th>{h}</th>" for h in (
+        "exact zeros", f"magnitude pruning: validation {name}", f"magnitude pruning: test {name}",
+        "sweep point at these zeros: λ", f"its validation {name}", f"its test {name}", "stopped early"))
+    rows = []
+    for p in ref["points"]:
+        q = mine.get(round(p["target"], 3))
+        cells = [_fmt(p["zeros"], ".1%"), _ms((p["val_acc"], p.get("val_acc_sd"))),
+                 _ms((p["test_acc"], p.get("test_acc_sd"))), q and q["alpha"],
+                 q and _ms((q["val_acc"], q.get("val_acc_sd"))), q and _ms((q["test_acc"], q.get("test_acc_sd"))),
+                 q and ("yes" if q.get("stopped_early") else "no")]
+        rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    return [title,
+            f"<p>{_esc(ref.get('describe'))}; targets: {_esc(ref.get('targets_from'))}. Same data, model, "
+            f"optimizer, schedule, epochs and seeds as the sweep.</p>",
+            f'<table class="reference"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
 
 
 def _figure_html(fig_id, png, run):
@@ -509,6 +557,9 @@ def _figure_html(fig_id, png, run):
     skipped = [r["name"] for r in run["runs"] if r["final"] is None]
     if skipped and fig_id in ("histograms", "input-maps"):
         caption += " Left out (incomplete, no final.json): " + ", ".join(skipped) + "."
+    unchanged = [r["name"] for r in run["runs"] if (r.get("compact") or {}).get("compacted") is False]
+    if unchanged and fig_id == "compaction":
+        caption += " Nothing to remove (no zero neuron, channel or input): " + ", ".join(unchanged) + "."
     src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return (f'<section><h2>{_esc(title)}</h2>\n<figure>'
             f'<img id="{fig_id}" data-figure="{fig_id}" src="{src}" '

@@ -26,6 +26,7 @@ from pathlib import Path
 CONFIG, STATUS, DATA, REPORT = "config.json", "status.json", "data.json", "report.html"
 SPEC, METRICS, FINAL = "spec.json", "metrics.jsonl", "final.json"
 MODEL, RULES, CHECKPOINT = "model.pt", "rules.txt", "checkpoint.pt"
+COMPACT = "compact.json"  # written by `decaylab compact RUN_DIR`
 STATES = ("running", "complete", "failed", "interrupted")
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,127}")
@@ -323,6 +324,11 @@ class Run:
         final = read_json(self.final_path)
         return final if isinstance(final, dict) else None
 
+    def compact(self) -> dict | None:
+        """``compact.json`` (what ``decaylab compact`` removed), or None before it ran."""
+        result = read_json(self.path / COMPACT)
+        return result if isinstance(result, dict) else None
+
     def load_model(self) -> dict:
         return load_pt(self.model_path)
 
@@ -334,10 +340,10 @@ class Run:
         return self.final() is not None
 
     def read(self) -> dict:
-        """``{"name", "dir", "spec", "metrics", "final"}`` as the report uses them."""
+        """``{"name", "dir", "spec", "metrics", "final", "compact"}`` as the report uses them."""
         spec = self.spec()
         return {"name": str(spec.get("name", self.path.name)), "dir": self.path.name, "spec": spec,
-                "metrics": self.metrics(), "final": self.final()}
+                "metrics": self.metrics(), "final": self.final(), "compact": self.compact()}
 
 
 def _config_order(config: dict) -> list[str]:
@@ -356,7 +362,8 @@ def load(root: str | os.PathLike) -> dict:
 
     Returns:
         ``{"path", "config", "status", "data", "runs"}``; each run is ``{"name", "dir",
-        "spec", "metrics" (list of epoch dicts), "final" (dict, or None if incomplete)}``,
+        "spec", "metrics" (list of epoch dicts), "final" (dict, or None if incomplete),
+        "compact" (compact.json, or None)}``,
         ordered as ``config.json["runs"]`` names them, else alphabetically.
 
     Raises:

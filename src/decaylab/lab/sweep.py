@@ -578,6 +578,12 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
         result = summarize(run_dir, spec, points, run, method)
         result["wall_time"] = time.perf_counter() - t_start
         runfolder.write_json(run_dir / "sweep.json", result)
+        if (cfg.get("pareto") or {}).get("reference", "none") == "magnitude":
+            from .reference import train_reference
+
+            result["reference"] = train_reference(cfg, result, run_dir, data, progress, say, resume)
+            result["wall_time"] = time.perf_counter() - t_start
+            runfolder.write_json(run_dir / "sweep.json", result)
     return result
 
 

@@ -65,6 +65,9 @@ def describe(run: dict, optimizer: str = "adam") -> str:
     """
     if run["penalty"] == "none":
         return "no penalty"
+    if run["penalty"] == "magnitude":  # the sweep's reference curve (lab/reference.py)
+        begin, end = run["ramp_steps"]
+        return f"magnitude pruning to {run['target']:.1%} zeros (cubic ramp, steps {begin}-{end}, then held)"
     pen = make_penalty(run, None)
     metric = run["metric"]
     mode = run["mode"] or ("prox" if metric == "adam" else pen.default_mode)
@@ -100,6 +103,9 @@ def make_penalty(run: dict, model: nn.Module | None):
         if model is None:  # config validation: check alpha and l1_ratio on a stand-in chain
             model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
         return dl.CoupledGroupLasso(alpha, model, l1_ratio=run["l1_ratio"])
+    if kind == "magnitude":  # gradual magnitude pruning, the Pareto figure's reference (lab/reference.py)
+        begin, end = run["ramp_steps"]
+        return dl.TargetSparsity(0.0, run["target"], begin=begin, end=end, every=run["every"])
     raise ValueError(f"unknown penalty {kind!r}")
 
 
@@ -522,7 +528,7 @@ def run_experiment(cfg: dict, command: str = "compare", progress=None, run_dir: 
     return run_dir
 
 
-RUN_KEYS = ("command", "versions", "created")  # what config.json adds to the config
+RUN_KEYS = ("command", "versions", "created", "sweep", "base_runs")  # what config.json adds to the config
 
 
 def folder_config(run_dir) -> dict:
