@@ -2,7 +2,10 @@
 # Mutation testing of the library core (outside CI: it takes ~30+ minutes on 2 cores).
 #
 #   pip install mutmut==3.8.1          # the [mutation] extra
-#   bench/mutation.sh [MAX_SECONDS] [CHILDREN]
+#   bench/mutation.sh [MAX_SECONDS] [CHILDREN] [MUTANT_PATTERN ...]
+#
+# MUTANT_PATTERNs (e.g. "decaylab.rules*") restrict the run to those mutants, so that a
+# time-limited run can reach the files an earlier one did not.
 #
 # mutmut mutates functional.py, penalties.py, optim.py and rules.py one change at a time
 # ([tool.mutmut] in pyproject.toml) and runs the fast library tests that cover each
@@ -13,6 +16,7 @@
 set -euo pipefail
 MAX_SECONDS=${1:-1800}
 CHILDREN=${2:-2}
+shift $(( $# > 2 ? 2 : $# ))
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${MUTATION_WORKDIR:-$(mktemp -d /tmp/decaylab-mutation.XXXXXX)}
 mkdir -p "$WORK"
@@ -30,7 +34,7 @@ if _SRC not in sys.path:
 PY
 echo "mutmut $(python -m mutmut --version 2>&1 | tail -1) in $WORK, limit ${MAX_SECONDS}s, ${CHILDREN} children" >&2
 set +e
-timeout --signal=INT "$MAX_SECONDS" nice -n 10 python -m mutmut run --max-children "$CHILDREN" > "$WORK/run.log" 2>&1
+timeout --signal=INT "$MAX_SECONDS" nice -n 10 python -m mutmut run --max-children "$CHILDREN" "$@" > "$WORK/run.log" 2>&1
 echo "mutmut run exited with $? (124 = stopped at the time limit)" >&2
 set -e
 python "$ROOT/bench/mutation_score.py" "$WORK" "$ROOT/bench/equivalent_mutants.txt"
