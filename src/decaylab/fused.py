@@ -138,10 +138,11 @@ def _apply(op: str, x: Tensor, t, r: float, dims: tuple) -> Tensor:
     return x * _group_factor(x, t, dims)  # "group"
 
 
-def _adam_threshold(op: str, st: Tensor, a, v: Tensor, rbc, eps: float, dims: tuple) -> Tensor:
-    """``st * a / max(sqrt(v_hat) + eps, a)`` per coordinate; per group, ``a`` times the
-    harmonic mean of the coordinates' steps ``st / max(sqrt(v_hat) + eps, a)``."""
-    d = torch.maximum(torch.sqrt(v) / rbc + eps, a)
+def _adam_threshold(op: str, st: Tensor, a, d: Tensor, dims: tuple) -> Tensor:
+    """Given Adam's denominator ``d = sqrt(v_hat) + eps``: ``st * a / max(d, a)`` per
+    coordinate; per group, ``a`` times the harmonic mean of the coordinates' steps
+    ``st / max(d, a)``."""
+    d = torch.maximum(d, a)
     if op != "group":
         return st * a / d
     ok = d == d  # not NaN (vectorizes; isnan does not): a NaN entry is left out of the mean, as eagerly
@@ -168,7 +169,7 @@ def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: 
         if vs is None:
             t = st * a
         else:
-            t = _adam_threshold(op, st, a, vs[i].to(x.dtype), scalars[2 + i], eps, dims[i])
+            t = _adam_threshold(op, st, a, torch.sqrt(vs[i].to(x.dtype)) / scalars[2 + i] + eps, dims[i])
         y = _apply(op, x, t, r, dims[i])
         if comps is None:
             w.copy_(y)
@@ -213,16 +214,7 @@ def _bucket_adam_update(ws: list, gs: list, ms: list, vs: list, scalars: Tensor,
         v = vs[i] * beta2 + (1.0 - beta2) * g * g
         d = torch.sqrt(v) / scalars[4 + 2 * i] + eps
         x = x - scalars[3 + 2 * i] * m / d
-        if not adam_metric:
-            t = st * a
-        elif op != "group":
-            t = st * a / torch.maximum(d, a)
-        else:
-            dm = torch.maximum(d, a)
-            count = 1
-            for k in dims[i]:
-                count *= dm.shape[k]
-            t = st * a * count / dm.sum(dim=dims[i], keepdim=True)
+        t = _adam_threshold(op, st, a, d, dims[i]) if adam_metric else st * a
         y = _apply(op, x, t, r, dims[i])
         ms[i].copy_(m)
         vs[i].copy_(v)

@@ -73,6 +73,18 @@ class _Bucket:
         return F.times(a, step)
 
 
+def _bias_correction(beta: float, steps: list) -> Tensor | list[float]:
+    """Adam's ``1 - beta**t`` for each step counter: one float64 tensor where the counters
+    live on a device (fused/capturable Adam: no host sync), else Python floats.
+
+    >>> _bias_correction(0.5, [torch.tensor(1.0), torch.tensor(2.0)])
+    [0.5, 0.75]
+    """
+    if isinstance(steps[0], Tensor) and steps[0].device.type != "cpu":
+        return 1.0 - torch.pow(beta, torch.stack([x.reshape(()) for x in steps]).double())
+    return [1.0 - beta ** float(x) for x in steps]
+
+
 def _as_rules(penalty_or_rules) -> list[Rule]:
     if isinstance(penalty_or_rules, (Penalty, Rule)):
         penalty_or_rules = [penalty_or_rules]
@@ -457,9 +469,10 @@ class Regularized(torch.optim.Optimizer):
         # the separate prox pass it saves (measured: bench/step_overhead.py), so groups stay apart
         if b.kernel.op == "group":
             return False
-        return b.rule.mode == "prox" and not (b.low_precision or getattr(b.rule.penalty, "takes_steps", False) or group.get("amsgrad")
-                    or group.get("differentiable") or group.get("capturable")
-                    or any(p.dtype not in (torch.float32, torch.float64) for p in b.params))
+        return b.rule.mode == "prox" and not (
+            b.low_precision or getattr(b.rule.penalty, "takes_steps", False)
+            or group.get("amsgrad") or group.get("differentiable") or group.get("capturable")
+            or any(p.dtype not in (torch.float32, torch.float64) for p in b.params))
 
     def _adam_fused_step(self, b: _Bucket) -> bool:
         """Adam's step and the prox of ``b`` in one compiled call; on a compile failure the
@@ -471,13 +484,11 @@ class Regularized(torch.optim.Optimizer):
         torch._foreach_add_(steps, 1)
         beta1, beta2 = (float(x) for x in group["betas"])
         lr = float(group["lr"])
-        if steps[0].device.type != "cpu":  # fused/capturable counters on the device: no host sync
-            t = torch.stack([x.reshape(()) for x in steps]).double()
-            sizes, rbcs = lr / (1.0 - torch.pow(beta1, t)), (1.0 - torch.pow(beta2, t)).sqrt()
+        c1, c2 = _bias_correction(beta1, steps), _bias_correction(beta2, steps)
+        if isinstance(c1, Tensor):
+            sizes, rbcs = lr / c1, c2.sqrt()
         else:
-            ts = [float(x) for x in steps]
-            sizes = [lr / (1.0 - beta1 ** x) for x in ts]
-            rbcs = [math.sqrt(1.0 - beta2 ** x) for x in ts]
+            sizes, rbcs = [lr / c for c in c1], [math.sqrt(c) for c in c2]
         decoupled = bool(group.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
         hyper = (beta1, beta2, float(group["eps"]), float(group["weight_decay"]), decoupled,
                  bool(group.get("maximize", False)), b.metric == "adam")
@@ -499,7 +510,6 @@ class Regularized(torch.optim.Optimizer):
         return False
 
     # -- the Adam metric ---------------------------------------------------------------
-    # -- the Adam metric ---------------------------------------------------------------
     def _adam_state(self, group_index: int, params) -> tuple[list[Tensor], object, float]:
         """Adam's second moments, ``sqrt(1 - beta2**step)`` per tensor, and eps."""
         group = self.optimizer.param_groups[group_index]
@@ -520,11 +530,11 @@ class Regularized(torch.optim.Optimizer):
                 )
             vs.append(st[key])
             steps.append(st["step"])
-        if isinstance(steps[0], Tensor) and steps[0].device.type != "cpu":  # fused/capturable: no host sync
-            t = torch.stack([x.reshape(()) for x in steps]).double()
-            rbcs = (1.0 - torch.pow(beta2, t)).sqrt().to(torch.promote_types(vs[0].dtype, torch.float32))
+        c2 = _bias_correction(beta2, steps)
+        if isinstance(c2, Tensor):
+            rbcs = c2.sqrt().to(torch.promote_types(vs[0].dtype, torch.float32))
         else:
-            rbcs = [math.sqrt(1.0 - beta2 ** float(x)) for x in steps]
+            rbcs = [math.sqrt(c) for c in c2]
         return vs, rbcs, float(group["eps"])
 
     def _adam_steps(self, b: _Bucket, step: float, params) -> list[Tensor]:
