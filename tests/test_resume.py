@@ -109,16 +109,24 @@ def test_stop_request_checkpoints_mid_epoch_and_resume_is_bit_identical(referenc
     _assert_same(tmp_path / "t", reference / "train")
 
 
-def test_crash_between_metrics_line_and_checkpoint_redoes_that_epoch(reference, tmp_path, monkeypatch):
+def _raise_after_metrics_line(monkeypatch, n: int, error: BaseException):
+    """Make writing the ``n``-th metrics line (over all runs) raise ``error`` right after
+    the line is written; returns the real ``append_metrics`` to put back."""
     real, lines = runfolder.Run.append_metrics, []
 
-    def append_then_crash(self, row):
+    def append_then_raise(self, row):
         real(self, row)
-        lines.append(self.path.name)
-        if len(lines) == 5:  # none: 3 epochs, l2: 2 epochs written, l2's 2nd checkpoint not
-            raise RuntimeError("power cut")
+        lines.append(row)
+        if len(lines) == n:
+            raise error
 
-    monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_crash)
+    monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_raise)
+    return real
+
+
+def test_crash_between_metrics_line_and_checkpoint_redoes_that_epoch(reference, tmp_path, monkeypatch):
+    # none: 3 epochs, l2: 2 epochs written, l2's 2nd checkpoint not
+    real = _raise_after_metrics_line(monkeypatch, 5, RuntimeError("power cut"))
     assert cli.main(_args("compare", tmp_path, "c", COMPARE)) == 1
     l2 = runfolder.Run(tmp_path / "c" / "runs" / "l2")
     assert len(l2.metrics()) == 2 and l2.load_checkpoint()["epoch"] == 1
@@ -221,15 +229,7 @@ def test_checkpoints_off_still_checkpoint_on_a_stop(reference, tmp_path, monkeyp
 
 
 def test_resume_with_parallel_jobs(reference, tmp_path, monkeypatch):
-    real, lines = runfolder.Run.append_metrics, []
-
-    def append_then_interrupt(self, row):
-        real(self, row)
-        lines.append(row)
-        if len(lines) == 4:  # none complete, l2 one epoch in
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runfolder.Run, "append_metrics", append_then_interrupt)
+    real = _raise_after_metrics_line(monkeypatch, 4, KeyboardInterrupt())  # none complete, l2 one epoch in
     assert cli.main(_args("compare", tmp_path, "p", COMPARE)) == 130
     _edit_config(tmp_path / "p", lambda c: c["train"].update(jobs=2))  # the rest trains in worker processes
     monkeypatch.setattr(runfolder.Run, "append_metrics", real)
