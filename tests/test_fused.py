@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 import decaylab as dl
+from decaylab import functional as F
 from decaylab import fused
+from decaylab.groups import Rows
 
 
 @pytest.fixture(autouse=True)
@@ -361,3 +363,86 @@ def test_auto_choice_on_a_large_cpu_bucket_compiles_except_a_plain_metric_group_
         kernels[name] = opt._buckets[0].kernel
     assert kernels["l1"] and kernels["group-adam"]
     assert kernels["group-lr"] is False  # ATen's threaded norm and multiply: as fast, no compile
+
+
+# -- the group factor's edge cases, and calling the compiled program without dynamo -------
+def _edge_groups() -> torch.Tensor:
+    w = torch.randn(6, 5)
+    w[0] = 0.0                                   # a zero group stays zero
+    w[1] = 1e-30                                 # its squares underflow: the norm is 0
+    w[2, 3] = float("nan")                       # a NaN entry: the group is left alone
+    w[3] = 1e30                                  # its squares overflow: an infinite norm
+    w[4] = 1e-3                                  # below the threshold: zeroed
+    return w
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["body", "inductor"])
+def test_group_factor_edge_cases_match_the_eager_prox(t, compiled):
+    w = _edge_groups()
+    expect = [w.clone()]
+    F.group_soft_threshold_(expect, t, [Rows()])
+    body = fused._bucket_update
+    if compiled:
+        body = torch.compile(body, dynamic=False, fullgraph=True, options=fused._OPTIONS)
+    got = [w.clone()]
+    body(got, None, None, torch.tensor([t, 1.0]), None, 0.0, 1.0, "group", ((1,),))
+    torch.testing.assert_close(got[0], expect[0], rtol=1e-6, atol=0.0, equal_nan=True)
+    if t == 0.0:  # a zero threshold changes nothing, not even a group whose norm underflowed
+        assert torch.equal(got[0].nan_to_num(), w.nan_to_num())
+    else:
+        assert (got[0][[0, 1, 4]] == 0).all() and torch.equal(got[0][3], w[3])
+    assert torch.isnan(got[0][2, 3]) and torch.isfinite(got[0][2, [0, 1, 2, 4]]).all()
+
+
+class _Counting:
+    """Counts the calls that go through dynamo (its guards) rather than directly."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+def test_after_its_first_call_a_kernel_runs_without_dynamo_and_equals_eager(monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    eager, _ = _train(RULES["GroupLasso rows lr"], torch.float32, False, steps=6, sched=True)
+    m = _model(torch.float32)
+    opt = dl.regularize(torch.optim.Adam(m.parameters(), lr=0.05), m,
+                        [RULES["GroupLasso rows lr"](), dl.Rule(None, params="*.bias")], fused=True)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.7)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g), torch.randn(16, 4, generator=g)
+    counted = None
+    for step in range(6):
+        _loss(m, x, y).backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        if step == 0:
+            compiled = opt._buckets[0].kernel._fn
+            assert compiled._direct is not None  # the program and where its inputs sit
+            counted = compiled._dynamo = _Counting(compiled._dynamo)
+    assert opt._buckets[0].kernel.calls == 6 and counted.calls == 0
+    _assert_fused_equals_eager(eager, [p.detach() for p in m.parameters()])
+
+
+def test_a_tensor_whose_layout_changed_goes_back_through_dynamo(monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    w = nn.Parameter(torch.randn(5, 5))
+    kernel = fused.Kernel("group", 1.0, [(1,)], "layout")
+    with torch.no_grad():
+        assert kernel([w], None, None, None, 0.1, 0.5, 0.0)
+        compiled = kernel._fn
+        counted = compiled._dynamo = _Counting(compiled._dynamo)
+        assert kernel([w], None, None, None, 0.1, 0.5, 0.0) and counted.calls == 0
+        w.data = w.data.t().contiguous().t()  # same values and shape, transposed strides
+        expect = [w.detach().clone()]
+        F.group_soft_threshold_(expect, 0.05, [Rows()])
+        assert kernel([w], None, None, None, 0.1, 0.5, 0.0) and counted.calls == 1
+    torch.testing.assert_close(w.detach(), expect[0], rtol=1e-6, atol=0.0)
+    assert compiled._direct[2][0][1] == (1, 5)  # the new program is the one kept

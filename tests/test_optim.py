@@ -624,3 +624,51 @@ def test_adam_metric_under_amsgrad_uses_the_max_second_moment():
     thr = lr * alpha / torch.clamp_min(v_hat.sqrt() + 1e-8, alpha)
     w = ref.detach()
     torch.testing.assert_close(model.weight.detach(), torch.sign(w) * (w.abs() - thr).clamp_min(0))
+
+
+# -- the inner step: called past torch's profiling wrapper only where that changes nothing --
+def _hooked_run(setup):
+    """Two steps of Adam under an L1 rule; ``setup(inner)`` registers what is tested and
+    returns what to check. Returns (that, how many times the inner wrapper ran)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    inner = torch.optim.Adam(lin.parameters(), lr=0.1)
+    opt = dl.regularize(inner, lin, dl.L1(0.01), fused=False)
+    wrapped = []
+    inner._optimizer_step_code = lambda: wrapped.append(1)  # the wrapper calls it after the step
+    seen = setup(inner)
+    for _ in range(2):
+        lin(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    return seen, len(wrapped)
+
+
+def test_inner_step_skips_the_wrapper_only_when_nothing_hooks_it():
+    assert _hooked_run(lambda inner: None) == (None, 0)
+    calls = []
+    _, wrapped = _hooked_run(lambda inner: (inner.register_step_pre_hook(lambda *a: calls.append("pre")),
+                                            inner.register_step_post_hook(lambda *a: calls.append("post"))))
+    assert wrapped == 2 and calls == ["pre", "post"] * 2
+    calls.clear()
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(
+        lambda o, *a: calls.append(type(o).__name__))
+    try:
+        _, wrapped = _hooked_run(lambda inner: None)
+    finally:
+        handle.remove()
+    assert wrapped == 2 and calls.count("Adam") == 2  # a global hook sees the inner step too
+
+
+def test_inner_step_keeps_the_wrapper_for_a_scheduler_built_on_it_and_under_the_profiler():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would raise
+        sched, wrapped = _hooked_run(lambda inner: torch.optim.lr_scheduler.StepLR(inner, 1, gamma=0.5))
+        sched.step()
+    assert wrapped == 2 and sched.last_epoch == 1
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _, wrapped = _hooked_run(lambda inner: None)
+    assert wrapped == 2
+    assert any(e.name == "Optimizer.step#Adam.step" for e in prof.events())

@@ -114,14 +114,20 @@ def _soft(x: Tensor, t) -> Tensor:
 
 
 def _group_factor(x: Tensor, t, dims: tuple) -> Tensor:
+    """``relu(1 - t sqrt|g| / ||x_g||)`` per group, from the sum of squares.
+
+    The edge cases come out of IEEE arithmetic, with no branch per group: a zero (or
+    underflowed) norm gives ``rsqrt = inf``, so ``1 - inf`` clamps to 0 (a zero group stays
+    zero); under a zero threshold that is ``0 * inf = NaN``, and a NaN entry makes the sum
+    NaN: a NaN factor becomes 1, which leaves the group alone, as the eager kernel does. Five
+    scalar operations per group: inductor recomputes the factor for every vector of a row
+    (it cannot hoist it past the row's stores), so each one counts on small rows.
+    """
     size = 1
     for d in dims:
         size *= x.shape[d]
-    # a NaN entry leaves its group alone (an infinite norm), as the eager kernel does
-    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True).nan_to_num(nan=math.inf)
-    # relu(1 - t*sqrt|g|/||x_g||); a zero group stays zero (never 0/0)
-    safe = torch.where(norm > 0, norm, 1.0)
-    return torch.where(norm > 0, 1.0 - t * math.sqrt(size) / safe, 0.0).clamp_min(0.0)
+    y = 1.0 - (t * math.sqrt(size)) * torch.rsqrt((x * x).sum(dim=dims, keepdim=True))
+    return torch.where(y == y, y, 1.0).clamp_min(0.0)
 
 
 def _apply(op: str, x: Tensor, t, r: float, dims: tuple) -> Tensor:
@@ -221,14 +227,73 @@ def _bucket_adam_update(ws: list, gs: list, ms: list, vs: list, scalars: Tensor,
         w.copy_(y)
 
 
-_COMPILED: dict = {}  # signature -> compiled function (one code object each)
+_COMPILED: dict = {}  # signature -> _Compiled (one code object each)
+
+
+def _desc(ts) -> tuple | None:
+    return None if ts is None else tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in ts)
 
 
 def _signature(ws, comps, vs, alphas, eps, kernel) -> tuple:
-    def desc(ts):
-        return None if ts is None else tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in ts)
+    return (_BACKEND, kernel.op, kernel.r, kernel.dims, _desc(ws), _desc(comps), _desc(vs), _desc(alphas), float(eps))
 
-    return (_BACKEND, kernel.op, kernel.r, kernel.dims, desc(ws), desc(comps), desc(vs), desc(alphas), float(eps))
+
+def _layout(ts: list) -> list:
+    """What the direct call checks of its tensors: any change goes back through dynamo."""
+    return [(t.shape, t.stride(), t.dtype, t.device) for t in ts]
+
+
+def _backend(options: dict | None) -> Callable:
+    """The backend callable for ``_BACKEND`` (inductor gets ``options`` as its config)."""
+    if _BACKEND == "inductor":
+        from torch._inductor.compile_fx import compile_fx
+
+        return lambda gm, example_inputs: compile_fx(gm, example_inputs, config_patches=options or {})
+    if isinstance(_BACKEND, str):
+        return torch._dynamo.lookup_backend(_BACKEND)
+    return _BACKEND
+
+
+class _Compiled:
+    """One signature's compiled function, called without dynamo once it has compiled.
+
+    ``torch.compile`` checks its guards on every call: ~25 us on a CPU for a bucket of five
+    tensors, a quarter of LeNet-5's whole AdamW step. The program dynamo hands its backend
+    takes the graph's tensors positionally, so after the first call this keeps that program
+    and where each of its inputs sits among the call's tensors, and later calls run it
+    directly. Its guard is ours: every tensor's shape, stride, dtype and device as when it
+    compiled, and grad mode off (the wrapper's step); the Python constants (op, dims,
+    Adam's betas, eps) are part of the signature this object is keyed by. Anything else
+    goes through dynamo, which recompiles if it must (and the new program is kept).
+    """
+
+    def __init__(self, body: Callable, tag: str, options: dict | None):
+        self._captured: tuple | None = None
+        self._direct: tuple | None = None  # (program, input positions, layout)
+        backend = _backend(options)
+
+        def capture(gm, example_inputs):
+            program = backend(gm, example_inputs)
+            self._captured = (program, list(example_inputs))
+            return program
+
+        self._dynamo = torch.compile(_fresh(body, tag), backend=capture, dynamic=False, fullgraph=True)
+
+    def __call__(self, tensors: list, *args) -> None:
+        """Run on ``args``; ``tensors``: every tensor in ``args``, flattened."""
+        direct = self._direct
+        if direct is not None and not torch.is_grad_enabled() and _layout(tensors) == direct[2]:
+            program, order, _ = direct
+            program(*[tensors[i] for i in order])
+            return
+        self._captured = None
+        self._dynamo(*args)
+        captured, self._captured = self._captured, None
+        if captured is not None and not torch.is_grad_enabled():
+            where = {id(t): i for i, t in enumerate(tensors)}
+            order = [where.get(id(t)) for t in captured[1]]
+            if None not in order:  # every graph input is one of ours (else: dynamo each call)
+                self._direct = (captured[0], order, _layout(tensors))
 
 
 def _fresh(fn: Callable, tag: str) -> Callable:
@@ -257,7 +322,7 @@ class Kernel:
     def __getstate__(self):  # a copy or a pickle finds its compiled function again
         return {**self.__dict__, "_fn": None, "_adam_fn": None}
 
-    def _compiled(self, key: tuple, body: Callable, ws) -> Callable:
+    def _compiled(self, key: tuple, body: Callable, ws) -> _Compiled:
         """The compiled function for this bucket's signature, shared by every bucket with
         the same one (another wrapper over a model of the same shapes compiles nothing).
 
@@ -271,9 +336,7 @@ class Kernel:
                 options = dict(_OPTIONS)
                 if ws[0].device.type == "cpu" and sum(w.numel() for w in ws) < CPU_SINGLE_THREAD_NUMEL:
                     options["cpp.threads"] = 1
-            fn = torch.compile(_fresh(body, f"{self.tag}_{len(_COMPILED)}"), backend=_BACKEND,
-                               dynamic=False, fullgraph=True, options=options)
-            _COMPILED[key] = fn
+            fn = _COMPILED[key] = _Compiled(body, f"{self.tag}_{len(_COMPILED)}", options)
         return fn
 
     def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float) -> bool:
@@ -288,7 +351,9 @@ class Kernel:
             scalars = torch.tensor([s, a, *(rbcs or ())], dtype=dtype, device=w.device)
         if self._fn is None:
             self._fn = self._compiled(_signature(ws, comps, vs, alphas, eps, self), _bucket_update, ws)
-        return self._run(self._fn, list(ws), comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
+        ws = list(ws)
+        tensors = [*ws, *(comps or ()), *(vs or ()), scalars, *(alphas or ())]
+        return self._run(self._fn, tensors, ws, comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
 
     def adam(self, ws, gs, ms, vs, step_sizes, rbcs, s: float, lr: float, alphas, hyper: tuple) -> bool:
         """Adam's step and this bucket's prox in one compiled call (:func:`_bucket_adam_update`);
@@ -307,17 +372,18 @@ class Kernel:
         if self._adam_fn is None or self._adam_key != hyper:
             key = ("adam", hyper, *_signature(ws, None, vs, alphas, 0.0, self), _signature(gs, None, ms, None, 0.0, self))
             self._adam_fn, self._adam_key = self._compiled(key, _bucket_adam_update, ws), hyper
-        return self._run(self._adam_fn, list(ws), list(gs), list(ms), list(vs), scalars, alphas, hyper,
-                         self.r, self.op, self.dims)
+        ws, gs, ms, vs = list(ws), list(gs), list(ms), list(vs)
+        tensors = [*ws, *gs, *ms, *vs, scalars, *(alphas or ())]
+        return self._run(self._adam_fn, tensors, ws, gs, ms, vs, scalars, alphas, hyper, self.r, self.op, self.dims)
 
     @property
     def fresh(self) -> bool:
         """Nothing compiled yet for this bucket."""
         return self._fn is None and self._adam_fn is None
 
-    def _run(self, fn: Callable, *args) -> bool:
+    def _run(self, fn: _Compiled, tensors: list, *args) -> bool:
         try:
-            fn(*args)
+            fn(tensors, *args)
         except Exception as err:  # noqa: BLE001 - any compiler failure means: eager from now on
             cause = getattr(err, "inner_exception", None) or err.__cause__ or err
             text = (str(cause).strip().splitlines() or [""])[0][:200]
