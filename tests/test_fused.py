@@ -22,6 +22,9 @@ from decaylab.groups import Rows
 @pytest.fixture(autouse=True)
 def _fresh_state(monkeypatch):
     monkeypatch.setitem(fused._STATE, "disabled", "")  # a failure in one test stays there
+    # these models are tiny: let their buckets take Adam's step in (a CPU default keeps it
+    # apart below fused.CPU_ADAM_MIN_NUMEL weights; tested on its own below)
+    monkeypatch.setattr(fused, "CPU_ADAM_MIN_NUMEL", 0)
 
 
 def _model(dtype, seed=0):
@@ -446,3 +449,16 @@ def test_a_tensor_whose_layout_changed_goes_back_through_dynamo(monkeypatch):
         assert kernel([w], None, None, None, 0.1, 0.5, 0.0) and counted.calls == 1
     torch.testing.assert_close(w.detach(), expect[0], rtol=1e-6, atol=0.0)
     assert compiled._direct[2][0][1] == (1, 5)  # the new program is the one kept
+
+
+def test_a_small_cpu_bucket_keeps_adams_step_apart_by_default(monkeypatch):
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    monkeypatch.undo()  # the library's threshold, not the fixture's 0
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    monkeypatch.setitem(fused._STATE, "disabled", "")
+    assert fused.CPU_ADAM_MIN_NUMEL > 0
+    eager, _ = _train(RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.AdamW)
+    comp, c_opt = _train(RULES["L1 prox lr"], torch.float32, True, opt_cls=torch.optim.AdamW)
+    kernel = c_opt._buckets[0].kernel
+    assert kernel._adam_fn is None and kernel.calls == 4  # the prox kernel from step 1, AdamW's own step
+    _assert_fused_equals_eager(eager, comp)

@@ -60,6 +60,11 @@ __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 CPU_MIN_NUMEL = 1 << 20
 # Below this many weights a CPU bucket's compiled kernel runs on one thread (Kernel._compiled).
 CPU_SINGLE_THREAD_NUMEL = 1 << 18
+# Below this many weights a CPU bucket keeps Adam's step apart from its kernel: the inner
+# optimizer runs anyway (for the biases), and on a small model its fixed cost, not memory
+# traffic, is the step (LeNet-5, 61k weights: L1 metric=lr 1.8x an AdamW step with Adam's
+# step inside the kernel, 1.4x without; bench/step_overhead.py, BENCHMARKS.md).
+CPU_ADAM_MIN_NUMEL = 1 << 18
 
 _BACKEND: object = "inductor"  # tests swap in a counting backend
 # round low-precision casts as eager does: the residual w32 - float(bf16(w32)) is the

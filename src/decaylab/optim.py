@@ -490,6 +490,8 @@ class Regularized(torch.optim.Optimizer):
         # the separate prox pass it saves (measured: bench/step_overhead.py), so groups stay apart
         if b.kernel.op == "group":
             return False
+        if b.params[0].device.type == "cpu" and sum(p.numel() for p in b.params) < fused_kernels.CPU_ADAM_MIN_NUMEL:
+            return False
         return b.rule.mode == "prox" and not (
             b.low_precision or getattr(b.rule.penalty, "takes_steps", False)
             or group.get("amsgrad") or group.get("differentiable") or group.get("capturable")
