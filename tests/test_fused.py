@@ -353,7 +353,7 @@ def test_inductor_group_threshold_in_adams_metric_leaves_a_nan_entry_out_as_eage
     assert not torch.equal(a[0], w)
 
 
-def test_auto_choice_on_a_large_cpu_bucket_compiles_except_a_plain_metric_group_prox(monkeypatch):
+def test_auto_choice_on_a_large_cpu_bucket_compiles(monkeypatch):
     monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
     kernels = {}
     for name, rule in [("l1", dl.Rule(dl.L1(1e-3), metric="lr")),
@@ -364,8 +364,12 @@ def test_auto_choice_on_a_large_cpu_bucket_compiles_except_a_plain_metric_group_
         lin(torch.randn(2, 1024)).sum().backward()
         opt.step()
         kernels[name] = opt._buckets[0].kernel
-    assert kernels["l1"] and kernels["group-adam"]
-    assert kernels["group-lr"] is False  # ATen's threaded norm and multiply: as fast, no compile
+    assert all(kernels.values())
+    small = nn.Linear(8, 4)
+    opt = dl.regularize(torch.optim.Adam(small.parameters(), lr=1e-3), small, dl.GroupLasso(1e-3))
+    small(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    assert opt._buckets[0].kernel is False  # far below fused.CPU_MIN_NUMEL: eager
 
 
 # -- the group factor's edge cases, and calling the compiled program without dynamo -------

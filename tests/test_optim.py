@@ -672,3 +672,42 @@ def test_inner_step_keeps_the_wrapper_for_a_scheduler_built_on_it_and_under_the_
         _, wrapped = _hooked_run(lambda inner: None)
     assert wrapped == 2
     assert any(e.name == "Optimizer.step#Adam.step" for e in prof.events())
+
+
+def test_step_hooks_and_the_profiler_range_of_the_wrapper_itself():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=0.1), lin, dl.L1(0.01))
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("pre", type(o).__name__)))
+    # a pre hook may replace the arguments: here it hands step() a closure
+    opt.register_step_pre_hook(lambda o, args, kwargs: ((), {"closure": lambda: torch.tensor(7.0)}))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", "closure" in kwargs)))
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(lambda o, *a: seen.append(("global", type(o).__name__)))
+    try:
+        lin(torch.randn(5, 4)).sum().backward()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            assert float(opt.step()) == 7.0
+    finally:
+        handle.remove()
+    # global pre hooks first, then the wrapper's own; the inner optimizer's step is hooked too
+    assert seen[:3] == [("global", "Regularized"), ("pre", "Regularized"), ("global", "SGD")]
+    assert seen[-1] == ("post", True)
+    assert any(e.name == "Optimizer.step#Regularized.step" for e in prof.events())
+    opt.register_step_pre_hook(lambda o, args, kwargs: "not a tuple")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        opt.step()
+
+
+def test_without_hooks_the_wrapper_takes_the_plain_step():
+    lin = nn.Linear(4, 3)
+    opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=0.1), lin, dl.L1(0.01))
+    opt._hooked_step = lambda *a, **k: pytest.fail("no hook is registered")
+    lin(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)  # a scheduler patches the instance's step
+    opt.step()
+    sched.step()
+    assert sched.last_epoch == 1 and opt.steps == 2
