@@ -85,6 +85,14 @@ def _bias_correction(beta: float, steps: list) -> Tensor | list[float]:
     return [1.0 - beta ** float(x) for x in steps]
 
 
+def _unhooked(opt: torch.optim.Optimizer) -> bool:
+    """No step hook registered on ``opt`` or globally, and no profiler running: torch's
+    wrapper around ``opt.step`` would only call through."""
+    return not (opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+                or _optim_mod._global_optimizer_pre_hooks or _optim_mod._global_optimizer_post_hooks
+                or torch.autograd._profiler_enabled())
+
+
 def _as_rules(penalty_or_rules) -> list[Rule]:
     if isinstance(penalty_or_rules, (Penalty, Rule)):
         penalty_or_rules = [penalty_or_rules]
@@ -260,11 +268,7 @@ class Regularized(torch.optim.Optimizer):
         on any torch optimizer; torch's own wrapper for them, which every optimizer's
         ``step`` gets, costs ~17 us a call even when there is nothing to run, so this one
         runs them itself and only when there is something to run."""
-        if self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks \
-                or _optim_mod._global_optimizer_pre_hooks or _optim_mod._global_optimizer_post_hooks \
-                or torch.autograd._profiler_enabled():
-            return self._hooked_step(closure)
-        return self._step(closure)
+        return self._step(closure) if _unhooked(self) else self._hooked_step(closure)
 
     step.hooked = True  # torch's Optimizer leaves a step marked so unwrapped (_patch_step_function)
 
@@ -331,18 +335,15 @@ class Regularized(torch.optim.Optimizer):
         would do nothing.
 
         torch wraps every optimizer's ``step`` in a function that opens a profiler range and
-        runs the step hooks: ~17 us on a CPU, paid twice here (this wrapper's step is one
-        too), a sixth of LeNet-5's AdamW step. With no hook registered (the inner
+        runs the step hooks: ~17 us on a CPU, a sixth of LeNet-5's AdamW step (this
+        wrapper's own :meth:`step` does the same only when needed). With no hook registered (the inner
         optimizer's own or global), no profiler running and ``step`` not replaced on the
         instance (an LR scheduler built on the inner optimizer does that), the wrapper only
         calls through, so the step is called directly; otherwise through the wrapper."""
         opt = self.optimizer
         step = type(opt).step
         raw = getattr(step, "__wrapped__", None)
-        if raw is None or not getattr(step, "hooked", False) or "step" in vars(opt) \
-                or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks \
-                or _optim_mod._global_optimizer_pre_hooks or _optim_mod._global_optimizer_post_hooks \
-                or torch.autograd._profiler_enabled():
+        if raw is None or not getattr(step, "hooked", False) or "step" in vars(opt) or not _unhooked(opt):
             opt.step()
         else:
             raw(opt)
