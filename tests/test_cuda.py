@@ -135,6 +135,8 @@ def test_cuda_fused_equals_eager(name, dtype):
         fused_adam = b.rule.mode == "prox" and not b.low_precision and b.kernel.op != "group"
         assert b.kernel and b.kernel.calls == (4 if fused_adam else 5)
         assert (b.kernel._adam_fn is not None) == fused_adam
+        # after its first call the kernel runs its program without dynamo's guards
+        assert (b.kernel._adam_fn or b.kernel._fn)._direct is not None
     for a, b in zip(eager, comp):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
