@@ -431,9 +431,13 @@ class Regularized(torch.optim.Optimizer):
         comps = [self._residual(p) for p in params] if b.low_precision else None
         if idx is None and self._fused_step(b, step, comps):
             return
-        scale = self._adam_thresholds(b, step, idx, params) if adam else b.scale(step, idx)
+        per_group = adam and op == "prox" and isinstance(pen, GroupLasso)
+        if per_group:
+            scale = self._adam_group_thresholds(b, step, idx, params, ctxs)
+        else:
+            scale = self._adam_thresholds(b, step, idx, params) if adam else b.scale(step, idx)
         if op == "prox":
-            fn = functools.partial(pen.prox_scaled_, per_coordinate=adam)
+            fn = functools.partial(pen.prox_scaled_, per_coordinate=adam and not per_group)
         else:
             fn = pen.decay_scaled_
         if comps is None:
@@ -624,6 +628,32 @@ class Regularized(torch.optim.Optimizer):
             else:
                 torch.maximum(buf, a, out=buf)
             out.append(buf.reciprocal_().mul_(F.times(a, step) if isinstance(a, float) else a * step))
+        return out
+
+    def _adam_group_thresholds(self, b: _Bucket, step: float, idx, params, ctxs) -> list[Tensor]:
+        """One threshold per group in Adam's metric: the harmonic mean of the capped
+        per-coordinate thresholds of :meth:`_adam_thresholds` (``GroupLasso._group_steps``),
+        taken in one pass as ``step * alpha / nanmean(max(sqrt(v_hat) + eps, alpha))``
+        (what the compiled kernel computes; a NaN coordinate is left out of its group's mean).
+        Three weight-sized operations fewer than forming each coordinate's threshold first."""
+        vs, rbcs, eps = self._adam_state(b.group, params)
+        alphas = b.alphas()
+        pen = b.rule.penalty
+        out = []
+        for i, (p, v) in enumerate(zip(params, vs)):
+            a = alphas if isinstance(alphas, float) else alphas[i if idx is None else idx[i]]
+            buf = self._scratch(p)  # kept: see _adam_thresholds
+            if v.dtype == buf.dtype:
+                torch.sqrt(v, out=buf)
+            else:
+                buf.copy_(v).sqrt_()
+            buf.div_(rbcs[i]).add_(eps)
+            if isinstance(a, float):
+                buf.clamp_min_(a)
+            else:
+                torch.maximum(buf, a, out=buf)
+            dims = pen._grouping(ctxs[i])._reduce_dims(p)
+            out.append(torch.nanmean(buf, dim=dims, keepdim=True).reciprocal_().mul_(step * a))
         return out
 
     def _resolve_metrics(self) -> None:
