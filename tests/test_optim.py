@@ -680,8 +680,10 @@ def test_step_hooks_and_the_profiler_range_of_the_wrapper_itself():
     opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=0.1), lin, dl.L1(0.01))
     seen = []
     opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("pre", type(o).__name__)))
-    # a pre hook may replace the arguments: here it hands step() a closure
-    opt.register_step_pre_hook(lambda o, args, kwargs: ((), {"closure": lambda: torch.tensor(7.0)}))
+    # a pre hook may replace the arguments (which start with the optimizer, as in torch):
+    # here it hands step() a closure
+    opt.register_step_pre_hook(lambda o, args, kwargs: (args[:1], {"closure": lambda: torch.tensor(7.0)}))
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("args", args[0] is o)))
     opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", "closure" in kwargs)))
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -693,7 +695,7 @@ def test_step_hooks_and_the_profiler_range_of_the_wrapper_itself():
     finally:
         handle.remove()
     # global pre hooks first, then the wrapper's own; the inner optimizer's step is hooked too
-    assert seen[:3] == [("global", "Regularized"), ("pre", "Regularized"), ("global", "SGD")]
+    assert seen[:4] == [("global", "Regularized"), ("pre", "Regularized"), ("args", True), ("global", "SGD")]
     assert seen[-1] == ("post", True)
     assert any(e.name == "Optimizer.step#Regularized.step" for e in prof.events())
     opt.register_step_pre_hook(lambda o, args, kwargs: "not a tuple")

@@ -275,7 +275,9 @@ class Regularized(torch.optim.Optimizer):
     def _hooked_step(self, *args, **kwargs):
         """:meth:`step` inside a profiler range, between the pre hooks (global, then this
         optimizer's; one may return new ``(args, kwargs)``) and the post hooks (this
-        optimizer's, then global), in torch's order."""
+        optimizer's, then global), in torch's order and with torch's arguments: ``args``
+        starts with the optimizer itself."""
+        args = (self, *args)
         with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
             for hook in [*_optim_mod._global_optimizer_pre_hooks.values(), *self._optimizer_step_pre_hooks.values()]:
                 result = hook(self, args, kwargs)
@@ -286,7 +288,7 @@ class Regularized(torch.optim.Optimizer):
                             f"or a tuple (new_args, new_kwargs)"
                         )
                     args, kwargs = result
-            out = self._step(*args, **kwargs)
+            out = type(self)._step(*args, **kwargs)
             self._optimizer_step_code()
             for hook in [*self._optimizer_step_post_hooks.values(), *_optim_mod._global_optimizer_post_hooks.values()]:
                 hook(self, args, kwargs)
