@@ -683,8 +683,9 @@ def test_step_hooks_and_the_profiler_range_of_the_wrapper_itself():
     # a pre hook may replace the arguments (which start with the optimizer, as in torch):
     # here it hands step() a closure
     opt.register_step_pre_hook(lambda o, args, kwargs: (args[:1], {"closure": lambda: torch.tensor(7.0)}))
-    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("args", args[0] is o)))
-    opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", "closure" in kwargs)))
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("args", args[0] is o, sorted(kwargs))))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", o is opt, args[0] is o,
+                                                                     sorted(kwargs))))
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     handle = register_optimizer_step_pre_hook(lambda o, *a: seen.append(("global", type(o).__name__)))
@@ -695,10 +696,15 @@ def test_step_hooks_and_the_profiler_range_of_the_wrapper_itself():
     finally:
         handle.remove()
     # global pre hooks first, then the wrapper's own; the inner optimizer's step is hooked too
-    assert seen[:4] == [("global", "Regularized"), ("pre", "Regularized"), ("args", True), ("global", "SGD")]
-    assert seen[-1] == ("post", True)
+    assert seen[:4] == [("global", "Regularized"), ("pre", "Regularized"), ("args", True, ["closure"]),
+                        ("global", "SGD")]
+    assert seen[-1] == ("post", True, True, ["closure"])
     assert any(e.name == "Optimizer.step#Regularized.step" for e in prof.events())
-    opt.register_step_pre_hook(lambda o, args, kwargs: "not a tuple")
+    bad = opt.register_step_pre_hook(lambda o, args, kwargs: "not a tuple")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        opt.step()
+    bad.remove()
+    opt.register_step_pre_hook(lambda o, args, kwargs: (args, kwargs, "a third"))
     with pytest.raises(RuntimeError, match="must return None or a tuple"):
         opt.step()
 
