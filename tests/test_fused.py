@@ -389,6 +389,9 @@ def test_group_factor_edge_cases_match_the_eager_prox(t, compiled):
     w = _edge_groups()
     expect = [w.clone()]
     F.group_soft_threshold_(expect, t, [Rows()])
+    per_group = [w.clone()]  # the eager path for a threshold per group (Adam's metric)
+    F.group_soft_threshold_(per_group, torch.full((6, 1), t), [Rows()])
+    torch.testing.assert_close(per_group[0], expect[0], rtol=1e-6, atol=0.0, equal_nan=True)
     body = fused._bucket_update
     if compiled:
         body = torch.compile(body, dynamic=False, fullgraph=True, options=fused._OPTIONS)

@@ -267,6 +267,14 @@ def group_soft_threshold_(
             if t > 0:
                 w.mul_(norms.reciprocal_().mul_(-t).add_(1.0).clamp_min_(0.0).to(w.dtype))
             continue
+        if isinstance(sizes, int):
+            # A threshold per group (Adam's metric) or per configuration ([K]): the same in
+            # fewer operations, its edge cases from IEEE arithmetic: a zero norm gives
+            # 1 - inf -> 0 (nan_to_num then clamp), and under a zero threshold 0 * inf = NaN
+            # -> 1, which keeps a group whose norm underflowed (identity)
+            y = torch.mul(norms.reciprocal_(), s * math.sqrt(sizes)).neg_().add_(1.0)
+            w.mul_(y.nan_to_num_(nan=1.0).clamp_min_(0.0).to(w.dtype))
+            continue
         # factor = relu(1 - t*sqrt|g|/||w_g||); a zero group stays zero, never NaN.
         # An int group size stays a CPU scalar: a scalar copied to the GPU would be a
         # blocking copy, i.e. one stream sync per tensor. (Indexed sizes are already there.)
