@@ -719,3 +719,19 @@ def test_without_hooks_the_wrapper_takes_the_plain_step():
     opt.step()
     sched.step()
     assert sched.last_epoch == 1 and opt.steps == 2
+
+
+def test_adam_group_threshold_leaves_a_nan_coordinate_out_of_its_groups_mean():
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4, bias=False)
+    opt = dl.regularize(torch.optim.Adam(lin.parameters(), lr=0.1), lin, dl.GroupLasso(0.01), fused=False)
+    lin(torch.randn(8, 6)).pow(2).sum().backward()
+    opt.step()
+    v = opt.state[lin.weight]["exp_avg_sq"]
+    v[1, 2] = float("nan")
+    b = opt._buckets[0]
+    (t,) = opt._adam_group_thresholds(b, 0.1, None, [lin.weight], [None])
+    d = (v.sqrt() / math.sqrt(1 - 0.999) + 1e-8).clamp_min(0.01)
+    expected = 0.1 * 0.01 / torch.nanmean(d, dim=1, keepdim=True)
+    assert torch.isfinite(t).all()
+    torch.testing.assert_close(t, expected, rtol=1e-6, atol=0.0)
