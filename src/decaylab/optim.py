@@ -606,19 +606,14 @@ class Regularized(torch.optim.Optimizer):
         return [torch.sqrt(v.to(dtype)).div_(rbcs[i]).add_(eps).reciprocal_().mul_(step)
                 for i, v in enumerate(vs)]
 
-    def _adam_thresholds(self, b: _Bucket, step: float, idx, params) -> list[Tensor]:
-        """Per coordinate ``step * alpha / max(sqrt(v_hat) + eps, alpha)``: Adam's step
-        ``step / (sqrt(v_hat) + eps)``, capped at ``step / alpha`` so that a coordinate with
-        little or no gradient (a never-used embedding row, a zero-initialized LoRA factor)
-        moves toward 0 by at most ``step`` (what Adam does with the L1 term in the loss)
-        instead of being wiped by a threshold ``step * alpha / eps``."""
+    def _capped_denominators(self, b: _Bucket, idx, params):
+        """Per tensor ``(param, alpha, max(sqrt(v_hat) + eps, alpha))``, the denominator in
+        a kept buffer: on CPUs a fresh weight-sized tensor each step costs page faults that
+        take longer than the arithmetic."""
         vs, rbcs, eps = self._adam_state(b.group, params)
         alphas = b.alphas()
-        out = []
         for i, (p, v) in enumerate(zip(params, vs)):
             a = alphas if isinstance(alphas, float) else alphas[i if idx is None else idx[i]]
-            # into a kept buffer: on CPUs a fresh weight-sized tensor each step costs page
-            # faults that take longer than the arithmetic
             buf = self._scratch(p)
             if v.dtype == buf.dtype:
                 torch.sqrt(v, out=buf)
@@ -629,8 +624,16 @@ class Regularized(torch.optim.Optimizer):
                 buf.clamp_min_(a)
             else:
                 torch.maximum(buf, a, out=buf)
-            out.append(buf.reciprocal_().mul_(F.times(a, step) if isinstance(a, float) else a * step))
-        return out
+            yield p, a, buf
+
+    def _adam_thresholds(self, b: _Bucket, step: float, idx, params) -> list[Tensor]:
+        """Per coordinate ``step * alpha / max(sqrt(v_hat) + eps, alpha)``: Adam's step
+        ``step / (sqrt(v_hat) + eps)``, capped at ``step / alpha`` so that a coordinate with
+        little or no gradient (a never-used embedding row, a zero-initialized LoRA factor)
+        moves toward 0 by at most ``step`` (what Adam does with the L1 term in the loss)
+        instead of being wiped by a threshold ``step * alpha / eps``."""
+        return [d.reciprocal_().mul_(F.times(a, step) if isinstance(a, float) else a * step)
+                for _, a, d in self._capped_denominators(b, idx, params)]
 
     def _adam_group_thresholds(self, b: _Bucket, step: float, idx, params, ctxs) -> list[Tensor]:
         """One threshold per group in Adam's metric: the harmonic mean of the capped
@@ -638,28 +641,15 @@ class Regularized(torch.optim.Optimizer):
         taken in one pass as ``step * alpha / nanmean(max(sqrt(v_hat) + eps, alpha))``
         (what the compiled kernel computes; a NaN coordinate is left out of its group's mean).
         Three weight-sized operations fewer than forming each coordinate's threshold first."""
-        vs, rbcs, eps = self._adam_state(b.group, params)
-        alphas = b.alphas()
         pen = b.rule.penalty
         out = []
-        for i, (p, v) in enumerate(zip(params, vs)):
-            a = alphas if isinstance(alphas, float) else alphas[i if idx is None else idx[i]]
-            buf = self._scratch(p)  # kept: see _adam_thresholds
-            if v.dtype == buf.dtype:
-                torch.sqrt(v, out=buf)
-            else:
-                buf.copy_(v).sqrt_()
-            buf.div_(rbcs[i]).add_(eps)
-            if isinstance(a, float):
-                buf.clamp_min_(a)
-            else:
-                torch.maximum(buf, a, out=buf)
+        for i, (p, a, d) in enumerate(self._capped_denominators(b, idx, params)):
             dims = pen._grouping(ctxs[i])._reduce_dims(p)
             # mean, and nanmean only where a NaN coordinate (a NaN gradient) makes one NaN: on a
             # CPU nanmean costs 3-5x a mean, and the check is free; a GPU would sync on it
-            mean = buf.mean(dim=dims, keepdim=True)
-            if buf.device.type != "cpu" or mean.isnan().any():
-                mean = torch.nanmean(buf, dim=dims, keepdim=True)
+            mean = d.mean(dim=dims, keepdim=True)
+            if d.device.type != "cpu" or mean.isnan().any():
+                mean = torch.nanmean(d, dim=dims, keepdim=True)
             out.append(mean.reciprocal_().mul_(step * a))
         return out
 
