@@ -241,17 +241,17 @@ def _bucket_adam_update(ws: list, gs: list, ms: list, vs: list, scalars: Tensor,
 _COMPILED: dict = {}  # signature -> _Compiled (one code object each)
 
 
-def _desc(ts) -> tuple | None:
-    return None if ts is None else tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in ts)
+def _layout(ts: list) -> list:
+    """Each tensor's shape, stride, dtype and device: part of a bucket's signature, and what
+    the direct call checks of its tensors (any change goes back through dynamo)."""
+    return [(t.shape, t.stride(), t.dtype, t.device) for t in ts]
 
 
 def _signature(ws, comps, vs, alphas, eps, kernel) -> tuple:
-    return (_BACKEND, kernel.op, kernel.r, kernel.dims, _desc(ws), _desc(comps), _desc(vs), _desc(alphas), float(eps))
+    def desc(ts):
+        return None if ts is None else tuple(_layout(ts))
 
-
-def _layout(ts: list) -> list:
-    """What the direct call checks of its tensors: any change goes back through dynamo."""
-    return [(t.shape, t.stride(), t.dtype, t.device) for t in ts]
+    return (_BACKEND, kernel.op, kernel.r, kernel.dims, desc(ws), desc(comps), desc(vs), desc(alphas), float(eps))
 
 
 def _backend(options: dict | None) -> Callable:

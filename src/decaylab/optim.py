@@ -85,12 +85,16 @@ def _bias_correction(beta: float, steps: list) -> Tensor | list[float]:
     return [1.0 - beta ** float(x) for x in steps]
 
 
+def _step_hooked(opt: torch.optim.Optimizer) -> bool:
+    """A step hook is registered on ``opt`` or globally."""
+    return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+                or _optim_mod._global_optimizer_pre_hooks or _optim_mod._global_optimizer_post_hooks)
+
+
 def _unhooked(opt: torch.optim.Optimizer) -> bool:
-    """No step hook registered on ``opt`` or globally, and no profiler running: torch's
-    wrapper around ``opt.step`` would only call through."""
-    return not (opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
-                or _optim_mod._global_optimizer_pre_hooks or _optim_mod._global_optimizer_post_hooks
-                or torch.autograd._profiler_enabled())
+    """No step hook and no profiler running: torch's wrapper around ``opt.step`` would only
+    call through."""
+    return not (_step_hooked(opt) or torch.autograd._profiler_enabled())
 
 
 def _as_rules(penalty_or_rules) -> list[Rule]:
@@ -518,9 +522,7 @@ class Regularized(torch.optim.Optimizer):
         bucket's gradients hidden); fp32/fp64 weights; an elementwise prox (L1, ElasticNet,
         L2) of a penalty without ``takes_steps``."""
         opt = self.optimizer
-        if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or opt._optimizer_step_pre_hooks \
-                or opt._optimizer_step_post_hooks or _optim_mod._global_optimizer_pre_hooks \
-                or _optim_mod._global_optimizer_post_hooks:
+        if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or _step_hooked(opt):
             return False
         group = opt.param_groups[b.group]
         # a group prox needs the whole updated group before it can scale it: inductor keeps
