@@ -114,6 +114,7 @@ class TinyResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+@pytest.mark.extras
 def test_residual_network_compacts_through_torch_pruning():
     pytest.importorskip("torch_pruning")
     torch.manual_seed(0)

@@ -51,6 +51,7 @@ def test_compare_writes_a_complete_run_folder(run_dir):
     assert l1["zeros"] > 0 and none["zeros"] == 0
 
 
+@pytest.mark.slow
 def test_report_has_every_figure_and_rebuilds_identically_from_the_folder(run_dir, tmp_path):
     html = (run_dir / "report.html").read_text()
     ids = set(re.findall(r'data-figure="([^"]+)"', html))
@@ -61,6 +62,7 @@ def test_report_has_every_figure_and_rebuilds_identically_from_the_folder(run_di
     assert rebuilt.read_text() == html == (run_dir / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(run_dir, tmp_path):
     assert _compare(tmp_path, "again", "train.jobs=2") == 0  # parallel processes, same numbers
     for name in ("none", "l1", "grouplasso"):

@@ -92,6 +92,7 @@ def test_a_strength_without_a_penalty_is_refused(tmp_path, capsys):
     assert _main("train", tmp_path, "penalty.alpha=0.1") == 2
 
 
+@pytest.mark.slow
 def test_fixed_width_models_record_the_widths_they_use(tmp_path):
     cfg = config.resolve({"model": {"kind": "lenet300"}})
     assert cfg["model"]["hidden"] == [300, 100]

@@ -72,6 +72,7 @@ def test_a_sweep_with_no_sparse_point_gets_a_note_not_a_curve(tmp_path):
     assert not list((tmp_path / "s" / "runs").glob("magnitude-*"))
 
 
+@pytest.mark.slow
 def test_compare_with_alphas_trains_the_reference_inside_its_sweep(tmp_path):
     sets = [s for s in TINY if not s.startswith("penalty.")] + REF + ["pareto.targets=[0.5]",
                                                                        "runs.l1.alphas=\"1e-4,1e-3\""]
@@ -184,6 +185,7 @@ def test_compaction_figure_bars_are_the_kept_units_and_the_times():
     assert sorted(round(b.get_width(), 6) for b in times.patches) == [0.25, 1.0]
 
 
+@pytest.mark.slow
 def test_report_shows_the_compaction_figure_only_after_compact(tmp_path):
     folder = make_run_folder(tmp_path / "run")
     assert "compaction" not in report_figures(folder)

@@ -124,6 +124,7 @@ def _raise_after_metrics_line(monkeypatch, n: int, error: BaseException):
     return real
 
 
+@pytest.mark.slow
 def test_crash_between_metrics_line_and_checkpoint_redoes_that_epoch(reference, tmp_path, monkeypatch):
     # none: 3 epochs, l2: 2 epochs written, l2's 2nd checkpoint not
     real = _raise_after_metrics_line(monkeypatch, 5, RuntimeError("power cut"))
@@ -157,6 +158,7 @@ def _subprocess(script: str, args: list[str]) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one(reference, tmp_path):
     script = _KILL_SCRIPT.format(kill_at=3, sig="SIGKILL")  # dies writing epoch 3's checkpoint
     proc = _subprocess(script, _args("train", tmp_path, "k", TRAIN))
@@ -171,6 +173,7 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one(reference, t
     _assert_same(tmp_path / "k", reference / "train")
 
 
+@pytest.mark.slow
 def test_real_sigint_stops_checkpoints_and_prints_the_resume_command(reference, tmp_path):
     script = _KILL_SCRIPT.format(kill_at=2, sig="SIGINT")  # Ctrl-C during epoch 2's checkpoint
     proc = _subprocess(script, _args("train", tmp_path, "i", TRAIN))
@@ -183,6 +186,7 @@ def test_real_sigint_stops_checkpoints_and_prints_the_resume_command(reference, 
     _assert_same(tmp_path / "i", reference / "train")
 
 
+@pytest.mark.slow
 def test_resume_of_a_complete_folder_changes_nothing(reference, tmp_path, capsys):
     copy = _copy(reference / "compare", tmp_path / "done", lambda c: c["versions"].update(torch="0.0"))
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != "status.json"
@@ -228,6 +232,7 @@ def test_checkpoints_off_still_checkpoint_on_a_stop(reference, tmp_path, monkeyp
     _assert_same(tmp_path / "off", reference / "train")
 
 
+@pytest.mark.slow
 def test_resume_with_parallel_jobs(reference, tmp_path, monkeypatch):
     real = _raise_after_metrics_line(monkeypatch, 4, KeyboardInterrupt())  # none complete, l2 one epoch in
     assert cli.main(_args("compare", tmp_path, "p", COMPARE)) == 130
@@ -251,6 +256,7 @@ def test_a_folder_in_use_is_not_resumed_twice(reference, tmp_path, capsys):
     assert cli.main(["resume", str(copy), "--quiet"]) == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_parallel_jobs_stops_every_worker_and_resumes_exactly(tmp_path):
     import time
 

@@ -159,6 +159,7 @@ def test_a_stack_too_large_for_the_memory_allowed_is_chunked_and_says_so(tmp_pat
     assert {p["alpha"] for p in sw["points"]} == set(spec["alphas"])
 
 
+@pytest.mark.slow
 def test_compare_chooses_alpha_on_validation_and_reports_mean_sd_over_seeds(tmp_path):
     args = ["compare", *_sets(TINY + ["seeds=2", "runs.decoupled.alphas=\"0.01:10:4\""]), "--only", "none,decoupled",
             "--out", str(tmp_path), "--name", "c", "--quiet"]
@@ -198,6 +199,7 @@ def test_bad_compare_selection_input(tmp_path, capsys, sets, match):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_recomputes_nothing_finished(tmp_path, monkeypatch):
     args = ("--penalty", "l2", "--alphas", "1e-3:10:4", "--seeds", "2")
     assert _sweep(tmp_path, "ref", *args) == 0
@@ -228,6 +230,7 @@ def test_resume_after_a_kill_recomputes_nothing_finished(tmp_path, monkeypatch):
         assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_in_the_middle_of_halving_decides_as_an_uninterrupted_sweep(tmp_path, monkeypatch):
     args = ("--penalty", "l2", "--alphas", "1e-3:100:8")
     sets = ["train.epochs=8"]  # rungs at epochs 2 and 4: 8 -> 4 -> 2

@@ -27,6 +27,7 @@ def test_without_ray_it_exits_2_naming_the_extra(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.extras
 def test_an_unreachable_address_exits_2_before_any_folder(tmp_path, capsys):
     pytest.importorskip("ray.tune")
     assert cli.main(_args(tmp_path, "--address", "127.0.0.1:1")) == 2
@@ -36,6 +37,7 @@ def test_an_unreachable_address_exits_2_before_any_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.extras
 def test_ray_sweep_end_to_end_matches_the_local_sweep(tmp_path, monkeypatch):
     pytest.importorskip("ray.tune")
     monkeypatch.setattr("os.cpu_count", lambda: 2)  # a local Ray with 2 CPUs

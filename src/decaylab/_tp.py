@@ -34,13 +34,14 @@ def _last_weighted(model: nn.Module, example_inputs) -> nn.Module:
 
 def compact_torch_pruning(model: nn.Module, example_inputs):
     """Remove all-zero coupled channel groups with Torch-Pruning; None if there are none."""
+    # the call's own mistake first: it is the same with or without the package installed
+    if example_inputs is None:
+        raise ValueError("compact(backend='torch-pruning') traces the model: pass example_inputs=<a batch>")
     try:
         import torch_pruning as tp
     except ImportError:
         raise ValueError("compact(backend='torch-pruning') needs Torch-Pruning: "
                          "pip install torch-pruning==1.6.1 (or: pip install 'decaylab[prune]')") from None
-    if example_inputs is None:
-        raise ValueError("compact(backend='torch-pruning') traces the model: pass example_inputs=<a batch>")
 
     original = unwrap(model)
     small = copy.deepcopy(original).eval()
