@@ -16,7 +16,8 @@ from .sparsity import TargetSparsity, cubic_sparsity, keep_counts
 from .groups import Channels, Columns, Grouping, Indexed, Rows
 from .optim import Regularized, regularize
 from .penalties import L1, L2, L2SP, MODES, ElasticNet, GroupLasso, Penalty
-from .rules import Rule, biases, default_selection, embeddings, norm_layers, weights
+from .rules import Rule
+from .selectors import biases, declared_no_decay, default_selection, embeddings, is_norm, norm_layers, preset, weights
 from .stats import layer_stats, live_groups, sparsity, summary, surviving_inputs
 
 __version__ = "0.1.0"
@@ -25,7 +26,8 @@ __all__ = [
     "regularize", "Regularized", "Rule",
     "Penalty", "L2", "L1", "ElasticNet", "GroupLasso", "L2SP", "MODES",
     "Grouping", "Rows", "Columns", "Channels", "Indexed",
-    "norm_layers", "embeddings", "biases", "weights", "default_selection",
+    "norm_layers", "embeddings", "biases", "weights", "default_selection", "is_norm",
+    "declared_no_decay", "preset",
     "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary",
     "CoupledGroupLasso", "coupled_groups", "compact", "Compaction",
     "TargetSparsity", "cubic_sparsity", "keep_counts", "AdaptiveGroupLasso", "adaptive_weights",

@@ -8,11 +8,11 @@ Names are those of the unwrapped model; a ``module.`` (DDP/DataParallel) or ``_o
 is accepted too. A tied parameter (an LM head sharing the embedding table) is one
 parameter with several names: any of them selects it, and it is listed under the first.
 
-``params=None`` means the *default selection*, what timm and Hugging Face decay: every
-trainable (``requires_grad``) parameter with 2 or more dimensions - Linear, Conv,
-Bilinear, ``MultiheadAttention.in_proj_weight``, LSTM/GRU ``weight_ih``/``weight_hh``,
-bare ``nn.Parameter`` matrices - except biases (``bias``, ``bias_k``, ...), norm layers and
-embedding tables. A tied weight is selected if any of its uses is (a tied LM head is
+``params=None`` means the *default selection* (:mod:`decaylab.selectors`): every
+trainable parameter with 2 or more dimensions except biases, normalization layers,
+embedding tables and what the model declares in ``no_weight_decay()``. It is decaylab's own
+choice; ``dl.preset("hf")`` and ``dl.preset("timm")`` select exactly what Hugging Face's
+Trainer and timm decay. A tied weight is selected if any of its uses is (a tied LM head is
 decayed, as its untied version would be). Explicit rules take precedence over the default
 selection; two explicit rules naming one parameter is an error, as is a rule that matches
 nothing.
@@ -29,14 +29,18 @@ import torch
 from torch import nn
 
 from .penalties import MODES, Penalty
+from .selectors import (WRAPPER_PREFIXES, biases, declared_no_decay, default_selection, embeddings,  # noqa: F401
+                        is_norm, norm_layers, strip_wrappers, unwrap, weights)
 
 __all__ = [
     "Rule",
     "norm_layers",
+    "is_norm",
     "embeddings",
     "biases",
     "weights",
     "default_selection",
+    "declared_no_decay",
     "named_params",
     "param_aliases",
     "resolve",
@@ -44,91 +48,6 @@ __all__ = [
 ]
 
 METRICS = ("lr", "adam")
-
-_NORMS = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
-_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def norm_layers(name: str, param: torch.Tensor, module: nn.Module) -> bool:
-    """Selects every parameter of BatchNorm/LayerNorm/GroupNorm/InstanceNorm/RMSNorm layers.
-
-    >>> norm_layers("bn.weight", None, nn.BatchNorm1d(3))
-    True
-    """
-    return isinstance(module, _NORMS)
-
-
-def embeddings(name: str, param: torch.Tensor, module: nn.Module) -> bool:
-    """Selects the tables of Embedding/EmbeddingBag layers.
-
-    >>> embeddings("emb.weight", None, nn.Embedding(3, 2))
-    True
-    """
-    return isinstance(module, _EMBEDDINGS)
-
-
-def biases(name: str, param: torch.Tensor, module: nn.Module) -> bool:
-    """Selects parameters named ``bias`` (any layer).
-
-    >>> biases("fc.bias", None, nn.Linear(2, 2))
-    True
-    """
-    return name.rsplit(".", 1)[-1] == "bias"
-
-
-def weights(*types: type) -> Callable[[str, torch.Tensor, nn.Module], bool]:
-    """A predicate selecting the ``weight`` of modules of the given types.
-
-    >>> weights(nn.Conv2d)("conv.weight", None, nn.Conv2d(1, 1, 3))
-    True
-    """
-
-    def select(name: str, param: torch.Tensor, module: nn.Module) -> bool:
-        return name.rsplit(".", 1)[-1] == "weight" and isinstance(module, types)
-
-    select.__name__ = f"weights({', '.join(t.__name__ for t in types)})"
-    return select
-
-
-def _is_bias(name: str) -> bool:
-    leaf = name.rsplit(".", 1)[-1]
-    return leaf == "bias" or leaf.startswith("bias_") or leaf.endswith("_bias")
-
-
-def default_selection(name: str, param: torch.Tensor, module: nn.Module) -> bool:
-    """The default: weights of 2 or more dimensions, except biases, norms and embeddings.
-
-    (Frozen parameters are left out by :func:`resolve`, not here.)
-
-    >>> default_selection("attn.in_proj_weight", torch.zeros(6, 2), nn.MultiheadAttention(2, 1))
-    True
-    >>> default_selection("emb.weight", torch.zeros(3, 2), nn.Embedding(3, 2))
-    False
-    """
-    if param is None or param.ndim < 2 or _is_bias(name):
-        return False
-    return not isinstance(module, _NORMS + _EMBEDDINGS)
-
-
-default_selection.__name__ = "weights >= 2-D"
-
-
-def strip_wrappers(name: str) -> str:
-    """Remove leading ``module.`` / ``_orig_mod.`` (DDP, DataParallel, torch.compile).
-
-    >>> strip_wrappers("_orig_mod.module.fc1.weight")
-    'fc1.weight'
-    """
-    while name.startswith(_WRAPPER_PREFIXES):
-        name = name.split(".", 1)[1]
-    return name
 
 
 @dataclass
@@ -199,17 +118,6 @@ def describe_selector(sel) -> str:
     return getattr(sel, "__name__", repr(sel))
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """Strip DDP/DataParallel (``module.``) and torch.compile (``_orig_mod.``) wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def param_aliases(model: nn.Module) -> list[tuple[str, nn.Parameter, list[tuple[str, nn.Module]]]]:
     """(first name, parameter, [(name, owning module), ...]) for each distinct parameter.
 
@@ -239,7 +147,7 @@ def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter, nn.Module]]:
 
 
 def _check_selector(sel) -> None:
-    if sel is None or isinstance(sel, (str, torch.Tensor)):
+    if sel is None or isinstance(sel, (str, torch.Tensor)) or hasattr(sel, "for_model"):
         return
     if isinstance(sel, (list, tuple)):
         for s in sel:
@@ -264,12 +172,16 @@ def _check_selector(sel) -> None:
     )
 
 
-def _normalize(sel, names: list[str]):
+def _normalize(sel, names: list[str], model: nn.Module):
     """Patterns written against a wrapper (``module.``/``_orig_mod.``) match the unwrapped
-    names; a pattern that matches as written (a submodule really named ``module``) stays."""
+    names; a pattern that matches as written (a submodule really named ``module``) stays.
+    A selector that needs the whole model (``for_model``, e.g. :func:`decaylab.preset`)
+    becomes its selector for this one."""
     if isinstance(sel, (list, tuple)):
-        return [_normalize(s, names) for s in sel]
-    if isinstance(sel, str) and sel.startswith(_WRAPPER_PREFIXES):
+        return [_normalize(s, names, model) for s in sel]
+    if hasattr(sel, "for_model"):
+        return sel.for_model(unwrap(model))
+    if isinstance(sel, str) and sel.startswith(WRAPPER_PREFIXES):
         if not any(fnmatch.fnmatchcase(n, sel) for n in names):
             return strip_wrappers(sel)
     return sel
@@ -316,7 +228,7 @@ def resolve(model: nn.Module, rules: Iterable[Rule]) -> tuple[list[Binding], lis
         if rule.is_default:
             continue
         _check_selector(rule.params)
-        sel = _normalize(rule.params, all_names)
+        sel = _normalize(rule.params, all_names, model)
         for name, p, aliases in items:
             if _matches_any(sel, p, aliases):
                 if name in owner:
@@ -329,9 +241,11 @@ def resolve(model: nn.Module, rules: Iterable[Rule]) -> tuple[list[Binding], lis
         if rule.is_default:
             if any(r.is_default for r in rules[:i]):
                 raise ValueError("two rules use the default selection (params=None); give one of them params=")
+            exempt = declared_no_decay(model)
             for name, p, aliases in items:
                 # frozen weights (requires_grad=False) are not trained, so not decayed
-                if name not in owner and p.requires_grad and _matches_any(None, p, aliases):
+                if (name not in owner and p.requires_grad and _matches_any(None, p, aliases)
+                        and not any(exempt(n) for n, _ in aliases)):
                     owner[name] = i
     bindings = []
     for i, rule in enumerate(rules):
