@@ -683,17 +683,23 @@ class Regularized(torch.optim.Optimizer):
         """Real optimizer steps taken so far (what schedules see)."""
         return self._steps
 
+    def penalty_values(self) -> list[Tensor | None]:
+        """Each rule's penalty at the current weights, times its schedule (differentiable);
+        None for a ``Rule(None)``."""
+        out = []
+        for b in self.bindings:
+            pen = b.rule.penalty
+            if pen is None:
+                out.append(None)
+                continue
+            v = pen.value(b.params, b.ctxs) if isinstance(pen, L2SP) else pen.value(b.params)
+            out.append(v * self._multiplier(b.rule))
+        return out
+
     def penalty_value(self) -> Tensor:
         """The sum of every rule's penalty at the current weights (differentiable)."""
-        total = None
-        for b in self.bindings:
-            if b.rule.penalty is None:
-                continue
-            pen = b.rule.penalty
-            v = pen.value(b.params, b.ctxs) if isinstance(pen, L2SP) else pen.value(b.params)
-            v = v * self._multiplier(b.rule)
-            total = v if total is None else total + v
-        return total if total is not None else torch.zeros(())
+        values = [v for v in self.penalty_values() if v is not None]
+        return sum(values[1:], values[0]) if values else torch.zeros(())
 
     def state_dict(self) -> dict:
         sd = self.optimizer.state_dict()

@@ -99,6 +99,9 @@ def summary(opt) -> str:
     >>> print(dl.summary(opt).splitlines()[0])
     rule                             penalty                                      mode        tensors   elements   zeros  L2 norm
     """
+    from .monitor import find_regularized
+
+    opt = find_regularized(opt)
     head = f"{'rule':<32} {'penalty':<44} {'mode':<10} {'tensors':>8} {'elements':>10} {'zeros':>7} {'L2 norm':>8}"
     lines = [head, "-" * len(head)]
     metrics = getattr(opt, "metrics", [None] * len(opt.bindings))
