@@ -21,7 +21,8 @@ import functools
 import math
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
 import torch
@@ -98,17 +99,23 @@ def _unhooked(opt: torch.optim.Optimizer) -> bool:
 
 
 def _as_rules(penalty_or_rules) -> list[Rule]:
+    """A list of Rules from a Penalty, a Rule, or a sequence of them; a sequence may be a
+    config library's (OmegaConf's ``ListConfig``), and a rule a mapping of a Rule's fields
+    (what Hydra's ``instantiate`` makes of a ``Rule`` dataclass inside a list)."""
     if isinstance(penalty_or_rules, (Penalty, Rule)):
         penalty_or_rules = [penalty_or_rules]
-    if not isinstance(penalty_or_rules, (list, tuple)):
+    if not isinstance(penalty_or_rules, Sequence) or isinstance(penalty_or_rules, str):
         raise ValueError(
             f"regularize() needs a Penalty, a Rule or a list of them, got {penalty_or_rules!r}; "
             f"e.g. regularize(opt, model, dl.L2(1e-4))"
         )
+    names = {f.name for f in fields(Rule)}
     rules = []
     for r in penalty_or_rules:
         if isinstance(r, Penalty):
             r = Rule(r)
+        elif isinstance(r, Mapping) and "penalty" in r and set(r) <= names:
+            r = Rule(**{k: r[k] for k in r if k != "label"})  # the label is made again from params
         if not isinstance(r, Rule):
             raise ValueError(f"expected a Penalty or a Rule, got {r!r}")
         rules.append(r)

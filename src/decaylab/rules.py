@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -82,6 +83,8 @@ class Rule:
     def __post_init__(self):
         if self.penalty is not None and not isinstance(self.penalty, Penalty):
             raise ValueError(f"Rule needs a Penalty or None, got {self.penalty!r}")
+        if isinstance(self.params, Sequence) and not isinstance(self.params, (str, list, tuple)):
+            self.params = list(self.params)  # a config library's list (OmegaConf's ListConfig)
         if self.params is None and getattr(self.penalty, "selection", None) is not None:
             self.params = list(self.penalty.selection)  # penalties that know their tensors (coupled groups)
         if self.mode is None:  # metric="adam" is a prox metric, so it implies mode="prox"
