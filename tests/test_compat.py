@@ -183,3 +183,19 @@ def test_unreadable_hook_tables_keep_adams_step_out_of_the_kernel(monkeypatch):
     (b,) = opt._buckets
     assert b.kernel._adam_fn is None and b.kernel.calls == 4  # a hook might see hidden gradients
     _assert_fused_equals_eager(eager, comp)
+
+
+# -- the canary: on a torch this project tests, no fallback is taken -------------------------
+@pytest.mark.slow
+def test_on_a_tested_torch_the_private_path_works_with_inductor(monkeypatch):
+    """Where this fails, torch changed one of decaylab._compat's private APIs: training still
+    works (the tests above), but slower; the warning names what changed."""
+    monkeypatch.setattr(fused, "_BACKEND", "inductor")
+    eager, _ = _train(RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.SGD)
+    comp, opt, seen = _train_warned(RULES["L1 prox lr"], opt_cls=torch.optim.SGD)
+    assert seen == []
+    compiled = opt._buckets[0].kernel._fn
+    assert compiled.level == "direct" and compiled._direct is not None and opt._buckets[0].kernel.calls == 4
+    _assert_fused_equals_eager(eager, comp)
+    _, wrapped, calls, seen = _run_adam()  # and the inner step skips torch's wrapper
+    assert wrapped == 0 and seen == []
