@@ -155,7 +155,7 @@ class Compiled:
     (True, [2.0, 2.0], 'direct')
     """
 
-    direct = True  # False: every call through dynamo (bench/step_overhead.py --direct off)
+    direct = True  # False: every call through dynamo (bench/step_overhead.py --only direct compares)
 
     def __init__(self, body: Callable, tag: str, backend, options: dict | None):
         self._body, self._tag, self._backend, self._options = body, tag, backend, options
@@ -168,7 +168,7 @@ class Compiled:
     def __call__(self, tensors: list, *args) -> bool:
         """Run on ``args``; ``tensors``: every tensor in ``args``, flattened."""
         direct = self._direct
-        if direct is not None and not torch.is_grad_enabled() and layout(tensors) == direct[2]:
+        if direct is not None and self.direct and not torch.is_grad_enabled() and layout(tensors) == direct[2]:
             try:
                 call_direct(direct[0], [tensors[i] for i in direct[1]])
                 return True
