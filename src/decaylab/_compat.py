@@ -24,6 +24,10 @@ Private uses, and what happens when one fails:
   :func:`step_hooked`, :func:`profiling`, :func:`unwrapped_step`, :func:`init_optimizer`,
   :func:`patch_step`; ``Optimizer.profile_hook_step`` (torch's step wrapper, :func:`with_step_hooks`).
 
+* ``OptimizedModule._orig_mod``, the module ``torch.compile(model)`` wraps
+  (:func:`compiled_inner`); its name is also the ``_orig_mod.`` prefix of such a model's
+  parameter names and state-dict keys, which :mod:`decaylab.rules` strips as a string.
+
 A compiled kernel falls back on its own, never taking other kernels with it:
 direct call of the captured program -> dynamo's guarded call of the same compiled function
 -> ``torch.compile``'s public path (backend by name, inductor settings as ``options``,
@@ -54,8 +58,9 @@ try:  # a public module; its hook tables are not
 except ImportError:  # pragma: no cover - torch without torch.optim.optimizer
     _optim_mod = None
 
-__all__ = ["Compiled", "call_direct", "fresh", "inductor_options", "init_optimizer", "layout", "patch_step",
-           "private_backend", "profiling", "step_hooked", "unwrapped_step", "warn_once", "with_step_hooks"]
+__all__ = ["Compiled", "call_direct", "compiled_inner", "fresh", "inductor_options", "init_optimizer", "layout",
+           "patch_step", "private_backend", "profiling", "step_hooked", "unwrapped_step", "warn_once",
+           "with_step_hooks"]
 
 _WARNED: set = set()  # messages already shown: one warning per reason
 # frames in these folders are the library's or torch's: a warning points past them
@@ -228,6 +233,17 @@ class Compiled:
         order = [where.get(id(t)) for t in captured[1]]
         if None not in order:
             self._direct = (captured[0], order, layout(tensors))
+
+
+def compiled_inner(model) -> torch.nn.Module | None:
+    """The module ``torch.compile(model)`` wrapped, or None (``model`` is no such wrapper).
+
+    >>> inner = torch.nn.Linear(2, 2)
+    >>> compiled_inner(torch.compile(inner)) is inner, compiled_inner(inner)
+    (True, None)
+    """
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else None
 
 
 # -- optimizer step hooks -------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from . import _compat
 from .penalties import MODES, Penalty
 
 __all__ = [
@@ -204,8 +205,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
+        elif _compat.compiled_inner(model) is not None:
+            model = _compat.compiled_inner(model)
         else:
             return model
 
