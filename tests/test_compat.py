@@ -66,7 +66,8 @@ def test_a_private_backend_that_fails_falls_back_to_the_guarded_call(broken, rul
     _assert_fused_equals_eager(eager, comp)
     for b in opt._buckets:  # still compiled, through torch.compile's public path
         compiled = b.kernel._adam_fn or b.kernel._fn
-        assert compiled.level == "guarded" and compiled._direct is None and b.kernel.calls >= 3
+        assert compiled.level == "guarded" and compiled._direct is None
+        assert b.kernel.calls == (3 if "L1" in rule else 4)  # L1: Adam's own first step, then in the kernel
 
 
 def test_a_changed_direct_calling_convention_falls_back_to_dynamos_call(monkeypatch):
@@ -125,12 +126,15 @@ def test_a_failing_kernel_leaves_the_other_kernels_compiled(monkeypatch):
     _assert_fused_equals_eager(eager, comp)
 
 
-def test_a_code_object_that_cannot_be_copied_shares_the_function(monkeypatch):
-    def body(x):
-        return x
+def test_a_code_object_that_cannot_be_copied_shares_the_function():
+    class Body:  # as if a function's code object could no longer be copied
+        __name__, __code__ = "body", None
 
-    monkeypatch.setattr(types, "FunctionType", None)  # as if CodeType.replace had changed
-    with pytest.warns(UserWarning, match="own code object"):
+        def __call__(self, x):
+            return x
+
+    body = Body()
+    with pytest.warns(UserWarning, match="own code object.*AttributeError"):
         assert _compat.fresh(body, "tag") is body
 
 
@@ -168,7 +172,8 @@ def test_unreadable_hook_tables_take_torchs_public_step(missing, monkeypatch):
     else:
         monkeypatch.setattr(torch.autograd, "_profiler_enabled", None)  # not callable: TypeError
     weights, wrapped, calls, seen = _run_adam()
-    assert len(seen) == 1 and "step-hook tables are not readable" in str(seen[0].message)
+    what = "optimizer step-hook tables" if missing == "hook tables" else "profiler flag"
+    assert len(seen) == 1 and f"could not read torch's {what}" in str(seen[0].message)
     assert seen[0].filename == __file__  # the opt.step() line
     assert wrapped == 3 and calls == ["wrapper"] * 3  # torch's own wrapper, the hooks run
     for a, b in zip(expected, weights):
@@ -179,7 +184,7 @@ def test_unreadable_hook_tables_keep_adams_step_out_of_the_kernel(monkeypatch):
     eager, _ = _train(RULES["L1 prox lr"], torch.float32, False)
     monkeypatch.setattr(_compat, "_optim_mod", types.SimpleNamespace())
     comp, opt, seen = _train_warned(RULES["L1 prox lr"])
-    _one_warning(seen, "step-hook tables are not readable")
+    _one_warning(seen, "could not read torch's optimizer step-hook tables")
     (b,) = opt._buckets
     assert b.kernel._adam_fn is None and b.kernel.calls == 4  # a hook might see hidden gradients
     _assert_fused_equals_eager(eager, comp)

@@ -251,10 +251,10 @@ _HOOK_TABLES = ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
                 "load_state_dict_pre", "load_state_dict_post")
 
 
-def _hooks_unreadable(err: Exception) -> None:
-    warn_once(f"decaylab: torch's optimizer step-hook tables are not readable ({_reason(err)}; torch "
-              f"{torch.__version__}); optimizer steps go through torch's public Optimizer.step wrapper "
-              f"(same results, more time per step)")
+def _hooks_unreadable(what: str, err: Exception) -> None:
+    warn_once(f"decaylab: could not read torch's {what} ({_reason(err)}; torch {torch.__version__}); "
+              f"optimizer steps go through torch's public Optimizer.step wrapper (same results, more time "
+              f"per step)")
 
 
 def init_optimizer(opt: torch.optim.Optimizer) -> None:
@@ -282,7 +282,7 @@ def step_hooked(opt: torch.optim.Optimizer) -> bool:
         return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
                     or _optim_mod._global_optimizer_pre_hooks or _optim_mod._global_optimizer_post_hooks)
     except Exception as err:  # noqa: BLE001 - AttributeError: a table renamed or gone
-        _hooks_unreadable(err)
+        _hooks_unreadable("optimizer step-hook tables", err)
         return True
 
 
@@ -290,8 +290,8 @@ def profiling() -> bool:
     """The autograd profiler is running (True where torch no longer says)."""
     try:
         return bool(torch.autograd._profiler_enabled())
-    except Exception as err:  # noqa: BLE001
-        _hooks_unreadable(err)
+    except Exception as err:  # noqa: BLE001 - renamed or gone
+        _hooks_unreadable("profiler flag (torch.autograd._profiler_enabled)", err)
         return True
 
 
