@@ -204,3 +204,18 @@ def test_on_a_tested_torch_the_private_path_works_with_inductor(monkeypatch):
     _assert_fused_equals_eager(eager, comp)
     _, wrapped, calls, seen = _run_adam()  # and the inner step skips torch's wrapper
     assert wrapped == 0 and seen == []
+
+
+@pytest.mark.slow
+def test_inductors_guarded_call_takes_the_kernels_settings_as_public_options(monkeypatch):
+    """The fallback a changed compile_fx leads to, with inductor itself: torch.compile's
+    options accept the kernel's settings, and bf16 casts still round as eager rounds them."""
+    monkeypatch.setattr(fused, "_BACKEND", "inductor")
+    eager, _ = _train(RULES["ElasticNet prox lr"], torch.bfloat16, False, opt_cls=torch.optim.SGD)
+    monkeypatch.setattr(_compat, "private_backend", _missing_compile_fx)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        comp, opt = _train(RULES["ElasticNet prox lr"], torch.bfloat16, True, opt_cls=torch.optim.SGD)
+    _one_warning([w for w in seen if "decaylab" in str(w.message)], "private compiler hooks")
+    assert opt._buckets[0].kernel._fn.level == "guarded" and opt._buckets[0].kernel.calls == 4
+    _assert_fused_equals_eager(eager, comp)
