@@ -1,8 +1,17 @@
+import importlib.util
+
 import pytest
 import torch
 from torch import nn
 
 import decaylab
+
+# the integrations import their framework: without it (README command 2 installs none)
+# their modules are not collected for doctests; their tests skip with a reason
+_FRAMEWORKS = {"src/decaylab/integrations/hf.py": ("transformers", "accelerate"),
+               "src/decaylab/integrations/lightning.py": ("lightning",)}
+collect_ignore = [path for path, needs in _FRAMEWORKS.items()
+                  if any(importlib.util.find_spec(m) is None for m in needs)]
 
 
 @pytest.fixture(autouse=True, scope="session")

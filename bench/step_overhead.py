@@ -20,7 +20,8 @@ marked eager; their compile time (the first two steps, once per shape set) is re
 and kept out of the timed rounds. Memory: the persistent bytes decaylab keeps per
 penalized weight after a few steps (Adam-metric step buffers and low-precision residuals).
 
-Run: ``python bench/step_overhead.py [--quick] [--device cpu|cuda] [--fused on|off|auto]``.
+Run: ``python bench/step_overhead.py [--quick] [--device cpu|cuda] [--fused on|off|auto]``;
+``--only direct``: the CNN's step with compiled programs called directly against through dynamo.
 """
 
 from __future__ import annotations
@@ -256,6 +257,43 @@ def bench_kernels(device, budget_s: float, block_s: float, min_rounds: int) -> d
     return {"stats": stats, "gbs": gbs, "nbytes": nbytes}
 
 
+def bench_direct(device, budget_s: float, block_s: float, min_rounds: int) -> dict:
+    """The CNN's ``opt.step()`` with each compiled program called directly (decaylab._compat's
+    shortcut) against every call through dynamo's guarded call, on the same optimizer."""
+    torch.manual_seed(0)
+    x = torch.randn(BATCH, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (BATCH,), device=device)
+    fns = {}
+    for label, make_opt in (("plain AdamW(fused) [baseline]", adamw),
+                            ("GroupLasso rows metric=lr", wrapped(lambda: dl.Rule(dl.GroupLasso(ALPHA, "rows"),
+                                                                                  metric="lr"), fused=True)),
+                            ("L1 adam metric", wrapped(lambda: dl.L1(ALPHA), fused=True))):
+        model = cnn().to(device)
+        opt = make_opt(model)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.step()  # compiled (and Adam's step joined where it does) before the timed rounds
+        compiled = [c for b in getattr(opt, "_buckets", []) if b.kernel
+                    for c in (b.kernel._fn, b.kernel._adam_fn) if c is not None]
+        assert all(c._direct is not None for c in compiled), "a kernel has no direct call to compare"
+        if not compiled:
+            fns[label] = opt.step
+            continue
+        for how, on in (("direct", True), ("via dynamo", False)):
+            def step(opt=opt, compiled=compiled, on=on):
+                for c in compiled:
+                    c.direct = on
+                opt.step()
+            fns[f"{label}, {how}"] = step
+    stats = summarize(round_robin(fns, budget_s, block_s, device, min_rounds), "plain AdamW(fused) [baseline]")
+    print_table("CNN LeNet-5 -- opt.step(), compiled programs called directly or through dynamo", stats)
+    for label in ("GroupLasso rows metric=lr", "L1 adam metric"):
+        d, g = stats[f"{label}, direct"], stats[f"{label}, via dynamo"]
+        print(f"{label}: direct saves {d[0] - g[0]:+.3f} ms a step; x baseline {d[3]:.3f} direct vs "
+              f"{g[3]:.3f} through dynamo")
+    return stats
+
+
 def report_compile() -> None:
     """Time of each variant's first two calls (the compiles, paid once per shape set) and
     the persistent memory decaylab adds."""
@@ -311,6 +349,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short smoke run (numbers are rough)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--only", choices=["direct"],
+                    help="direct: only the CNN step with compiled programs called directly vs through dynamo")
     ap.add_argument("--fused", default="on", choices=list(FUSED),
                     help="decaylab's kernels: compiled (on), eager (off), or the library default (auto)")
     args = ap.parse_args(argv)
@@ -324,6 +364,10 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"batch {BATCH}, blocks of ~{1e3 * block_s:g} ms, {sum(budgets):g} s of timed rounds, "
           f"{sessions} fresh setups per table, decaylab fused={args.fused}")
+    if args.only == "direct":
+        bench_direct(device, budgets[2], block_s, min_rounds)
+        print(f"(total {time.perf_counter() - t0:.0f} s)")
+        return
     common = (device, block_s, min_rounds, sessions)
     mlp_res = bench_model("MLP 784-2048-2048-10", mlp, budgets[0:2], *common)
     cnn_res = bench_model("CNN LeNet-5 1x28x28", cnn, budgets[2:4], *common)

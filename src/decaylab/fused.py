@@ -21,14 +21,21 @@ the traffic of a fused AdamW step alone, where Adam's step and a separate prox m
 passes. Adam's state keeps torch's layout, so either path may take any step.
 
 The choice is made once per bucket, at its first step: compiled when it is supported and
-``torch.compile`` works here, else eager. A compilation that fails (no C++ compiler, an
-unsupported platform, an inductor error) switches every bucket of the process to the eager
-path, with one warning saying why. Results equal the eager path to within a few float32
+``torch.compile`` exists, else eager. Results equal the eager path to within a few float32
 ulps (float32: relative 1e-6): the compiled kernel forms ``lr * alpha`` in the weight's
 precision instead of in Python's double, and evaluates ``t / d`` where the eager path
 multiplies by a stored reciprocal, so thresholds can differ in the last bit; a weight
 sitting exactly on a threshold may then be zeroed by one path and keep a last-bit residue
 in the other.
+
+Nothing here raises from ``opt.step()``: every private torch API (inductor's
+``compile_fx``, dynamo's backend lookup and calling convention, inductor config keys, the
+code-object copy) lives in :mod:`decaylab._compat`, imported inside its fallback, and each
+kernel falls back on its own: direct call of the captured program, then dynamo's guarded
+call, then ``torch.compile``'s public path, then eager (a compilation that fails, say with
+no C++ compiler, leaves that kernel eager: each kernel tries, and pays, its own compile).
+Each fallback warns once per reason. :func:`disable` still turns compilation off for the
+whole process.
 
 Each bucket signature (shapes, dtypes, device, op) compiles its own copy of the kernel
 (its own code object, so buckets never share a cache or its recompile limit), with static
@@ -38,22 +45,25 @@ schedule and Adam's bias correction are run-time inputs (one small tensor on the
 device), so the kernel does not recompile as they change. A step where only some of a bucket's tensors
 have a gradient takes the eager path for that step rather than compiling a variant.
 
-After its first call a bucket runs the compiled program without dynamo (:class:`_Compiled`):
-dynamo's guard evaluation costs ~25 us a call on a CPU, a fifth of a small model's whole AdamW
-step, and the signature above already fixes what the guards would check; each call compares
-its tensors' shapes, strides, dtypes and devices with those the program was compiled for, and
-anything else goes back through dynamo (which recompiles if it must).
+After its first call a bucket runs the compiled program without dynamo
+(:class:`decaylab._compat.Compiled`): dynamo's guard evaluation costs ~25 us a call on a CPU,
+a fifth of a small model's whole AdamW step, and the signature above already fixes what the
+guards would check; each call compares its tensors' shapes, strides, dtypes and devices with
+those the program was compiled for, and anything else goes back through dynamo (which
+recompiles if it must).
 """
 
 from __future__ import annotations
 
 import math
-import types
 import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from . import _compat
+from ._compat import layout as _layout
 
 __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 
@@ -73,9 +83,6 @@ CPU_SINGLE_THREAD_NUMEL = 1 << 18
 CPU_ADAM_MIN_NUMEL = 1 << 18
 
 _BACKEND: object = "inductor"  # tests swap in a counting backend
-# round low-precision casts as eager does: the residual w32 - float(bf16(w32)) is the
-# whole point, and inductor otherwise folds the round trip away (residual 0)
-_OPTIONS = {"emulate_precision_casts": True}
 _STATE = {"disabled": ""}  # non-empty: why compilation is off for this process
 
 
@@ -238,13 +245,7 @@ def _bucket_adam_update(ws: list, gs: list, ms: list, vs: list, scalars: Tensor,
         w.copy_(y)
 
 
-_COMPILED: dict = {}  # signature -> _Compiled (one code object each)
-
-
-def _layout(ts: list) -> list:
-    """Each tensor's shape, stride, dtype and device: part of a bucket's signature, and what
-    the direct call checks of its tensors (any change goes back through dynamo)."""
-    return [(t.shape, t.stride(), t.dtype, t.device) for t in ts]
+_COMPILED: dict = {}  # signature -> _compat.Compiled (one code object each)
 
 
 def _signature(ws, comps, vs, alphas, eps, kernel) -> tuple:
@@ -254,71 +255,12 @@ def _signature(ws, comps, vs, alphas, eps, kernel) -> tuple:
     return (_BACKEND, kernel.op, kernel.r, kernel.dims, desc(ws), desc(comps), desc(vs), desc(alphas), float(eps))
 
 
-def _backend(options: dict | None) -> Callable:
-    """The backend callable for ``_BACKEND`` (inductor gets ``options`` as its config)."""
-    if _BACKEND == "inductor":
-        from torch._inductor.compile_fx import compile_fx
-
-        return lambda gm, example_inputs: compile_fx(gm, example_inputs, config_patches=options or {})
-    if isinstance(_BACKEND, str):
-        return torch._dynamo.lookup_backend(_BACKEND)
-    return _BACKEND
-
-
-class _Compiled:
-    """One signature's compiled function, called without dynamo once it has compiled.
-
-    ``torch.compile`` checks its guards on every call: ~25 us on a CPU for a bucket of five
-    tensors, a quarter of LeNet-5's whole AdamW step. The program dynamo hands its backend
-    takes the graph's tensors positionally, so after the first call this keeps that program
-    and where each of its inputs sits among the call's tensors, and later calls run it
-    directly. Its guard is ours: every tensor's shape, stride, dtype and device as when it
-    compiled, and grad mode off (the wrapper's step); the Python constants (op, dims,
-    Adam's betas, eps) are part of the signature this object is keyed by. Anything else
-    goes through dynamo, which recompiles if it must (and the new program is kept).
-    """
-
-    def __init__(self, body: Callable, tag: str, options: dict | None):
-        self._captured: tuple | None = None
-        self._direct: tuple | None = None  # (program, input positions, layout)
-        backend = _backend(options)
-
-        def capture(gm, example_inputs):
-            program = backend(gm, example_inputs)
-            self._captured = (program, list(example_inputs))
-            return program
-
-        self._dynamo = torch.compile(_fresh(body, tag), backend=capture, dynamic=False, fullgraph=True)
-
-    def __call__(self, tensors: list, *args) -> None:
-        """Run on ``args``; ``tensors``: every tensor in ``args``, flattened."""
-        direct = self._direct
-        if direct is not None and not torch.is_grad_enabled() and _layout(tensors) == direct[2]:
-            program, order, _ = direct
-            program(*[tensors[i] for i in order])
-            return
-        self._captured = None
-        self._dynamo(*args)
-        captured, self._captured = self._captured, None
-        if captured is not None and not torch.is_grad_enabled():
-            where = {id(t): i for i, t in enumerate(tensors)}
-            order = [where.get(id(t)) for t in captured[1]]
-            if None not in order:  # every graph input is one of ours (else: dynamo each call)
-                self._direct = (captured[0], order, _layout(tensors))
-
-
-def _fresh(fn: Callable, tag: str) -> Callable:
-    """A copy of ``fn`` with its own code object: torch.compile keeps its cache (and its
-    recompile limit) per code object, so each bucket gets a cache of its own."""
-    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-
-
 class Kernel:
     """The compiled update of one bucket.
 
     Calling it runs the compiled kernel and returns True, or returns False (having changed
-    nothing) when compilation fails, after which :func:`available` is False.
+    nothing) once this kernel has fallen back to eager (:class:`decaylab._compat.Compiled`);
+    other kernels are not affected.
 
     >>> k = Kernel("soft", 1.0, [(1,)], "demo")
     >>> k.op, k.calls
@@ -337,7 +279,7 @@ class Kernel:
     def __setstate__(self, state):
         self.__dict__.update({"_scalars": {}, **state})
 
-    def _compiled(self, key: tuple, body: Callable, ws) -> _Compiled:
+    def _compiled(self, key: tuple, body: Callable, ws) -> _compat.Compiled:
         """The compiled function for this bucket's signature, shared by every bucket with
         the same one (another wrapper over a model of the same shapes compiles nothing).
 
@@ -348,10 +290,9 @@ class Kernel:
         if fn is None:
             options = None
             if _BACKEND == "inductor":
-                options = dict(_OPTIONS)
-                if ws[0].device.type == "cpu" and sum(w.numel() for w in ws) < CPU_SINGLE_THREAD_NUMEL:
-                    options["cpp.threads"] = 1
-            fn = _COMPILED[key] = _Compiled(body, f"{self.tag}_{len(_COMPILED)}", options)
+                small = ws[0].device.type == "cpu" and sum(w.numel() for w in ws) < CPU_SINGLE_THREAD_NUMEL
+                options = _compat.inductor_options(single_thread=small)
+            fn = _COMPILED[key] = _compat.Compiled(body, f"{self.tag}_{len(_COMPILED)}", _BACKEND, options)
         return fn
 
     def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float) -> bool:
@@ -400,13 +341,10 @@ class Kernel:
         """Nothing compiled yet for this bucket."""
         return self._fn is None and self._adam_fn is None
 
-    def _run(self, fn: _Compiled, tensors: list, *args) -> bool:
-        try:
-            fn(tensors, *args)
-        except Exception as err:  # noqa: BLE001 - any compiler failure means: eager from now on
-            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
-            text = (str(cause).strip().splitlines() or [""])[0][:200]
-            disable(f"torch.compile failed: {type(cause).__name__}: {text}")
+    def _run(self, fn: _compat.Compiled, tensors: list, *args) -> bool:
+        """Never raises: a failure falls back within ``fn`` (this kernel only, warned once)
+        and ends, at worst, in False: the caller runs the eager kernels, from then on."""
+        if not fn(tensors, *args):
             return False
         self.calls += 1
         return True

@@ -20,15 +20,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.optim import optimizer as _optim_mod
 
+from . import _compat
 from . import functional as F
 from . import fused as fused_kernels
 from .groups import Indexed
@@ -86,16 +85,13 @@ def _bias_correction(beta: float, steps: list) -> Tensor | list[float]:
     return [1.0 - beta ** float(x) for x in steps]
 
 
-def _step_hooked(opt: torch.optim.Optimizer) -> bool:
-    """A step hook is registered on ``opt`` or globally."""
-    return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
-                or _optim_mod._global_optimizer_pre_hooks or _optim_mod._global_optimizer_post_hooks)
+_step_hooked = _compat.step_hooked  # a step hook on the optimizer or global (or unreadable tables)
 
 
 def _unhooked(opt: torch.optim.Optimizer) -> bool:
     """No step hook and no profiler running: torch's wrapper around ``opt.step`` would only
     call through."""
-    return not (_step_hooked(opt) or torch.autograd._profiler_enabled())
+    return not (_compat.step_hooked(opt) or _compat.profiling())
 
 
 def _as_rules(penalty_or_rules) -> list[Rule]:
@@ -143,10 +139,7 @@ class Regularized(torch.optim.Optimizer):
                 f"{type(model).__name__}; pass the model itself, not model.parameters()"
             )
         self.optimizer = optimizer
-        for hooks in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
-                      "load_state_dict_pre", "load_state_dict_post"):
-            setattr(self, f"_optimizer_{hooks}_hooks", OrderedDict())
-        self._patch_step_function()
+        _compat.init_optimizer(self)  # the hook tables Optimizer.__init__ would make
         self.bindings, self.unpenalized = resolve(model, rules)
         free = set(self.unpenalized)
         self.unpenalized_params = {n: p for n, p, _ in named_params(model) if n in free}
@@ -284,26 +277,10 @@ class Regularized(torch.optim.Optimizer):
     step.hooked = True  # torch's Optimizer leaves a step marked so unwrapped (_patch_step_function)
 
     def _hooked_step(self, *args, **kwargs):
-        """:meth:`step` inside a profiler range, between the pre hooks (global, then this
-        optimizer's; one may return new ``(args, kwargs)``) and the post hooks (this
-        optimizer's, then global), in torch's order and with torch's arguments: ``args``
-        starts with the optimizer itself."""
-        args = (self, *args)
-        with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
-            for hook in [*_optim_mod._global_optimizer_pre_hooks.values(), *self._optimizer_step_pre_hooks.values()]:
-                result = hook(self, args, kwargs)
-                if result is not None:
-                    if not (isinstance(result, tuple) and len(result) == 2):
-                        raise RuntimeError(
-                            f"optimizer step pre hook {hook!r} returned {result!r}; it must return None "
-                            f"or a tuple (new_args, new_kwargs)"
-                        )
-                    args, kwargs = result
-            out = type(self)._step(*args, **kwargs)
-            self._optimizer_step_code()
-            for hook in [*self._optimizer_step_post_hooks.values(), *_optim_mod._global_optimizer_post_hooks.values()]:
-                hook(self, args, kwargs)
-            return out
+        """:meth:`step` inside torch's own step wrapper: a profiler range, the pre hooks
+        (global, then this optimizer's; one may return new ``(args, kwargs)``) and the post
+        hooks (this optimizer's, then global), in torch's order and with torch's arguments."""
+        return _compat.with_step_hooks(type(self)._step)(self, *args, **kwargs)
 
     @torch.no_grad()
     def _step(self, closure: Callable[[], Tensor] | None = None):
@@ -354,9 +331,8 @@ class Regularized(torch.optim.Optimizer):
         instance (an LR scheduler built on the inner optimizer does that), the wrapper only
         calls through, so the step is called directly; otherwise through the wrapper."""
         opt = self.optimizer
-        step = type(opt).step
-        raw = getattr(step, "__wrapped__", None)
-        if raw is None or not getattr(step, "hooked", False) or "step" in vars(opt) or not _unhooked(opt):
+        raw = _compat.unwrapped_step(opt)
+        if raw is None or not _unhooked(opt):
             opt.step()
         else:
             raw(opt)
@@ -763,7 +739,7 @@ class Regularized(torch.optim.Optimizer):
         # a copy (deepcopy, pickle, torch.save) holds new parameter objects with new ids:
         # rebuild the id-keyed index so the residual and step buffers follow them
         self.__dict__.update(state)
-        self._patch_step_function()
+        _compat.patch_step(self)
         self._index = {id(p): i for i, p in enumerate(self._all_params())}
 
 

@@ -34,6 +34,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import _compat
+
 __all__ = [
     "is_norm", "norm_layers", "embeddings", "biases", "weights", "default_selection",
     "declared_no_decay", "preset", "unwrap", "strip_wrappers",
@@ -153,8 +155,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
+        elif _compat.compiled_inner(model) is not None:
+            model = _compat.compiled_inner(model)
         else:
             return model
 

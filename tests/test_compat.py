@@ -1,0 +1,221 @@
+"""A torch that changed under decaylab (decaylab._compat): each private API made to fail as a
+torch upgrade would make it fail, and training goes on, equal to ``fused=False``, with one
+warning at the user's ``opt.step()`` line.
+
+Compiled kernels use the "aot_eager" backend here (the same traced program as inductor,
+without its seconds-long C++ compile).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import warnings
+
+import pytest
+import torch
+from test_fused import RULES, _assert_fused_equals_eager, _loss, _model, _train
+from torch import nn
+
+import decaylab as dl
+from decaylab import _compat, fused
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state(monkeypatch):
+    monkeypatch.setitem(fused._STATE, "disabled", "")
+    monkeypatch.setattr(_compat, "_WARNED", set())
+    monkeypatch.setattr(fused, "_COMPILED", {})  # every test compiles (and fails) afresh
+    monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
+    monkeypatch.setattr(fused, "CPU_ADAM_MIN_NUMEL", 0)  # Adam's step in the kernel, on tiny models
+
+
+def _train_warned(rule, fused_flag=True, **kw):
+    """``_train`` recording every warning; returns (weights, optimizer, decaylab's warnings)."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out, opt = _train(rule, torch.float32, fused_flag, **kw)
+    return out, opt, [w for w in seen if "decaylab" in str(w.message)]
+
+
+def _one_warning(seen, match: str) -> None:
+    assert len(seen) == 1, [str(w.message) for w in seen]
+    assert re.search(match, str(seen[0].message)), str(seen[0].message)
+    assert seen[0].filename.endswith(("test_fused.py", "test_compat.py"))  # the opt.step() line
+
+
+def _missing_compile_fx(backend, options):
+    raise ImportError("cannot import name 'compile_fx' from 'torch._inductor.compile_fx'")
+
+
+def _changed_backend_convention(backend, options):
+    def call(gm, example_inputs):
+        raise TypeError("compile_fx() got an unexpected keyword argument 'config_patches'")
+
+    return call
+
+
+@pytest.mark.parametrize("rule", ["L1 prox adam", "GroupLasso inputs adam"])
+@pytest.mark.parametrize("broken", [_missing_compile_fx, _changed_backend_convention],
+                         ids=["ImportError", "TypeError"])
+def test_a_private_backend_that_fails_falls_back_to_the_guarded_call(broken, rule, monkeypatch):
+    eager, _ = _train(RULES[rule], torch.float32, False, sched=True)
+    monkeypatch.setattr(_compat, "private_backend", broken)
+    comp, opt, seen = _train_warned(RULES[rule], sched=True)
+    _one_warning(seen, "private compiler hooks \\((ImportError: cannot import|TypeError: compile_fx)")
+    _assert_fused_equals_eager(eager, comp)
+    for b in opt._buckets:  # still compiled, through torch.compile's public path
+        compiled = b.kernel._adam_fn or b.kernel._fn
+        assert compiled.level == "guarded" and compiled._direct is None
+        assert b.kernel.calls == (3 if "L1" in rule else 4)  # L1: Adam's own first step, then in the kernel
+
+
+def test_a_changed_direct_calling_convention_falls_back_to_dynamos_call(monkeypatch):
+    eager, _ = _train(RULES["GroupLasso rows lr"], torch.float32, False, steps=5)
+
+    def boxed(program, inputs):  # as if programs now took one list of inputs
+        raise TypeError(f"forward() takes 2 positional arguments but {len(inputs) + 1} were given")
+
+    monkeypatch.setattr(_compat, "call_direct", boxed)
+    comp, opt, seen = _train_warned(RULES["GroupLasso rows lr"], steps=5)
+    _one_warning(seen, "direct call failed \\(TypeError: forward\\(\\) takes 2")
+    _assert_fused_equals_eager(eager, comp)  # the failed call changed nothing; dynamo took the step
+    (b,) = opt._buckets
+    assert b.kernel.calls == 5 and b.kernel._fn.level == "direct" and not b.kernel._fn.direct
+
+
+def test_a_compiler_that_fails_everywhere_leaves_that_kernel_eager_with_one_warning(monkeypatch):
+    eager, _ = _train(RULES["L1 prox lr"], torch.float32, False)
+    monkeypatch.setattr(fused, "_BACKEND", "no_such_backend")  # unknown to lookup_backend and torch.compile
+    comp, opt, seen = _train_warned(RULES["L1 prox lr"])
+    _one_warning(seen, "torch.compile failed for a kernel .*no_such_backend.*eager path")
+    assert all(b.kernel is False for b in opt._buckets) and fused.available()
+    for a, b in zip(eager, comp):
+        assert torch.equal(a, b)
+
+
+def test_a_failing_kernel_leaves_the_other_kernels_compiled(monkeypatch):
+    def fails_for_the_group_kernel(gm, example_inputs):
+        if len(example_inputs) == 3:  # the group prox's kernel: weight, exp_avg_sq, scalars
+            raise RuntimeError("inductor: internal error in this graph")
+        return gm.forward
+
+    monkeypatch.setattr(fused, "_BACKEND", fails_for_the_group_kernel)
+
+    def train(fused_flag):
+        m = _model(torch.float32)
+        opt = dl.regularize(torch.optim.Adam(m.parameters(), lr=0.05), m, [
+            dl.Rule(dl.L1(0.02), params=["0.weight", "2.weight"]),
+            dl.Rule(dl.GroupLasso(0.05, "channels"), params="4.weight")], fused=fused_flag)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(16, 6, generator=g), torch.randn(16, 4, generator=g)
+        for _ in range(4):
+            _loss(m, x, y).backward()
+            opt.step()
+            opt.zero_grad()
+        return [p.detach() for p in m.parameters()], opt
+
+    eager, _ = train(False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        comp, opt = train(True)
+    seen = [w for w in seen if "decaylab" in str(w.message)]
+    _one_warning(seen, "torch.compile failed for a kernel \\(RuntimeError: inductor: internal error")
+    l1, group = opt._buckets
+    assert group.kernel is False and l1.kernel and l1.kernel.calls == 3  # Adam + prox from step 2
+    _assert_fused_equals_eager(eager, comp)
+
+
+def test_a_code_object_that_cannot_be_copied_shares_the_function():
+    class Body:  # as if a function's code object could no longer be copied
+        __name__, __code__ = "body", None
+
+        def __call__(self, x):
+            return x
+
+    body = Body()
+    with pytest.warns(UserWarning, match="own code object.*AttributeError"):
+        assert _compat.fresh(body, "tag") is body
+
+
+# -- optimizer step hooks ------------------------------------------------------------------
+def _run_adam(steps=3):
+    """Three Adam steps of a Linear model under L1 (eager kernels); returns (weights, how many
+    times torch's step wrapper ran for the inner optimizer, hook calls, warnings)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    inner = torch.optim.Adam(lin.parameters(), lr=0.1)
+    opt = dl.regularize(inner, lin, dl.L1(0.01), fused=False)
+    wrapped, calls = [], []
+    inner._optimizer_step_code = lambda: wrapped.append(1)  # torch's wrapper calls it after the step
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("wrapper"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            lin(torch.randn(5, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    return [p.detach().clone() for p in lin.parameters()], len(wrapped), calls, \
+        [w for w in seen if "decaylab" in str(w.message)]
+
+
+def test_without_hooks_the_inner_step_skips_torchs_wrapper():
+    _, wrapped, calls, seen = _run_adam()
+    assert wrapped == 0 and calls == ["wrapper"] * 3 and seen == []
+
+
+@pytest.mark.parametrize("missing", ["hook tables", "profiler flag"])
+def test_unreadable_hook_tables_take_torchs_public_step(missing, monkeypatch):
+    expected, *_ = _run_adam()
+    if missing == "hook tables":  # as if torch renamed its global hook tables
+        monkeypatch.setattr(_compat, "_optim_mod", types.SimpleNamespace())
+    else:
+        monkeypatch.setattr(torch.autograd, "_profiler_enabled", None)  # not callable: TypeError
+    weights, wrapped, calls, seen = _run_adam()
+    what = "optimizer step-hook tables" if missing == "hook tables" else "profiler flag"
+    assert len(seen) == 1 and f"could not read torch's {what}" in str(seen[0].message)
+    assert seen[0].filename == __file__  # the opt.step() line
+    assert wrapped == 3 and calls == ["wrapper"] * 3  # torch's own wrapper, the hooks run
+    for a, b in zip(expected, weights):
+        assert torch.equal(a, b)
+
+
+def test_unreadable_hook_tables_keep_adams_step_out_of_the_kernel(monkeypatch):
+    eager, _ = _train(RULES["L1 prox lr"], torch.float32, False)
+    monkeypatch.setattr(_compat, "_optim_mod", types.SimpleNamespace())
+    comp, opt, seen = _train_warned(RULES["L1 prox lr"])
+    _one_warning(seen, "could not read torch's optimizer step-hook tables")
+    (b,) = opt._buckets
+    assert b.kernel._adam_fn is None and b.kernel.calls == 4  # a hook might see hidden gradients
+    _assert_fused_equals_eager(eager, comp)
+
+
+# -- the canary: on a torch this project tests, no fallback is taken -------------------------
+@pytest.mark.slow
+def test_on_a_tested_torch_the_private_path_works_with_inductor(monkeypatch):
+    """Where this fails, torch changed one of decaylab._compat's private APIs: training still
+    works (the tests above), but slower; the warning names what changed."""
+    monkeypatch.setattr(fused, "_BACKEND", "inductor")
+    eager, _ = _train(RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.SGD)
+    comp, opt, seen = _train_warned(RULES["L1 prox lr"], opt_cls=torch.optim.SGD)
+    assert seen == []
+    compiled = opt._buckets[0].kernel._fn
+    assert compiled.level == "direct" and compiled._direct is not None and opt._buckets[0].kernel.calls == 4
+    _assert_fused_equals_eager(eager, comp)
+    _, wrapped, calls, seen = _run_adam()  # and the inner step skips torch's wrapper
+    assert wrapped == 0 and seen == []
+
+
+@pytest.mark.slow
+def test_inductors_guarded_call_takes_the_kernels_settings_as_public_options(monkeypatch):
+    """The fallback a changed compile_fx leads to, with inductor itself: torch.compile's
+    options accept the kernel's settings, and bf16 casts still round as eager rounds them."""
+    monkeypatch.setattr(fused, "_BACKEND", "inductor")
+    eager, _ = _train(RULES["ElasticNet prox lr"], torch.bfloat16, False, opt_cls=torch.optim.SGD)
+    monkeypatch.setattr(_compat, "private_backend", _missing_compile_fx)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        comp, opt = _train(RULES["ElasticNet prox lr"], torch.bfloat16, True, opt_cls=torch.optim.SGD)
+    _one_warning([w for w in seen if "decaylab" in str(w.message)], "private compiler hooks")
+    assert opt._buckets[0].kernel._fn.level == "guarded" and opt._buckets[0].kernel.calls == 4
+    _assert_fused_equals_eager(eager, comp)
