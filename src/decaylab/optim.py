@@ -497,7 +497,7 @@ class Regularized(torch.optim.Optimizer):
         eps = 0.0
         if b.metric == "adam":
             vs, rbcs, eps = self._adam_state(b.group, b.params)
-        if b.kernel(b.params, comps, vs, rbcs, step, b.alphas(), eps):
+        if b.kernel(b.params, comps, vs, rbcs, step, b.alphas(), eps, fused_kernels.l1_ratio(b.rule.penalty)):
             return True
         b.kernel = False  # compilation failed: eager from now on (fused.disable warned)
         return False
@@ -557,7 +557,7 @@ class Regularized(torch.optim.Optimizer):
                  bool(group.get("maximize", False)), b.metric == "adam")
         if b.kernel.adam(b.params, [p.grad for p in b.params], [st["exp_avg"] for st in states],
                          [st["exp_avg_sq"] for st in states], sizes, rbcs, lr * self._multiplier(b.rule), lr,
-                         b.alphas(), hyper):
+                         b.alphas(), hyper, fused_kernels.l1_ratio(b.rule.penalty)):
             return True
         torch._foreach_sub_(steps, 1)
         mine = {id(p) for p in b.params}
