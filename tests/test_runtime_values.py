@@ -223,3 +223,22 @@ def test_a_converted_model_is_checked_cheaply_and_rebuilt_once(compiles):
     assert rebuilt != buckets and all(b.low_precision for b in rebuilt)
     opt.step()
     assert opt._buckets == rebuilt
+
+
+@pytest.mark.parametrize("flag", [False, True], ids=["eager", "fused"])
+def test_a_weight_leaving_low_precision_keeps_the_decay_its_residual_carried(flag, compiles):
+    torch.manual_seed(0)
+    m = nn.Linear(16, 8, bias=False).to(torch.bfloat16)
+    opt = dl.regularize(torch.optim.SGD(m.parameters(), lr=0.1), m,
+                        dl.Rule(dl.L2(5e-4), schedule=lambda s: 1.0 if s < 300 else 0.0), fused=flag)
+    for _ in range(300):
+        m.weight.grad = torch.zeros_like(m.weight)
+        opt.step()
+    residual = opt._comp[opt._index[id(m.weight)]]
+    assert residual.abs().max() > 0
+    carried = m.weight.detach().float() + residual
+    m.float()
+    m.weight.grad = torch.zeros_like(m.weight)
+    opt.step()  # the schedule is 0 from here: the step only follows the conversion
+    assert torch.equal(m.weight.detach(), carried) and opt._comp == {}
+    assert not any(b.low_precision for b in opt._buckets)
