@@ -33,10 +33,20 @@ in the other.
 Each bucket signature (shapes, dtypes, device, op) compiles its own copy of the kernel
 (its own code object, so buckets never share a cache or its recompile limit), with static
 shapes: a compilation is paid once per signature (a few seconds on a CPU; another wrapper
-over a model of the same shapes reuses it), and the learning rate, the strength, its
-schedule and Adam's bias correction are run-time inputs (one small tensor on the weights'
-device), so the kernel does not recompile as they change. A step where only some of a bucket's tensors
+over a model of the same shapes reuses it). A step where only some of a bucket's tensors
 have a gradient takes the eager path for that step rather than compiling a variant.
+
+**Nothing a user can change between steps is a compile-time constant.** The learning rate,
+the strength and its schedule, eps, ``l1_ratio``, Adam's betas, weight decay, ``maximize``
+and the bias corrections reach the kernel as run-time data (one small ``scalars`` tensor
+on the weights' device, ``_STEP`` ... ``_ADAM_HEAD``), so no guard can miss a change and
+no scheduler recompiles anything (OneCycleLR moves beta1 every step). A program's identity
+is only what cannot change silently: each tensor's shape, stride, dtype and device, the
+op and its group dims (which penalty), and for the Adam kernel two flags (weight decay
+none, coupled or decoupled; the prox's metric), compared at every call so that a change
+selects its own program. The wrapper follows a model converted after ``regularize()``
+(bf16, float64, channels_last, another device): its buckets, residuals and kernels are
+chosen again at the next step (``Regularized._follow_conversion``).
 
 After its first call a bucket runs the compiled program without dynamo (:class:`_Compiled`):
 dynamo's guard evaluation costs ~25 us a call on a CPU, a fifth of a small model's whole AdamW
@@ -47,7 +57,6 @@ anything else goes back through dynamo (which recompiles if it must).
 
 from __future__ import annotations
 
-import itertools
 import math
 import types
 import warnings
@@ -263,7 +272,6 @@ _COMPILED: dict = {}  # signature -> _Compiled (one code object each), at most _
 # own program): the keys hold layouts and flags only, never a value, so this bound is only
 # reached by a process that builds many differently shaped models
 _COMPILED_MAX = 64
-_TAGS = itertools.count()
 
 
 def _layout(ts: list) -> list:
@@ -300,11 +308,10 @@ class _Compiled:
     takes the graph's tensors positionally, so after the first call this keeps that program
     and where each of its inputs sits among the call's tensors, and later calls run it
     directly. Its guard is ours: every tensor's shape, stride, dtype and device as when it
-    compiled, and grad mode off (the wrapper's step); the only Python constants (op, dims,
-    Adam's decay and metric flags) are part of the key this object is stored under, and
-    every value that may change between steps is in the ``scalars`` tensor, so there is no
-    guard to miss. Anything else goes through dynamo, which recompiles if it must (and the
-    new program is kept).
+    compiled, and grad mode off (the wrapper's step); the Python constants (op, dims, the
+    Adam kernel's flags) are part of the key this object is stored under, and no value is
+    a constant (it is in ``scalars``). Anything else goes through dynamo, which recompiles
+    if it must (and the new program is kept).
     """
 
     def __init__(self, body: Callable, tag: str, options: dict | None):
@@ -384,7 +391,7 @@ class Kernel:
                     options["cpp.threads"] = 1
             while len(_COMPILED) >= _COMPILED_MAX:
                 del _COMPILED[next(iter(_COMPILED))]
-            fn = _COMPILED[key] = _Compiled(body, f"{self.tag}_{next(_TAGS)}", options)
+            fn = _COMPILED[key] = _Compiled(body, f"{self.tag}_{len(_COMPILED)}", options)
         return fn
 
     def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float, r: float | None = None) -> bool:
