@@ -135,6 +135,26 @@ def test_a_value_changed_between_steps_reaches_the_compiled_kernel(name, flag, c
     assert counts[-1] == counts[1], f"programs compiled after step 2: {counts}"
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_decay=")
+def test_a_changed_flag_selects_its_own_program_and_a_flag_seen_before_reuses_it(compiles, monkeypatch):
+    # weight decay off / coupled / decoupled choose the Adam kernel's program: compared at
+    # every call, so each change runs the program for it, and returning compiles nothing
+    monkeypatch.setattr(fused, "CPU_ADAM_MIN_NUMEL", 0)
+    wd = _set("weight_decay", {3: 0.3, 5: 0.0, 7: 0.3})
+    style = _set("decoupled_weight_decay", {4: True, 6: False, 8: True})
+
+    def change(opt, step):
+        wd(opt, step)
+        style(opt, step)
+
+    eager, _, _ = _trajectory(False, _adam(), L1, change, steps=10)
+    comp, counts, _ = _trajectory(True, _adam(), L1, change, steps=10, counter=compiles)
+    _assert_same_trajectory(eager, comp)
+    # step 1 is Adam's own; step 2 compiles "no decay", step 4 "coupled", step 5
+    # "decoupled"; the later changes go back to programs seen before: nothing compiles
+    assert counts == [0, 1, 1, 2, 3, 3, 3, 3, 3, 3], counts
+
+
 @pytest.mark.parametrize("flag", list(FLAGS))
 def test_one_cycle_lr_compiles_nothing_after_the_second_step(flag, compiles, monkeypatch):
     monkeypatch.setattr(fused, "CPU_ADAM_MIN_NUMEL", 0)
