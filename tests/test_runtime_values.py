@@ -231,16 +231,18 @@ def test_a_model_converted_after_regularize_is_decayed_as_if_converted_before(ki
 
 def test_a_converted_model_is_checked_cheaply_and_rebuilt_once(compiles):
     m = _conv_model()
-    opt = dl.regularize(torch.optim.SGD(m.parameters(), lr=0.1), m, dl.L2(5e-4), fused=True)
+    opt = dl.regularize(torch.optim.SGD(m.parameters(), lr=0.1), m, [
+        dl.Rule(dl.L2(5e-4), params="0.weight"), dl.Rule(dl.L1(1e-4), params="2.weight")], fused=True)
     m(torch.randn(2, 2, 6, 6)).sum().backward()
     opt.step()
     buckets = list(opt._buckets)
     opt.step()
     assert opt._buckets == buckets  # nothing changed: the same buckets
-    m.to(torch.bfloat16)
+    m[0].to(torch.bfloat16)
     opt.step()
     rebuilt = list(opt._buckets)
-    assert rebuilt != buckets and all(b.low_precision for b in rebuilt)
+    assert rebuilt[0] is not buckets[0] and rebuilt[0].low_precision and not rebuilt[1].low_precision
+    assert rebuilt[1].kernel is buckets[1].kernel  # the unchanged bucket keeps its kernel
     opt.step()
     assert opt._buckets == rebuilt
 

@@ -225,7 +225,11 @@ class Regularized(torch.optim.Optimizer):
             self._marks = marks
             return
         old = dict(zip(map(id, self._penalized), self._layouts))
+        kernels = {tuple(map(id, b.params)): b.kernel for b in self._buckets  # of unchanged buckets
+                   if all(_layout(p) == old[id(p)] for p in b.params)}
         self._set_buckets()
+        for b in self._buckets:
+            b.kernel = kernels.get(tuple(map(id, b.params)))
         for p in self._penalized:
             if _layout(p) == old[id(p)]:
                 continue
