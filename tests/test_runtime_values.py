@@ -135,6 +135,18 @@ def test_a_value_changed_between_steps_reaches_the_compiled_kernel(name, flag, c
     assert counts[-1] == counts[1], f"programs compiled after step 2: {counts}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["Adam(amsgrad) eps", "Adam betas", "ElasticNet l1_ratio, Adam"])
+def test_inductor_kernels_follow_a_value_changed_between_steps(name, monkeypatch):
+    monkeypatch.setitem(fused._STATE, "disabled", "")
+    monkeypatch.setattr(fused, "CPU_ADAM_MIN_NUMEL", 0)
+    make_opt, rule, change = CHANGES[name]
+    eager, _, _ = _trajectory(False, make_opt, rule, change)
+    comp, _, opt = _trajectory(True, make_opt, rule, change)
+    assert all(b.kernel and b.kernel.calls for b in opt._by_mode["prox"])
+    _assert_same_trajectory(eager, comp)
+
+
 @pytest.mark.filterwarnings("ignore:.*weight_decay=")
 def test_a_changed_flag_selects_its_own_program_and_a_flag_seen_before_reuses_it(compiles, monkeypatch):
     # weight decay off / coupled / decoupled choose the Adam kernel's program: compared at
