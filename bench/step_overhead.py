@@ -20,8 +20,14 @@ marked eager; their compile time (the first two steps, once per shape set) is re
 and kept out of the timed rounds. Memory: the persistent bytes decaylab keeps per
 penalized weight after a few steps (Adam-metric step buffers and low-precision residuals).
 
-Run: ``python bench/step_overhead.py [--quick] [--device cpu|cuda] [--fused on|off|auto]``;
-``--only direct``: the CNN's step with compiled programs called directly against through dynamo.
+* onecycle: programs compiled after the first two steps of a 100-step ``OneCycleLR`` run
+  (its default ``cycle_momentum`` moves beta1 every step) on the MLP, AdamW + dl.L1 (Adam's
+  step inside the prox kernel) and + dl.GroupLasso rows, ``fused=True``: nothing a
+  scheduler changes may be a compile-time constant, so the target is 0.
+
+Run: ``python bench/step_overhead.py [--quick] [--device cpu|cuda] [--fused on|off|auto]
+[--only all|direct|onecycle]``; ``--only direct``: the CNN's step with compiled programs
+called directly against through dynamo.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ LR = 1e-3
 BATCH = 128
 TARGETS = {"l1_step_ratio": 1.3, "grouplasso_step_ratio": 1.5, "l1_train_step_overhead": 5.0,
            "l1_adam_metric_step_ratio": 1.5, "l1_adam_metric_train_step_overhead": 5.0,
-           "grouplasso_cnn_step_ratio": 1.5, "adam_metric_extra_bytes_per_weight": 0.0}
+           "grouplasso_cnn_step_ratio": 1.5, "adam_metric_extra_bytes_per_weight": 0.0,
+           "onecycle_recompiles": 0}
 FUSED = {"on": True, "off": False, "auto": None}
 _fused = [True]  # set from --fused
 
@@ -345,17 +352,61 @@ def report_targets(mlp_res: dict, cnn_res: dict, kernels: dict, n_params: int) -
         print(f"TARGET {key}: {text} (target <= {TARGETS[key]:g}{unit}) {verdict}")
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def bench_onecycle(device, steps: int = 100) -> None:
+    """Programs compiled after the first two steps of a ``steps``-step OneCycleLR run."""
+    print(f"\nOneCycleLR, {steps} train steps on the MLP, AdamW(fused) + rule, decaylab fused=True:")
+    print(f"  {'variant':<38} {'compiled: steps 1-2':>20} {'after':>6} {'median ms/step after':>21}")
+    total = 0
+    for name, rule in (("+ dl.L1 (prox, adam metric: default)", lambda: dl.L1(ALPHA)),
+                       ("+ dl.GroupLasso rows (adam metric)", lambda: dl.GroupLasso(ALPHA, "rows"))):
+        torch.manual_seed(0)
+        model = mlp().to(device)
+        opt = wrapped(rule, fused=True)(model)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps)
+        x = torch.randn(BATCH, 1, 28, 28, device=device)
+        y = torch.randint(0, 10, (BATCH,), device=device)
+        start, times = compiled_graphs(), []
+        for i in range(steps):
+            if i == 2:
+                early = compiled_graphs() - start
+            sync(device)
+            t0 = time.perf_counter()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        late = compiled_graphs() - start - early
+        total += late
+        print(f"  {name:<38} {early:>20} {late:>6} {1e3 * statistics.median(times[2:]):>21.2f}")
+    verdict = "PASS" if total <= TARGETS["onecycle_recompiles"] else "MISS"
+    print(f"TARGET onecycle_recompiles: {total} (target <= {TARGETS['onecycle_recompiles']}) {verdict}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short smoke run (numbers are rough)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--only", choices=["direct"],
-                    help="direct: only the CNN step with compiled programs called directly vs through dynamo")
     ap.add_argument("--fused", default="on", choices=list(FUSED),
                     help="decaylab's kernels: compiled (on), eager (off), or the library default (auto)")
+    ap.add_argument("--only", default="all", choices=["all", "direct", "onecycle"],
+                    help="direct: only the CNN step with compiled programs called directly vs through "
+                         "dynamo; onecycle: only the OneCycleLR recompilation count (about a minute)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     _fused[0] = FUSED[args.fused]
+    if args.only == "onecycle":
+        print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+        bench_onecycle(device)
+        return
     # seconds of timed rounds per table: MLP step, MLP train, CNN step, CNN train, kernels
     budgets, block_s, min_rounds, sessions = (25, 60, 12, 30, 10), 0.01, 7, 3
     if args.quick:
@@ -374,6 +425,7 @@ def main(argv=None) -> None:
     kernels = bench_kernels(device, budgets[4], block_s, min_rounds)
     n_params = sum(p.numel() for p in mlp().parameters())
     report_targets(mlp_res, cnn_res, kernels, n_params)
+    bench_onecycle(device)
     print(f"(total {time.perf_counter() - t0:.0f} s)")
 
 

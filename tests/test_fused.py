@@ -351,11 +351,11 @@ def test_inductor_group_threshold_in_adams_metric_leaves_a_nan_entry_out_as_eage
     torch.manual_seed(0)
     w, v = torch.randn(4, 6), torch.rand(4, 6) * 1e-4
     v[1, 2] = float("nan")
-    scalars = torch.tensor([0.1, 0.05, 0.7])
+    scalars = torch.tensor([0.1, 0.05, 1e-8, 1.0, 0.0, 0.7])  # step, alpha, eps, l1_ratio, 1 - it, rbc
     compiled = torch.compile(fused._bucket_update, dynamic=False, fullgraph=True, options=fused._OPTIONS)
     a, b = [w.clone()], [w.clone()]
-    compiled(a, None, [v], scalars, None, 1e-8, 1.0, "group", ((1,),))
-    fused._bucket_update(b, None, [v], scalars, None, 1e-8, 1.0, "group", ((1,),))
+    compiled(a, None, [v], scalars, None, "group", ((1,),))
+    fused._bucket_update(b, None, [v], scalars, None, "group", ((1,),))
     assert torch.isfinite(a[0]).all() and torch.equal(a[0], b[0])
     assert not torch.equal(a[0], w)
 
@@ -403,7 +403,7 @@ def test_group_factor_edge_cases_match_the_eager_prox(t, compiled):
     if compiled:
         body = torch.compile(body, dynamic=False, fullgraph=True, options=fused._OPTIONS)
     got = [w.clone()]
-    body(got, None, None, torch.tensor([t, 1.0]), None, 0.0, 1.0, "group", ((1,),))
+    body(got, None, None, torch.tensor([t, 1.0, 0.0, 1.0, 0.0]), None, "group", ((1,),))
     torch.testing.assert_close(got[0], expect[0], rtol=1e-6, atol=0.0, equal_nan=True)
     if t == 0.0:  # a zero threshold changes nothing, not even a group whose norm underflowed
         assert torch.equal(got[0].nan_to_num(), w.nan_to_num())

@@ -144,7 +144,8 @@ class Compiled:
     so after the first call this keeps that program and where each of its inputs sits among
     the call's tensors, and later calls run it directly. Its guard is ours: every tensor's
     shape, stride, dtype and device as when it compiled, and grad mode off (the wrapper's
-    step); the Python constants of the call are part of the signature the caller keys this
+    step); the Python constants of the call (op, group dims, flags; never a value that may
+    change between steps) are part of the signature the caller keys this
     object by. Anything else goes through dynamo, which recompiles if it must (and the new
     program is kept).
 

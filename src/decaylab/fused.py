@@ -40,10 +40,20 @@ whole process.
 Each bucket signature (shapes, dtypes, device, op) compiles its own copy of the kernel
 (its own code object, so buckets never share a cache or its recompile limit), with static
 shapes: a compilation is paid once per signature (a few seconds on a CPU; another wrapper
-over a model of the same shapes reuses it), and the learning rate, the strength, its
-schedule and Adam's bias correction are run-time inputs (one small tensor on the weights'
-device), so the kernel does not recompile as they change. A step where only some of a bucket's tensors
+over a model of the same shapes reuses it). A step where only some of a bucket's tensors
 have a gradient takes the eager path for that step rather than compiling a variant.
+
+**Nothing a user can change between steps is a compile-time constant.** The learning rate,
+the strength and its schedule, eps, ``l1_ratio``, Adam's betas, weight decay, ``maximize``
+and the bias corrections reach the kernel as run-time data (one small ``scalars`` tensor
+on the weights' device, ``_STEP`` ... ``_ADAM_HEAD``), so no guard can miss a change and
+no scheduler recompiles anything (OneCycleLR moves beta1 every step). A program's identity
+is only what cannot change silently: each tensor's shape, stride, dtype and device, the
+op and its group dims (which penalty), and for the Adam kernel two flags (weight decay
+none, coupled or decoupled; the prox's metric), compared at every call so that a change
+selects its own program. The wrapper follows a model converted after ``regularize()``
+(bf16, float64, channels_last, another device): its buckets, residuals and kernels are
+chosen again at the next step (``Regularized._follow_conversion``).
 
 After its first call a bucket runs the compiled program without dynamo
 (:class:`decaylab._compat.Compiled`): dynamo's guard evaluation costs ~25 us a call on a CPU,
@@ -126,6 +136,16 @@ def plan(penalty, mode: str, metric: str) -> tuple[str, float] | None:
     return None
 
 
+def l1_ratio(penalty) -> float:
+    """The ``l1_ratio`` a kernel gets at each call (ElasticNet's current one; 1 otherwise).
+
+    >>> from decaylab.penalties import L1, ElasticNet
+    >>> l1_ratio(L1(1e-3)), l1_ratio(ElasticNet(1e-3, 0.25))
+    (1.0, 0.25)
+    """
+    return float(getattr(penalty, "l1_ratio", 1.0))
+
+
 # -- the kernel body: traced by torch.compile, also runnable eagerly -------------------------
 def _soft(x: Tensor, t) -> Tensor:
     return x - torch.clamp(x, -t, t)  # exact zeros wherever |x| <= t
@@ -148,13 +168,14 @@ def _group_factor(x: Tensor, t, dims: tuple) -> Tensor:
     return torch.where(y == y, y, 1.0).clamp_min(0.0)
 
 
-def _apply(op: str, x: Tensor, t, r: float, dims: tuple) -> Tensor:
+def _apply(op: str, x: Tensor, t, r, dims: tuple) -> Tensor:
+    """``op`` of ``x`` with threshold ``t``; ``r``: ``(l1_ratio, 1 - l1_ratio)`` (ElasticNet)."""
     if op == "soft":
         return _soft(x, t)
     if op == "enet":
-        return _soft(x, t * r) / (1.0 + t * (1.0 - r))
+        return _soft(x, t * r[0]) / (1.0 + t * r[1])
     if op == "enet_decay":
-        return _soft(x * torch.clamp_min(1.0 - t * (1.0 - r), 0.0), t * r)
+        return _soft(x * torch.clamp_min(1.0 - t * r[1], 0.0), t * r[0])
     if op == "shrink":
         return x * torch.clamp_min(1.0 - t, 0.0)
     if op == "div":
@@ -174,26 +195,36 @@ def _adam_threshold(op: str, st: Tensor, a, d: Tensor, dims: tuple) -> Tensor:
     return st * a * count / torch.where(ok, d, 0.0).sum(dim=dims, keepdim=True)
 
 
-def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: float, op: str, dims: tuple):
+# where each run-time value sits in a kernel's ``scalars`` tensor (Kernel builds it):
+# both kernels start with the prox step, the strength, eps, l1_ratio and 1 - l1_ratio;
+# _bucket_update then has sqrt(1 - beta2^t) per tensor (the Adam metric); _bucket_adam_update
+# has Adam's values, then lr / (1 - beta1^t) and sqrt(1 - beta2^t) per tensor
+_STEP, _ALPHA, _EPS, _L1_SHARE, _L2_SHARE, _HEAD = range(6)
+_LR, _BETA1_C, _BETA2, _BETA2_C, _WD, _WD_KEEP, _SIGN, _ADAM_HEAD = range(_HEAD, _HEAD + 8)
+
+
+def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, op: str, dims: tuple):
     """One bucket's update, in place: ``w <- op(w, threshold)``.
 
-    ``scalars``: a tensor on the weights' device holding lr times the schedule, the
-    strength (when it is a float) and, for the Adam metric, ``sqrt(1 - beta2**step)`` per
-    tensor (a tensor, not Python floats: torch.compile specializes on floats, which would
-    recompile at every new lr); ``alphas``: one broadcast strength view per tensor when
-    the strength is a ``[K]`` tensor, else None; ``comps``: fp32 residuals of low-precision weights (the weight is updated
-    as ``w + comp`` in fp32, rounded back, and the rounding error kept); ``vs``/``rbcs``:
-    Adam's second moments (None: plain metric).
+    ``scalars``: a tensor on the weights' device holding every value that may change
+    between steps: lr times the schedule, the strength (when it is a float), Adam's eps,
+    ``l1_ratio`` and ``1 - l1_ratio``, then for the Adam metric ``sqrt(1 - beta2**step)``
+    per tensor (a tensor, not Python floats: a float would be a compile-time constant, stale
+    or recompiled when it changes); ``alphas``: one broadcast strength view per tensor when
+    the strength is a ``[K]`` tensor, else None; ``comps``: fp32 residuals of low-precision
+    weights (the weight is updated as ``w + comp`` in fp32, rounded back, and the rounding
+    error kept); ``vs``: Adam's second moments (None: plain metric). ``op`` and ``dims``
+    (which penalty, which groups) are the only constants.
     """
+    st, eps, r = scalars[_STEP], scalars[_EPS], (scalars[_L1_SHARE], scalars[_L2_SHARE])
     for i in range(len(ws)):
         w = ws[i]
         x = w if comps is None else w.float() + comps[i]
-        a = scalars[1] if alphas is None else alphas[i]
-        st = scalars[0]
+        a = scalars[_ALPHA] if alphas is None else alphas[i]
         if vs is None:
             t = st * a
         else:
-            t = _adam_threshold(op, st, a, torch.sqrt(vs[i].to(x.dtype)) / scalars[2 + i] + eps, dims[i])
+            t = _adam_threshold(op, st, a, torch.sqrt(vs[i].to(x.dtype)) / scalars[_HEAD + i] + eps, dims[i])
         y = _apply(op, x, t, r, dims[i])
         if comps is None:
             w.copy_(y)
@@ -203,41 +234,39 @@ def _bucket_update(ws: list, comps, vs, scalars: Tensor, alphas, eps: float, r: 
             comps[i].copy_(y - lo.float())
 
 
-def _bucket_adam_update(ws: list, gs: list, ms: list, vs: list, scalars: Tensor, alphas, hyper: tuple,
-                        r: float, op: str, dims: tuple):
+def _bucket_adam_update(ws: list, gs: list, ms: list, vs: list, scalars: Tensor, alphas, flags: tuple,
+                        op: str, dims: tuple):
     """Adam's (or AdamW's) step and the prox of one bucket in one pass, in place.
 
-    Per coordinate, as ``torch.optim.Adam``/``AdamW`` do (``hyper`` = beta1, beta2, eps,
-    weight decay, decoupled?, maximize?, prox in Adam's metric?)::
+    Per coordinate, as ``torch.optim.Adam``/``AdamW`` do::
 
-        g <- -g if maximize;  w <- w (1 - lr wd) if decoupled else g <- g + wd w
+        g <- sign g  (sign = -1 under maximize);  w <- w (1 - lr wd) if decoupled else g <- g + wd w
         m <- lerp(m, g, 1 - beta1);  v <- beta2 v + (1 - beta2) g^2
         d <- sqrt(v) / sqrt(1 - beta2^t) + eps;  w <- w - lr / (1 - beta1^t) * m / d
 
     and then ``w <- op(w, threshold)`` with the plain threshold ``step * alpha`` or, in
-    Adam's metric, ``step * alpha / max(d, alpha)`` (the same ``d``). ``scalars``: the
-    prox step, the strength, lr, then per tensor ``lr / (1 - beta1^t)`` and
-    ``sqrt(1 - beta2^t)``. Reads w, g, m, v and writes w, m, v: the seven passes of a fused
-    AdamW step, and no more.
+    Adam's metric, ``step * alpha / max(d, alpha)`` (the same ``d``). ``scalars`` (run-time
+    data, see ``_STEP`` ... ``_ADAM_HEAD``): the prox step, the strength, eps, ``l1_ratio``,
+    ``1 - l1_ratio``, lr, ``1 - beta1``, beta2, ``1 - beta2``, weight decay, ``1 - lr wd``,
+    the sign, then per tensor ``lr / (1 - beta1^t)`` and ``sqrt(1 - beta2^t)``; ``flags``
+    (constants: they choose the program): ``(decay, adam_metric)`` with decay None (no
+    weight decay), "coupled" or "decoupled". Reads w, g, m, v and writes w, m, v: the seven
+    passes of a fused AdamW step, and no more.
     """
-    beta1, beta2, eps, wd, decoupled, maximize, adam_metric = hyper
-    st = scalars[0]
-    lr = scalars[2]
+    decay, adam_metric = flags
+    st, eps, r = scalars[_STEP], scalars[_EPS], (scalars[_L1_SHARE], scalars[_L2_SHARE])
     for i in range(len(ws)):
-        w, g = ws[i], gs[i]
-        a = scalars[1] if alphas is None else alphas[i]
+        w, g = ws[i], gs[i] * scalars[_SIGN]
+        a = scalars[_ALPHA] if alphas is None else alphas[i]
         x = w
-        if maximize:
-            g = -g
-        if wd != 0.0:
-            if decoupled:
-                x = x * (1.0 - lr * wd)
-            else:
-                g = g + wd * x
-        m = torch.lerp(ms[i], g, 1.0 - beta1)
-        v = vs[i] * beta2 + (1.0 - beta2) * g * g
-        d = torch.sqrt(v) / scalars[4 + 2 * i] + eps
-        x = x - scalars[3 + 2 * i] * m / d
+        if decay == "decoupled":
+            x = x * scalars[_WD_KEEP]
+        elif decay == "coupled":
+            g = g + scalars[_WD] * x
+        m = torch.lerp(ms[i], g, scalars[_BETA1_C])
+        v = vs[i] * scalars[_BETA2] + scalars[_BETA2_C] * g * g
+        d = torch.sqrt(v) / scalars[_ADAM_HEAD + 2 * i + 1] + eps
+        x = x - scalars[_ADAM_HEAD + 2 * i] * m / d
         t = _adam_threshold(op, st, a, d, dims[i]) if adam_metric else st * a
         y = _apply(op, x, t, r, dims[i])
         ms[i].copy_(m)
@@ -245,14 +274,21 @@ def _bucket_adam_update(ws: list, gs: list, ms: list, vs: list, scalars: Tensor,
         w.copy_(y)
 
 
-_COMPILED: dict = {}  # signature -> _compat.Compiled (one code object each)
+_COMPILED: dict = {}  # signature -> _compat.Compiled (one code object each), at most _COMPILED_MAX
+# signatures kept for reuse by later buckets (the oldest goes first; a live kernel keeps its
+# own program): the keys hold layouts and flags only, never a value, so this bound is only
+# reached by a process that builds many differently shaped models
+_COMPILED_MAX = 64
 
 
-def _signature(ws, comps, vs, alphas, eps, kernel) -> tuple:
+
+def _signature(ws, comps, vs, alphas, kernel) -> tuple:
+    """What fixes a program: the backend, the op, its group dims and each tensor's layout;
+    no value that may change between steps (those are in the ``scalars`` tensor)."""
     def desc(ts):
         return None if ts is None else tuple(_layout(ts))
 
-    return (_BACKEND, kernel.op, kernel.r, kernel.dims, desc(ws), desc(comps), desc(vs), desc(alphas), float(eps))
+    return (_BACKEND, kernel.op, kernel.dims, desc(ws), desc(comps), desc(vs), desc(alphas))
 
 
 class Kernel:
@@ -261,6 +297,9 @@ class Kernel:
     Calling it runs the compiled kernel and returns True, or returns False (having changed
     nothing) once this kernel has fallen back to eager (:class:`decaylab._compat.Compiled`);
     other kernels are not affected.
+    Its identity is ``op`` and ``dims``; every value (lr, strength, eps, ``l1_ratio``,
+    Adam's betas and weight decay) comes with each call. ``r`` is the ``l1_ratio`` of calls
+    that pass none.
 
     >>> k = Kernel("soft", 1.0, [(1,)], "demo")
     >>> k.op, k.calls
@@ -271,7 +310,7 @@ class Kernel:
         self.op, self.r, self.dims, self.calls = op, float(r), tuple(tuple(d) for d in dims), 0
         self.tag, self._fn = tag, None
         self._adam_fn, self._adam_key = None, None
-        self._scalars: dict = {}  # the last run-time scalars: values -> tensor
+        self._scalars: dict = {}  # the last run-time scalars: values -> tensor (one entry)
 
     def __getstate__(self):  # a copy or a pickle finds its compiled function again
         return {**self.__dict__, "_fn": None, "_adam_fn": None, "_scalars": {}}
@@ -292,49 +331,66 @@ class Kernel:
             if _BACKEND == "inductor":
                 small = ws[0].device.type == "cpu" and sum(w.numel() for w in ws) < CPU_SINGLE_THREAD_NUMEL
                 options = _compat.inductor_options(single_thread=small)
+            while len(_COMPILED) >= _COMPILED_MAX:
+                del _COMPILED[next(iter(_COMPILED))]
             fn = _COMPILED[key] = _compat.Compiled(body, f"{self.tag}_{len(_COMPILED)}", _BACKEND, options)
         return fn
 
-    def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float) -> bool:
+    def __call__(self, ws, comps, vs, rbcs, s: float, alphas, eps: float, r: float | None = None) -> bool:
+        """``w <- op(w, s * alpha)`` (or in Adam's metric with ``vs``, ``rbcs``, ``eps``);
+        ``r``: ElasticNet's current ``l1_ratio``."""
         if not available():
             return False
         w = ws[0]
         dtype = torch.promote_types(w.dtype, torch.float32)
         a, alphas = (float(alphas), None) if isinstance(alphas, float) else (1.0, list(alphas))
+        r = self.r if r is None else float(r)
+        head = (s, a, float(eps), r, 1.0 - r)
         if isinstance(rbcs, Tensor):  # Adam's step counters live on the device: no host sync
-            scalars = torch.cat([torch.tensor([s, a], dtype=dtype, device=w.device), rbcs.to(dtype)])
+            scalars = torch.cat([torch.tensor(head, dtype=dtype, device=w.device), rbcs.to(dtype)])
         else:  # the same values as last step (a constant lr, the plain metric): the same tensor
-            key = (s, a, *(rbcs or ()))
+            key = (*head, *(rbcs or ()))
             scalars = self._scalars.get(key)
             if scalars is None or scalars.dtype != dtype or scalars.device != w.device:
                 scalars = torch.tensor(key, dtype=dtype, device=w.device)
                 self._scalars = {key: scalars}
         if self._fn is None:
-            self._fn = self._compiled(_signature(ws, comps, vs, alphas, eps, self), _bucket_update, ws)
+            self._fn = self._compiled(_signature(ws, comps, vs, alphas, self), _bucket_update, ws)
         ws = list(ws)
         tensors = [*ws, *(comps or ()), *(vs or ()), scalars, *(alphas or ())]
-        return self._run(self._fn, tensors, ws, comps, vs, scalars, alphas, eps, self.r, self.op, self.dims)
+        return self._run(self._fn, tensors, ws, comps, vs, scalars, alphas, self.op, self.dims)
 
-    def adam(self, ws, gs, ms, vs, step_sizes, rbcs, s: float, lr: float, alphas, hyper: tuple) -> bool:
+    def adam(self, ws, gs, ms, vs, step_sizes, rbcs, s: float, lr: float, alphas, hyper: tuple,
+             r: float | None = None) -> bool:
         """Adam's step and this bucket's prox in one compiled call (:func:`_bucket_adam_update`);
         ``step_sizes``/``rbcs``: ``lr / (1 - beta1^t)`` and ``sqrt(1 - beta2^t)`` per tensor
-        (floats, or one device tensor each)."""
+        (floats, or one device tensor each); ``hyper``: beta1, beta2, eps, weight decay,
+        decoupled?, maximize?, prox in Adam's metric?; ``r``: ElasticNet's ``l1_ratio``.
+
+        The values go into the run-time ``scalars``; the flags that choose a program
+        (decoupled or coupled decay, none at ``weight_decay=0``; the metric) are compared
+        at every call, so a change selects its own program, never a stale one."""
         if not available():
             return False
         w = ws[0]
+        beta1, beta2, eps, wd, decoupled, maximize, adam_metric = hyper
         a, alphas = (float(alphas), None) if isinstance(alphas, float) else (1.0, list(alphas))
+        r = self.r if r is None else float(r)
+        head = [s, a, float(eps), r, 1.0 - r, lr, 1.0 - beta1, beta2, 1.0 - beta2, wd, 1.0 - lr * wd,
+                -1.0 if maximize else 1.0]
         if isinstance(rbcs, Tensor):
-            head = torch.tensor([s, a, lr], dtype=w.dtype, device=w.device)
-            scalars = torch.cat([head, torch.stack([step_sizes, rbcs], 1).reshape(-1).to(w.dtype)])
+            scalars = torch.cat([torch.tensor(head, dtype=w.dtype, device=w.device),
+                                 torch.stack([step_sizes, rbcs], 1).reshape(-1).to(w.dtype)])
         else:
             per = [x for pair in zip(step_sizes, rbcs) for x in pair]
-            scalars = torch.tensor([s, a, lr, *per], dtype=w.dtype, device=w.device)
-        if self._adam_fn is None or self._adam_key != hyper:
-            key = ("adam", hyper, *_signature(ws, None, vs, alphas, 0.0, self), _signature(gs, None, ms, None, 0.0, self))
-            self._adam_fn, self._adam_key = self._compiled(key, _bucket_adam_update, ws), hyper
+            scalars = torch.tensor([*head, *per], dtype=w.dtype, device=w.device)
+        flags = (None if wd == 0.0 else "decoupled" if decoupled else "coupled", bool(adam_metric))
+        if self._adam_fn is None or self._adam_key != flags:
+            key = ("adam", flags, *_signature(ws, None, vs, alphas, self), _signature(gs, None, ms, None, self))
+            self._adam_fn, self._adam_key = self._compiled(key, _bucket_adam_update, ws), flags
         ws, gs, ms, vs = list(ws), list(gs), list(ms), list(vs)
         tensors = [*ws, *gs, *ms, *vs, scalars, *(alphas or ())]
-        return self._run(self._adam_fn, tensors, ws, gs, ms, vs, scalars, alphas, hyper, self.r, self.op, self.dims)
+        return self._run(self._adam_fn, tensors, ws, gs, ms, vs, scalars, alphas, flags, self.op, self.dims)
 
     @property
     def fresh(self) -> bool:

@@ -73,6 +73,11 @@ class _Bucket:
         return F.times(a, step)
 
 
+def _layout(p: Tensor) -> tuple:
+    """What a bucket, its residual and its kernel were chosen for."""
+    return p.dtype, p.device, p.shape, p.stride()
+
+
 def _bias_correction(beta: float, steps: list) -> Tensor | list[float]:
     """Adam's ``1 - beta**t`` for each step counter: one float64 tensor where the counters
     live on a device (fused/capturable Adam: no host sync), else Python floats.
@@ -146,8 +151,7 @@ class Regularized(torch.optim.Optimizer):
         self.fused = fused
         self.metrics = [self._initial_metric(b.rule) for b in self.bindings]
         self._pending = {i for i, m in enumerate(self.metrics) if m == "auto"}
-        self._buckets = self._build_buckets()
-        self._by_mode = {m: [b for b in self._buckets if b.rule.mode == m] for m in ("coupled", "decoupled", "prox")}
+        self._set_buckets()
         self._steps = 0
         self._comp: dict[int, Tensor] = {}  # global param index -> fp32 rounding residual
         self._buffers: dict[int, Tensor] = {}  # global param index -> Adam-metric step buffer
@@ -193,6 +197,51 @@ class Regularized(torch.optim.Optimizer):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     # -- building --------------------------------------------------------------------
+    def _set_buckets(self) -> None:
+        """Buckets from the weights' current dtypes and devices (kernels chosen at their
+        first step), and what :meth:`_follow_conversion` compares at each step."""
+        self._buckets = self._build_buckets()
+        self._by_mode = {m: [b for b in self._buckets if b.rule.mode == m] for m in ("coupled", "decoupled", "prox")}
+        self._penalized = [p for b in self._buckets for p in b.params]
+        self._marks = list(map(Tensor.data_ptr, self._penalized))
+        self._layouts = [_layout(p) for p in self._penalized]
+
+    def _follow_conversion(self) -> None:
+        """Re-derive every choice made from the weights' dtypes, devices and layouts when
+        the model was converted after ``regularize()`` (``model.to(torch.bfloat16)``,
+        ``.double()``, ``.to(memory_format=torch.channels_last)``, a move to another
+        device): the buckets (one per dtype and device), their low-precision residuals and
+        their kernels, as if the wrapper had been built after the conversion.
+
+        A conversion gives each weight new storage, so the check at each step is one
+        ``data_ptr()`` per penalized weight. A weight whose layout changed loses its Adam
+        step buffer; its residual follows it to a new device, is folded into a weight that
+        left low precision, and is dropped when the low-precision dtype itself changed."""
+        marks = list(map(Tensor.data_ptr, self._penalized))
+        if marks == self._marks:
+            return
+        layouts = [_layout(p) for p in self._penalized]
+        if layouts == self._layouts:  # new storage, nothing else (``p.data = p.data.clone()``)
+            self._marks = marks
+            return
+        old = dict(zip(map(id, self._penalized), self._layouts))
+        kernels = {tuple(map(id, b.params)): b.kernel for b in self._buckets  # of unchanged buckets
+                   if all(_layout(p) == old[id(p)] for p in b.params)}
+        self._set_buckets()
+        for b in self._buckets:
+            b.kernel = kernels.get(tuple(map(id, b.params)))
+        for p in self._penalized:
+            if _layout(p) == old[id(p)]:
+                continue
+            i = self._index[id(p)]
+            self._buffers.pop(i, None)
+            comp = self._comp.pop(i, None)
+            if comp is not None and comp.shape == p.shape:
+                if p.dtype not in _LOW_PRECISION:
+                    p.add_(comp.to(p.device, p.dtype))
+                elif p.dtype == old[id(p)][0]:
+                    self._comp[i] = comp.to(p.device)
+
     def _build_buckets(self) -> list[_Bucket]:
         group_of = {id(p): gi for gi, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
         buckets: dict[tuple, _Bucket] = {}
@@ -288,6 +337,7 @@ class Regularized(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._follow_conversion()
         by_mode = self._by_mode
         swapped: list = []
         # prox buckets whose Adam step runs inside their compiled kernel: the inner step
@@ -480,7 +530,7 @@ class Regularized(torch.optim.Optimizer):
         eps = 0.0
         if b.metric == "adam":
             vs, rbcs, eps = self._adam_state(b.group, b.params)
-        if b.kernel(b.params, comps, vs, rbcs, step, b.alphas(), eps):
+        if b.kernel(b.params, comps, vs, rbcs, step, b.alphas(), eps, fused_kernels.l1_ratio(b.rule.penalty)):
             return True
         b.kernel = False  # compilation failed: eager from now on (fused.disable warned)
         return False
@@ -540,7 +590,7 @@ class Regularized(torch.optim.Optimizer):
                  bool(group.get("maximize", False)), b.metric == "adam")
         if b.kernel.adam(b.params, [p.grad for p in b.params], [st["exp_avg"] for st in states],
                          [st["exp_avg_sq"] for st in states], sizes, rbcs, lr * self._multiplier(b.rule), lr,
-                         b.alphas(), hyper):
+                         b.alphas(), hyper, fused_kernels.l1_ratio(b.rule.penalty)):
             return True
         torch._foreach_sub_(steps, 1)
         mine = {id(p) for p in b.params}
