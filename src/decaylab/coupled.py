@@ -272,8 +272,9 @@ class CoupledGroupLasso(Penalty):
     ['0.weight', '0.bias', '2.weight']
     """
 
-    # the wrapper passes the raw step (lr, or Adam's per-coordinate steps) to prox_()
+    # the wrapper passes the raw step (lr, or Adam's capped per-coordinate steps) to prox_()
     takes_steps = True
+    modes = ("prox",)
 
     def __init__(self, alpha, model: nn.Module, groups=("inputs", "neurons"), l1_ratio: float = 0.0,
                  scale: dict | None = None, target: float | dict | None = None, begin: int = 0,

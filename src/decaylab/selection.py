@@ -63,8 +63,9 @@ class AdaptiveGroupLasso(Penalty):
             [0.9611, 0.0000]])
     """
 
-    # the wrapper passes the raw step (lr, or Adam's per-coordinate steps) to prox_()
+    # the wrapper passes the raw step (lr, or Adam's capped per-coordinate steps) to prox_()
     takes_steps = True
+    modes = ("prox",)
 
     def __init__(self, alpha, reference: Tensor | Mapping[str, Tensor], groups="inputs", gamma: float = 2.0):
         super().__init__(alpha)

@@ -134,8 +134,9 @@ class TargetSparsity(Penalty):
     tensor([ 0., -2.,  0.,  4.])
     """
 
-    # the wrapper passes the raw step (lr, or Adam's per-coordinate steps) to prox_()
+    # the wrapper passes the raw step (lr, or Adam's capped per-coordinate steps) to prox_()
     takes_steps = True
+    modes = ("prox",)
 
     def __init__(self, alpha, target: float, begin: int = 0, end: int = 1000, every: int = 1,
                  saliency: str = "magnitude", budget: str = "global", regrow: float = 0.0,
