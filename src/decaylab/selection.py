@@ -78,6 +78,9 @@ class AdaptiveGroupLasso(Penalty):
                              "name -> dense weight (e.g. model.state_dict() of the dense fit)")
         self.reference, self.gamma = reference, float(gamma)
         self.grouping = make_grouping(groups)
+        # keyed by the parameter itself (hash = identity, as L2SP's snapshots): value() and
+        # prox_() of bound tensors find their weights without the names
+        self._bound: dict[Tensor, Tensor] = {}
 
     def bind(self, name, param):
         self.grouping.check(name, param.shape)
@@ -91,13 +94,23 @@ class AdaptiveGroupLasso(Penalty):
         if tuple(ref.shape) != tuple(param.shape):
             raise ValueError(f"AdaptiveGroupLasso reference for '{name}' has shape {tuple(ref.shape)} but the "
                              f"parameter has {tuple(param.shape)}; pass the dense fit of the same layer")
-        return adaptive_weights(ref.to(param.device, torch.promote_types(param.dtype, torch.float32)),
-                                self.grouping, self.gamma)
+        c = adaptive_weights(ref.to(param.device, torch.promote_types(param.dtype, torch.float32)),
+                             self.grouping, self.gamma)
+        self._bound[param] = c
+        return c
 
     def _weights(self, tensors, ctxs):
-        if ctxs is None:
-            ctxs = [self.bind(f"tensor {i}", w) for i, w in enumerate(tensors)]
-        return ctxs
+        """The adaptive weights of ``tensors``: given, bound by ``regularize()``, or from a
+        reference tensor."""
+        if ctxs is not None:
+            return ctxs
+        if all(w in self._bound for w in tensors):
+            return [self._bound[w] for w in tensors]
+        if isinstance(self.reference, Mapping):
+            raise ValueError("AdaptiveGroupLasso.value()/prox_() of tensors that regularize() did not bind needs "
+                             "their adaptive weights: pass ctxs=[pen.bind(name, w) for each tensor], with the "
+                             "names of the reference mapping")
+        return [self.bind(f"tensor {i}", w) for i, w in enumerate(tensors)]
 
     def value(self, tensors, ctxs=None):
         total = 0
