@@ -21,3 +21,45 @@ def test_adaptive_group_lasso_from_a_state_dict_has_a_penalty_value():
     torch.testing.assert_close(opt.penalty_value(), expected)
     with pytest.raises(ValueError, match=r"did not bind needs their adaptive weights: pass ctxs="):
         pen.value([torch.ones(3, 5)])
+
+
+def _train_adam(model, rule, steps=40):
+    """A few Adam steps on data whose first two input columns are nearly blank (little
+    gradient: Adam's sqrt(v_hat) + eps falls below the strength, where the cap acts)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32, model[0].in_features, generator=g)
+    x[:, :2] *= 1e-7
+    y = torch.randn(32, model[-1].out_features, generator=g)
+    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model, rule)
+    for _ in range(steps):
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _model(n_in, n_out):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(n_in, n_out))
+
+
+ALPHA = 0.05  # above sqrt(v_hat) + eps of the blank columns: the cap decides their threshold
+
+
+@pytest.mark.parametrize("name, reference, other, shape", [
+    ("TargetSparsity before its ramp = L1",
+     lambda m: dl.L1(ALPHA), lambda m: dl.TargetSparsity(ALPHA, 0.5, begin=100, end=200), (6, 4)),
+    ("CoupledGroupLasso(inputs) = GroupLasso(inputs)",
+     lambda m: dl.GroupLasso(ALPHA, "inputs"), lambda m: dl.CoupledGroupLasso(ALPHA, m, "inputs"), (6, 4)),
+    ("AdaptiveGroupLasso(gamma=0) = GroupLasso, groups of one",
+     lambda m: dl.GroupLasso(ALPHA, "inputs"),
+     lambda m: dl.AdaptiveGroupLasso(ALPHA, m.state_dict(), "inputs", gamma=0.0), (6, 1)),
+])
+def test_one_objective_one_update_under_the_adam_metric(name, reference, other, shape):
+    """Every penalty that takes Adam's per-coordinate steps gets them capped as L1 and
+    GroupLasso get theirs: lr / max(sqrt(v_hat) + eps, alpha)."""
+    a, b = _model(*shape), _model(*shape)
+    wa = _train_adam(a, dl.Rule(reference(a), params="0.weight", metric="adam"))
+    wb = _train_adam(b, dl.Rule(other(b), params="0.weight", metric="adam"))
+    assert int((wa[0] == 0).sum()) > 0  # the penalty bites
+    torch.testing.assert_close(wb, wa, rtol=1e-6, atol=1e-7)

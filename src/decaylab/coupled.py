@@ -254,7 +254,8 @@ class CoupledGroupLasso(Penalty):
     as a whole, bias and BatchNorm included. The two group sets ``"inputs"`` and
     ``"neurons"`` overlap on the first layer; their proxes are applied one after the other
     (the usual proximal splitting, not the exact prox of the overlapping sum). With
-    ``metric="adam"`` each group's step is the harmonic mean of its coordinates' steps.
+    ``metric="adam"`` each group's step is the harmonic mean of its coordinates' steps
+    ``lr / max(sqrt(v_hat) + eps, alpha)`` (capped as GroupLasso's).
 
     ``target`` (a fraction, or ``{"inputs": 0.6, "neurons": 0.7}``) adds a budget: after
     the prox, the smallest groups of a set are zeroed until that fraction of its groups is
@@ -410,7 +411,7 @@ class CoupledGroupLasso(Penalty):
             norm = sq.sqrt()
             if steps is None:
                 unit_step = step
-            else:  # harmonic mean of the coordinates' steps: lr / mean(sqrt(v_hat) + eps)
+            else:  # harmonic mean of the coordinates' steps: lr / mean(max(sqrt(v_hat) + eps, alpha))
                 inv = sum(_unit_view(steps[m.name], m, s.units).reciprocal().sum(1) for m in s.members)
                 unit_step = size / inv
             tau = unit_step * self.alpha * self._mult(s) * (1 - self.l1_ratio) * math.sqrt(size)

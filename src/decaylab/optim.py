@@ -430,8 +430,8 @@ class Regularized(torch.optim.Optimizer):
         pen = b.rule.penalty
         if getattr(pen, "takes_steps", False):
             # penalties that own their update from the raw step (coupled groups, budgets,
-            # adaptive weights): lr, or Adam's per-coordinate step lr / (sqrt(v_hat) + eps)
-            getattr(pen, f"{op}_")(params, self._adam_steps(b, step, params) if adam else step,
+            # adaptive weights): lr, or Adam's capped step lr / max(sqrt(v_hat) + eps, alpha)
+            getattr(pen, f"{op}_")(params, self._adam_steps(b, step, idx, params) if adam else step,
                                    ctxs, b.rule.foreach)
             return
         comps = [self._residual(p) for p in params] if b.low_precision else None
@@ -600,13 +600,12 @@ class Regularized(torch.optim.Optimizer):
             rbcs = [math.sqrt(c) for c in c2]
         return vs, rbcs, float(group["eps"])
 
-    def _adam_steps(self, b: _Bucket, step: float, params) -> list[Tensor]:
-        """Adam's per-coordinate step ``step / (sqrt(v_hat) + eps)`` (fresh tensors), for
-        penalties that form their own thresholds from it (``takes_steps``)."""
-        vs, rbcs, eps = self._adam_state(b.group, params)
-        dtype = torch.promote_types(vs[0].dtype, torch.float32)
-        return [torch.sqrt(v.to(dtype)).div_(rbcs[i]).add_(eps).reciprocal_().mul_(step)
-                for i, v in enumerate(vs)]
+    def _adam_steps(self, b: _Bucket, step: float, idx, params) -> list[Tensor]:
+        """Adam's per-coordinate step with the cap of :meth:`_adam_thresholds`,
+        ``step / max(sqrt(v_hat) + eps, alpha)``, for penalties that form their own
+        thresholds from it (``takes_steps``): the same objective gets the same update as
+        under L1 and GroupLasso. In the kept buffers, valid until the next step."""
+        return [d.reciprocal_().mul_(step) for _, _, d in self._capped_denominators(b, idx, params)]
 
     def _capped_denominators(self, b: _Bucket, idx, params):
         """Per tensor ``(param, alpha, max(sqrt(v_hat) + eps, alpha))``, the denominator in

@@ -44,7 +44,7 @@ class AdaptiveGroupLasso(Penalty):
     ``groups`` as in :class:`~decaylab.GroupLasso` (default ``"inputs"``: the columns of a
     first layer, one per input feature). The prox scales group ``g`` by
     ``max(0, 1 - step*alpha*c_g/||w_g||)``; with ``metric="adam"`` each group's step is
-    the harmonic mean of its coordinates' steps. Recipe (``decaylab select``): fit dense,
+    the harmonic mean of its coordinates' capped steps (as GroupLasso's). Recipe (``decaylab select``): fit dense,
     build this penalty from the dense first layer, train a path of ``alpha`` from strong
     to weak, choose by validation with the one-standard-error rule, refit on the kept
     features.

@@ -6,7 +6,7 @@ Gupta's (2017) cubic schedule from 0 to ``target``. With ``alpha = 0`` and the d
 *is* gradual magnitude pruning (global magnitude, cubic schedule). What beats it in
 ``bench/sparsity.py`` (Fashion-MNIST LeNet-300-100, +0.5 points at 95 %, +1.0 at 98 %
 zeros) is mostly *where* the budget cuts - ``saliency="metric"``, the smallest
-``w^2 (sqrt(v_hat)+eps)`` under Adam - with a weak reweighted L1 (``reweight``) while the
+``w^2 max(sqrt(v_hat)+eps, alpha)`` under Adam - with a weak reweighted L1 (``reweight``) while the
 budget ramps adding little; per-layer budgets (``budget="erk"``) and regrowth (``regrow``)
 are there too but did not help in that setting (BENCHMARKS.md).
 """
@@ -104,7 +104,8 @@ class TargetSparsity(Penalty):
     Options beyond magnitude pruning (measured in ``bench/sparsity.py`` / BENCHMARKS.md):
 
     * ``saliency="metric"``: rank by ``w_i^2 / step_i`` - with ``metric="adam"`` that is
-      ``w_i^2 (sqrt(v_hat_i) + eps) / lr``, the loss increase of removing ``w_i`` under
+      ``w_i^2 max(sqrt(v_hat_i) + eps, alpha) / lr`` (Adam's step with the cap every
+      Adam-metric prox uses), the loss increase of removing ``w_i`` under
       Adam's diagonal curvature estimate (Optimal-Brain-Damage-like; with a plain lr step
       it ranks as ``|w|``). Weights whose gradients are large cost more to remove.
     * ``budget="erk"`` / ``"uniform"``: one budget per tensor instead of one global
