@@ -14,6 +14,7 @@ are there too but did not help in that setting (BENCHMARKS.md).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -94,10 +95,15 @@ class TargetSparsity(Penalty):
     weights the rule selects (all of its tensors together: a global budget).
 
     Its prox after each step is exact: soft-threshold at ``step*alpha`` (per coordinate
-    in Adam's metric with ``metric="adam"``), then zero the entries of smallest saliency
-    until ``s(t)*n`` are zero. The mask is recomputed every ``every`` steps and held in
-    between; from ``end`` on the L1 term is off and the final mask is held, so the
-    survivors fine-tune freely. ``alpha = 0`` with the defaults is gradual magnitude
+    in Adam's metric with ``metric="adam"``), then zero the ``floor(s(t)*n)`` entries of
+    smallest saliency (a mask of exactly that many; of ties at the threshold, such as the
+    L1 term's exact zeros, the first are kept). The mask is recomputed every ``every``
+    steps and held in between; from ``end`` on the L1 term is off and the final mask is
+    held, so the survivors fine-tune freely. The L1 term may zero more than the budget
+    while it ramps (the objective asks for *at least* ``s(t)``); after ``end`` those extra
+    zeros train again as their gradient moves them, and end at ``target`` exactly, except
+    weights whose gradient is zero (whole units a strong L1 killed): then the final
+    fraction exceeds ``target`` and a ``RuntimeWarning`` says so at ``end``. ``alpha = 0`` with the defaults is gradual magnitude
     pruning. The step counter ``t`` and the masks are the penalty's state, saved in the
     wrapper's ``state_dict`` (resuming mid-ramp continues bit for bit).
 
@@ -217,6 +223,20 @@ class TargetSparsity(Penalty):
             self._masks = self._budget_masks(tensors, step, self.sparsity_at(t), regrow=t < self.end)
         for w, m in zip(tensors, self._masks):
             w.mul_(m)
+        if t == self.end and self.alpha:
+            self._warn_beyond_budget(tensors)
+
+    def _warn_beyond_budget(self, tensors) -> None:
+        """At the end of the ramp: say so when more weights are zero than the budget holds
+        (the L1 term zeroed weights whose gradient is zero, e.g. whole dead units)."""
+        zeros = sum(int((w == 0).sum()) for w in tensors)
+        held = sum(int((~m).sum()) for m in self._masks)
+        if zeros > held:
+            n = sum(w.numel() for w in tensors)
+            warnings.warn(f"{self!r}: at the end of its ramp {zeros / n:.3g} of the weights are exactly zero, "
+                          f"more than the target {self.target:g}; the L1 term zeroed weights whose gradient is "
+                          f"zero (e.g. whole dead units), which stay zero. Lower alpha to end nearer the target",
+                          RuntimeWarning, stacklevel=2)
 
     def _scores(self, tensors, step) -> list[Tensor]:
         if self.saliency == "metric" and not isinstance(step, (int, float)):
@@ -230,13 +250,18 @@ class TargetSparsity(Penalty):
             raise ValueError(f"{self!r} regrows by gradient magnitude and needs .grad on its tensors at the step; "
                              f"call it through decaylab.regularize after backward(), or use regrow=0")
         if self.budget == "global" and not regrow:
-            # one magnitude ranking over all tensors (Zhu & Gupta); ties at the threshold are pruned
+            # one magnitude ranking over all tensors (Zhu & Gupta), pruning exactly k: of the
+            # ties at the threshold (exact zeros of a strong L1) the first ones are kept
             flat = torch.cat([x.flatten() for x in scores])
             k = math.floor(s * flat.numel())
             if k <= 0:
                 return [torch.ones_like(w, dtype=torch.bool) for w in tensors]
             threshold = flat.kthvalue(k).values
-            return [x > threshold for x in scores]
+            keep = flat > threshold
+            short = flat.numel() - k - int(keep.sum())
+            if short > 0:
+                keep[(flat == threshold).nonzero().flatten()[:short]] = True
+            return [m.view_as(x) for m, x in zip(keep.split([x.numel() for x in scores]), scores)]
         sizes = [w.numel() for w in tensors]
         keep_total = sum(sizes) - math.floor(s * sum(sizes))
         if self.budget == "global":
