@@ -49,11 +49,12 @@ from __future__ import annotations
 
 import math
 import types
-import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from ._warn import warn
 
 __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 
@@ -91,7 +92,7 @@ def available() -> bool:
 def disable(reason: str) -> None:
     """Turn compiled kernels off for this process (one warning naming ``reason``)."""
     if not _STATE["disabled"]:
-        warnings.warn(f"decaylab: compiled kernels are off, using the eager path ({reason})", stacklevel=3)
+        warn(f"decaylab: compiled kernels are off, using the eager path ({reason})")
     _STATE["disabled"] = reason or "disabled"
 
 

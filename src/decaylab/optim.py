@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -30,6 +29,7 @@ from torch.optim import optimizer as _optim_mod
 
 from . import functional as F
 from . import fused as fused_kernels
+from ._warn import warn
 from .groups import Indexed
 from .penalties import L2SP, GroupLasso, Penalty
 from .rules import Rule, named_params, resolve
@@ -256,12 +256,9 @@ class Regularized(torch.optim.Optimizer):
         for b in self._buckets:
             wd = self.optimizer.param_groups[b.group].get("weight_decay", 0)
             if wd:
-                warnings.warn(
-                    f"{type(self.optimizer).__name__} param group {b.group} has weight_decay={wd} and "
-                    f"also gets {b.rule.penalty!r}; pass weight_decay=0 to the optimizer unless you "
-                    f"want both",
-                    stacklevel=3,
-                )
+                warn(f"{type(self.optimizer).__name__} param group {b.group} has weight_decay={wd} and "
+                     f"also gets {b.rule.penalty!r}; pass weight_decay=0 to the optimizer unless you "
+                     f"want both")
                 return
 
     # -- the step --------------------------------------------------------------------
@@ -695,6 +692,11 @@ class Regularized(torch.optim.Optimizer):
         return total if total is not None else torch.zeros(())
 
     def state_dict(self) -> dict:
+        """The inner optimizer's state dict plus ``"decaylab"`` (steps, residuals,
+        strengths, snapshots, penalty states); the state-dict hooks registered on this
+        wrapper run around it as on any torch optimizer."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
         sd = self.optimizer.state_dict()
         sd["decaylab"] = {
             "steps": self._steps,
@@ -711,14 +713,24 @@ class Regularized(torch.optim.Optimizer):
             "penalties": [b.rule.penalty.state_dict() if b.rule.penalty is not None else None
                           for b in self.bindings],
         }
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, sd)
+            sd = sd if result is None else result
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            state_dict = state_dict if result is None else dict(result)
         extra = state_dict.pop("decaylab", None)
         self.optimizer.load_state_dict(state_dict)
-        if extra is None:
-            return
+        if extra is not None:
+            self._load_extra(extra)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _load_extra(self, extra: dict) -> None:
         self._steps = int(extra["steps"])
         params = self._all_params()
         self._comp = {int(i): c.to(params[int(i)].device) for i, c in extra["residuals"].items()}

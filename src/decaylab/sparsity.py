@@ -14,12 +14,12 @@ are there too but did not help in that setting (BENCHMARKS.md).
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
 
 from . import functional as F
+from ._warn import warn
 from .penalties import Penalty
 
 __all__ = ["TargetSparsity", "cubic_sparsity", "keep_counts", "BUDGETS"]
@@ -233,10 +233,10 @@ class TargetSparsity(Penalty):
         held = sum(int((~m).sum()) for m in self._masks)
         if zeros > held:
             n = sum(w.numel() for w in tensors)
-            warnings.warn(f"{self!r}: at the end of its ramp {zeros / n:.3g} of the weights are exactly zero, "
+            warn(f"{self!r}: at the end of its ramp {zeros / n:.3g} of the weights are exactly zero, "
                           f"more than the target {self.target:g}; the L1 term zeroed weights whose gradient is "
-                          f"zero (e.g. whole dead units), which stay zero. Lower alpha to end nearer the target",
-                          RuntimeWarning, stacklevel=2)
+                 f"zero (e.g. whole dead units), which stay zero. Lower alpha to end nearer the target",
+                 RuntimeWarning)
 
     def _scores(self, tensors, step) -> list[Tensor]:
         if self.saliency == "metric" and not isinstance(step, (int, float)):
