@@ -37,6 +37,9 @@ from .rules import Rule, named_params, resolve
 __all__ = ["regularize", "Regularized"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# optimizers whose step reads the weights before their own decoupled decay (Adafactor's
+# relative step uses their RMS): decoupled decays are added after their step
+_DECAY_AFTER_READING = tuple(c for c in (getattr(torch.optim, "Adafactor", None),) if c is not None)
 
 
 @dataclass(eq=False)  # compared by identity: equality would compare weight tensors
@@ -311,8 +314,7 @@ class Regularized(torch.optim.Optimizer):
         try:
             for b in by_mode["coupled"]:
                 self._couple(b, swapped)
-            for b in by_mode["decoupled"]:
-                self._apply(b, "decay")
+            late = self._decay(by_mode["decoupled"])
             for p, _ in hidden:
                 p.grad = None
             if closure is None:
@@ -325,6 +327,8 @@ class Regularized(torch.optim.Optimizer):
             for p, grad, tmp in swapped:  # the user's gradients come back unchanged
                 if p.grad is tmp:
                     p.grad = grad
+        for p, inc in late:
+            p.add_(inc)
         if self._pending:
             self._resolve_metrics()
         for b in by_mode["prox"]:
@@ -416,6 +420,28 @@ class Regularized(torch.optim.Optimizer):
         for p, g, tmp in zip(params, grads, new):
             swapped.append((p, g, tmp))
             p.grad = tmp
+
+    def _decay(self, buckets: list[_Bucket]) -> list[tuple[Tensor, Tensor]]:
+        """The decoupled decays, taken before the inner step as torch's AdamW takes its own.
+
+        Adafactor computes its relative step from the weights *before* it decays them, so
+        under it each decay is computed from the pre-step weights and returned as
+        ``(param, increment)`` pairs that the caller adds after the inner step: torch's
+        ``Adafactor(weight_decay)`` to float rounding (its update and the decay are summed
+        in another order)."""
+        if not isinstance(self.optimizer, _DECAY_AFTER_READING):
+            for b in buckets:
+                self._apply(b, "decay")
+            return []
+        late = []
+        for b in buckets:
+            params = self._active(b)[1]
+            before = [p.detach().clone() for p in params]
+            self._apply(b, "decay")
+            for p, w in zip(params, before):
+                late.append((p, p.detach() - w))
+                p.copy_(w)
+        return late
 
     def _apply(self, b: _Bucket, op: str) -> None:
         m = self._multiplier(b.rule)
