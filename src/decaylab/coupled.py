@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor, fx, nn
 
+from ._unit_map import check_called_once, check_flatten, check_unit_layout, node_name as _node_name
 from .penalties import Penalty
 from .rules import unwrap
 
@@ -82,10 +83,6 @@ class Chain:
 
     def module(self, name: str) -> nn.Module:
         return self.graph.get_submodule(name)
-
-
-def _node_name(node) -> str:
-    return f"{node.op} {node.target if isinstance(node.target, str) else getattr(node.target, '__name__', node.target)}"
 
 
 def _is_pass(node, gm) -> str | None:
@@ -153,7 +150,9 @@ def chain(model: nn.Module) -> Chain:
             stages[-1].post.append(node)
     if not stages:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to group")
+    check_called_once(gm, model, _WEIGHTED + _BN)
     for st, nxt in zip(stages[:-1], stages[1:]):
+        flattened = False
         for node in st.post:
             what = _is_pass(node, gm)
             if what is None:
@@ -161,6 +160,7 @@ def chain(model: nn.Module) -> Chain:
                 raise ValueError(f"layer '{layer}' between '{st.name}' and '{nxt.name}' is not supported by "
                                  f"coupled groups / compaction (supported: BatchNorm, elementwise "
                                  f"activations, dropout, pooling, flatten); {TP_ROUTE}")
+            flattened |= check_flatten(node, gm, st, nxt)
             if what == "bn":
                 bn = gm.get_submodule(node.target)
                 if bn.num_features != st.units:
@@ -172,6 +172,7 @@ def chain(model: nn.Module) -> Chain:
             raise ValueError(f"'{nxt.name}' reads {fan_in} inputs, not a multiple of the {st.units} units of "
                              f"'{st.name}'; {TP_ROUTE}")
         st.block = fan_in // st.units
+        check_unit_layout(st, nxt, flattened)
     return Chain(gm, stages)
 
 
