@@ -76,3 +76,21 @@ def test_a_warning_from_step_points_at_the_users_line(hooked):
             opt.zero_grad()
     assert [w.category for w in caught] == [RuntimeWarning]
     assert caught[0].filename == __file__
+
+
+def test_the_compiled_kernel_fallback_warning_points_at_the_users_line(monkeypatch):
+    from decaylab import fused
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setitem(fused._STATE, "disabled", "")
+    monkeypatch.setattr(fused, "_BACKEND", broken)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.L1(1e-3), fused=True)
+    model(torch.randn(5, 4)).sum().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+    assert [w.filename for w in caught if "compiled kernels are off" in str(w.message)] == [__file__]
