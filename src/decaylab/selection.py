@@ -83,6 +83,12 @@ class AdaptiveGroupLasso(Penalty):
         self._bound: dict[Tensor, Tensor] = {}
 
     def bind(self, name, param):
+        c = self._adaptive(name, param)
+        self._bound[param] = c
+        return c
+
+    def _adaptive(self, name, param) -> Tensor:
+        """The adaptive weights ``c_g`` for parameter ``name``, broadcast to its groups."""
         self.grouping.check(name, param.shape)
         ref = self.reference
         if isinstance(ref, Mapping):
@@ -94,10 +100,8 @@ class AdaptiveGroupLasso(Penalty):
         if tuple(ref.shape) != tuple(param.shape):
             raise ValueError(f"AdaptiveGroupLasso reference for '{name}' has shape {tuple(ref.shape)} but the "
                              f"parameter has {tuple(param.shape)}; pass the dense fit of the same layer")
-        c = adaptive_weights(ref.to(param.device, torch.promote_types(param.dtype, torch.float32)),
-                             self.grouping, self.gamma)
-        self._bound[param] = c
-        return c
+        return adaptive_weights(ref.to(param.device, torch.promote_types(param.dtype, torch.float32)),
+                                self.grouping, self.gamma)
 
     def _weights(self, tensors, ctxs):
         """The adaptive weights of ``tensors``: given, bound by ``regularize()``, or from a
@@ -110,7 +114,7 @@ class AdaptiveGroupLasso(Penalty):
             raise ValueError("AdaptiveGroupLasso.value()/prox_() of tensors that regularize() did not bind needs "
                              "their adaptive weights: pass ctxs=[pen.bind(name, w) for each tensor], with the "
                              "names of the reference mapping")
-        return [self.bind(f"tensor {i}", w) for i, w in enumerate(tensors)]
+        return [self._adaptive(f"tensor {i}", w) for i, w in enumerate(tensors)]
 
     def value(self, tensors, ctxs=None):
         total = 0
