@@ -12,7 +12,7 @@ from decaylab.lab import cli
 def test_compact_command_on_a_coupled_run(tmp_path, capsys):
     args = ["train", "--out", str(tmp_path), "--name", "c", "--quiet"]
     for item in ['penalty.penalty="coupled"', "penalty.alpha=0.002", 'penalty.metric="adam"', "penalty.l1_ratio=0",
-                 "data.n_train=300", "train.epochs=3", "model.hidden=[32, 16]", "train.batch_size=50"]:
+                 "data.n_train=300", "train.epochs=3", "model.hidden=[32, 16]", "train.batch_size=20", "train.lr=0.003"]:
         args += ["--set", item]
     assert cli.main(args) == 0
     assert cli.main(["compact", str(tmp_path / "c")]) == 0

@@ -76,7 +76,7 @@ def test_prox_closed_form_on_one_group():
 
 
 @pytest.mark.parametrize("make, shape, metric, alpha", [
-    (mlp, (6,), "lr", 0.5), (mlp, (6,), "adam", 0.002),
+    (mlp, (6,), "lr", 0.5), (mlp, (6,), "adam", 0.001),
     (cnn_bn, (2, 8, 8), "lr", 0.6), (cnn_bn, (2, 8, 8), "adam", 0.01),
 ])
 def test_coupled_groups_zero_together(make, shape, metric, alpha):

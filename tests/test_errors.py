@@ -68,6 +68,7 @@ def _one_arg_predicate():
     return _reg(dl.Rule(dl.L1(1e-3), params=lambda name: name.endswith("weight")))
 
 
+FC = nn.Sequential(nn.Linear(4, 3))
 PENALTIES = [dl.L2, dl.L1, dl.ElasticNet, dl.GroupLasso, dl.L2SP]
 BAD_STRENGTHS = [(-1.0, "-1.0"), (float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "-inf")]
 
@@ -160,6 +161,15 @@ CASES = [
     pytest.param(lambda: _adam_metric_with(lambda p: torch.optim.Adam(p), dl.GroupLasso(
                      1e-3, groups=lambda s: torch.zeros(s, dtype=torch.long)), "fc.weight"),
                  r"GroupLasso with groups=<function> supports metric='lr' only", id="adam-metric-group-fn"),
+    *[
+        pytest.param(lambda make=make, mode=mode: _reg(dl.Rule(make(FC), params="0.weight", mode=mode), model=FC),
+                     rf"{name}\(alpha=0\.001.*acts through its prox only, got mode='{mode}'; use mode='prox'",
+                     id=f"{name}-mode={mode}")
+        for name, make in [("TargetSparsity", lambda m: dl.TargetSparsity(1e-3, 0.5)),
+                           ("AdaptiveGroupLasso", lambda m: dl.AdaptiveGroupLasso(1e-3, m.state_dict())),
+                           ("CoupledGroupLasso", lambda m: dl.CoupledGroupLasso(1e-3, m, "inputs"))]
+        for mode in ("coupled", "decoupled")
+    ],
     pytest.param(lambda: dl.L1(True), r"L1\(alpha\) must be a number, got True", id="alpha=True"),
     pytest.param(lambda: dl.L1(torch.tensor([True, False])), r"L1\(alpha\) must be a number.*got a tensor of torch\.bool",
                  id="alpha=bool-tensor"),

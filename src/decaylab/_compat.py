@@ -44,14 +44,13 @@ tensors would be the fallback, and a rename would show at once in every test.
 
 from __future__ import annotations
 
-import inspect
-import os
 import types
-import warnings
 from collections import OrderedDict
 from typing import Callable
 
 import torch
+
+from ._warn import warn
 
 try:  # a public module; its hook tables are not
     from torch.optim import optimizer as _optim_mod
@@ -63,20 +62,14 @@ __all__ = ["Compiled", "call_direct", "compiled_inner", "fresh", "inductor_optio
            "with_step_hooks"]
 
 _WARNED: set = set()  # messages already shown: one warning per reason
-# frames in these folders are the library's or torch's: a warning points past them
-_OWN = tuple(os.path.dirname(f) + os.sep for f in (__file__, torch.__file__))
 
 
 def warn_once(message: str) -> None:
-    """``warnings.warn(message)`` once per process, pointing at the first frame outside
-    decaylab and torch (the user's ``opt.step()``)."""
+    """:func:`decaylab._warn.warn` (pointing at the user's ``opt.step()``) once per process."""
     if message in _WARNED:
         return
     _WARNED.add(message)
-    level, frame = 1, inspect.currentframe()
-    while frame is not None and frame.f_code.co_filename.startswith(_OWN):
-        level, frame = level + 1, frame.f_back
-    warnings.warn(message, UserWarning, stacklevel=level)
+    warn(message)
 
 
 def _reason(err: BaseException) -> str:

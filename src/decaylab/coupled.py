@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor, fx, nn
 
+from ._unit_map import check_called_once, check_flatten, check_unit_layout, node_name as _node_name
 from .penalties import Penalty
 from .rules import unwrap
 
@@ -82,10 +83,6 @@ class Chain:
 
     def module(self, name: str) -> nn.Module:
         return self.graph.get_submodule(name)
-
-
-def _node_name(node) -> str:
-    return f"{node.op} {node.target if isinstance(node.target, str) else getattr(node.target, '__name__', node.target)}"
 
 
 def _is_pass(node, gm) -> str | None:
@@ -153,7 +150,9 @@ def chain(model: nn.Module) -> Chain:
             stages[-1].post.append(node)
     if not stages:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to group")
+    check_called_once(gm, model, _WEIGHTED + _BN)
     for st, nxt in zip(stages[:-1], stages[1:]):
+        flattened = False
         for node in st.post:
             what = _is_pass(node, gm)
             if what is None:
@@ -161,6 +160,7 @@ def chain(model: nn.Module) -> Chain:
                 raise ValueError(f"layer '{layer}' between '{st.name}' and '{nxt.name}' is not supported by "
                                  f"coupled groups / compaction (supported: BatchNorm, elementwise "
                                  f"activations, dropout, pooling, flatten); {TP_ROUTE}")
+            flattened |= check_flatten(node, gm, st, nxt)
             if what == "bn":
                 bn = gm.get_submodule(node.target)
                 if bn.num_features != st.units:
@@ -172,6 +172,7 @@ def chain(model: nn.Module) -> Chain:
             raise ValueError(f"'{nxt.name}' reads {fan_in} inputs, not a multiple of the {st.units} units of "
                              f"'{st.name}'; {TP_ROUTE}")
         st.block = fan_in // st.units
+        check_unit_layout(st, nxt, flattened)
     return Chain(gm, stages)
 
 
@@ -254,7 +255,8 @@ class CoupledGroupLasso(Penalty):
     as a whole, bias and BatchNorm included. The two group sets ``"inputs"`` and
     ``"neurons"`` overlap on the first layer; their proxes are applied one after the other
     (the usual proximal splitting, not the exact prox of the overlapping sum). With
-    ``metric="adam"`` each group's step is the harmonic mean of its coordinates' steps.
+    ``metric="adam"`` each group's step is the harmonic mean of its coordinates' steps
+    ``lr / max(sqrt(v_hat) + eps, alpha)`` (capped as GroupLasso's).
 
     ``target`` (a fraction, or ``{"inputs": 0.6, "neurons": 0.7}``) adds a budget: after
     the prox, the smallest groups of a set are zeroed until that fraction of its groups is
@@ -272,8 +274,9 @@ class CoupledGroupLasso(Penalty):
     ['0.weight', '0.bias', '2.weight']
     """
 
-    # the wrapper passes the raw step (lr, or Adam's per-coordinate steps) to prox_()
+    # the wrapper passes the raw step (lr, or Adam's capped per-coordinate steps) to prox_()
     takes_steps = True
+    modes = ("prox",)
 
     def __init__(self, alpha, model: nn.Module, groups=("inputs", "neurons"), l1_ratio: float = 0.0,
                  scale: dict | None = None, target: float | dict | None = None, begin: int = 0,
@@ -409,7 +412,7 @@ class CoupledGroupLasso(Penalty):
             norm = sq.sqrt()
             if steps is None:
                 unit_step = step
-            else:  # harmonic mean of the coordinates' steps: lr / mean(sqrt(v_hat) + eps)
+            else:  # harmonic mean of the coordinates' steps: lr / mean(max(sqrt(v_hat) + eps, alpha))
                 inv = sum(_unit_view(steps[m.name], m, s.units).reciprocal().sum(1) for m in s.members)
                 unit_step = size / inv
             tau = unit_step * self.alpha * self._mult(s) * (1 - self.l1_ratio) * math.sqrt(size)

@@ -66,7 +66,6 @@ recompiles if it must).
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -74,6 +73,7 @@ from torch import Tensor
 
 from . import _compat
 from ._compat import layout as _layout
+from ._warn import warn
 
 __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 
@@ -108,7 +108,7 @@ def available() -> bool:
 def disable(reason: str) -> None:
     """Turn compiled kernels off for this process (one warning naming ``reason``)."""
     if not _STATE["disabled"]:
-        warnings.warn(f"decaylab: compiled kernels are off, using the eager path ({reason})", stacklevel=3)
+        warn(f"decaylab: compiled kernels are off, using the eager path ({reason})")
     _STATE["disabled"] = reason or "disabled"
 
 

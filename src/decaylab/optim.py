@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Callable, Iterable
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from . import _compat
 from . import functional as F
 from . import fused as fused_kernels
+from ._warn import warn
 from .groups import Indexed
 from .penalties import L2SP, GroupLasso, Penalty
 from .rules import Rule, named_params, resolve
@@ -37,6 +37,9 @@ from .rules import Rule, named_params, resolve
 __all__ = ["regularize", "Regularized"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# optimizers whose step reads the weights before their own decoupled decay (Adafactor's
+# relative step uses their RMS): decoupled decays are added after their step
+_DECAY_AFTER_READING = tuple(c for c in (getattr(torch.optim, "Adafactor", None),) if c is not None)
 
 
 @dataclass(eq=False)  # compared by identity: equality would compare weight tensors
@@ -305,12 +308,9 @@ class Regularized(torch.optim.Optimizer):
         for b in self._buckets:
             wd = self.optimizer.param_groups[b.group].get("weight_decay", 0)
             if wd:
-                warnings.warn(
-                    f"{type(self.optimizer).__name__} param group {b.group} has weight_decay={wd} and "
-                    f"also gets {b.rule.penalty!r}; pass weight_decay=0 to the optimizer unless you "
-                    f"want both",
-                    stacklevel=3,
-                )
+                warn(f"{type(self.optimizer).__name__} param group {b.group} has weight_decay={wd} and "
+                     f"also gets {b.rule.penalty!r}; pass weight_decay=0 to the optimizer unless you "
+                     f"want both")
                 return
 
     # -- the step --------------------------------------------------------------------
@@ -348,8 +348,7 @@ class Regularized(torch.optim.Optimizer):
         try:
             for b in by_mode["coupled"]:
                 self._couple(b, swapped)
-            for b in by_mode["decoupled"]:
-                self._apply(b, "decay")
+            late = self._decay(by_mode["decoupled"])
             for p, _ in hidden:
                 p.grad = None
             if closure is None:
@@ -362,6 +361,8 @@ class Regularized(torch.optim.Optimizer):
             for p, grad, tmp in swapped:  # the user's gradients come back unchanged
                 if p.grad is tmp:
                     p.grad = grad
+        for p, inc in late:
+            p.add_(inc)
         if self._pending:
             self._resolve_metrics()
         for b in by_mode["prox"]:
@@ -453,6 +454,28 @@ class Regularized(torch.optim.Optimizer):
             swapped.append((p, g, tmp))
             p.grad = tmp
 
+    def _decay(self, buckets: list[_Bucket]) -> list[tuple[Tensor, Tensor]]:
+        """The decoupled decays, taken before the inner step as torch's AdamW takes its own.
+
+        Adafactor computes its relative step from the weights *before* it decays them, so
+        under it each decay is computed from the pre-step weights and returned as
+        ``(param, increment)`` pairs that the caller adds after the inner step: torch's
+        ``Adafactor(weight_decay)`` to float rounding (its update and the decay are summed
+        in another order)."""
+        if not isinstance(self.optimizer, _DECAY_AFTER_READING):
+            for b in buckets:
+                self._apply(b, "decay")
+            return []
+        late = []
+        for b in buckets:
+            params = self._active(b)[1]
+            before = [p.detach().clone() for p in params]
+            self._apply(b, "decay")
+            for p, w in zip(params, before):
+                late.append((p, p.detach() - w))
+                p.copy_(w)
+        return late
+
     def _apply(self, b: _Bucket, op: str) -> None:
         m = self._multiplier(b.rule)
         idx, params, ctxs = self._active(b)
@@ -463,8 +486,8 @@ class Regularized(torch.optim.Optimizer):
         pen = b.rule.penalty
         if getattr(pen, "takes_steps", False):
             # penalties that own their update from the raw step (coupled groups, budgets,
-            # adaptive weights): lr, or Adam's per-coordinate step lr / (sqrt(v_hat) + eps)
-            getattr(pen, f"{op}_")(params, self._adam_steps(b, step, params) if adam else step,
+            # adaptive weights): lr, or Adam's capped step lr / max(sqrt(v_hat) + eps, alpha)
+            getattr(pen, f"{op}_")(params, self._adam_steps(b, step, idx, params) if adam else step,
                                    ctxs, b.rule.foreach)
             return
         comps = [self._residual(p) for p in params] if b.low_precision else None
@@ -633,13 +656,12 @@ class Regularized(torch.optim.Optimizer):
             rbcs = [math.sqrt(c) for c in c2]
         return vs, rbcs, float(group["eps"])
 
-    def _adam_steps(self, b: _Bucket, step: float, params) -> list[Tensor]:
-        """Adam's per-coordinate step ``step / (sqrt(v_hat) + eps)`` (fresh tensors), for
-        penalties that form their own thresholds from it (``takes_steps``)."""
-        vs, rbcs, eps = self._adam_state(b.group, params)
-        dtype = torch.promote_types(vs[0].dtype, torch.float32)
-        return [torch.sqrt(v.to(dtype)).div_(rbcs[i]).add_(eps).reciprocal_().mul_(step)
-                for i, v in enumerate(vs)]
+    def _adam_steps(self, b: _Bucket, step: float, idx, params) -> list[Tensor]:
+        """Adam's per-coordinate step with the cap of :meth:`_adam_thresholds`,
+        ``step / max(sqrt(v_hat) + eps, alpha)``, for penalties that form their own
+        thresholds from it (``takes_steps``): the same objective gets the same update as
+        under L1 and GroupLasso. In the kept buffers, valid until the next step."""
+        return [d.reciprocal_().mul_(step) for _, _, d in self._capped_denominators(b, idx, params)]
 
     def _capped_denominators(self, b: _Bucket, idx, params):
         """Per tensor ``(param, alpha, max(sqrt(v_hat) + eps, alpha))``, the denominator in
@@ -735,6 +757,11 @@ class Regularized(torch.optim.Optimizer):
         return sum(values[1:], values[0]) if values else torch.zeros(())
 
     def state_dict(self) -> dict:
+        """The inner optimizer's state dict plus ``"decaylab"`` (steps, residuals,
+        strengths, snapshots, penalty states); the state-dict hooks registered on this
+        wrapper run around it as on any torch optimizer."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
         sd = self.optimizer.state_dict()
         sd["decaylab"] = {
             "steps": self._steps,
@@ -751,14 +778,24 @@ class Regularized(torch.optim.Optimizer):
             "penalties": [b.rule.penalty.state_dict() if b.rule.penalty is not None else None
                           for b in self.bindings],
         }
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, sd)
+            sd = sd if result is None else result
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            state_dict = state_dict if result is None else dict(result)
         extra = state_dict.pop("decaylab", None)
         self.optimizer.load_state_dict(state_dict)
-        if extra is None:
-            return
+        if extra is not None:
+            self._load_extra(extra)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _load_extra(self, extra: dict) -> None:
         self._steps = int(extra["steps"])
         params = self._all_params()
         self._comp = {int(i): c.to(params[int(i)].device) for i, c in extra["residuals"].items()}

@@ -73,6 +73,9 @@ class Penalty:
     """Base class of penalties. Subclasses define the objective in their docstring."""
 
     default_mode = "prox"
+    # the modes it has an update for: a penalty that acts through its prox alone (budgets,
+    # coupled groups, adaptive weights) has no gradient to couple or decay with
+    modes = MODES
     # whether a prox rule with no metric given takes Adam's metric under Adam-family
     # optimizers (the sparse penalties: a plain lr*alpha threshold hardly bites there)
     adam_metric_default = False

@@ -92,6 +92,9 @@ class Rule:
             self.mode = "prox" if self.metric == "adam" else default
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r} in rule for {self.penalty!r}; use one of {MODES}")
+        if self.penalty is not None and self.mode not in self.penalty.modes:
+            raise ValueError(f"{self.penalty!r} acts through its prox only, got mode={self.mode!r}; "
+                             f"use mode='prox' (its default) or leave mode out")
         if self.metric is not None and self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; use one of {METRICS}")
         if self.schedule is not None and not callable(self.schedule):

@@ -44,7 +44,7 @@ class AdaptiveGroupLasso(Penalty):
     ``groups`` as in :class:`~decaylab.GroupLasso` (default ``"inputs"``: the columns of a
     first layer, one per input feature). The prox scales group ``g`` by
     ``max(0, 1 - step*alpha*c_g/||w_g||)``; with ``metric="adam"`` each group's step is
-    the harmonic mean of its coordinates' steps. Recipe (``decaylab select``): fit dense,
+    the harmonic mean of its coordinates' capped steps (as GroupLasso's). Recipe (``decaylab select``): fit dense,
     build this penalty from the dense first layer, train a path of ``alpha`` from strong
     to weak, choose by validation with the one-standard-error rule, refit on the kept
     features.
@@ -63,8 +63,9 @@ class AdaptiveGroupLasso(Penalty):
             [0.9611, 0.0000]])
     """
 
-    # the wrapper passes the raw step (lr, or Adam's per-coordinate steps) to prox_()
+    # the wrapper passes the raw step (lr, or Adam's capped per-coordinate steps) to prox_()
     takes_steps = True
+    modes = ("prox",)
 
     def __init__(self, alpha, reference: Tensor | Mapping[str, Tensor], groups="inputs", gamma: float = 2.0):
         super().__init__(alpha)
@@ -77,8 +78,17 @@ class AdaptiveGroupLasso(Penalty):
                              "name -> dense weight (e.g. model.state_dict() of the dense fit)")
         self.reference, self.gamma = reference, float(gamma)
         self.grouping = make_grouping(groups)
+        # keyed by the parameter itself (hash = identity, as L2SP's snapshots): value() and
+        # prox_() of bound tensors find their weights without the names
+        self._bound: dict[Tensor, Tensor] = {}
 
     def bind(self, name, param):
+        c = self._adaptive(name, param)
+        self._bound[param] = c
+        return c
+
+    def _adaptive(self, name, param) -> Tensor:
+        """The adaptive weights ``c_g`` for parameter ``name``, broadcast to its groups."""
         self.grouping.check(name, param.shape)
         ref = self.reference
         if isinstance(ref, Mapping):
@@ -94,9 +104,17 @@ class AdaptiveGroupLasso(Penalty):
                                 self.grouping, self.gamma)
 
     def _weights(self, tensors, ctxs):
-        if ctxs is None:
-            ctxs = [self.bind(f"tensor {i}", w) for i, w in enumerate(tensors)]
-        return ctxs
+        """The adaptive weights of ``tensors``: given, bound by ``regularize()``, or from a
+        reference tensor."""
+        if ctxs is not None:
+            return ctxs
+        if all(w in self._bound for w in tensors):
+            return [self._bound[w] for w in tensors]
+        if isinstance(self.reference, Mapping):
+            raise ValueError("AdaptiveGroupLasso.value()/prox_() of tensors that regularize() did not bind needs "
+                             "their adaptive weights: pass ctxs=[pen.bind(name, w) for each tensor], with the "
+                             "names of the reference mapping")
+        return [self._adaptive(f"tensor {i}", w) for i, w in enumerate(tensors)]
 
     def value(self, tensors, ctxs=None):
         total = 0

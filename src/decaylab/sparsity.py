@@ -6,7 +6,7 @@ Gupta's (2017) cubic schedule from 0 to ``target``. With ``alpha = 0`` and the d
 *is* gradual magnitude pruning (global magnitude, cubic schedule). What beats it in
 ``bench/sparsity.py`` (Fashion-MNIST LeNet-300-100, +0.5 points at 95 %, +1.0 at 98 %
 zeros) is mostly *where* the budget cuts - ``saliency="metric"``, the smallest
-``w^2 (sqrt(v_hat)+eps)`` under Adam - with a weak reweighted L1 (``reweight``) while the
+``w^2 max(sqrt(v_hat)+eps, alpha)`` under Adam - with a weak reweighted L1 (``reweight``) while the
 budget ramps adding little; per-layer budgets (``budget="erk"``) and regrowth (``regrow``)
 are there too but did not help in that setting (BENCHMARKS.md).
 """
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from ._warn import warn
 from .penalties import Penalty
 
 __all__ = ["TargetSparsity", "cubic_sparsity", "keep_counts", "BUDGETS"]
@@ -94,17 +95,23 @@ class TargetSparsity(Penalty):
     weights the rule selects (all of its tensors together: a global budget).
 
     Its prox after each step is exact: soft-threshold at ``step*alpha`` (per coordinate
-    in Adam's metric with ``metric="adam"``), then zero the entries of smallest saliency
-    until ``s(t)*n`` are zero. The mask is recomputed every ``every`` steps and held in
-    between; from ``end`` on the L1 term is off and the final mask is held, so the
-    survivors fine-tune freely. ``alpha = 0`` with the defaults is gradual magnitude
+    in Adam's metric with ``metric="adam"``), then zero the ``floor(s(t)*n)`` entries of
+    smallest saliency (a mask of exactly that many; of ties at the threshold, such as the
+    L1 term's exact zeros, the first are kept). The mask is recomputed every ``every``
+    steps and held in between; from ``end`` on the L1 term is off and the final mask is
+    held, so the survivors fine-tune freely. The L1 term may zero more than the budget
+    while it ramps (the objective asks for *at least* ``s(t)``); after ``end`` those extra
+    zeros train again as their gradient moves them, and end at ``target`` exactly, except
+    weights whose gradient is zero (whole units a strong L1 killed): then the final
+    fraction exceeds ``target`` and a ``RuntimeWarning`` says so at ``end``. ``alpha = 0`` with the defaults is gradual magnitude
     pruning. The step counter ``t`` and the masks are the penalty's state, saved in the
     wrapper's ``state_dict`` (resuming mid-ramp continues bit for bit).
 
     Options beyond magnitude pruning (measured in ``bench/sparsity.py`` / BENCHMARKS.md):
 
     * ``saliency="metric"``: rank by ``w_i^2 / step_i`` - with ``metric="adam"`` that is
-      ``w_i^2 (sqrt(v_hat_i) + eps) / lr``, the loss increase of removing ``w_i`` under
+      ``w_i^2 max(sqrt(v_hat_i) + eps, alpha) / lr`` (Adam's step with the cap every
+      Adam-metric prox uses), the loss increase of removing ``w_i`` under
       Adam's diagonal curvature estimate (Optimal-Brain-Damage-like; with a plain lr step
       it ranks as ``|w|``). Weights whose gradients are large cost more to remove.
     * ``budget="erk"`` / ``"uniform"``: one budget per tensor instead of one global
@@ -134,8 +141,9 @@ class TargetSparsity(Penalty):
     tensor([ 0., -2.,  0.,  4.])
     """
 
-    # the wrapper passes the raw step (lr, or Adam's per-coordinate steps) to prox_()
+    # the wrapper passes the raw step (lr, or Adam's capped per-coordinate steps) to prox_()
     takes_steps = True
+    modes = ("prox",)
 
     def __init__(self, alpha, target: float, begin: int = 0, end: int = 1000, every: int = 1,
                  saliency: str = "magnitude", budget: str = "global", regrow: float = 0.0,
@@ -215,6 +223,20 @@ class TargetSparsity(Penalty):
             self._masks = self._budget_masks(tensors, step, self.sparsity_at(t), regrow=t < self.end)
         for w, m in zip(tensors, self._masks):
             w.mul_(m)
+        if t == self.end and self.alpha:
+            self._warn_beyond_budget(tensors)
+
+    def _warn_beyond_budget(self, tensors) -> None:
+        """At the end of the ramp: say so when more weights are zero than the budget holds
+        (the L1 term zeroed weights whose gradient is zero, e.g. whole dead units)."""
+        zeros = sum(int((w == 0).sum()) for w in tensors)
+        held = sum(int((~m).sum()) for m in self._masks)
+        if zeros > held:
+            n = sum(w.numel() for w in tensors)
+            warn(f"{self!r}: at the end of its ramp {zeros / n:.3g} of the weights are exactly zero, "
+                          f"more than the target {self.target:g}; the L1 term zeroed weights whose gradient is "
+                 f"zero (e.g. whole dead units), which stay zero. Lower alpha to end nearer the target",
+                 RuntimeWarning)
 
     def _scores(self, tensors, step) -> list[Tensor]:
         if self.saliency == "metric" and not isinstance(step, (int, float)):
@@ -228,13 +250,18 @@ class TargetSparsity(Penalty):
             raise ValueError(f"{self!r} regrows by gradient magnitude and needs .grad on its tensors at the step; "
                              f"call it through decaylab.regularize after backward(), or use regrow=0")
         if self.budget == "global" and not regrow:
-            # one magnitude ranking over all tensors (Zhu & Gupta); ties at the threshold are pruned
+            # one magnitude ranking over all tensors (Zhu & Gupta), pruning exactly k: of the
+            # ties at the threshold (exact zeros of a strong L1) the first ones are kept
             flat = torch.cat([x.flatten() for x in scores])
             k = math.floor(s * flat.numel())
             if k <= 0:
                 return [torch.ones_like(w, dtype=torch.bool) for w in tensors]
             threshold = flat.kthvalue(k).values
-            return [x > threshold for x in scores]
+            keep = flat > threshold
+            short = flat.numel() - k - int(keep.sum())
+            if short > 0:
+                keep[(flat == threshold).nonzero().flatten()[:short]] = True
+            return [m.view_as(x) for m, x in zip(keep.split([x.numel() for x in scores]), scores)]
         sizes = [w.numel() for w in tensors]
         keep_total = sum(sizes) - math.floor(s * sum(sizes))
         if self.budget == "global":
