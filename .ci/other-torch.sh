@@ -28,4 +28,4 @@ export PYTHONPATH="$PWD/src"  # this checkout's decaylab, not an installed one
 "$VENV/bin/python" -m pytest -p no:cacheprovider -q -m "not slow" \
   tests/test_fused.py tests/test_optim.py tests/test_functional.py tests/test_penalties.py
 "$VENV/bin/python" -m pytest -p no:cacheprovider -q -m "" tests/test_selectors.py -k "timm or norm or default"
-"$VENV/bin/python" -m pytest -p no:cacheprovider -q tests/test_compat.py
+"$VENV/bin/python" -m pytest -p no:cacheprovider -q -m "slow or not slow" tests/test_compat.py
