@@ -27,5 +27,5 @@ fi
 export PYTHONPATH="$PWD/src"  # this checkout's decaylab, not an installed one
 "$VENV/bin/python" -m pytest -p no:cacheprovider -q -m "not slow" \
   tests/test_fused.py tests/test_optim.py tests/test_functional.py tests/test_penalties.py
-"$VENV/bin/python" -m pytest -p no:cacheprovider -q -m "" tests/test_selectors.py -k "timm or norm or default"
+"$VENV/bin/python" -m pytest -p no:cacheprovider -q -m "" tests/test_selectors.py tests/test_any_optimizer.py -k "timm or norm or default"
 "$VENV/bin/python" -m pytest -p no:cacheprovider -q -m "slow or not slow" tests/test_compat.py

@@ -332,7 +332,7 @@ def test_adam_metric_prox_uses_adams_per_coordinate_step():
 
 def test_adam_metric_needs_an_adam_family_optimizer():
     model = nn.Linear(2, 1)
-    with pytest.raises(ValueError, match=r"metric='adam' needs an Adam-family optimizer.*SGD"):
+    with pytest.raises(ValueError, match=r"metric='adam' needs an optimizer that takes Adam's step.*SGD is not"):
         dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(dl.L1(1e-3), metric="adam"))
 
 

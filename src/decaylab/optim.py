@@ -31,6 +31,7 @@ from . import functional as F
 from . import fused as fused_kernels
 from ._warn import warn
 from .groups import Indexed
+from .metric import takes_adam_step
 from .penalties import L2SP, GroupLasso, Penalty
 from .rules import Rule, named_params, resolve
 
@@ -295,14 +296,27 @@ class Regularized(torch.optim.Optimizer):
                         "GroupLasso with groups=<function> supports metric='lr' only; use metric='lr' "
                         "or a built-in grouping ('rows', 'inputs', 'channels')"
                     )
-        for b in self._buckets:
-            group = self.optimizer.param_groups[b.group]
-            adam = "betas" in group and "eps" in group and not isinstance(self.optimizer, torch.optim.Adamax)
-            if b.rule.metric == "adam" and not adam:
+        if getattr(self.optimizer, "is_second_order", False):  # timm's AdaHessian
+            raise ValueError(
+                f"{type(self.optimizer).__name__} differentiates through the gradient (Hessian-vector "
+                f"products), which the penalties' in-place updates of the weights would break; use a "
+                f"first-order optimizer, or add penalty.value(...) to the loss"
+            )
+        needs_lr = any(b.rule.mode in ("prox", "decoupled") for b in self._buckets)
+        for gi, group in enumerate(self.optimizer.param_groups):
+            lr = group.get("lr")
+            if needs_lr and not isinstance(lr, (float, int, Tensor)):
                 raise ValueError(
-                    f"metric='adam' needs an Adam-family optimizer (Adam, AdamW, NAdam, RAdam); "
-                    f"{type(self.optimizer).__name__} keeps no exp_avg_sq; use metric='lr'"
+                    f"{type(self.optimizer).__name__} param group {gi} has lr={lr!r}: its step size is "
+                    f"not a number decaylab can scale its prox and decoupled decay by; give it lr=<float> "
+                    f"(transformers' Adafactor: relative_step=False, lr=1e-3) or use mode='coupled'"
                 )
+        if any(b.rule.metric == "adam" for b in self._buckets) and not takes_adam_step(self.optimizer):
+            raise ValueError(
+                f"metric='adam' needs an optimizer that takes Adam's step (torch's Adam, AdamW, NAdam, "
+                f"RAdam, or one registered with dl.register_adam_metric); {type(self.optimizer).__name__} "
+                f"is not: use metric='lr'"
+            )
 
     def _warn_double_decay(self) -> None:
         for b in self._buckets:
@@ -711,9 +725,9 @@ class Regularized(torch.optim.Optimizer):
         return out
 
     def _resolve_metrics(self) -> None:
-        """Give each pending rule its metric from what the inner optimizer stores:
-        ``exp_avg_sq`` (Adam, AdamW, NAdam, RAdam, ...) -> "adam", anything else -> "lr".
-        Waits while none of the rule's parameters has state yet."""
+        """Give each pending rule its metric: "adam" for an optimizer that takes Adam's step
+        (:mod:`decaylab.metric`) once it keeps ``exp_avg_sq``, "lr" for any other. Waits
+        while none of the rule's parameters has state yet."""
         for bi in sorted(self._pending):
             states = [self.optimizer.state.get(p) for p in self.bindings[bi].params]
             states = [st for st in states if st]
@@ -721,8 +735,7 @@ class Regularized(torch.optim.Optimizer):
                 if any(p.grad is not None for p in self.bindings[bi].params):
                     self._set_metric(bi, "lr")  # it stepped and keeps no state (plain SGD)
                 continue
-            group_ok = all("betas" in g and "eps" in g for g in self.optimizer.param_groups)
-            adam = group_ok and all("exp_avg_sq" in st for st in states)
+            adam = takes_adam_step(self.optimizer) and all("exp_avg_sq" in st for st in states)
             self._set_metric(bi, "adam" if adam else "lr")
 
     def _set_metric(self, bi: int, metric: str) -> None:
