@@ -48,3 +48,20 @@ def test_metrics_and_histograms_reach_tensorboard(tmp_path):
     assert len(zeros) >= 3 and zeros[-1].value > 0  # the prox made exact zeros, the log shows them
     assert zeros[-1].value == pytest.approx(float((module.net[0].weight == 0).float().mean()), abs=0.05)
     assert "decaylab/weights/net.0.weight" in acc.Tags()["histograms"]
+
+
+class Scheduled(Net):
+    def configure_optimizers(self):
+        opt = super().configure_optimizers()
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 2)}
+
+
+def test_learning_rate_monitor_logs_one_column_for_the_wrapped_optimizer(tmp_path):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 2, (32,)))
+    monitor = L.pytorch.callbacks.LearningRateMonitor()
+    trainer = L.Trainer(max_steps=4, log_every_n_steps=1, logger=L.pytorch.loggers.CSVLogger(str(tmp_path)),
+                        callbacks=[monitor], accelerator="cpu", enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(Scheduled(), torch.utils.data.DataLoader(data, batch_size=8))
+    assert list(monitor.lrs) == ["lr-Regularized"]  # was also 'lr-AdamW', the inner optimizer

@@ -832,6 +832,14 @@ class Regularized(torch.optim.Optimizer):
         rules = ", ".join(f"{b.rule.penalty!r}:{b.rule.mode} on {len(b.params)}" for b in self.bindings)
         return f"Regularized({type(self.optimizer).__name__}, [{rules}])"
 
+    def __eq__(self, other) -> bool:
+        """The wrapper and the optimizer it wraps are one optimizer (one ``param_groups``, one
+        ``state``): equal, so a framework that unwraps ``.optimizer`` (Lightning's
+        ``LearningRateMonitor``) finds the one it has seen and logs one lr, not two."""
+        return other is self or other is self.optimizer
+
+    __hash__ = object.__hash__
+
     def __getstate__(self):
         return self.__dict__
 
