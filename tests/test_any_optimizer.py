@@ -77,7 +77,8 @@ def test_a_key_named_exp_avg_sq_does_not_choose_adams_metric():
 
 def test_metric_adam_on_an_unregistered_optimizer_is_refused_and_registering_allows_it():
     class MyAdam(torch.optim.Adam):
-        pass
+        def step(self, closure=None):  # its own update: not Adam's until registered
+            return super().step(closure)
 
     model = _model()
     with pytest.raises(ValueError, match=r"MyAdam is not: use metric='lr'"):
@@ -85,6 +86,22 @@ def test_metric_adam_on_an_unregistered_optimizer_is_refused_and_registering_all
     dl.register_adam_metric(MyAdam)
     opt = dl.regularize(MyAdam(model.parameters()), model, dl.Rule(dl.L1(1e-3), metric="adam"))
     assert math.isfinite(_train(model, opt))
+
+
+def test_a_subclass_that_keeps_adams_step_takes_adams_metric_and_an_instance_may_declare_it():
+    class Inherits(torch.optim.AdamW):
+        pass
+
+    model = _model()
+    assert dl.takes_adam_step(Inherits(model.parameters()))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert not dl.takes_adam_step(sgd)
+    sgd.takes_adam_step = True  # e.g. an optimizer whose update depends on how it was built
+    assert dl.takes_adam_step(sgd)
+    adam = torch.optim.Adam(model.parameters())
+    adam.takes_adam_step = False
+    with pytest.raises(ValueError, match=r"Adam is not: use metric='lr'"):
+        dl.regularize(adam, model, dl.Rule(dl.L1(1e-3), metric="adam"))
 
 
 def test_a_step_size_that_is_not_a_number_is_refused_up_front():

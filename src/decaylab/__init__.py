@@ -18,7 +18,7 @@ from .optim import Regularized, regularize
 from .penalties import L1, L2, L2SP, MODES, ElasticNet, GroupLasso, Penalty
 from .rules import Rule
 from .selectors import biases, declared_no_decay, default_selection, embeddings, is_norm, norm_layers, preset, weights
-from .metric import register_adam_metric
+from .metric import register_adam_metric, takes_adam_step
 from .monitor import find_regularized, histograms, metrics
 from .stats import layer_stats, live_groups, sparsity, summary, surviving_inputs
 
@@ -30,7 +30,7 @@ __all__ = [
     "Grouping", "Rows", "Columns", "Channels", "Indexed",
     "norm_layers", "embeddings", "biases", "weights", "default_selection", "is_norm",
     "declared_no_decay", "preset",
-    "metrics", "histograms", "find_regularized", "register_adam_metric",
+    "metrics", "histograms", "find_regularized", "register_adam_metric", "takes_adam_step",
     "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary",
     "CoupledGroupLasso", "coupled_groups", "compact", "Compaction",
     "TargetSparsity", "cubic_sparsity", "keep_counts", "AdaptiveGroupLasso", "adaptive_weights",

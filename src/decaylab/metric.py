@@ -9,7 +9,8 @@ group; LaProp, MARS, ADOPT and NovoGrad keep one whose meaning differs). So the 
 chosen from what the optimizer *is*: the classes registered here (torch's Adam, AdamW,
 NAdam, RAdam) get Adam's metric by default, every other optimizer the plain one, and
 ``metric="adam"`` on an unregistered optimizer is refused at ``regularize()``.
-:func:`register_adam_metric` adds a class whose update is Adam's.
+:func:`register_adam_metric` adds a class whose update is Adam's; an instance may declare
+it with a boolean ``takes_adam_step`` attribute.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def register_adam_metric(cls: type) -> type:
     ``step`` per parameter, as ``torch.optim.Adam`` does (usable as a class decorator).
 
     >>> class MyAdam(torch.optim.Adam):
-    ...     pass
+    ...     def step(self, closure=None):  # an update of its own
+    ...         return super().step(closure)
     >>> takes_adam_step(MyAdam([torch.zeros(1, requires_grad=True)]))
     False
     >>> _ = register_adam_metric(MyAdam)
@@ -40,6 +42,14 @@ def register_adam_metric(cls: type) -> type:
 
 
 def takes_adam_step(opt: torch.optim.Optimizer) -> bool:
-    """Whether ``opt``'s class is registered as taking Adam's step (by exact type: a
-    subclass may change the update, so it is registered on its own)."""
-    return type(opt) in _ADAM_STEP
+    """Whether ``opt``'s class is registered as taking Adam's step, or inherits its
+    ``step`` unchanged from a registered class (a subclass that overrides ``step`` may
+    change the update, so it is registered on its own). An optimizer whose update depends
+    on how it was built may say so itself with a boolean ``takes_adam_step`` attribute."""
+    declared = getattr(opt, "takes_adam_step", None)
+    if isinstance(declared, bool):
+        return declared
+    cls = type(opt)
+    if cls in _ADAM_STEP:
+        return True
+    return any(base in _ADAM_STEP and cls.step is base.step for base in cls.__mro__[1:])

@@ -142,6 +142,7 @@ class PerConfigLR(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum) if kind == "sgd" else dict(lr=lr, betas=betas, eps=eps)
         super().__init__(params, defaults)
         self.kind, self.scale = kind, scale.detach().double()
+        self.takes_adam_step = kind == "adam"  # read by decaylab.metric.takes_adam_step
 
     def _scaled(self, p, lr):
         return (self.scale * -lr).to(p.dtype).view(-1, *([1] * (p.ndim - 1)))
