@@ -437,7 +437,7 @@ def _tolerance(dtype: torch.dtype) -> float:
     return 2e-6
 
 
-def compare(ref: dict, other: dict, label: str, exact: bool = False) -> None:
+def compare(ref: dict, other: dict, label: str, exact: bool = False, floor: float = 0.0) -> None:
     """Equal to a few ulps (``exact``: bit for bit); an exact zero against a last-bit residue
     is allowed in at most one element in 50 of a tensor."""
     assert ref.keys() == other.keys(), f"{label}: different tensors {sorted(ref.keys() ^ other.keys())}"
@@ -446,7 +446,7 @@ def compare(ref: dict, other: dict, label: str, exact: bool = False) -> None:
         assert a.dtype == b.dtype and a.shape == b.shape, f"{label} {name}: {b.dtype}{list(b.shape)} " \
                                                           f"against {a.dtype}{list(a.shape)}"
         a, b = a.double(), b.double()
-        tol = 0.0 if exact else _tolerance(ref[name].dtype)
+        tol = 0.0 if exact else max(_tolerance(ref[name].dtype), floor)
         scale = max(float(a.abs().max()) if a.numel() else 0.0, 1e-3)
         bad = ~torch.isclose(b, a, rtol=tol, atol=tol * scale, equal_nan=True)
         if not bad.any():
@@ -465,21 +465,34 @@ def compare(ref: dict, other: dict, label: str, exact: bool = False) -> None:
 STRUCTURAL = ("dtype", "channels_last", "resume", "maximize", "foreach", "add_param_group")
 
 
+def _structural(m: tuple, groups: list) -> bool:
+    """A change after which a kernel may compile (a new dtype, layout or kind of update); a
+    weight decay switched on or off counts, a weight decay changed from one value to another
+    does not."""
+    if m[0] == "weight_decay":
+        olds = [g.get("weight_decay", 0.0) for g in (groups if m[1] == "all" else groups[:1])]
+        return any((old == 0.0) != (m[2] == 0.0) for old in olds)
+    return m[0] in STRUCTURAL
+
+
 def run_case(case: Case) -> list[str]:
     """Run the three copies in lockstep; raise AssertionError on the first difference. Returns
     notes (an error every copy raised alike ends the case early: noted, not failed)."""
     fused._STATE["disabled"] = ""
     flags = {"fused=True": True, "fused=None": None, "fused=False": False}
     runs = {label: Run(case, flag) for label, flag in flags.items()}
-    late = case.mutations.get(0, [(None,)])[0][0] == "dtype"
-    if late:  # converted after regularize() must train as converted before it
-        runs["dtype before wrap"] = Run(case, False, dtype_before_wrap=True)
-    quiet_from = 2  # a step from here on, with only value changes since the last structural one, compiles nothing
+    # Adagrad makes its state when it is built, so converting the model after it is torch's own mismatch
+    if case.mutations.get(0, [(None,)])[0][0] == "dtype" and case.opt != "Adagrad":
+        runs["dtype before wrap"] = Run(case, False, dtype_before_wrap=True)  # must train as converted after it
+    ref = runs["fused=False"]
+    quiet_from, since = 2, []  # from step quiet_from on, with only value changes since, nothing compiles
+    floor = 0.0  # the loosest tolerance of a dtype the weights have been stepped in: differences carry over
     for k in range(case.steps):
         muts = case.mutations.get(k, [])
-        if any(m[0] in STRUCTURAL or (m[0] == "weight_decay" and m[2] == 0.0) for m in muts) or \
-                case.no_grad.get(k - 1) or case.no_grad.get(k):
-            quiet_from = k + 2
+        since += muts
+        if any(_structural(m, ref.opt.param_groups) for m in muts) or case.no_grad.get(k - 1) or \
+                case.no_grad.get(k) or any(r[5] and SCHEDULES[r[5]](k - 1) == 0 for r in case.rules):
+            quiet_from, since = k + 2, list(muts)
         outcome = {}
         for label, run in runs.items():
             try:
@@ -497,15 +510,15 @@ def run_case(case: Case) -> list[str]:
             raise AssertionError(f"step {k + 1}: {label} raised, "
                                  f"{[lb for lb in runs if lb not in errors]} did not:\n"
                                  + "".join(traceback.format_exception(err)))
-        ref = runs["fused=False"].values()
+        floor = max(floor, _tolerance(next(ref.model.body.parameters()).dtype))
+        expected = ref.values()
         for label, run in runs.items():
             if label != "fused=False":
-                compare(ref, run.values(), f"step {k + 1}, {label} against fused=False",
-                        exact=label == "dtype before wrap")
+                compare(expected, run.values(), f"step {k + 1}, {label} against fused=False",
+                        exact=label == "dtype before wrap", floor=floor)
             if k >= quiet_from and outcome[label]:
-                raise AssertionError(
-                    f"step {k + 1}: {label} compiled {outcome[label]} kernel(s) again after only "
-                    f"value changes ({[m for j in range(quiet_from - 2, k + 1) for m in case.mutations.get(j, [])]})")
+                raise AssertionError(f"step {k + 1}: {label} compiled {outcome[label]} kernel(s) again after "
+                                     f"only value changes since step {quiet_from - 1}: {since}")
     return []
 
 
@@ -549,18 +562,196 @@ def test_many_cases():
     assert not failures, "\n\n".join(failures)
 
 
-def _fuzz(seeds, backend: str, out=None) -> list[str]:
+# -- the known bugs, one deterministic test each -----------------------------------------------
+def _train_small(fused_flag, opt_cls, opt_kw, rule, steps=5, mutate=None, sched=None, backend="aot_eager",
+                 adam_min_numel=None):
+    """A two-layer MLP trained ``steps`` steps; ``mutate(k, opt)`` runs before step ``k``.
+    Returns the model, the wrapper and the number of kernels compiled."""
+    backend = _CountingBackend(backend)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 3, generator=gen)
+    adam_min = fused.CPU_ADAM_MIN_NUMEL if adam_min_numel is None else adam_min_numel
+    fused._STATE["disabled"] = ""
+    with _patched(backend, 0, adam_min):
+        opt = dl.regularize(opt_cls(model.parameters(), **opt_kw), model, [rule(), dl.Rule(None, params="*.bias")],
+                            fused=fused_flag)
+        scheduler = sched(opt) if sched else None
+        for k in range(steps):
+            if mutate:
+                mutate(k, opt)
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            if scheduler:
+                scheduler.step()
+    return model, opt, backend.count
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, rtol=2e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def _set(key, value, at=2):
+    def mutate(k, opt):
+        if k == at:
+            for g in opt.param_groups:
+                g[key] = value
+    return mutate
+
+
+@pytest.mark.xfail(strict=True, reason="fixed on branch runtime: eps is baked into the compiled prox")
+def test_eps_changed_after_the_first_steps_reaches_the_compiled_adam_metric_prox():
+    # Adam's own step apart from the kernel (a small CPU bucket's default): the Adam-metric
+    # threshold lr * alpha / max(sqrt(v_hat) + eps, alpha) must follow the new eps
+    rule = lambda: dl.Rule(dl.L1(0.05), params="*.weight", metric="adam")  # noqa: E731
+    kw = {"lr": 0.05, "eps": 1e-8}
+    eager, _, _ = _train_small(False, torch.optim.Adam, kw, rule, mutate=_set("eps", 1.0))
+    comp, opt, _ = _train_small(True, torch.optim.Adam, kw, rule, mutate=_set("eps", 1.0))
+    assert all(b.kernel for b in opt._buckets)
+    _same_weights(eager, comp)
+
+
+@pytest.mark.xfail(strict=True, reason="fixed on branch runtime: l1_ratio is baked into the compiled prox")
+def test_l1_ratio_changed_mid_run_reaches_the_compiled_elastic_net_prox():
+    pens = []
+
+    def rule():
+        pens.append(dl.ElasticNet(0.5, l1_ratio=0.5))
+        return dl.Rule(pens[-1], params="*.weight", metric="lr")
+
+    def mutate(k, opt):
+        if k == 2:
+            pens[-1].l1_ratio = 1.0
+
+    eager, _, _ = _train_small(False, torch.optim.SGD, {"lr": 0.1}, rule, mutate=mutate)
+    comp, opt, _ = _train_small(True, torch.optim.SGD, {"lr": 0.1}, rule, mutate=mutate)
+    assert all(b.kernel for b in opt._buckets)
+    _same_weights(eager, comp)
+
+
+@pytest.mark.xfail(strict=True, reason="fixed on branch runtime: the low-precision choice is made at wrap time")
+@pytest.mark.parametrize("flag", [False, True], ids=["eager", "fused"])
+def test_a_model_converted_to_bf16_after_regularize_still_decays(flag):
+    # lr * alpha = 1e-3 a step: 1 - 1e-3 rounds to 1 in bf16, so only the fp32 residual decays
+    def run(before: bool):
+        torch.manual_seed(0)
+        model = nn.Linear(6, 4)
+        if before:
+            model.to(torch.bfloat16)
+        with _patched(_BACKENDS.setdefault("aot_eager", _CountingBackend("aot_eager")), 0, 0):
+            opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                                dl.Rule(dl.L2(0.01), params="weight"), fused=flag)
+            model.to(torch.bfloat16)
+            start = model.weight.detach().float().clone()
+            for _ in range(30):
+                model.weight.grad = torch.zeros_like(model.weight)
+                opt.step()
+        return start, model.weight.detach().float()
+
+    start, before = run(True)
+    _, after = run(False)
+    assert (before.abs() < start.abs()).float().mean() > 0.5  # decayed by ~3 %: several bf16 steps
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+RECOMPILE_TRIGGERS = {
+    "OneCycleLR moves beta1": dict(sched=lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.05, total_steps=10, cycle_momentum=True)),
+    "eps changed": dict(mutate=_set("eps", 1e-3)),
+    "weight_decay changed": dict(mutate=_set("weight_decay", 0.02), kw={"weight_decay": 0.01}),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="fixed on branch runtime: Adam's betas, eps and weight decay key the kernel")
+@pytest.mark.parametrize("trigger", list(RECOMPILE_TRIGGERS))
+def test_adam_hyperparameters_changing_every_step_compile_nothing_new(trigger):
+    # Adam's step inside the prox kernel (allowed for this small bucket): compiled once at
+    # step 2 (step 1 is Adam's own, making the state); values moving never compile again
+    t = RECOMPILE_TRIGGERS[trigger]
+    rule = lambda: dl.Rule(dl.L1(0.02), params="*.weight")  # noqa: E731
+    kw = {"lr": 0.05, **t.get("kw", {})}
+    eager, _, _ = _train_small(False, torch.optim.Adam, kw, rule, steps=6, mutate=t.get("mutate"),
+                               sched=t.get("sched"))
+    comp, opt, compiles = _train_small(True, torch.optim.Adam, kw, rule, steps=6, mutate=t.get("mutate"),
+                                       sched=t.get("sched"), adam_min_numel=0)
+    _same_weights(eager, comp)
+    assert opt._buckets[0].kernel.calls == 5
+    assert compiles == 1
+
+
+def _fuzz(seeds, backend: str, out=None, shrunk: bool = False) -> list[str]:
     failures = []
     for seed in seeds:
         case = make_case(seed, backend)
         try:
             notes = run_case(case)
         except AssertionError as err:
+            if shrunk:
+                case = shrink(case)
+                try:
+                    run_case(case)
+                except AssertionError as small:
+                    err = small
             failures.append(f"{case.describe()}\n{err}")
             notes = ["FAIL " + str(err).splitlines()[0]]
         if out:
             print(f"seed {seed}: {'; '.join(notes) or 'ok'}", file=out, flush=True)
     return failures
+
+
+def _failure(case: Case) -> str | None:
+    """The kind of failure of ``case`` (None: it passes)."""
+    try:
+        run_case(case)
+    except AssertionError as err:
+        first = str(err).splitlines()[0]
+        for kind in ("compiled", "different tensors", "raised", "differs"):
+            if kind in first:
+                return kind + (" (dtype before wrap)" if "before wrap" in first else "")
+        return first
+    return None
+
+
+def shrink(case: Case) -> Case:
+    """A smaller case failing the same way: drops mutations, missing gradients, the scheduler,
+    rules and steps while the failure stays (outside CI: for reports)."""
+    kind = _failure(case)
+    if kind is None:
+        return case
+
+    def variants(c: Case):
+        last = max([k for k, ms in c.mutations.items() if ms] + [0]) + 1
+        if last < c.steps:
+            yield _with(c, steps=last)
+        for k, ms in c.mutations.items():
+            for i in range(len(ms)):
+                yield _with(c, mutations={**c.mutations, k: ms[:i] + ms[i + 1:]})
+        for k in c.no_grad:
+            yield _with(c, no_grad={j: v for j, v in c.no_grad.items() if j != k})
+        if c.scheduler:
+            yield _with(c, scheduler=None)
+        for i in range(len(c.rules)):
+            if len(c.rules) > 1 and not any(m[0] in ("alpha", "l1_ratio") for ms in c.mutations.values() for m in ms):
+                yield _with(c, rules=c.rules[:i] + c.rules[i + 1:])
+
+    smaller = True
+    while smaller:
+        smaller = False
+        for c in variants(case):
+            if c.steps >= 1 and _failure(c) == kind:
+                case, smaller = c, True
+                break
+    return case
+
+
+def _with(case: Case, **changes) -> Case:
+    c = copy.copy(case)
+    for key, value in changes.items():
+        setattr(c, key, value)
+    return c
 
 
 def main(argv=None) -> int:
@@ -569,12 +760,13 @@ def main(argv=None) -> int:
     ap.add_argument("--start", type=int, default=1000, help="first seed (CI takes 0-15)")
     ap.add_argument("--seed", type=int, help="one case: print it and run it")
     ap.add_argument("--backend", default="aot_eager", choices=["aot_eager", "inductor"])
+    ap.add_argument("--shrink", action="store_true", help="print a smaller case failing the same way")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.cases)
     if args.seed is not None:
         print(make_case(args.seed, args.backend).describe())
-    failures = _fuzz(seeds, args.backend, out=sys.stdout)
+    failures = _fuzz(seeds, args.backend, out=sys.stdout, shrunk=args.shrink)
     print("\n\n".join(failures))
     print(f"{len(failures)} of {len(seeds)} cases failed")
     return 1 if failures else 0
