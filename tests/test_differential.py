@@ -71,6 +71,7 @@ class Case:
     backend: str = "aot_eager"
     auto_min_numel: int = 0  # fused=None copy: fused.CPU_MIN_NUMEL
     auto_adam_min_numel: int = 0  # fused=None copy: fused.CPU_ADAM_MIN_NUMEL
+    dtype_check: bool = True  # a step-0 dtype change: also run a copy converted before regularize()
 
     def describe(self) -> str:
         lines = [f"seed {self.seed}: {self.arch} model, {self.opt}({_kw(self.opt_kwargs)}), "
@@ -102,7 +103,9 @@ class Net(nn.Module):
         elif arch == "norm":
             self.body = nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 3, bias=False))
         else:
-            self.body = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+            # no bias before the BatchNorm: its gradient is rounding noise, which Adam's
+            # normalized step turns into +-lr, differently in any two runs
+            self.body = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
                                       nn.Conv2d(4, 3, 3), nn.Flatten(), nn.Linear(12, 3))
         self.extra = nn.Parameter(torch.zeros(3))
         self.arch = arch
@@ -481,8 +484,10 @@ def run_case(case: Case) -> list[str]:
     fused._STATE["disabled"] = ""
     flags = {"fused=True": True, "fused=None": None, "fused=False": False}
     runs = {label: Run(case, flag) for label, flag in flags.items()}
-    # Adagrad makes its state when it is built, so converting the model after it is torch's own mismatch
-    if case.mutations.get(0, [(None,)])[0][0] == "dtype" and case.opt != "Adagrad":
+    # Adagrad makes its state when it is built (converting the model after it is torch's own
+    # mismatch), and an L2SP snapshot taken before the conversion is rightly more precise
+    if case.dtype_check and case.mutations.get(0, [(None,)])[0][0] == "dtype" and case.opt != "Adagrad" and \
+            not any(r[0] == "L2SP" for r in case.rules):
         runs["dtype before wrap"] = Run(case, False, dtype_before_wrap=True)  # must train as converted after it
     ref = runs["fused=False"]
     quiet_from, since = 2, []  # from step quiet_from on, with only value changes since, nothing compiles
@@ -491,7 +496,7 @@ def run_case(case: Case) -> list[str]:
         muts = case.mutations.get(k, [])
         since += muts
         if any(_structural(m, ref.opt.param_groups) for m in muts) or case.no_grad.get(k - 1) or \
-                case.no_grad.get(k) or any(r[5] and SCHEDULES[r[5]](k - 1) == 0 for r in case.rules):
+                case.no_grad.get(k) or any(k and r[5] and SCHEDULES[r[5]](k - 1) == 0 for r in case.rules):
             quiet_from, since = k + 2, list(muts)
         outcome = {}
         for label, run in runs.items():
@@ -689,6 +694,12 @@ def _fuzz(seeds, backend: str, out=None, shrunk: bool = False) -> list[str]:
         try:
             notes = run_case(case)
         except AssertionError as err:
+            if shrunk and _failure(without_known_bugs(case)) is None:
+                notes = ["FAIL (a known bug: passes without " + ", ".join(KNOWN_BUGS) + ", OneCycleLR, "
+                         "dtype before wrap) " + str(err).splitlines()[0]]
+                if out:
+                    print(f"seed {seed}: {'; '.join(notes)}", file=out, flush=True)
+                continue
             if shrunk:
                 case = shrink(case)
                 try:
@@ -747,6 +758,17 @@ def shrink(case: Case) -> Case:
     return case
 
 
+KNOWN_BUGS = ("eps", "betas", "weight_decay", "l1_ratio")  # the mutations the known bugs need
+
+
+def without_known_bugs(case: Case) -> Case:
+    """``case`` without what the known bugs need: Adam's eps, betas and weight decay changed,
+    l1_ratio changed, OneCycleLR moving beta1, the dtype-before-wrap copy (for triage)."""
+    sched = case.scheduler if case.scheduler is None or case.scheduler[0] != "OneCycleLR" else None
+    muts = {k: [m for m in ms if m[0] not in KNOWN_BUGS] for k, ms in case.mutations.items()}
+    return _with(case, mutations=muts, scheduler=sched, dtype_check=False)
+
+
 def _with(case: Case, **changes) -> Case:
     c = copy.copy(case)
     for key, value in changes.items():
@@ -760,13 +782,13 @@ def main(argv=None) -> int:
     ap.add_argument("--start", type=int, default=1000, help="first seed (CI takes 0-15)")
     ap.add_argument("--seed", type=int, help="one case: print it and run it")
     ap.add_argument("--backend", default="aot_eager", choices=["aot_eager", "inductor"])
-    ap.add_argument("--shrink", action="store_true", help="print a smaller case failing the same way")
+    ap.add_argument("--triage", action="store_true", help="a failure the known bugs explain: one line; any other: shrunk")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.cases)
     if args.seed is not None:
         print(make_case(args.seed, args.backend).describe())
-    failures = _fuzz(seeds, args.backend, out=sys.stdout, shrunk=args.shrink)
+    failures = _fuzz(seeds, args.backend, out=sys.stdout, shrunk=args.triage)
     print("\n\n".join(failures))
     print(f"{len(failures)} of {len(seeds)} cases failed")
     return 1 if failures else 0
