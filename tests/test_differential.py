@@ -482,6 +482,7 @@ def run_case(case: Case) -> list[str]:
     """Run the three copies in lockstep; raise AssertionError on the first difference. Returns
     notes (an error every copy raised alike ends the case early: noted, not failed)."""
     fused._STATE["disabled"] = ""
+    fused._COMPILED.clear()  # compiled kernels are shared by signature: a case must not depend on the one before
     flags = {"fused=True": True, "fused=None": None, "fused=False": False}
     runs = {label: Run(case, flag) for label, flag in flags.items()}
     # Adagrad makes its state when it is built (converting the model after it is torch's own
@@ -694,9 +695,9 @@ def _fuzz(seeds, backend: str, out=None, shrunk: bool = False) -> list[str]:
         try:
             notes = run_case(case)
         except AssertionError as err:
-            if shrunk and _failure(without_known_bugs(case)) is None:
-                notes = ["FAIL (a known bug: passes without " + ", ".join(KNOWN_BUGS) + ", OneCycleLR, "
-                         "dtype before wrap) " + str(err).splitlines()[0]]
+            known = explain(case) if shrunk else None
+            if known:
+                notes = [f"FAIL (known: {known}) " + str(err).splitlines()[0]]
                 if out:
                     print(f"seed {seed}: {'; '.join(notes)}", file=out, flush=True)
                 continue
@@ -758,15 +759,24 @@ def shrink(case: Case) -> Case:
     return case
 
 
-KNOWN_BUGS = ("eps", "betas", "weight_decay", "l1_ratio")  # the mutations the known bugs need
+KNOWN_BUGS = ("eps", "betas", "weight_decay", "l1_ratio", "OneCycleLR", "dtype before wrap")
 
 
-def without_known_bugs(case: Case) -> Case:
-    """``case`` without what the known bugs need: Adam's eps, betas and weight decay changed,
-    l1_ratio changed, OneCycleLR moving beta1, the dtype-before-wrap copy (for triage)."""
-    sched = case.scheduler if case.scheduler is None or case.scheduler[0] != "OneCycleLR" else None
-    muts = {k: [m for m in ms if m[0] not in KNOWN_BUGS] for k, ms in case.mutations.items()}
-    return _with(case, mutations=muts, scheduler=sched, dtype_check=False)
+def without(case: Case, bugs=KNOWN_BUGS) -> Case:
+    """``case`` without what the known ``bugs`` need (mutations of those names, OneCycleLR
+    moving beta1, the dtype-before-wrap copy): for triage."""
+    sched = None if "OneCycleLR" in bugs and case.scheduler and case.scheduler[0] == "OneCycleLR" else case.scheduler
+    muts = {k: [m for m in ms if m[0] not in bugs] for k, ms in case.mutations.items()}
+    return _with(case, mutations=muts, scheduler=sched, dtype_check="dtype before wrap" not in bugs)
+
+
+def explain(case: Case) -> str | None:
+    """Which known bug a failing case needs (the one whose removal makes it pass), or None
+    when it fails without any of them."""
+    if _failure(without(case)) is not None:
+        return None
+    alone = [bug for bug in KNOWN_BUGS if _failure(without(case, (bug,))) is None]
+    return " or ".join(alone) if alone else "several of " + ", ".join(KNOWN_BUGS)
 
 
 def _with(case: Case, **changes) -> Case:
