@@ -17,10 +17,11 @@ mismatches are allowed). Two further properties ride along:
 
 CI runs ``CI_SEEDS`` with the ``aot_eager`` backend (the traced program run by eager
 kernels: what decaylab adds around the compiler, at a fraction of inductor's compile
-time) and a few with inductor. Many more, outside CI::
+time). Many more, outside CI (``--triage`` names the known bug a failure needs, and
+shrinks any other failure to a smaller case)::
 
     DECAYLAB_FUZZ_CASES=500 python -m pytest tests/test_differential.py -k many
-    python tests/test_differential.py --cases 500 [--start 1000] [--backend inductor]
+    python tests/test_differential.py --cases 500 [--start 1000] [--backend inductor] [--triage]
     python tests/test_differential.py --seed 17          # one case: its description and result
 """
 
@@ -545,13 +546,18 @@ def run_case(case: Case) -> list[str]:
 
 # -- CI: a fixed set of seeds -------------------------------------------------------------------
 # seeds that fail on main, with the bug each one hits (xfail(strict): a fix turns them green)
-KNOWN: dict[int, str] = {}
-CI_SEEDS = list(range(16))
-INDUCTOR_SEEDS: list[int] = []
+KNOWN: dict[int, str] = {
+    7: "fixed on branch runtime: ElasticNet.l1_ratio changed mid-run is ignored by the compiled prox",
+    17: "fixed on branch runtime: Adam's eps changed after step 1 is ignored by the compiled prox",
+    18: "fixed on branch runtime: a model converted to bf16 after regularize() gets no fp32 residual",
+    59: "fixed on branch runtime: OneCycleLR moves beta1, which recompiles the Adam kernel every step",
+}
+# seeds 0-59 that compile at least one kernel, plus the four above
+CI_SEEDS = [0, 1, 2, 4, 9, 19, 20, 26, 27, 30, 37, 38, 42, 44, 50, 53, 7, 17, 18, 59]
 
 
-def _param(seed: int, backend: str = "aot_eager"):
-    marks = [pytest.mark.xfail(strict=True, reason=KNOWN[seed])] if seed in KNOWN and backend == "aot_eager" else []
+def _param(seed: int):
+    marks = [pytest.mark.xfail(strict=True, reason=KNOWN[seed])] if seed in KNOWN else []
     return pytest.param(seed, id=f"seed_{seed}", marks=marks)
 
 
@@ -562,17 +568,6 @@ def test_fused_auto_and_eager_take_the_same_steps(seed):
         run_case(case)
     except AssertionError as err:
         raise AssertionError(f"{case.describe()}\n{err}\nrerun: python tests/test_differential.py --seed {seed}") from None
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [_param(s, "inductor") for s in INDUCTOR_SEEDS])
-def test_inductor_kernels_take_the_same_steps(seed):
-    case = make_case(seed, backend="inductor")
-    try:
-        run_case(case)
-    except AssertionError as err:
-        raise AssertionError(f"{case.describe()}\n{err}\nrerun: python tests/test_differential.py "
-                             f"--seed {seed} --backend inductor") from None
 
 
 @pytest.mark.skipif(not os.environ.get("DECAYLAB_FUZZ_CASES"), reason="set DECAYLAB_FUZZ_CASES=N to run N cases")
