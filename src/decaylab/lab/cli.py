@@ -15,6 +15,7 @@ before a run folder is created; a failed run exits 1, Ctrl-C exits 130 after a c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -111,11 +112,13 @@ def _sweep(args) -> int:
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
         if args.backend == "ray":
-            result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
+            with _hint_on_interrupt(run_dir):
+                result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
         else:
             points = sweep.make_points(spec["alphas"], spec["lrs"] or [cfg["train"]["lr"]],
                                        [cfg["seed"] + i for i in range(spec["seeds"])])
-            with ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
+            with _hint_on_interrupt(run_dir), \
+                    ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
                 result = sweep.run_sweep(cfg, spec, run_dir, data=data, progress=progress, say=ui.say)
     finally:
         report = _build_report(run_dir, ui)
@@ -124,26 +127,43 @@ def _sweep(args) -> int:
     return 0
 
 
-def _selected_compare(args, cfg: dict) -> int:
-    """compare with runs.NAME.alphas (λ chosen on validation) and/or seeds > 1."""
+def _selected_compare(args, cfg: dict, run_dir: Path | None = None) -> int:
+    """compare with runs.NAME.alphas (λ chosen on validation) and/or seeds > 1; with
+    ``run_dir`` (``decaylab resume``) continue that folder."""
     from . import choose, console, train
 
-    choose.check(cfg)
-    train.prepare(cfg)  # bad input fails here, before a run folder exists
-    run_dir = train.new_run_dir(cfg, args.command)
+    resume = run_dir is not None
+    if not resume:
+        choose.check(cfg)
+        train.prepare(cfg)  # bad input fails here, before a run folder exists
+        run_dir = train.new_run_dir(cfg, args.command)
     ui = console.Console(quiet=args.quiet)
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
         seeds = range(cfg["seed"], cfg["seed"] + cfg["seeds"])
         names = [{**r, "name": f"{r['name']}-s{s}" if cfg["seeds"] > 1 else r["name"]}
                  for s in seeds for r in cfg["runs"]]
-        with ui.progress({**cfg, "runs": names}) as progress:
-            result = choose.run_compare(cfg, run_dir, progress=progress, say=ui.say)
+        with _hint_on_interrupt(run_dir), ui.progress({**cfg, "runs": names}) as progress:
+            result = choose.run_compare(cfg, run_dir, progress=progress, say=ui.say, resume=resume)
     finally:
         report = _build_report(run_dir, ui)
     ui.say(choose.markdown(result))
     ui.say(f"report: {report}" if report else "report: not built (see the error above)")
     return 0
+
+
+@contextlib.contextmanager
+def _hint_on_interrupt(run_dir: Path, resumable: bool = True):
+    """On Ctrl-C, say on stderr what was kept and how to go on, then let it through."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from .train import resume_command
+
+        hint = (f"continue with: {resume_command(run_dir)}" if resumable else
+                f"'{run_dir}' is incomplete and cannot be resumed; run the command again")
+        print(f"interrupted: {hint}", file=sys.stderr, flush=True)
+        raise
 
 
 def _version() -> str:
@@ -193,23 +213,34 @@ def _experiment(args) -> int:
 
 
 def _resume(args) -> int:
-    from . import runfolder, train
+    """``decaylab resume``: continue a folder as the command that wrote it, or refuse."""
+    from . import choose, resuming, runfolder, train
 
     run_dir = Path(args.run_dir)
     saved = runfolder.read_config(run_dir)
-    if saved.get("command") == "sweep":
-        return _resume_sweep(args, run_dir)
-    if "base_runs" in saved:
-        raise config_mod.ConfigError(f"{run_dir} is a compare with strengths chosen on validation over seeds; "
-                                     f"resuming one is not supported yet: run the command again")
-    cfg = train.folder_config(run_dir)
-    data = train.prepare(cfg)
-    then = (runfolder.read_config(run_dir).get("versions") or {})
-    now = train.versions()
+    command = saved.get("command")
+    if command not in resuming.RESUMABLE:
+        raise config_mod.ConfigError(
+            f"{run_dir} was written by 'decaylab {command}', which keeps no checkpoints to continue from; "
+            f"run 'decaylab {command}' again (a new --name) instead of resuming it")
+    then, now = saved.get("versions") or {}, train.versions()
     changed = [f"{k} {then[k]} -> {now[k]}" for k in ("decaylab", "torch", "numpy") if then.get(k, now[k]) != now[k]]
     if changed:
         print(f"decaylab: note: versions changed since the run started ({', '.join(changed)}); the resumed "
               f"run may differ from an uninterrupted one in the last bits", file=sys.stderr)
+    chosen = command == "compare" and "base_runs" in saved  # strengths chosen on validation, seeds
+    cfg = None if command == "sweep" else choose.resume_config(run_dir) if chosen else train.folder_config(run_dir)
+    with runfolder.lock(run_dir):  # a folder another process trains into is refused, done or not
+        finished = resuming.finished(run_dir, saved)
+    if finished:
+        print(run_dir if args.quiet else f"nothing to do: every run in {run_dir} is complete "
+              f"(report: decaylab report {run_dir})", flush=True)
+        return 0
+    if command == "sweep":
+        return _resume_sweep(args, run_dir)
+    data = train.prepare(cfg)
+    if chosen:
+        return _selected_compare(args, cfg, run_dir)
     return _train(args, cfg, run_dir, lambda progress: train.resume_experiment(run_dir, progress, data))
 
 
@@ -219,7 +250,8 @@ def _resume_sweep(args, run_dir: Path) -> int:
     ui = console.Console(quiet=args.quiet)
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
-        result = sweep.resume_sweep(run_dir, say=ui.say)
+        with _hint_on_interrupt(run_dir):
+            result = sweep.resume_sweep(run_dir, say=ui.say)
     finally:
         report = _build_report(run_dir, ui)
     ui.say(sweep.describe_result(result))
@@ -228,17 +260,13 @@ def _resume_sweep(args, run_dir: Path) -> int:
 
 
 def _train(args, cfg: dict, run_dir: Path, go) -> int:
-    from . import console, train
+    from . import console
 
     ui = console.Console(quiet=args.quiet)
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
-        with ui.progress(cfg) as progress:
+        with _hint_on_interrupt(run_dir), ui.progress(cfg) as progress:
             go(progress)
-    except KeyboardInterrupt:
-        print(f"interrupted: checkpointed after the current step; continue with: "
-              f"{train.resume_command(run_dir)}", file=sys.stderr)
-        raise
     finally:
         report = _build_report(run_dir, ui)
     ui.table(run_dir)
