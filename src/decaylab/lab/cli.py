@@ -31,20 +31,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"decaylab: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
+_EXPERIMENTS = (
+    ("compare", "train one model per penalty and compare them",
+     "TOML file with [[runs]] tables (default: digits, MLP 256-128, the six penalties)"),
+    ("train", "train one model with one penalty setting",
+     "TOML file with one [penalty] table (or give it with --set penalty.KEY=VALUE)"),
+    ("select", "which of my features matter? (adaptive group lasso path, 1-SE choice)",
+     "TOML file with [data] and [select] tables (default: digits, MLP)"))
+_SET_HELP = {"compare": "override a key, e.g. --set train.epochs=5 --set runs.l1.alpha=1e-3",
+             "train": "override a key, e.g. --set penalty.penalty=l1 --set penalty.alpha=1e-4",
+             "select": "override a key, e.g. --set data.name=csv --set data.path=my.csv --set select.n_alphas=6"}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, help_ in (("compare", "train one model per penalty and compare them"),
-                        ("train", "train one model with one penalty setting"),
-                        ("select", "which of my features matter? (adaptive group lasso path, 1-SE choice)")):
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("config", nargs="?", help="TOML file (defaults: digits, MLP, the six penalties)")
+    for name, help_, config_help in _EXPERIMENTS:
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("config", nargs="?", help=config_help)
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a key, e.g. --set train.epochs=5 --set runs.l1.alpha=1e-3")
+                       help=_SET_HELP[name])
         c.add_argument("--out", help="parent folder of the run folder (default: runs)")
-        c.add_argument("--name", help="run folder name (default: COMMAND-DATA-TIME)")
-        c.add_argument("--only", help="comma-separated run names to keep (compare)")
+        c.add_argument("--name", help=f"run folder name (default: {name}-DATA-TIME)")
+        if name == "compare":
+            c.add_argument("--only", help="comma-separated run names to keep, e.g. none,l1")
         c.add_argument("--quiet", action="store_true", help="print only the run folder's path")
         c.add_argument("--print-config", action="store_true",
                        help="print the resolved config as TOML (a valid CONFIG file) and exit")
@@ -166,6 +177,22 @@ def _hint_on_interrupt(run_dir: Path, resumable: bool = True):
         raise
 
 
+def _select(args) -> int:
+    from . import reference, train
+    from .select import run_select
+
+    cfg = _resolve(args)
+    if args.print_config:
+        print(config_mod.to_toml(cfg, args.command), end="")
+        return 0
+    reference.check(cfg, "select", swept=False)
+    data = train.prepare(cfg)  # bad input (a CSV error) fails before any folder is made
+    run_dir = train.new_run_dir(cfg, "select")
+    with _hint_on_interrupt(run_dir, resumable=False):
+        run_select(cfg, data=data, run_dir=run_dir)
+    return 0
+
+
 def _version() -> str:
     import platform
 
@@ -185,7 +212,7 @@ def _resolve(args) -> dict:
         cfg["out"] = args.out
     if args.name:
         cfg["name"] = args.name
-    if args.only:
+    if getattr(args, "only", None):
         keep = [n.strip() for n in args.only.split(",")]
         unknown = sorted(set(keep) - {r["name"] for r in cfg["runs"]})
         if unknown:
@@ -293,13 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown_table(args.run_dir))
             return 0
         if args.command == "select":
-            from .reference import check
-            from .select import run_select
-
-            cfg = _resolve(args)
-            check(cfg, "select", swept=False)
-            run_select(cfg)
-            return 0
+            return _select(args)
         if args.command == "compact":
             from . import console
             from .compacting import compact_run_folder

@@ -145,19 +145,27 @@ def select_features(cfg: dict, data, say=print) -> tuple[dict, dict]:
     return selection, path
 
 
-def run_select(cfg: dict, say=print) -> Path:
-    """``decaylab select``: a run folder with ``selection.json`` and the figure."""
+def run_select(cfg: dict, say=print, data=None, run_dir: Path | None = None) -> Path:
+    """``decaylab select``: a run folder with ``selection.json`` and the figure.
+
+    ``data`` and ``run_dir`` (already made) may be given; ``status.json`` ends as
+    "complete", "failed" or "interrupted" (a select run is short and keeps no checkpoints:
+    it is run again, not resumed).
+    """
     from . import runfolder
     from .train import new_run_dir, prepare, versions
 
-    data = prepare(cfg)  # bad input (a CSV error) fails before any folder is made
-    run_dir = new_run_dir(cfg, "select")
-    runfolder.write_config(run_dir, {**cfg, "command": "select", "versions": versions()})
-    runfolder.write_data_info(run_dir, data.info())
-    selection, path = select_features(cfg, data, say)
-    runfolder.write_json(run_dir / "path.json", path)
-    runfolder.write_json(run_dir / "selection.json", selection)
-    figure(selection, data.image_shape, run_dir / "selection.png")
+    if run_dir is None:
+        data = prepare(cfg)  # bad input (a CSV error) fails before any folder is made
+        run_dir = new_run_dir(cfg, "select")
+    runfolder.set_status(run_dir, "running")
+    with runfolder.tracking(run_dir):
+        runfolder.write_config(run_dir, {**cfg, "command": "select", "versions": versions()})
+        runfolder.write_data_info(run_dir, data.info())
+        selection, path = select_features(cfg, data, say)
+        runfolder.write_json(run_dir / "path.json", path)
+        runfolder.write_json(run_dir / "selection.json", selection)
+        figure(selection, data.image_shape, run_dir / "selection.png")
     say(f"{len(selection['features'])} features kept: {', '.join(selection['features'][:20])}"
         f"{' ...' if len(selection['features']) > 20 else ''}")
     say(f"selection: {run_dir / 'selection.json'}")

@@ -1,0 +1,75 @@
+"""What the lab tells a user in the corners (issue #14 §5): Ctrl-C hints in every command,
+--print-config that only prints, help text written for each command."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from decaylab.lab import cli, config
+
+TINY = ["data.n_train=150", "train.epochs=2", "model.hidden=[8]", "train.batch_size=50"]
+SELECT = TINY + ["select.n_alphas=2", "select.path_epochs=1", "select.refit_epochs=1"]
+
+
+def _args(command, tmp_path, items, name="x", extra=()):
+    args = [command, "--out", str(tmp_path), "--name", name, "--quiet", *extra]
+    for item in items:
+        args += ["--set", item]
+    return args
+
+
+def test_ctrl_c_in_a_sweep_prints_the_resume_command(tmp_path, monkeypatch, capsys):
+    from decaylab.lab import sweep
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "_log_epoch", ctrl_c)
+    assert cli.main(_args("sweep", tmp_path, TINY, extra=["--penalty", "l2", "--alphas", "0.01,1"])) == 130
+    assert f"interrupted: continue with: decaylab resume {tmp_path / 'x'}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "x" / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_ctrl_c_in_select_says_it_is_run_again_not_resumed(tmp_path, monkeypatch, capsys):
+    from decaylab.lab import select
+
+    real, calls = select._fit, []
+
+    def fit_then_ctrl_c(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(select, "_fit", fit_then_ctrl_c)
+    assert cli.main(_args("select", tmp_path, SELECT)) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: '{tmp_path / 'x'}' is incomplete and cannot be resumed; run the command again" in err
+    assert json.loads((tmp_path / "x" / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_select_print_config_prints_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    from decaylab.lab import select
+
+    monkeypatch.setattr(select, "select_features", lambda *a, **k: pytest.fail("select ran"))
+    assert cli.main(_args("select", tmp_path, SELECT, extra=["--print-config"])) == 0
+    assert not (tmp_path / "x").exists()
+    cfg = config.resolve({}, SELECT, command="select")
+    cfg["out"], cfg["name"] = str(tmp_path), "x"
+    assert config.resolve(tomllib.loads(capsys.readouterr().out), command="select") == cfg
+
+
+@pytest.mark.parametrize("command, says, not_says", [
+    ("train", ["[penalty] table", "penalty.alpha"], ["six penalties", "--only", "runs.l1"]),
+    ("select", ["[select]", "data.path"], ["six penalties", "--only", "runs.l1"]),
+    ("compare", ["[[runs]]", "--only", "runs.l1.alpha"], ["[penalty]"]),
+])
+def test_help_is_written_for_each_command(capsys, command, says, not_says):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(s in text for s in says), text
+    assert not any(s in text for s in not_says), text
