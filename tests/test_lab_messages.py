@@ -93,3 +93,21 @@ def test_files_are_written_with_the_process_umask(tmp_path, monkeypatch, umask):
     names = {p.name for p in files}
     assert {"config.json", "status.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "report.html"} <= names
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+
+
+def test_piping_into_head_ends_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for name in ("a", "b"):
+        assert cli.main(_args("train", tmp_path, TINY + ["penalty.penalty=\"l1\""], name=name)) == 0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "decaylab.lab.cli", "report", str(tmp_path / "a"), str(tmp_path / "b")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"report: ")
+    proc.stdout.close()  # as `| head -1` does after its line; the second report line has no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert err == "", err

@@ -9,13 +9,15 @@
     decaylab compact RUN_DIR                               remove zero neurons/channels/inputs
 
 Bad input (config, paths, devices, data) is one line on stderr and exit code 2, checked
-before a run folder is created; a failed run exits 1, Ctrl-C exits 130 after a checkpoint.
+before a run folder is created; a failed run exits 1, Ctrl-C exits 130 after a checkpoint;
+output piped into a reader that quits (``| head -1``) ends quietly with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -343,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         return _experiment(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `decaylab ... | head -1`: the reader left; stop quietly, as rich does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush there
+        return EXIT_FAILED
     except (config_mod.ConfigError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
         print(f"decaylab: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
