@@ -111,3 +111,12 @@ def test_piping_into_head_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 1
     assert err == "", err
+
+
+@pytest.mark.parametrize("flag, value", [("--alphas", "-1e-3,1e-2"), ("--alphas", "-1:1:3"), ("--lrs", "-.1,1")])
+def test_a_negative_grid_value_gets_the_grids_own_error(tmp_path, capsys, flag, value):
+    argv = ["sweep", "--penalty", "l1", "--alphas", "1e-3,1e-2", flag, value, "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"decaylab: error: {flag} {value!r} has -" in err and "must be finite and > 0" in err, err
+    assert not any(tmp_path.iterdir())

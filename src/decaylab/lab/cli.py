@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -313,8 +314,27 @@ def _build_report(run_dir: Path, ui) -> Path | None:
         return None
 
 
+def _glue_grid_values(argv: list[str]) -> list[str]:
+    """``--alphas -1e-3,1e-2`` as ``--alphas=-1e-3,1e-2``: argparse takes a value that starts
+    with '-' (and is not one plain number) for an option; glued, the grid's own check says
+    what is wrong with it (strengths must be > 0).
+
+    >>> _glue_grid_values(["sweep", "--alphas", "-1e-3,1e-2", "--lrs", "1e-3"])
+    ['sweep', '--alphas=-1e-3,1e-2', '--lrs', '1e-3']
+    """
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in ("--alphas", "--lrs") and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_glue_grid_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         if args.command == "report" and args.markdown:
             from .console import markdown_table
