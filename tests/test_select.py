@@ -99,11 +99,23 @@ def test_csv_loads_named_features_and_text_classes(tmp_path):
     ("a,y\n1,2\n4,\n", {"target": "y"}, r"column 'y', line 3 is empty"),
     ("a,y\n1,2\n", {"target": "y", "features": ["z"]}, r"no feature column\(s\) \['z'\]"),
     ("a,y\n1,2\n3\n", {"target": "y"}, r"line 3 has 1 cells but the header has 2"),
+    ("a,y\n1,yes\n2,yes\n", {"target": "y"}, r"column 'y' holds one value \('yes'\) in all 2 rows"),
+    ("a,y\n1,3\n2,3\n4,3\n", {"target": "y"}, r"column 'y' holds one value \('3'\) in all 3 rows"),
 ])
 def test_csv_errors_name_column_and_line(tmp_path, text, kwargs, match):
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(ValueError, match=match):
         data_mod.load("csv", path=tmp_path / "bad.csv", **kwargs)
+
+
+def test_a_one_class_csv_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "one.csv").write_text("a,b,label\n" + "".join(f"{i},{i % 3},spam\n" for i in range(40)))
+    args = ["compare", "--out", str(tmp_path), "--set", 'data.name="csv"', "--set",
+            f'data.path="{tmp_path / "one.csv"}"', "--set", 'data.target="label"']
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "column 'label' holds one value ('spam') in all 40 rows" in err and len(err.splitlines()) == 1
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # nothing trained, no run folder
 
 
 def test_select_cli_bad_csv_exits_2_naming_the_column(tmp_path, capsys):
