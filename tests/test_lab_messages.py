@@ -120,3 +120,15 @@ def test_a_negative_grid_value_gets_the_grids_own_error(tmp_path, capsys, flag, 
     err = capsys.readouterr().err
     assert f"decaylab: error: {flag} {value!r} has -" in err and "must be finite and > 0" in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_markdown_of_several_folders_says_which_rows_are_whose(tmp_path, capsys):
+    for name, noise in (("a", "0"), ("b", "0.3")):  # the same run name, "l2", in both folders
+        assert cli.main(_args("train", tmp_path, TINY + ['penalty.penalty="l2"', f"data.label_noise={noise}"],
+                              name=name)) == 0
+    capsys.readouterr()
+    assert cli.main(["report", "--markdown", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and not line.startswith(("| run", "| ---"))]
+    assert rows == [f"**{tmp_path / 'a'}**", "l2", f"**{tmp_path / 'b'}**", "l2"]
+    assert any(f"`{tmp_path / 'a'}/l2`" in line or f"`{tmp_path / 'b'}/l2`" in line for line in lines)
