@@ -126,6 +126,7 @@ def markdown_table(run_dirs, within: float = 0.005) -> str:
             if run is not None and run["final"] is not None:
                 label = f"{folder['path']}/{run['spec']['name']}" if several else run["spec"]["name"]
                 done.append((run["spec"], run["final"], label))
+    lines += [choice for folder in folders if (choice := _sweep_choice(folder, several))]
     dense = [f["val_acc"] for r, f, _ in done if r["penalty"] in ("none", "l2") and f["val_acc"] is not None]
     if dense:
         best = max(dense)
@@ -135,6 +136,17 @@ def markdown_table(run_dirs, within: float = 0.005) -> str:
                       f"within {within * 100:.1f} points of it on validation: `{name}` with {z:.1%} exact-zero "
                       f"weights. (Chosen on validation; test accuracy is reported, never used to choose.)"]
     return "\n".join(lines)
+
+
+def _sweep_choice(folder: dict, several: bool) -> str | None:
+    """A sweep folder's choice (sweep.json), with the learning rate when it swept several."""
+    sw = runfolder.read_json(Path(folder["path"]) / "sweep.json")
+    if not isinstance(sw, dict) or "chosen" not in sw:
+        return None
+    lr = len(sw.get("lrs") or []) > 1
+    picks = "; ".join(f"{k} alpha={sw['chosen'][k]:g}" + (f", lr={sw['chosen_lr'][k]:g}" if lr else "")
+                      for k in ("best", "one_se"))
+    return "\n" + (f"`{folder['path']}`: " if several else "") + f"Chosen on validation (sweep.json): {picks}."
 
 
 def _markdown_row(name: str, run: dict | None) -> str:

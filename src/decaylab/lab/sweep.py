@@ -695,9 +695,9 @@ def describe_result(result: dict) -> str:
     """A few lines on the choice, for the terminal."""
     lines = [f"{result['describe']}: {len(result['points'])} points, chosen on validation"]
     for k in ("best", "one_se"):
-        lines.append(f"  {k:<7} alpha={result['chosen'][k]:g}  val {result['chosen_val_acc'][k]:.4f}  "
+        lr = f"  lr={result['chosen_lr'][k]:g}" if len(result.get("lrs") or []) > 1 else ""  # with --lrs
+        lines.append(f"  {k:<7} alpha={result['chosen'][k]:g}{lr}  val {result['chosen_val_acc'][k]:.4f}  "
                      f"test {result['chosen_test_acc'][k]:.4f}")
-    stopped = sum(p["stopped_early"] for p in result["points"])
-    if stopped:
+    if stopped := sum(p["stopped_early"] for p in result["points"]):
         lines.append(f"  {stopped} points stopped early by successive halving (see sweep.json; --full trains all)")
     return "\n".join(lines)
