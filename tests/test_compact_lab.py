@@ -30,3 +30,18 @@ def test_compact_command_on_a_coupled_run(tmp_path, capsys):
 def test_compact_command_on_a_missing_folder_exits_2(tmp_path, capsys):
     assert cli.main(["compact", str(tmp_path / "nope")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_a_slower_compact_model_is_called_slower(tmp_path, capsys, monkeypatch):
+    from decaylab.lab import compacting
+
+    args = ["train", "--out", str(tmp_path), "--name", "c", "--quiet"]
+    for item in ['penalty.penalty="coupled"', "penalty.alpha=0.002", 'penalty.metric="adam"', "penalty.l1_ratio=0",
+                 "data.n_train=300", "train.epochs=3", "model.hidden=[32, 16]", "train.batch_size=50"]:
+        args += ["--set", item]
+    assert cli.main(args) == 0
+    times = iter([1e-3, 1.25e-3])  # dense, then compact: the compact model measured slower
+    monkeypatch.setattr(compacting, "time_inference", lambda model, batch: next(times))
+    assert cli.main(["compact", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "1.25x slower (batch 256)" in out and "faster" not in out

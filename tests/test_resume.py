@@ -288,3 +288,81 @@ def test_ctrl_c_with_parallel_jobs_stops_every_worker_and_resumes_exactly(tmp_pa
         assert run.is_complete() or run.load_checkpoint() is not None
     assert cli.main(["resume", str(tmp_path / "par"), "--quiet"]) == 0
     _assert_same(tmp_path / "par", tmp_path / "ref")
+
+
+# -- compare with strengths chosen on validation, over seeds (the main job) ----------------
+CHOSEN = ["data.n_train=150", "model.hidden=[16]", "train.batch_size=50", "train.epochs=4", "seeds=2",
+          'runs.l1.alphas="1e-4:3e-2:4"', 'runs.l2.alphas="1e-3,1e-1"']
+ONLY = ["--only", "none,l2,l1"]
+
+
+@pytest.fixture(scope="module")
+def chosen_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chosen")
+    assert cli.main(_args("compare", out, "ref", CHOSEN) + ONLY) == 0
+    return out / "ref"
+
+
+def _assert_same_compare(a: Path, b: Path) -> None:
+    """Runs, each sweep's points and choice, and compare.json equal, timings and stack sizes aside."""
+    _assert_same(a, b)
+    assert json.loads((a / "compare.json").read_text()) == json.loads((b / "compare.json").read_text())
+    for sweep_dir in sorted((b / "sweeps").iterdir()):
+        got, want = (json.loads((d / "sweep.json").read_text()) for d in (a / "sweeps" / sweep_dir.name, sweep_dir))
+        for sw in (got, want):
+            sw.pop("wall_time")
+        assert got == want, sweep_dir.name
+        for point in sorted((sweep_dir / "runs").iterdir()):
+            mine = a / "sweeps" / sweep_dir.name / "runs" / point.name
+            assert _rows(mine) == _rows(point), point
+            wa, wb = runfolder.load_pt(mine / "model.pt"), runfolder.load_pt(point / "model.pt")
+            assert all(torch.equal(wa[k], wb[k]) for k in wb), point
+
+
+def test_the_main_job_resumes_in_the_sweep_and_in_the_seeded_runs(chosen_reference, tmp_path, monkeypatch, capsys):
+    from decaylab.lab import sweep
+
+    real_log, calls = sweep._log_epoch, []
+
+    def ctrl_c_in_the_second_sweep(stack, data, epoch, *rest):
+        calls.append(epoch)
+        if len(calls) == 3:  # l1's sweep at its last epoch: two points stopped at the rung, two not
+            raise KeyboardInterrupt
+        return real_log(stack, data, epoch, *rest)
+
+    monkeypatch.setattr(sweep, "_log_epoch", ctrl_c_in_the_second_sweep)
+    assert cli.main(_args("compare", tmp_path, "c", CHOSEN) + ONLY) == 130
+    assert f"continue with: decaylab resume {tmp_path / 'c'}" in capsys.readouterr().err
+    folder = tmp_path / "c"
+    assert json.loads((folder / "status.json").read_text())["state"] == "interrupted"
+    assert (folder / "sweeps" / "l2" / "sweep.json").is_file() and not (folder / "sweeps" / "l1" / "sweep.json").exists()
+    monkeypatch.setattr(sweep, "_log_epoch", real_log)
+    real = _raise_after_metrics_line(monkeypatch, 6, KeyboardInterrupt())  # now in the seeded runs: l2-s0
+    assert cli.main(["resume", str(folder), "--quiet"]) == 130
+    assert runfolder.Run(folder / "runs" / "none-s0").is_complete()
+    assert not runfolder.Run(folder / "runs" / "l2-s0").is_complete()
+    monkeypatch.setattr(runfolder.Run, "append_metrics", real)
+    assert cli.main(["resume", str(folder), "--quiet"]) == 0
+    _assert_same_compare(folder, chosen_reference)
+
+
+def test_resume_of_a_select_folder_is_refused_in_one_line(tmp_path, capsys):
+    args = _args("select", tmp_path, "sel", ["data.n_train=150", "model.hidden=[8]", "train.epochs=1",
+                                             "select.n_alphas=2", "select.path_epochs=1", "select.refit_epochs=0"])
+    assert cli.main(args) == 0
+    before = sorted(p.name for p in (tmp_path / "sel").iterdir())
+    capsys.readouterr()
+    assert cli.main(["resume", str(tmp_path / "sel")]) == 2
+    err = capsys.readouterr().err
+    assert "was written by 'decaylab select'" in err and "run 'decaylab select' again" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "sel").iterdir()) == before  # nothing trained into it
+
+
+def test_resume_of_a_finished_folder_says_nothing_to_do(reference, chosen_reference, tmp_path, capsys):
+    for src in (reference / "compare", chosen_reference):
+        copy = _copy(src, tmp_path / src.name)
+        capsys.readouterr()
+        assert cli.main(["resume", str(copy)]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("nothing to do: every run in") and "0/" not in err

@@ -99,11 +99,23 @@ def test_csv_loads_named_features_and_text_classes(tmp_path):
     ("a,y\n1,2\n4,\n", {"target": "y"}, r"column 'y', line 3 is empty"),
     ("a,y\n1,2\n", {"target": "y", "features": ["z"]}, r"no feature column\(s\) \['z'\]"),
     ("a,y\n1,2\n3\n", {"target": "y"}, r"line 3 has 1 cells but the header has 2"),
+    ("a,y\n1,yes\n2,yes\n", {"target": "y"}, r"column 'y' holds one value \('yes'\) in all 2 rows"),
+    ("a,y\n1,3\n2,3\n4,3\n", {"target": "y"}, r"column 'y' holds one value \('3'\) in all 3 rows"),
 ])
 def test_csv_errors_name_column_and_line(tmp_path, text, kwargs, match):
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(ValueError, match=match):
         data_mod.load("csv", path=tmp_path / "bad.csv", **kwargs)
+
+
+def test_a_one_class_csv_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "one.csv").write_text("a,b,label\n" + "".join(f"{i},{i % 3},spam\n" for i in range(40)))
+    args = ["compare", "--out", str(tmp_path), "--set", 'data.name="csv"', "--set",
+            f'data.path="{tmp_path / "one.csv"}"', "--set", 'data.target="label"']
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "column 'label' holds one value ('spam') in all 40 rows" in err and len(err.splitlines()) == 1
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # nothing trained, no run folder
 
 
 def test_select_cli_bad_csv_exits_2_naming_the_column(tmp_path, capsys):
@@ -113,3 +125,39 @@ def test_select_cli_bad_csv_exits_2_naming_the_column(tmp_path, capsys):
     assert cli.main(args) == 2
     assert "column 'a', line 3 is not a number" in capsys.readouterr().err
     assert not any(p.is_dir() for p in tmp_path.iterdir())  # no run folder for bad data
+
+
+def test_digits_near_blank_pixels_are_not_ranked_most_important():
+    torch.set_num_threads(1)
+    cfg = config.resolve({}, ["model.hidden=[128]", "train.epochs=20", "select.path_epochs=20", "select.refit_epochs=0",
+                              "select.n_alphas=3"], command="select")
+    ds = data_mod.load("digits")
+    sd = ds.x_train.std(0)
+    blank = {j for j in range(64) if sd[j] < 0.1}  # edge pixels (sd 0-0.06 of ~1): mostly 0, now and then ink
+    selection, _ = select.select_features(cfg, ds, say=lambda *a: None)
+    top = selection["feature_indices"][:10]
+    assert not blank & set(top), [(j, round(float(sd[j]), 3)) for j in top]
+    assert {f"x{j}" for j in blank} <= set(selection["constant_features"])
+
+
+def test_a_low_variance_informative_column_is_kept_and_a_constant_one_dropped():
+    torch.set_num_threads(1)
+    x, y, names = make_table(0)
+    j = names.index(next(n for n in names if n.startswith("inf")))
+    ds = as_dataset(np.c_[x, np.random.default_rng(2).normal(size=len(x))], y, names + ["constant"], 0)
+    for split in ("x_train", "x_val", "x_test"):
+        t = getattr(ds, split)
+        t[:, j] *= 0.2  # informative, with a fifth of the others' spread
+        t[:, -1] = 3.0 + 1e-7 * torch.randn(len(t), generator=torch.Generator().manual_seed(1))  # rounding noise
+    ds.n_features = x.shape[1] + 1
+    cfg = config.resolve({}, SMALL, command="select")
+    selection, _ = select.select_features(cfg, ds, say=lambda *a: None)
+    assert names[j] in selection["features"] and "constant" not in selection["features"]
+
+
+def test_a_column_that_differs_only_in_rounding_is_not_blown_up(tmp_path):
+    rows = "".join(f"{i % 7},{5.0 + (1e-12 if i == 3 else 0.0)!r},{'ab'[i % 2]}\n" for i in range(60))
+    (tmp_path / "r.csv").write_text("a,c,y\n" + rows)
+    ds = data_mod.load("csv", path=tmp_path / "r.csv", target="y")
+    assert float(ds.x_train[:, 1].abs().max()) < 1e-6  # constant: centred, not divided by ~1e-13
+    assert float(ds.x_train[:, 0].std()) == pytest.approx(1.0, abs=0.05)

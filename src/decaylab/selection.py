@@ -18,7 +18,33 @@ from torch import Tensor
 from .groups import Columns, Grouping, Indexed, make_grouping
 from .penalties import GroupLasso, Penalty
 
-__all__ = ["AdaptiveGroupLasso", "adaptive_weights"]
+__all__ = ["AdaptiveGroupLasso", "adaptive_weights", "standardize_inputs"]
+
+
+def standardize_inputs(x_train: Tensor, *others: Tensor, constant: float = 0.1) -> tuple[list[Tensor], Tensor]:
+    """Scale every input column to mean 0 and sd 1 on ``x_train``, so a first layer's column
+    norms compare inputs; returns ``([x_train, *others] standardized, near-constant mask)``.
+
+    A column whose sd is at most ``constant`` times the data's scale (the median sd of the
+    columns that vary) is near-constant (a blank or almost blank pixel, a column that
+    differs only in rounding): it becomes 0 everywhere, never divided by its tiny sd, which
+    would turn a few stray values into large noise that a network fits and a selection
+    ranks first; the group lasso then removes it. A column of small but real spread (above
+    that share) is scaled up like any other.
+
+    >>> (x,), const = standardize_inputs(torch.tensor([[0.0, 3.0, 5.0, 1.0], [2.0, 1.0, 5.0, 1.01]]))
+    >>> x, const
+    (tensor([[-1.,  1.,  0.,  0.],
+            [ 1., -1.,  0.,  0.]]), tensor([False, False,  True,  True]))
+    """
+    x64 = x_train.double()
+    mean, sd = x64.mean(0), x64.std(0, unbiased=False)
+    varying = sd[sd > 0]
+    scale = varying.median() if varying.numel() else sd.new_tensor(0.0)
+    const = ~(sd > constant * scale) | ~(sd > 0)
+    sd = torch.where(const, torch.ones_like(sd), sd)
+    out = [torch.where(const, 0.0, (x.double() - mean) / sd).to(x.dtype) for x in (x_train, *others)]
+    return out, const
 
 
 def adaptive_weights(reference: Tensor, grouping: Grouping, gamma: float = 2.0) -> Tensor:

@@ -46,23 +46,34 @@ def _seed_name(name: str, seed: int, n: int) -> str:
     return f"{name}-s{seed}" if n > 1 else name
 
 
-def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
-    """Choose strengths, train every run over the seeds, write ``compare.json``."""
+def run_compare(cfg: dict, run_dir: Path, progress=None, say=print, resume: bool = False) -> dict:
+    """Choose strengths, train every run over the seeds, write ``compare.json``.
+
+    With ``resume=True`` (``decaylab resume``; ``cfg["runs"]`` are the folder's
+    ``base_runs``) a finished sweep is read back, an unfinished one resumed, and each
+    seeded run kept, continued from its checkpoint or started again, as
+    :func:`train.train_run` does: the result equals an uninterrupted run's.
+    """
+    with runfolder.lock(run_dir):
+        return _run_compare(cfg, run_dir, progress, say, resume)
+
+
+def _run_compare(cfg: dict, run_dir: Path, progress, say, resume: bool) -> dict:
     seeds = [cfg["seed"] + i for i in range(cfg.get("seeds", 1))]
     runs = [dict(r) for r in cfg["runs"]]
     expanded = [{**r, "name": _seed_name(r["name"], s, len(seeds))} for s in seeds for r in runs]
     runfolder.set_status(run_dir, "running")
-    runfolder.write_json(run_dir / "config.json", {**cfg, "runs": expanded, "base_runs": runs, "command": "compare",
-                                                     "versions": train_mod.versions(), "created": runfolder.now()})
-    with runfolder.tracking(run_dir):
+    if not resume:
+        runfolder.write_json(run_dir / "config.json", {**cfg, "runs": expanded, "base_runs": runs,
+                                                         "command": "compare", "versions": train_mod.versions(),
+                                                         "created": runfolder.now()})
+    with runfolder.tracking(run_dir, train_mod.resume_command(run_dir)):
         data0 = train_mod._load_data(cfg)
         runfolder.write_json(run_dir / "data.json", data0.info())
         chosen = {}
         for r in runs:
             if r.get("alphas"):
-                d = run_dir / "sweeps" / r["name"]
-                d.mkdir(parents=True)
-                sw = sweep_mod.run_sweep({**cfg, "runs": [r]}, _spec(r), d, data=data0, say=lambda s: None)
+                sw = _choose_alpha({**cfg, "runs": [r]}, _spec(r), run_dir / "sweeps" / r["name"], data0, resume)
                 r["alpha"] = sw["chosen"]["best"]
                 chosen[r["name"]] = {"grid": sw["alphas"], "best": sw["chosen"]["best"], "one_se": sw["chosen"]["one_se"],
                                      "sweep": f"sweeps/{r['name']}/sweep.json"}
@@ -76,10 +87,33 @@ def run_compare(cfg: dict, run_dir: Path, progress=None, say=print) -> dict:
             data = data0 if s == cfg["seed"] else train_mod._load_data(cfg_s)
             for r in runs:
                 name = _seed_name(r["name"], s, len(seeds))
-                train_mod.train_run(cfg_s, data, {**r, "name": name}, run_dir / "runs" / name, progress)
+                train_mod.train_run(cfg_s, data, {**r, "name": name}, run_dir / "runs" / name, progress, resume)
         result = summarize(run_dir, runs, seeds, chosen)
         runfolder.write_json(run_dir / "compare.json", result)
     return result
+
+
+def _choose_alpha(cfg: dict, spec: dict, folder: Path, data, resume: bool) -> dict:
+    """The sweep of one run's grid into ``folder``: run, resumed, or (finished) read back."""
+    if resume and runfolder.read_status(folder).get("state") == "complete":
+        done = runfolder.read_json(folder / "sweep.json")
+        if isinstance(done, dict) and "chosen" in done:
+            return done
+    started = resume and (folder / runfolder.CONFIG).is_file()  # else killed before the sweep began
+    folder.mkdir(parents=True, exist_ok=resume)
+    return sweep_mod.run_sweep(cfg, spec, folder, data=data, say=lambda s: None, resume=started)
+
+
+def resume_config(run_dir) -> dict:
+    """The config to resume a compare-with-choice folder: its ``base_runs`` as the runs."""
+    from . import config
+
+    saved = runfolder.read_config(run_dir)
+    base = {k: v for k, v in saved.items() if k not in train_mod.RUN_KEYS}
+    try:
+        return config.resolve({**base, "runs": saved["base_runs"]}, command="compare")
+    except config.ConfigError as err:
+        raise config.ConfigError(f"{Path(run_dir) / runfolder.CONFIG}: {err}") from None
 
 
 def _mean_sd(xs):

@@ -9,12 +9,16 @@
     decaylab compact RUN_DIR                               remove zero neurons/channels/inputs
 
 Bad input (config, paths, devices, data) is one line on stderr and exit code 2, checked
-before a run folder is created; a failed run exits 1, Ctrl-C exits 130 after a checkpoint.
+before a run folder is created; a failed run exits 1, Ctrl-C exits 130 after a checkpoint;
+output piped into a reader that quits (``| head -1``) ends quietly with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -30,20 +34,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"decaylab: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
+_EXPERIMENTS = (
+    ("compare", "train one model per penalty and compare them",
+     "TOML file with [[runs]] tables (default: digits, MLP 256-128, the six penalties)"),
+    ("train", "train one model with one penalty setting",
+     "TOML file with one [penalty] table (or give it with --set penalty.KEY=VALUE)"),
+    ("select", "which of my features matter? (adaptive group lasso path, 1-SE choice)",
+     "TOML file with [data] and [select] tables (default: digits, MLP)"))
+_SET_HELP = {"compare": "override a key, e.g. --set train.epochs=5 --set runs.l1.alpha=1e-3",
+             "train": "override a key, e.g. --set penalty.penalty=l1 --set penalty.alpha=1e-4",
+             "select": "override a key, e.g. --set data.name=csv --set data.path=my.csv --set select.n_alphas=6"}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="decaylab", description="See what weight decay, L1, elastic net and group lasso do.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, help_ in (("compare", "train one model per penalty and compare them"),
-                        ("train", "train one model with one penalty setting"),
-                        ("select", "which of my features matter? (adaptive group lasso path, 1-SE choice)")):
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("config", nargs="?", help="TOML file (defaults: digits, MLP, the six penalties)")
+    for name, help_, config_help in _EXPERIMENTS:
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("config", nargs="?", help=config_help)
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a key, e.g. --set train.epochs=5 --set runs.l1.alpha=1e-3")
+                       help=_SET_HELP[name])
         c.add_argument("--out", help="parent folder of the run folder (default: runs)")
-        c.add_argument("--name", help="run folder name (default: COMMAND-DATA-TIME)")
-        c.add_argument("--only", help="comma-separated run names to keep (compare)")
+        c.add_argument("--name", help=f"run folder name (default: {name}-DATA-TIME)")
+        if name == "compare":
+            c.add_argument("--only", help="comma-separated run names to keep, e.g. none,l1")
         c.add_argument("--quiet", action="store_true", help="print only the run folder's path")
         c.add_argument("--print-config", action="store_true",
                        help="print the resolved config as TOML (a valid CONFIG file) and exit")
@@ -111,11 +126,13 @@ def _sweep(args) -> int:
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
         if args.backend == "ray":
-            result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
+            with _hint_on_interrupt(run_dir):
+                result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
         else:
             points = sweep.make_points(spec["alphas"], spec["lrs"] or [cfg["train"]["lr"]],
                                        [cfg["seed"] + i for i in range(spec["seeds"])])
-            with ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
+            with _hint_on_interrupt(run_dir), \
+                    ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
                 result = sweep.run_sweep(cfg, spec, run_dir, data=data, progress=progress, say=ui.say)
     finally:
         report = _build_report(run_dir, ui)
@@ -124,25 +141,58 @@ def _sweep(args) -> int:
     return 0
 
 
-def _selected_compare(args, cfg: dict) -> int:
-    """compare with runs.NAME.alphas (λ chosen on validation) and/or seeds > 1."""
+def _selected_compare(args, cfg: dict, run_dir: Path | None = None) -> int:
+    """compare with runs.NAME.alphas (λ chosen on validation) and/or seeds > 1; with
+    ``run_dir`` (``decaylab resume``) continue that folder."""
     from . import choose, console, train
 
-    choose.check(cfg)
-    train.prepare(cfg)  # bad input fails here, before a run folder exists
-    run_dir = train.new_run_dir(cfg, args.command)
+    resume = run_dir is not None
+    if not resume:
+        choose.check(cfg)
+        train.prepare(cfg)  # bad input fails here, before a run folder exists
+        run_dir = train.new_run_dir(cfg, args.command)
     ui = console.Console(quiet=args.quiet)
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
         seeds = range(cfg["seed"], cfg["seed"] + cfg["seeds"])
         names = [{**r, "name": f"{r['name']}-s{s}" if cfg["seeds"] > 1 else r["name"]}
                  for s in seeds for r in cfg["runs"]]
-        with ui.progress({**cfg, "runs": names}) as progress:
-            result = choose.run_compare(cfg, run_dir, progress=progress, say=ui.say)
+        with _hint_on_interrupt(run_dir), ui.progress({**cfg, "runs": names}) as progress:
+            result = choose.run_compare(cfg, run_dir, progress=progress, say=ui.say, resume=resume)
     finally:
         report = _build_report(run_dir, ui)
     ui.say(choose.markdown(result))
     ui.say(f"report: {report}" if report else "report: not built (see the error above)")
+    return 0
+
+
+@contextlib.contextmanager
+def _hint_on_interrupt(run_dir: Path, resumable: bool = True):
+    """On Ctrl-C, say on stderr what was kept and how to go on, then let it through."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from .train import resume_command
+
+        hint = (f"continue with: {resume_command(run_dir)}" if resumable else
+                f"'{run_dir}' is incomplete and cannot be resumed; run the command again")
+        print(f"interrupted: {hint}", file=sys.stderr, flush=True)
+        raise
+
+
+def _select(args) -> int:
+    from . import reference, train
+    from .select import run_select
+
+    cfg = _resolve(args)
+    if args.print_config:
+        print(config_mod.to_toml(cfg, args.command), end="")
+        return 0
+    reference.check(cfg, "select", swept=False)
+    data = train.prepare(cfg)  # bad input (a CSV error) fails before any folder is made
+    run_dir = train.new_run_dir(cfg, "select")
+    with _hint_on_interrupt(run_dir, resumable=False):
+        run_select(cfg, data=data, run_dir=run_dir)
     return 0
 
 
@@ -165,7 +215,7 @@ def _resolve(args) -> dict:
         cfg["out"] = args.out
     if args.name:
         cfg["name"] = args.name
-    if args.only:
+    if getattr(args, "only", None):
         keep = [n.strip() for n in args.only.split(",")]
         unknown = sorted(set(keep) - {r["name"] for r in cfg["runs"]})
         if unknown:
@@ -193,23 +243,34 @@ def _experiment(args) -> int:
 
 
 def _resume(args) -> int:
-    from . import runfolder, train
+    """``decaylab resume``: continue a folder as the command that wrote it, or refuse."""
+    from . import choose, resuming, runfolder, train
 
     run_dir = Path(args.run_dir)
     saved = runfolder.read_config(run_dir)
-    if saved.get("command") == "sweep":
-        return _resume_sweep(args, run_dir)
-    if "base_runs" in saved:
-        raise config_mod.ConfigError(f"{run_dir} is a compare with strengths chosen on validation over seeds; "
-                                     f"resuming one is not supported yet: run the command again")
-    cfg = train.folder_config(run_dir)
-    data = train.prepare(cfg)
-    then = (runfolder.read_config(run_dir).get("versions") or {})
-    now = train.versions()
+    command = saved.get("command")
+    if command not in resuming.RESUMABLE:
+        raise config_mod.ConfigError(
+            f"{run_dir} was written by 'decaylab {command}', which keeps no checkpoints to continue from; "
+            f"run 'decaylab {command}' again (a new --name) instead of resuming it")
+    then, now = saved.get("versions") or {}, train.versions()
     changed = [f"{k} {then[k]} -> {now[k]}" for k in ("decaylab", "torch", "numpy") if then.get(k, now[k]) != now[k]]
     if changed:
         print(f"decaylab: note: versions changed since the run started ({', '.join(changed)}); the resumed "
               f"run may differ from an uninterrupted one in the last bits", file=sys.stderr)
+    chosen = command == "compare" and "base_runs" in saved  # strengths chosen on validation, seeds
+    cfg = None if command == "sweep" else choose.resume_config(run_dir) if chosen else train.folder_config(run_dir)
+    with runfolder.lock(run_dir):  # a folder another process trains into is refused, done or not
+        finished = resuming.finished(run_dir, saved)
+    if finished:
+        print(run_dir if args.quiet else f"nothing to do: every run in {run_dir} is complete "
+              f"(report: decaylab report {run_dir})", flush=True)
+        return 0
+    if command == "sweep":
+        return _resume_sweep(args, run_dir)
+    data = train.prepare(cfg)
+    if chosen:
+        return _selected_compare(args, cfg, run_dir)
     return _train(args, cfg, run_dir, lambda progress: train.resume_experiment(run_dir, progress, data))
 
 
@@ -219,7 +280,8 @@ def _resume_sweep(args, run_dir: Path) -> int:
     ui = console.Console(quiet=args.quiet)
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
-        result = sweep.resume_sweep(run_dir, say=ui.say)
+        with _hint_on_interrupt(run_dir):
+            result = sweep.resume_sweep(run_dir, say=ui.say)
     finally:
         report = _build_report(run_dir, ui)
     ui.say(sweep.describe_result(result))
@@ -228,17 +290,13 @@ def _resume_sweep(args, run_dir: Path) -> int:
 
 
 def _train(args, cfg: dict, run_dir: Path, go) -> int:
-    from . import console, train
+    from . import console
 
     ui = console.Console(quiet=args.quiet)
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
     try:
-        with ui.progress(cfg) as progress:
+        with _hint_on_interrupt(run_dir), ui.progress(cfg) as progress:
             go(progress)
-    except KeyboardInterrupt:
-        print(f"interrupted: checkpointed after the current step; continue with: "
-              f"{train.resume_command(run_dir)}", file=sys.stderr)
-        raise
     finally:
         report = _build_report(run_dir, ui)
     ui.table(run_dir)
@@ -256,8 +314,27 @@ def _build_report(run_dir: Path, ui) -> Path | None:
         return None
 
 
+def _glue_grid_values(argv: list[str]) -> list[str]:
+    """``--alphas -1e-3,1e-2`` as ``--alphas=-1e-3,1e-2``: argparse takes a value that starts
+    with '-' (and is not one plain number) for an option; glued, the grid's own check says
+    what is wrong with it (strengths must be > 0).
+
+    >>> _glue_grid_values(["sweep", "--alphas", "-1e-3,1e-2", "--lrs", "1e-3"])
+    ['sweep', '--alphas=-1e-3,1e-2', '--lrs', '1e-3']
+    """
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in ("--alphas", "--lrs") and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_glue_grid_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         if args.command == "report" and args.markdown:
             from .console import markdown_table
@@ -265,13 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown_table(args.run_dir))
             return 0
         if args.command == "select":
-            from .reference import check
-            from .select import run_select
-
-            cfg = _resolve(args)
-            check(cfg, "select", swept=False)
-            run_select(cfg)
-            return 0
+            return _select(args)
         if args.command == "compact":
             from . import console
             from .compacting import compact_run_folder
@@ -294,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         return _experiment(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `decaylab ... | head -1`: the reader left; stop quietly, as rich does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush there
+        return EXIT_FAILED
     except (config_mod.ConfigError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
         print(f"decaylab: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -83,7 +83,16 @@ def compact_run_folder(run_dir, say=print) -> dict:
         runfolder.write_json(path.parent / runfolder.COMPACT, result)
         name = path.parent.name
         say(f"{name}: " + (small.compaction.summary() + f"; test max |diff| {result['max_abs_diff_test']:.2g}, "
-                           f"{result['speedup_batch256']:.2f}x faster (batch 256)"
+                           f"{speed_text(result['speedup_batch256'])} (batch 256)"
                            if result["compacted"] else result["reason"]))
         out[name] = result
     return out
+
+
+def speed_text(ratio: float) -> str:
+    """Dense time / compact time in words, honest when the compact model is slower.
+
+    >>> speed_text(2.5), speed_text(0.8)
+    ('2.50x faster', '1.25x slower')
+    """
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"

@@ -105,7 +105,8 @@ def _num(x) -> str:
 
 
 def markdown_table(run_dirs, within: float = 0.005) -> str:
-    """Results of one or more run folders as one Markdown table, plus the sparsest run that
+    """Results of one or more run folders as one Markdown table (with several, each folder's
+    rows follow a row naming the folder), plus the sparsest run that
     stays within ``within`` (absolute validation accuracy) of the best dense run (no penalty or
     L2), both chosen on validation (the test column is reported, never used to choose)."""
     folders = []
@@ -115,22 +116,37 @@ def markdown_table(run_dirs, within: float = 0.005) -> str:
     lines = [f"| run | penalty | {_test_label(folders).replace('test', 'val')} | {_test_label(folders)} "
              f"| train−test gap | exact-zero weights | inputs kept | epoch time (s) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    done = []
+    done, several = [], len(folders) > 1
     for folder in folders:
+        if several:  # each folder's rows under a row naming it; runs named folder/run below
+            lines.append("| **" + folder["path"].replace("|", "\\|") + "** |" + " |" * 7)
         for name, run in _runs_in_order(folder):
             row = _markdown_row(name, run)
             lines.append(row)
             if run is not None and run["final"] is not None:
-                done.append((run["spec"], run["final"]))
-    dense = [f["val_acc"] for r, f in done if r["penalty"] in ("none", "l2") and f["val_acc"] is not None]
+                label = f"{folder['path']}/{run['spec']['name']}" if several else run["spec"]["name"]
+                done.append((run["spec"], run["final"], label))
+    lines += [choice for folder in folders if (choice := _sweep_choice(folder, several))]
+    dense = [f["val_acc"] for r, f, _ in done if r["penalty"] in ("none", "l2") and f["val_acc"] is not None]
     if dense:
         best = max(dense)
-        ok = [(f["zero_fraction"], r["name"]) for r, f in done if f["val_acc"] is not None and f["val_acc"] >= best - within]
+        ok = [(f["zero_fraction"], label) for r, f, label in done if f["val_acc"] is not None and f["val_acc"] >= best - within]
         z, name = max(ok)
         lines += ["", f"Best dense run (no penalty or L2) on validation: accuracy {best:.4f}. Sparsest run "
                       f"within {within * 100:.1f} points of it on validation: `{name}` with {z:.1%} exact-zero "
                       f"weights. (Chosen on validation; test accuracy is reported, never used to choose.)"]
     return "\n".join(lines)
+
+
+def _sweep_choice(folder: dict, several: bool) -> str | None:
+    """A sweep folder's choice (sweep.json), with the learning rate when it swept several."""
+    sw = runfolder.read_json(Path(folder["path"]) / "sweep.json")
+    if not isinstance(sw, dict) or "chosen" not in sw:
+        return None
+    lr = len(sw.get("lrs") or []) > 1
+    picks = "; ".join(f"{k} alpha={sw['chosen'][k]:g}" + (f", lr={sw['chosen_lr'][k]:g}" if lr else "")
+                      for k in ("best", "one_se"))
+    return "\n" + (f"`{folder['path']}`: " if several else "") + f"Chosen on validation (sweep.json): {picks}."
 
 
 def _markdown_row(name: str, run: dict | None) -> str:

@@ -85,6 +85,10 @@ def read_csv(path, target: str, features: list[str] | None = None):
 
 
 def _target(labels: list[str], target: str, body, path):
+    if len(set(labels)) == 1:
+        raise ValueError(f"{path}: column {target!r} holds one value ({labels[0]!r}) in all {len(labels)} rows; "
+                         f"there is nothing to predict: set data.target to a column with at least two "
+                         f"classes (or values)")
     try:
         values = np.array([float(v) for v in labels])
     except ValueError:  # text labels: classes

@@ -179,6 +179,9 @@ def _fetch(url: str, target: Path, md5: str) -> None:
     """Download ``url`` to ``target`` via a temp file; keep it only if its MD5 matches."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
+        from .runfolder import umask_mode
+
+        umask_mode(fd)
         digest = hashlib.md5(usedforsecurity=False)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             while chunk := resp.read(1 << 20):
@@ -341,7 +344,10 @@ def _normalize(train: np.ndarray, *others: np.ndarray, per_feature: bool, center
     mean = train.mean(axis=0) if per_feature else train.mean()
     mean = mean if center else np.zeros_like(mean)
     std = train.std(axis=0) if per_feature else train.std()
-    mean, std = np.asarray(mean, train.dtype), np.where(std > 0, std, 1).astype(train.dtype)
+    # a column that differs only in rounding (sd at most 1e-9 of its magnitude) is constant:
+    # divided by its tiny sd it would become large noise a network can fit
+    constant = std <= 1e-9 * (np.abs(train).max(axis=0) if per_feature else np.abs(train).max())
+    mean, std = np.asarray(mean, train.dtype), np.where(constant | ~(std > 0), 1, std).astype(train.dtype)
     return [((a - mean) / std).astype(np.float32, copy=False) for a in (train, *others)]
 
 

@@ -90,11 +90,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def umask_mode(fd: int) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode ``open()`` would: 0666 less the umask
+    (0644 usually), so reports and checkpoints can be shared like any tool's output."""
+    if hasattr(os, "fchmod"):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
+
+
 def _atomic(path: Path, write) -> None:
     """Call ``write(file)`` on a temp file next to ``path``, fsync it, rename it over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask_mode(fd)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -1,5 +1,9 @@
 """``decaylab select``: which of my features matter? The adaptive group lasso recipe.
 
+0. Standardize each input on the training split (:func:`decaylab.selection.standardize_inputs`),
+   so column norms compare inputs; a near-constant input (sd at most a tenth of the median
+   input sd, e.g. an almost blank pixel) becomes 0, never divided by its tiny sd, and the
+   path removes it.
 1. Fit the network dense (``train.epochs``; no penalty) -> ``dense_val_acc`` and the
    first layer's column norms ``||w0_j||``.
 2. A path of strengths ``alpha`` from ``select.alpha_max`` down to ``select.alpha_min``
@@ -20,6 +24,7 @@ features, validation score), ``selection.json`` and ``selection.png``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import decaylab as dl
+from decaylab.selection import standardize_inputs
 
 from .models import build_model
 
@@ -96,6 +102,8 @@ def one_se_choice(means: list[float], ses: list[float]) -> int:
 def select_features(cfg: dict, data, say=print) -> tuple[dict, dict]:
     """Run the recipe on a loaded data set -> ``(selection, path)`` dicts (see module doc)."""
     sc, tr = cfg["select"], cfg["train"]
+    (x_train, x_val, x_test), constant = standardize_inputs(data.x_train, data.x_val, data.x_test)
+    data = dataclasses.replace(data, x_train=x_train, x_val=x_val, x_test=x_test)
     torch.manual_seed(cfg["seed"])
     dense = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1, hidden=cfg["model"]["hidden"],
                         image_shape=data.image_shape, dropout=cfg["model"]["dropout"])
@@ -141,23 +149,32 @@ def select_features(cfg: dict, data, say=print) -> tuple[dict, dict]:
         "dense_test_" + metric: float(scores(dense, data.x_test, data.y_test, data.task).mean()),
         "alpha": alphas[i], "rule": "one standard error (strongest alpha within 1 SE of the best validation)",
         "column_norms": norms.tolist(),
+        "constant_features": [names[j] for j in range(data.n_features) if constant[j]],
     }
     return selection, path
 
 
-def run_select(cfg: dict, say=print) -> Path:
-    """``decaylab select``: a run folder with ``selection.json`` and the figure."""
+def run_select(cfg: dict, say=print, data=None, run_dir: Path | None = None) -> Path:
+    """``decaylab select``: a run folder with ``selection.json`` and the figure.
+
+    ``data`` and ``run_dir`` (already made) may be given; ``status.json`` ends as
+    "complete", "failed" or "interrupted" (a select run is short and keeps no checkpoints:
+    it is run again, not resumed).
+    """
     from . import runfolder
     from .train import new_run_dir, prepare, versions
 
-    data = prepare(cfg)  # bad input (a CSV error) fails before any folder is made
-    run_dir = new_run_dir(cfg, "select")
-    runfolder.write_config(run_dir, {**cfg, "command": "select", "versions": versions()})
-    runfolder.write_data_info(run_dir, data.info())
-    selection, path = select_features(cfg, data, say)
-    runfolder.write_json(run_dir / "path.json", path)
-    runfolder.write_json(run_dir / "selection.json", selection)
-    figure(selection, data.image_shape, run_dir / "selection.png")
+    if run_dir is None:
+        data = prepare(cfg)  # bad input (a CSV error) fails before any folder is made
+        run_dir = new_run_dir(cfg, "select")
+    runfolder.set_status(run_dir, "running")
+    with runfolder.tracking(run_dir):
+        runfolder.write_config(run_dir, {**cfg, "command": "select", "versions": versions()})
+        runfolder.write_data_info(run_dir, data.info())
+        selection, path = select_features(cfg, data, say)
+        runfolder.write_json(run_dir / "path.json", path)
+        runfolder.write_json(run_dir / "selection.json", selection)
+        figure(selection, data.image_shape, run_dir / "selection.png")
     say(f"{len(selection['features'])} features kept: {', '.join(selection['features'][:20])}"
         f"{' ...' if len(selection['features']) > 20 else ''}")
     say(f"selection: {run_dir / 'selection.json'}")

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 import decaylab as dl
 
-from . import runfolder
+from . import resuming, runfolder
 from . import train as train_mod
 from .models import build_model, stack_models, unstack_model
 
@@ -522,12 +522,11 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
     ``log_every`` (metrics every N epochs; 0, the default, logs only the rungs and the last
     epoch, which is all the path needs and saves evaluation time).
 
-    With ``resume=True`` (``decaylab resume`` of a sweep folder) a point with ``final.json``
-    is kept as it is; the others start again from scratch, stacked. A point's training does
-    not depend on the others in its stack, and halving the unfinished points of a seed uses
-    the remaining rungs (those of a smaller stack), so a resumed sweep decides as an
-    uninterrupted one would.
+    With ``resume=True`` (``decaylab resume`` of a sweep folder) a stack whose points all
+    have ``final.json`` is kept; one with an unfinished point trains again whole, so its
+    halving and its metrics are an uninterrupted sweep's, bit for bit.
     """
+    spec = dict(spec)  # gains "per_stack" (resuming.stack_size)
     lrs = spec.get("lrs") or [cfg["train"]["lr"]]
     seeds = [cfg["seed"] + i for i in range(spec["seeds"])]
     points = make_points(spec["alphas"], lrs, seeds)
@@ -544,12 +543,13 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
         for seed in seeds:
             cfg_s = {**cfg, "seed": seed}
             mine = [p for p in points if p["seed"] == seed]
-            todo = [p for p in mine if not (resume and runfolder.run(run_dir, p["name"]).is_complete())]
+            done = {p["name"] for p in mine if resume and runfolder.run(run_dir, p["name"]).is_complete()}
             data_s = data if (data is not None and seed == cfg["seed"]) else (
-                train_mod._load_data(cfg_s) if todo or seed == cfg["seed"] else None)
+                train_mod._load_data(cfg_s) if len(done) < len(mine) or seed == cfg["seed"] else None)
             if seed == cfg["seed"]:
                 runfolder.write_data_info(run_dir, data_s.info())
             per_stack, per, budget = memory_plan(cfg, data_s or data, len(mine), spec.get("max_memory"))
+            per_stack = resuming.stack_size(run_dir, spec, per_stack, resume)
             if per_stack < len(mine) and seed == cfg["seed"]:
                 say(f"sweep: {len(mine)} points need about {len(mine) * per / 2**20:.0f} MiB stacked, over the "
                     f"{budget / 2**20:.0f} MiB allowed; training them in stacks of {per_stack}")
@@ -561,11 +561,12 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
                       "logged_epochs": "every epoch" if spec.get("log_every") == 1 else
                       f"every {spec['log_every']} epochs, at rungs and the last" if spec.get("log_every")
                       else "at rungs and the last epoch", "warm_starts": False}
-            if resume and len(todo) < len(mine):
-                say(f"resume: seed {seed}: {len(mine) - len(todo)} of {len(mine)} points finished, kept; "
-                    f"{len(todo)} trained again")
-            for i in range(0, len(todo), per_stack):
-                chunk = todo[i:i + per_stack]
+            # a stack with an unfinished point trains again whole: its halving decides as before
+            stacks = [mine[i:i + per_stack] for i in range(0, len(mine), per_stack)]
+            todo = [c for c in stacks if not all(p["name"] in done for p in c)]
+            if resume and done:
+                say(resuming.kept_points(seed, len(done), len(mine), sum(map(len, todo))))
+            for chunk in todo:
                 for p in chunk:
                     runfolder.run(run_dir, p["name"]).begin({
                         **run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": seed,
@@ -695,9 +696,9 @@ def describe_result(result: dict) -> str:
     """A few lines on the choice, for the terminal."""
     lines = [f"{result['describe']}: {len(result['points'])} points, chosen on validation"]
     for k in ("best", "one_se"):
-        lines.append(f"  {k:<7} alpha={result['chosen'][k]:g}  val {result['chosen_val_acc'][k]:.4f}  "
+        lr = f"  lr={result['chosen_lr'][k]:g}" if len(result.get("lrs") or []) > 1 else ""  # with --lrs
+        lines.append(f"  {k:<7} alpha={result['chosen'][k]:g}{lr}  val {result['chosen_val_acc'][k]:.4f}  "
                      f"test {result['chosen_test_acc'][k]:.4f}")
-    stopped = sum(p["stopped_early"] for p in result["points"])
-    if stopped:
+    if stopped := sum(p["stopped_early"] for p in result["points"]):
         lines.append(f"  {stopped} points stopped early by successive halving (see sweep.json; --full trains all)")
     return "\n".join(lines)

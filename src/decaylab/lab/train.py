@@ -313,6 +313,8 @@ def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None, resume: 
     """
     out = runfolder.Run(run_dir)
     if resume and out.is_complete():
+        if progress is not None and out.metrics():  # its bar shows it done, not 0/N
+            progress(run["name"], out.metrics()[-1])
         return out.final()
     ckpt = out.load_checkpoint() if resume else None
     state = build_state(cfg, data, run)
@@ -370,9 +372,7 @@ class _stop_on_sigint:
 
 
 def _final(model: nn.Module, last: dict, stats: dict) -> dict:
-    acc_gap = None
-    if last["train_acc"] is not None:
-        acc_gap = last["train_acc"] - last["test_acc"]
+    acc_gap = last["train_acc"] - last["test_acc"] if last["train_acc"] is not None else None
     n_params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int((p.detach() != 0).sum()) for p in model.parameters())
     return {
