@@ -545,20 +545,19 @@ def run_case(case: Case) -> list[str]:
 
 
 # -- CI: a fixed set of seeds -------------------------------------------------------------------
-# seeds that fail on main, with the bug each one hits (xfail(strict): a fix turns them green)
-KNOWN: dict[int, str] = {
-    7: "fixed on branch runtime: ElasticNet.l1_ratio changed mid-run is ignored by the compiled prox",
-    17: "fixed on branch runtime: Adam's eps changed after step 1 is ignored by the compiled prox",
-    18: "fixed on branch runtime: a model converted to bf16 after regularize() gets no fp32 residual",
-    59: "fixed on branch runtime: OneCycleLR moves beta1, which recompiles the Adam kernel every step",
+# seeds that once failed, each with the bug it caught (kept as regression cases)
+CAUGHT: dict[int, str] = {
+    7: "ElasticNet.l1_ratio changed mid-run was ignored by the compiled prox",
+    17: "Adam's eps changed after step 1 was ignored by the compiled prox",
+    18: "a model converted to bf16 after regularize() got no fp32 residual",
+    59: "OneCycleLR moves beta1, which recompiled the Adam kernel every step",
 }
 # seeds 0-59 that compile at least one kernel, plus the four above
 CI_SEEDS = [0, 1, 2, 4, 9, 19, 20, 26, 27, 30, 37, 38, 42, 44, 50, 53, 7, 17, 18, 59]
 
 
 def _param(seed: int):
-    marks = [pytest.mark.xfail(strict=True, reason=KNOWN[seed])] if seed in KNOWN else []
-    return pytest.param(seed, id=f"seed_{seed}", marks=marks)
+    return pytest.param(seed, id=f"seed_{seed}")
 
 
 @pytest.mark.parametrize("seed", [_param(s) for s in CI_SEEDS])
@@ -618,7 +617,6 @@ def _set(key, value, at=2):
     return mutate
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch runtime: eps is baked into the compiled prox")
 def test_eps_changed_after_the_first_steps_reaches_the_compiled_adam_metric_prox():
     # Adam's own step apart from the kernel (a small CPU bucket's default): the Adam-metric
     # threshold lr * alpha / max(sqrt(v_hat) + eps, alpha) must follow the new eps
@@ -630,7 +628,6 @@ def test_eps_changed_after_the_first_steps_reaches_the_compiled_adam_metric_prox
     _same_weights(eager, comp)
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch runtime: l1_ratio is baked into the compiled prox")
 def test_l1_ratio_changed_mid_run_reaches_the_compiled_elastic_net_prox():
     pens = []
 
@@ -648,7 +645,6 @@ def test_l1_ratio_changed_mid_run_reaches_the_compiled_elastic_net_prox():
     _same_weights(eager, comp)
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch runtime: the low-precision choice is made at wrap time")
 @pytest.mark.parametrize("flag", [False, True], ids=["eager", "fused"])
 def test_a_model_converted_to_bf16_after_regularize_still_decays(flag):
     # lr * alpha = 1e-3 a step: 1 - 1e-3 rounds to 1 in bf16, so only the fp32 residual decays
@@ -681,7 +677,6 @@ RECOMPILE_TRIGGERS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch runtime: Adam's betas, eps and weight decay key the kernel")
 @pytest.mark.parametrize("trigger", list(RECOMPILE_TRIGGERS))
 def test_adam_hyperparameters_changing_every_step_compile_nothing_new(trigger):
     # Adam's step inside the prox kernel (allowed for this small bucket): compiled once at
