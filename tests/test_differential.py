@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 import decaylab as dl
-from decaylab import fused
+from decaylab import _compat, fused
 
 # -- cases ------------------------------------------------------------------------------------
 ARCHS = ("mlp", "norm", "conv")
@@ -295,11 +295,8 @@ class _CountingBackend:
 
     def __call__(self, gm, example_inputs):
         self.count += 1
-        if self.name == "inductor":
-            from torch._inductor.compile_fx import compile_fx
-
-            return compile_fx(gm, example_inputs, config_patches=dict(fused._OPTIONS))
-        return torch._dynamo.lookup_backend(self.name)(gm, example_inputs)
+        options = _compat.inductor_options(single_thread=False)
+        return _compat.private_backend(self.name, options)(gm, example_inputs)
 
 
 _BACKENDS: dict = {}

@@ -352,7 +352,7 @@ def test_inductor_group_threshold_in_adams_metric_leaves_a_nan_entry_out_as_eage
     w, v = torch.randn(4, 6), torch.rand(4, 6) * 1e-4
     v[1, 2] = float("nan")
     scalars = torch.tensor([0.1, 0.05, 1e-8, 1.0, 0.0, 0.7])  # step, alpha, eps, l1_ratio, 1 - it, rbc
-    compiled = torch.compile(fused._bucket_update, dynamic=False, fullgraph=True, options=fused._OPTIONS)
+    compiled = torch.compile(fused._bucket_update, dynamic=False, fullgraph=True, options=_compat.inductor_options(single_thread=False))
     a, b = [w.clone()], [w.clone()]
     compiled(a, None, [v], scalars, None, "group", ((1,),))
     fused._bucket_update(b, None, [v], scalars, None, "group", ((1,),))
@@ -401,7 +401,7 @@ def test_group_factor_edge_cases_match_the_eager_prox(t, compiled):
     torch.testing.assert_close(per_group[0], expect[0], rtol=1e-6, atol=0.0, equal_nan=True)
     body = fused._bucket_update
     if compiled:
-        body = torch.compile(body, dynamic=False, fullgraph=True, options=fused._OPTIONS)
+        body = torch.compile(body, dynamic=False, fullgraph=True, options=_compat.inductor_options(single_thread=False))
     got = [w.clone()]
     body(got, None, None, torch.tensor([t, 1.0, 0.0, 1.0, 0.0]), None, "group", ((1,),))
     torch.testing.assert_close(got[0], expect[0], rtol=1e-6, atol=0.0, equal_nan=True)
