@@ -257,8 +257,9 @@ def group_soft_threshold_(
     for i, (w, grouping) in enumerate(zip(tensors, groupings)):
         norms, sizes = grouping.norms(w)
         # a NaN entry (a NaN gradient after the inner step) makes its group's norm NaN; as
-        # an infinite norm the group is left alone instead of turning wholly NaN
-        norms.nan_to_num_(nan=math.inf)
+        # an infinite norm the group is left alone instead of turning wholly NaN (out of
+        # place: a sharded weight's norm is a pending cross-shard reduction, see _sharded)
+        norms = norms.nan_to_num(nan=math.inf)
         s = _at(scale, i)
         if isinstance(sizes, int) and isinstance(s, (int, float)):
             # Fast path, in place on the small norms tensor: relu(1 - t/||w_g||); a zero

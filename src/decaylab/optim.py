@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from . import _compat
 from . import functional as F
 from . import fused as fused_kernels
+from ._sharded import any_sharded
 from ._warn import warn
 from .groups import Indexed
 from .metric import takes_adam_step
@@ -551,8 +552,8 @@ class Regularized(torch.optim.Optimizer):
         if want is None:  # auto: on GPUs; on CPUs only for buckets big enough to repay the compile
             dev = b.params[0].device.type
             want = dev == "cuda" or (dev == "cpu" and sum(p.numel() for p in b.params) >= fused_kernels.CPU_MIN_NUMEL)
-        if not (want and planned and fused_kernels.available()):
-            return False
+        if not (want and planned and fused_kernels.available()) or any_sharded(b.params):
+            return False  # compiled kernels take plain tensors: a DTensor bucket stays eager
         dims = [fused_kernels.reduce_dims(b.rule.penalty, c, p) for p, c in zip(b.params, b.ctxs)]
         return fused_kernels.Kernel(planned[0], planned[1], dims, tag=f"b{self._buckets.index(b)}")
 
@@ -721,7 +722,8 @@ class Regularized(torch.optim.Optimizer):
             mean = d.mean(dim=dims, keepdim=True)
             if d.device.type != "cpu" or mean.isnan().any():
                 mean = torch.nanmean(d, dim=dims, keepdim=True)
-            out.append(mean.reciprocal_().mul_(step * a))
+            # out of place: a sharded weight's mean is a pending cross-shard reduction
+            out.append(mean.reciprocal().mul_(step * a))
         return out
 
     def _resolve_metrics(self) -> None:
