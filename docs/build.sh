@@ -18,5 +18,5 @@ fi
     echo "BENCHMARKS.md's at-a-glance table is stale: python docs/_ext/benchmarks.py --update-readme-table" >&2
     exit 1
 }
-rm -rf docs/_build/html docs/auto_examples
+rm -rf docs/_build docs/auto_examples docs/_generated   # from scratch, as CI builds (reruns the main job)
 "$PY" -m sphinx -W --keep-going -n -b html docs docs/_build/html

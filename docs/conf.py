@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "_ext"))
 
 import benchmarks  # noqa: E402  (docs/_ext/benchmarks.py)
+import mainjob  # noqa: E402  (docs/_ext/mainjob.py)
 
 project = "decaylab"
 author = "decaylab engineers"
@@ -33,7 +34,7 @@ extensions = [
 # intersphinx is deliberately not loaded: it would fetch inventories over the network.
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "_generated/*.inc", "examples/README.rst", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_generated/*.inc", "_generated/mainjob*", "examples/README.rst", "Thumbs.db", ".DS_Store"]
 myst_enable_extensions = ["dollarmath"]
 myst_heading_anchors = 3
 
@@ -103,3 +104,7 @@ for mod, ok in _have.items():
         _parts.append(f"``decaylab.integrations.{mod}`` is documented when its framework is installed "
                       f"(``pip install -e \".[integrations]\"``).\n")
 _write("integrations.rst.inc", "\n".join(_parts))
+
+# the Getting-started page's report: the main job run now, its figures drawn by the lab's own
+# report code (no pasted images)
+mainjob.generate(FAST)

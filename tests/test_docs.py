@@ -137,7 +137,9 @@ def test_gallery_examples_have_a_title_and_honour_fast_mode():
 def test_the_site_shows_no_pasted_image():
     for page in DOCS.rglob("*"):
         if page.suffix in {".md", ".rst"} and "_build" not in page.parts and "auto_examples" not in page.parts:
-            assert not re.search(r"!\[[^\]]*\]\([^)]+\.png\)|\.\. (image|figure)::", page.read_text()), page
+            text = page.read_text()
+            for m in re.finditer(r"!\[[^\]]*\]\(([^)]+)\)|(?:\.\. |\{)(?:image|figure)(?::: |\} )(\S+)", text):
+                assert "_generated/" in (m.group(1) or m.group(2)), f"{page.name}: pasted image {m.group(0)}"
 
 
 @pytest.mark.slow
