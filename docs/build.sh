@@ -5,14 +5,14 @@
 #
 #   docs/build.sh              # full gallery
 #   DECAYLAB_DOCS_FAST=1 docs/build.sh   # gallery scripts shrunk (CI)
-#   DOCS_INSTALL=1 docs/build.sh         # pip install the docs extra first
+#   DOCS_INSTALL=1 docs/build.sh         # pip install the docs and integrations extras first
 #
 # Output: docs/_build/html/index.html
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 if [[ "${DOCS_INSTALL:-0}" == 1 ]]; then
-    "$PY" -m pip install -q "${TORCH:-torch==2.13.0}" -e ".[docs]"
+    "$PY" -m pip install -q "${TORCH:-torch==2.13.0}" -e ".[docs,integrations]"
 fi
 "$PY" docs/_ext/benchmarks.py --check || {
     echo "BENCHMARKS.md's at-a-glance table is stale: python docs/_ext/benchmarks.py --update-readme-table" >&2

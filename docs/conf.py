@@ -47,11 +47,11 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 nitpicky = True
 # names that are not decaylab's and, without intersphinx, cannot resolve
 nitpick_ignore_regex = [
-    (r"py:.*", r"(torch|nn|fx|optim|np|numpy|collections|typing|pathlib|Tensor|Module|Optimizer)(\..*)?"),
+    (r"py:.*", r"(torch|transformers|lightning|nn|fx|optim|np|numpy|collections|typing|pathlib|Tensor|Module|Optimizer)(\..*)?"),
     (r"py:.*", r"(int|float|str|bool|dict|list|tuple|set|callable|object|None|Sequence|Mapping|Iterable|Callable|Any|optional)"),
     # references in library docstrings to private or undocumented names (decaylab.fused is an
     # implementation module; the others name helpers that are not public API)
-    (r"py:.*", r"(decaylab\.fused|decaylab\.functional\.times|selection|resolve|chain)"),
+    (r"py:.*", r"(decaylab\.fused|decaylab\.functional\.times|selection|resolve|chain|install)"),
 ]
 
 html_theme = "pydata_sphinx_theme"
