@@ -246,6 +246,10 @@ class CoupledGroupLasso(Penalty):
 
     ``R(theta) = alpha * ( l1_ratio * ||W||_1 + (1 - l1_ratio) * sum_sets m_set * sum_g sqrt(|g|) * ||theta_g||_2 )``
 
+    .. math::
+
+        R(\\theta) = \\alpha\\Big(\\rho\\,\\lVert W\\rVert_1 + (1-\\rho)\\sum_{\\text{sets}} m_{\\text{set}} \\sum_g \\sqrt{|g|}\\,\\lVert\\theta_g\\rVert_2\\Big), \\qquad \\rho = \\texttt{l1\\_ratio}
+
     where ``theta_g`` is everything unit ``g`` owns (see :func:`coupled_groups`), ``|g|``
     its number of entries and ``W`` the Linear/Conv weights of the groups; ``scale``
     multiplies the group term of a set (``{"inputs": 4.0}``: input features 4x as strongly

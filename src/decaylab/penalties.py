@@ -185,6 +185,10 @@ def _per_config_sum(t: Tensor, alpha) -> Tensor:
 class L2(Penalty):
     """Squared L2: ``R(w) = alpha/2 * ||w||_2^2``; gradient ``alpha*w``.
 
+    .. math::
+
+        R(w) = \\frac{\\alpha}{2}\\,\\lVert w\\rVert_2^2
+
     Decoupled (default) it is AdamW's weight decay: ``w <- w * (1 - lr*alpha)``; coupled
     it is torch's ``weight_decay`` flag; its prox is ``w / (1 + lr*alpha)``.
 
@@ -217,6 +221,10 @@ class L2(Penalty):
 class L1(Penalty):
     """Lasso: ``R(w) = alpha * ||w||_1``; prox = soft-threshold at ``lr*alpha``.
 
+    .. math::
+
+        R(w) = \\alpha\\,\\lVert w\\rVert_1
+
     The prox sets every weight with ``|w| <= lr*alpha`` to exactly zero.
 
     >>> L1(0.5).value([torch.tensor([1.0, -2.0])])
@@ -238,6 +246,10 @@ class L1(Penalty):
 class ElasticNet(Penalty):
     """scikit-learn's elastic net:
     ``R(w) = alpha * l1_ratio * ||w||_1 + alpha * (1 - l1_ratio) / 2 * ||w||_2^2``.
+
+    .. math::
+
+        R(w) = \\alpha\\,\\rho\\,\\lVert w\\rVert_1 + \\frac{\\alpha\\,(1-\\rho)}{2}\\,\\lVert w\\rVert_2^2, \\qquad \\rho = \\texttt{l1\\_ratio}
 
     ``l1_ratio=1`` is L1, ``l1_ratio=0`` is L2 (with its ½).
 
@@ -287,6 +299,10 @@ class ElasticNet(Penalty):
 
 class GroupLasso(Penalty):
     """Group lasso: ``R(w) = alpha * sum_g sqrt(|g|) * ||w_g||_2``.
+
+    .. math::
+
+        R(w) = \\alpha \\sum_g \\sqrt{|g|}\\,\\lVert w_g\\rVert_2
 
     ``groups``: ``"rows"``/``"outputs"`` (a Linear's output neurons), ``"columns"``/
     ``"inputs"`` (input features; a Conv's input channels), ``"channels"`` (a Conv's
@@ -369,6 +385,10 @@ class GroupLasso(Penalty):
 
 class L2SP(Penalty):
     """Decay toward a reference: ``R(w) = alpha/2 * ||w - w0||_2^2`` (Li et al., 2018).
+
+    .. math::
+
+        R(w) = \\frac{\\alpha}{2}\\,\\lVert w - w_0\\rVert_2^2
 
     ``reference``: a mapping from parameter names to tensors (e.g. a pretrained
     ``state_dict``, also one of a DDP or compiled model with ``module.``/``_orig_mod.``

@@ -67,6 +67,10 @@ class AdaptiveGroupLasso(Penalty):
     """Adaptive group lasso: ``R(w) = alpha * sum_g c_g * ||w_g||_2``,
     ``c_g = (mean_h ||w0_h|| / ||w0_g||)^gamma`` from a dense fit ``w0``.
 
+    .. math::
+
+        R(w) = \\alpha \\sum_g c_g\\,\\lVert w_g\\rVert_2, \\qquad c_g = \\left(\\frac{\\operatorname{mean}_h \\lVert w^0_h\\rVert_2}{\\lVert w^0_g\\rVert_2}\\right)^{\\gamma}
+
     ``groups`` as in :class:`~decaylab.GroupLasso` (default ``"inputs"``: the columns of a
     first layer, one per input feature). The prox scales group ``g`` by
     ``max(0, 1 - step*alpha*c_g/||w_g||)``; with ``metric="adam"`` each group's step is

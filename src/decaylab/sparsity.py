@@ -94,6 +94,10 @@ class TargetSparsity(Penalty):
     :func:`cubic_sparsity` over optimizer steps ``begin..end`` and ``n`` the number of
     weights the rule selects (all of its tensors together: a global budget).
 
+    .. math::
+
+        R_t(w) = \\alpha\\,\\lVert w\\rVert_1 + \\iota\\big(\\#\\{i : w_i = 0\\} \\ge s(t)\\,n\\big)
+
     Its prox after each step is exact: soft-threshold at ``step*alpha`` (per coordinate
     in Adam's metric with ``metric="adam"``), then zero the ``floor(s(t)*n)`` entries of
     smallest saliency (a mask of exactly that many; of ties at the threshold, such as the
