@@ -45,10 +45,10 @@ def _path_panel(ax, pts, key, color, label, note=False, **style):
     return done
 
 
-def fig_lambda(sweeps: list[tuple[str, dict]]):
+def fig_lambda(sweeps: list[tuple[str, dict]], colors: dict | None = None):
     """Validation/test accuracy, train−test gap, exact zeros and per-layer weight norm
-    against λ (log axis), 2 × 2 panels, one colour per sweep; ± sd band (± SE with one seed);
-    ``best`` (solid) and ``one_se`` (dashed, grey) in the legend with their values; points
+    against λ (log axis), 2 × 2 panels, one colour per sweep (``colors``: label -> colour); ± sd band (± SE with one seed);
+    ``best`` (thick, pale) and ``one_se`` (thin, dashed) in the legend with their values; points
     stopped early by halving drawn hollow and never joined to the finished curve.
 
     >>> sw = {"chosen": {"best": 1, "one_se": 10}, "chosen_lr": {"best": 1e-3}, "seeds": 1, "points": [
@@ -64,7 +64,7 @@ def fig_lambda(sweeps: list[tuple[str, dict]]):
     fig, (acc, gap, zeros, norms) = _figure(2, 2, panel=(5.4, 3.5))
     acc_name = "accuracy" if sweeps[0][1].get("metric", "accuracy") == "accuracy" else "mse"
     for i, (label, sw) in enumerate(sweeps):
-        c = f"C{i}"
+        c = (colors or {}).get(label, f"C{i}")
         pts = _rows(sw)
         done = _path_panel(acc, pts, "val_acc", c, f"{label} validation", note=True)
         spread = [p["val_acc_sd"] if p.get("val_acc_sd") is not None else p.get("val_acc_se") for p in done]
@@ -72,7 +72,7 @@ def fig_lambda(sweeps: list[tuple[str, dict]]):
         _path_panel(acc, pts, "test_acc", c, f"{label} test", ls="--", marker=".")
         best, one_se = sw["chosen"]["best"], sw["chosen"]["one_se"]
         acc.axvline(best, color=c, lw=2.2, alpha=0.5, label=f"{label} best λ = {best:g}")
-        acc.axvline(one_se, color="0.25", lw=1.2, ls=(0, (4, 2)),
+        acc.axvline(one_se, color=c, lw=1.3, ls=(0, (4, 2)),
                     label=f"{label} one-SE λ = {one_se:g}" + (" (= best)" if one_se == best else ""))
         _path_panel(gap, pts, "gap", c, label)
         _path_panel(zeros, pts, lambda p: 100 * (p["zeros"] or 0), c, label)
@@ -87,7 +87,8 @@ def fig_lambda(sweeps: list[tuple[str, dict]]):
         ax.set_xlabel("λ (alpha)")
         ax.set_title(title)
         ax.set_ylabel(ylabel)
-    acc.legend(loc="best", fontsize=7)
+    handles, labels = acc.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
     norms.legend(loc="best", fontsize=7)
     return fig
 
@@ -98,7 +99,7 @@ def _pareto_curve(ax, pts, split, **style):
     return ax.errorbar(xs, ys, yerr=[s or 0 for s in sd] if any(sd) else None, capsize=2, **style)
 
 
-def fig_pareto(sweeps: list[tuple[str, dict]]):
+def fig_pareto(sweeps: list[tuple[str, dict]], colors: dict | None = None):
     """Validation (left) and test (right) accuracy against nonzero parameters (log axis over a
     wide range; top: % of the model's parameters kept), ± sd over seeds, one curve per sweep over its strengths (at its best lr;
     stopped points hollow and not on the curve; a sweep without exact zeros, e.g. L2, is left out), and the sweep's magnitude-pruning reference curve (dashed) when
@@ -119,16 +120,17 @@ def fig_pareto(sweeps: list[tuple[str, dict]]):
     metric = "accuracy" if sweeps[0][1].get("metric", "accuracy") == "accuracy" else "mse"
     n_params = sweeps[0][1]["points"][0].get("n_params")
     for i, (label, sw) in enumerate(sweeps):
+        c = (colors or {}).get(label, f"C{i}")
         done, stopped = _split(sorted(_rows(sw), key=lambda p: p["nonzero_params"]))
         ref = [p for p in (sw.get("reference") or {}).get("points", []) if p.get("nonzero_params")]
-        ref_color = "0.2" if len(sweeps) == 1 else f"C{i}"
+        ref_color = "0.2" if len(sweeps) == 1 else c
         ref_label = "magnitude pruning" if len(sweeps) == 1 else f"magnitude pruning (vs {label})"
         for ax, split in zip(axes, ("val", "test")):
             if done:
-                _pareto_curve(ax, done, split, marker="o", color=f"C{i}", label=f"{label} (over λ)")
+                _pareto_curve(ax, done, split, marker="o", color=c, label=f"{label} (over λ)")
             if stopped:  # measured at an earlier epoch: never on the curve of finished points
                 ax.scatter([p["nonzero_params"] for p in stopped], [p[f"{split}_acc"] for p in stopped], s=40,
-                           facecolor="white", edgecolor=f"C{i}", zorder=3, label=f"{label}: stopped early")
+                           facecolor="white", edgecolor=c, zorder=3, label=f"{label}: stopped early")
             if ref:
                 _pareto_curve(ax, sorted(ref, key=lambda p: p["nonzero_params"]), split, marker="s", ls="--",
                               color=ref_color, mfc="white", label=ref_label)
@@ -313,11 +315,10 @@ def fig_overlaid_histograms(runs: list[dict]):
         mid = min(range(len(counts)), key=lambda k: abs((edges[k] + edges[k + 1]) / 2))
         counts[mid] = max(counts[mid] - zeros, 0)  # drawn separately as the spike
         ax.stairs(counts, edges, color=f"C{i}", lw=1.5,
-                  label=f"{r['name']} ({(r['spec'] or {}).get('describe', '')})")
+                  label=f"{r['name']} ({(r['spec'] or {}).get('describe', '')})"
+                        + (f": {zeros:,} exact zeros, the bar at 0" if zeros else ""))
         if zeros:
             ax.vlines(0.0, 0.8, zeros, color=f"C{i}", lw=4, alpha=0.6)
-            ax.annotate(f"{zeros:,} exact zeros", xy=(0.0, zeros), xytext=(6, 0), textcoords="offset points",
-                        color=f"C{i}", va="center", fontsize=8)
         top = max(top, zeros, *counts)
     ax.set_yscale("log")
     ax.set_ylim(0.8, top * 2)

@@ -34,6 +34,11 @@ def by_penalty(run: dict, keep) -> list[tuple]:
     return [(colors[base_name(run, r["name"])], r) for r in run["runs"] if keep(r)]
 
 
+def penalty_colors(run: dict) -> dict:
+    """Base run name -> its colour in :func:`by_penalty` (a compare's sweeps take it too)."""
+    return {base_name(run, r["name"]): c for c, r in by_penalty(run, lambda r: True)}
+
+
 def fig_curves(run):
     runs = [r for r in run["runs"] if r["metrics"]]
     if not runs:
@@ -106,7 +111,7 @@ def fig_layer_sparsity(run):
         groups.setdefault(base_name(run, r["name"]), (color, []))[1].append(r)
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
-    fig = Figure(figsize=(min(max(6.0, 2.6 + 0.45 * len(groups) * len(names)), 18.0), 3.4), layout="constrained")
+    fig = Figure(figsize=(min(max(7.5, 3.6 + 0.45 * len(groups) * len(names)), 18.0), 3.4), layout="constrained")
     ax = fig.subplots()
     width, top = 0.8 / len(groups), 0.0
     for i, (name, (color, members)) in enumerate(groups.items()):
@@ -140,3 +145,32 @@ def _nansd(v):
         return None
     m = sum(v) / len(v)
     return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def fig_sparsity_over_time(run):
+    """Exact-zero % (axis fitted to the data) and weight norm per epoch, one colour and one
+    legend entry per penalty."""
+    runs = by_penalty(run, lambda r: bool(r["metrics"]))
+    if not runs:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+    fig = Figure(figsize=(9.5, 3.2), layout="constrained")
+    ax_zero, ax_norm = fig.subplots(1, 2, sharex=True)
+    seen, top = set(), 0.0
+    for color, r in runs:
+        x = _epochs(r["metrics"])
+        zeros = [100 * v for v in _series(r["metrics"], "zero_fraction")]
+        base = base_name(run, r["name"])
+        label = None if base in seen else (base if base != r["name"] else _label(r))
+        seen.add(base)
+        ax_zero.plot(x, zeros, color=color, marker=".", label=label)
+        ax_norm.plot(x, _series(r["metrics"], "weight_l2"), color=color, marker=".")
+        top = max([top] + [v for v in zeros if not math.isnan(v)])
+    ax_zero.set_ylim(-0.02 * max(top, 1.0), max(top * 1.2, 1.0))
+    ax_zero.yaxis.set_major_formatter(PercentFormatter(decimals=None))
+    _integer_epochs(ax_zero, ax_norm)
+    ax_zero.set(ylabel="exact-zero weights", title="Exact zeros")
+    ax_norm.set(ylabel="‖w‖₂ (penalized weights)", title="Weight norm")
+    ax_zero.legend(loc="best")
+    return fig

@@ -44,7 +44,8 @@ _FIGURES = {   # figure id -> (section title, caption: what a learner should loo
                        "seeds, ± sd; the axis ends just above the largest bar): L1 and group penalties "
                        "switch parts of a layer off, L2 and no penalty leave every weight on."),
     "sparsity-over-time": ("Sparsity and weight norm over training",
-                           "Exact-zero fraction and L2 norm of the penalized weights per epoch: "
+                           "Exact-zero share (axis fitted to the data) and L2 norm of the penalized weights "
+                           "per epoch, one colour per penalty: "
                            "zeros appear only with L1-type penalties, while any penalty keeps "
                            "the norm below the unpenalized run's."),
     "loss-curves": ("Loss curves",
@@ -55,8 +56,8 @@ _FIGURES = {   # figure id -> (section title, caption: what a learner should loo
                          "bell, L1 moves weights into the spike of exact zeros at 0 (drawn to its full height)."),
     "lambda-path": ("Regularization path",
                     "Against the strength λ (log axis): validation (solid) and test (dashed) "
-                    "accuracy with a ± sd band, the chosen best λ (thick line) and the one-SE λ (dashed "
-                    "grey; both with their values in the legend); the train−test gap, exact zeros and each "
+                    "accuracy with a ± sd band, the chosen best λ (thick pale line) and the one-SE λ (thin dashed "
+                    "line; both with their values in the legend); the train−test gap, exact zeros and each "
                     "layer's weight norm. Too little λ overfits (large gap), too much underfits (accuracy "
                     "falls). Hollow markers, never joined to the curves, are points stopped early by "
                     "successive halving: measured at an earlier epoch, not comparable."),
@@ -204,24 +205,8 @@ def _fig_layer_sparsity(run):
 
 
 def _fig_sparsity_over_time(run):
-    from .figures_runs import by_penalty
-    runs = by_penalty(run, lambda r: bool(r["metrics"]))
-    if not runs:
-        return None
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(9.5, 3.2), layout="constrained")
-    ax_zero, ax_norm = fig.subplots(1, 2, sharex=True)
-    for color, r in runs:
-        x = _epochs(r["metrics"])
-        ax_zero.plot(x, _series(r["metrics"], "zero_fraction"), color=color, marker=".",
-                     label=_label(r))
-        ax_norm.plot(x, _series(r["metrics"], "weight_l2"), color=color, marker=".")
-    ax_zero.set_ylim(-0.02, 1.02)
-    _integer_epochs(ax_zero, ax_norm)
-    ax_zero.set(ylabel="exact-zero fraction", title="Exact zeros")
-    ax_norm.set(ylabel="‖w‖₂ (penalized weights)", title="Weight norm")
-    ax_zero.legend(loc="best")
-    return fig
+    from .figures_runs import fig_sparsity_over_time
+    return fig_sparsity_over_time(run)
 
 
 def _fig_input_maps(run):
@@ -254,12 +239,14 @@ def _sweeps(run):
 
 def _fig_lambda(run):
     from .figures import fig_lambda
-    return fig_lambda(_sweeps(run))
+    from .figures_runs import penalty_colors
+    return fig_lambda(_sweeps(run), penalty_colors(run))
 
 
 def _fig_pareto(run):
     from .figures import fig_pareto
-    return fig_pareto(_sweeps(run))
+    from .figures_runs import penalty_colors
+    return fig_pareto(_sweeps(run), penalty_colors(run))
 
 
 def _fig_heatmap(run):
@@ -421,14 +408,14 @@ def _summary_html(run):
     return (f'<table id="summary"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
             f"</tbody></table>\n<p>{note} is highlighted: runs are chosen on validation data; "
             f"the test set is reported, never used to choose. Incomplete runs show their last "
-            f"logged epoch.{(' ' + _esc(_noise_note(run))) if _noise_note(run) else ''}</p>")
+            f"logged epoch. {html.escape(_noise_note(run, short=True))}</p>")
 
 
 def _ms(v, spec=".3f"):
     m, s = v if isinstance(v, (list, tuple)) else (v, None)
     if m is None:
         return "—"
-    return format(m, spec) + (" ± " + format(s, spec) if s is not None else "")
+    return format(m, spec) + (" ± " + format(s, spec.lstrip("+")) if s is not None else "")
 
 
 def _selection_html(run):
@@ -446,8 +433,7 @@ def _selection_html(run):
         verdicts = "".join(f"<li>{_esc(v)}</li>" for v in cmp_.get("verdicts", []))
         out += [f"<h2>Chosen on validation, mean ± sd over {n} seeds</h2>",
                 f'<table id="selection"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
-                f"<ul>{verdicts}</ul><p>{_esc(cmp_.get('note'))}.{' ' + _esc(_noise_note(run)) if _noise_note(run) else ''}"
-                "</p>"]
+                f"<ul>{verdicts}</ul><p>{_esc(cmp_.get('note'))}. {html.escape(_noise_note(run, short=True))}</p>"]
     sw = run.get("sweep")
     if sw:
         ch, test = sw.get("chosen", {}), sw.get("chosen_test_acc", {})
@@ -491,12 +477,15 @@ def _reference_html(sw, of=""):
             f'<table class="reference"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
 
 
-def _noise_note(run):
+def _noise_note(run, short=False):
     """Why train accuracy sits below test under label noise (empty without noise)."""
     from .figures_runs import label_noise
     p = label_noise(run)
     if not p or _is_regression(run):
         return ""
+    if short:
+        return (f"A negative gap is expected here: train accuracy is measured on the training labels, {p:.0%} "
+                f"of them flipped (data.label_noise), validation and test on clean labels (see the learning curves).")
     return (f"Train accuracy is measured on the training labels, {p:.0%} of which were flipped "
             f"(data.label_noise = {p:g}); validation and test labels are clean. A model that learns the "
             f"signal without memorizing the flipped labels scores about {1 - p:.0%} on train and more on "
