@@ -24,7 +24,7 @@ halving, rungs at ``epochs / 2**j``) and an exhaustive full-schedule sweep of th
 (``full=True``, logged every epoch). Regret = the exhaustive sweep's best validation accuracy
 minus the exhaustive validation accuracy at the chosen λ, averaged over seed sets and runs.
 Target ``main_job_choice_regret`` <= 0.005. Cost is counted in point-epochs (deterministic)
-and wall time (noisy); when compare's rule is the exhaustive sweep it is not trained twice.
+and CPU seconds of the one-thread process.
 """
 
 from __future__ import annotations

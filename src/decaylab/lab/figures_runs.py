@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import re
 
+_BAR_LABEL_IN, _LEGEND_IN = 0.34, 2.8   # layer sparsity: inches per bar label, for the legend
+
 from .report import _ZERO_COLOR, _colored, _epochs, _grid, _integer_epochs, _is_regression, _label, _layers, \
     _series, _zero_fraction
 
@@ -111,7 +113,14 @@ def fig_layer_sparsity(run):
         groups.setdefault(base_name(run, r["name"]), (color, []))[1].append(r)
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
-    fig = Figure(figsize=(min(max(7.5, 3.6 + 0.45 * len(groups) * len(names)), 18.0), 3.4), layout="constrained")
+    # every bar gets room for its label ("100%" is about 0.3 in at 7 pt); past 24 in, the
+    # labels turn vertical instead of colliding; many runs: the legend goes below
+    bars_in = _BAR_LABEL_IN * len(groups) * len(names) / 0.8
+    legend_rows = math.ceil(len(groups) / 5) if len(groups) > 8 else 0
+    side = 0.6 if legend_rows else _LEGEND_IN
+    fig_w = min(max(7.5, side + bars_in), 24.0)
+    vertical = fig_w - side < bars_in
+    fig = Figure(figsize=(fig_w, 3.4 + 0.3 * vertical + 0.22 * legend_rows), layout="constrained")
     ax = fig.subplots()
     width, top = 0.8 / len(groups), 0.0
     for i, (name, (color, members)) in enumerate(groups.items()):
@@ -124,14 +133,27 @@ def fig_layer_sparsity(run):
         label = name + (f" ({n} seeds)" if n > 1 else "") + (" — no exact zeros" if quiet else "")
         bars = ax.bar(x, mean, width, color=color, label=label,
                       yerr=sd if n > 1 and not quiet else None, capsize=2, error_kw={"lw": 0.8})
-        ax.bar_label(bars, ["" if math.isnan(v) or v == 0 else f"{v:.1f}%" for v in mean], fontsize=7, padding=2)
+        ax.bar_label(bars, ["" if math.isnan(v) or v == 0 else _pct(v) for v in mean], fontsize=7, padding=2,
+                     rotation=90 if vertical else 0)
         top = max([top] + [m + (s or 0) for m, s in zip(mean, sd) if not math.isnan(m)])
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylim(0, max(top * 1.25, 1.0))
+    ax.set_ylim(0, max(top * (1.5 if vertical else 1.25), 1.0))
     ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
     ax.set_ylabel("exact-zero weights (% of layer)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    if legend_rows:
+        fig.legend(loc="outside lower center", ncols=5, fontsize=8)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return fig
+
+
+def _pct(v: float) -> str:
+    """A bar label: two significant digits under 10 %, whole percents above.
+
+    >>> [_pct(v) for v in (0.23, 6.84, 52.3, 100.0)]
+    ['0.23%', '6.8%', '52%', '100%']
+    """
+    return f"{v:.2g}%" if v < 10 else f"{v:.0f}%"
 
 
 def _nanmean(v):
