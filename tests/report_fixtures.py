@@ -166,5 +166,6 @@ def _compare(root, base, seeds):
         finals = [json.loads((root / "runs" / _safe_dir(f"{n}-s{s}") / "final.json").read_text()) for s in range(seeds)]
         stats = {k: [float(np.mean([f[k] for f in finals])), float(np.std([f[k] for f in finals], ddof=1))]
                  for k in ("val_acc", "test_acc", "gap", "zero_fraction")}
-        rows.append({"name": n, "penalty": _kind(n), "alpha": 0.0, "describe": _DESCRIBE[_kind(n)], "n": seeds, **stats})
+        rows.append({"name": n, "penalty": _kind(n), "alpha": 0.0, "describe": _DESCRIBE[_kind(n)], "n": seeds,
+                     **stats})
     return {"seeds": list(range(seeds)), "runs": rows, "verdicts": [], "note": "strengths chosen on validation"}

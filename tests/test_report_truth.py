@@ -178,3 +178,9 @@ def test_compare_sweeps_take_their_penalty_colour(seeded):
     from decaylab.lab.figures_runs import penalty_colors
     assert penalty_colors(seeded) == {"none": "C0", "l2": "C1", "l1": "C2"}
     assert set(report_figures(seeded)) >= {"curves", "histograms", "layer-sparsity"}
+
+
+def test_sweep_choice_paragraph_uses_percent_like_the_summary(seeded):
+    sw = {**SW, "describe": "L1(alpha=λ)", "chosen_test_acc": {"best": 0.8234, "one_se": 0.8234}}
+    page = _page_html({**seeded, "compare": None, "sweep": sw}, {})
+    assert "(test 82.3%)" in page

@@ -47,7 +47,8 @@ def _path_panel(ax, pts, key, color, label, note=False, **style):
 
 def fig_lambda(sweeps: list[tuple[str, dict]], colors: dict | None = None):
     """Validation/test accuracy, train−test gap, exact zeros and per-layer weight norm
-    against λ (log axis), 2 × 2 panels, one colour per sweep (``colors``: label -> colour); ± sd band (± SE with one seed);
+    against λ (log axis), 2 × 2 panels, one colour per sweep (``colors``: label -> colour);
+    ± sd band (± SE with one seed);
     ``best`` (thick, pale) and ``one_se`` (thin, dashed) in the legend with their values; points
     stopped early by halving drawn hollow and never joined to the finished curve.
 
@@ -80,8 +81,10 @@ def fig_lambda(sweeps: list[tuple[str, dict]], colors: dict | None = None):
             _path_panel(norms, pts, lambda p, layer=layer: p["layer_norms"][layer], c,
                         f"{label} {layer}" if len(sweeps) > 1 else layer, ls=("-", "--", ":", "-.")[j % 4])
     gap.axhline(0, color="0.6", lw=0.8)
-    panels = ((acc, f"validation / test {acc_name}", acc_name), (gap, "train − test gap", f"train − test {acc_name}"),
-              (zeros, "exact-zero weights", "% of weights exactly 0"), (norms, "weight L2 norm per layer", "‖w‖₂"))
+    panels = ((acc, f"validation / test {acc_name}", acc_name),
+              (gap, "train − test gap", f"train − test {acc_name}"),
+              (zeros, "exact-zero weights", "% of weights exactly 0"),
+              (norms, "weight L2 norm per layer", "‖w‖₂"))
     for ax, title, ylabel in panels:
         ax.set_xscale("log")
         ax.set_xlabel("λ (alpha)")

@@ -438,9 +438,10 @@ def _selection_html(run):
     if sw:
         ch, test = sw.get("chosen", {}), sw.get("chosen_test_acc", {})
         stopped = sum(1 for p in sw.get("points", []) if p.get("stopped_early"))
+        u = ".1%" if sw.get("metric", "accuracy") == "accuracy" else ".3f"  # the Summary's units
         out += ["<h2>Chosen strength</h2>",
-                f"<p>{_esc(sw.get('describe'))}: best λ = {_esc(ch.get('best'))} (test {_ms(test.get('best'))}), "
-                f"one-SE λ = {_esc(ch.get('one_se'))} (test {_ms(test.get('one_se'))}). "
+                f"<p>{_esc(sw.get('describe'))}: best λ = {_esc(ch.get('best'))} (test {_ms(test.get('best'), u)}), "
+                f"one-SE λ = {_esc(ch.get('one_se'))} (test {_ms(test.get('one_se'), u)}). "
                 f"{_esc(sw.get('selection'))}. SE: {_esc(sw.get('se'))}. {stopped} of {len(sw.get('points', []))} "
                 f"points were stopped early by successive halving (see sweep.json).</p>"]
         out += _reference_html(sw)
