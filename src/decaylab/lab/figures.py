@@ -327,7 +327,7 @@ def fig_overlaid_histograms(runs: list[dict]):
     ax.set_ylim(0.8, top * 2)
     ax.set_xlabel("weight value")
     ax.set_ylabel("count (log scale)")
-    ax.legend(loc="upper left", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8)  # below: never over the spike
     return fig
 
 
