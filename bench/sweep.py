@@ -15,12 +15,23 @@ best val acc - exhaustive val acc at decaylab's best <= 0.01 (one of 216 validat
 images is 0.0046). Timing is wall time on whatever machine runs it (ours is shared).
 
 Run: ``python bench/sweep.py [--alphas 1e-4:10:16] [--penalty l2] [--full-too]``.
+
+``--main-job-regret [CONFIG]`` (default ``experiments/main.toml``) measures instead how well
+``decaylab compare`` chooses λ on the main job: for the seed sets 0, 10, 20, 30 (the config's
+``seed``) and every run with ``alphas``, it runs compare's choice step (the sweep of
+:func:`decaylab.lab.choose.choice_spec`, not the seeded final runs), the old rule (successive
+halving, rungs at ``epochs / 2**j``) and an exhaustive full-schedule sweep of the same grid
+(``full=True``, logged every epoch). Regret = the exhaustive sweep's best validation accuracy
+minus the exhaustive validation accuracy at the chosen λ, averaged over seed sets and runs.
+Target ``main_job_choice_regret`` <= 0.005. Cost is counted in point-epochs (deterministic)
+and CPU seconds of the one-thread process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +48,10 @@ def _one(cfg, data, run, out: Path) -> dict:
 
 
 def main() -> None:
+    if "--main-job-regret" in sys.argv:
+        from sweep_regret import main_job_regret  # bench/ is on sys.path
+
+        return main_job_regret(sys.argv[sys.argv.index("--main-job-regret") + 1:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--penalty", default="l2")
     ap.add_argument("--alphas", default="1e-4:10:16")

@@ -18,6 +18,7 @@ _HIDDEN = 16
 
 
 def _kind(name):
+    name = re.sub(r"-s\d+$", "", name)  # a compare over seeds: l2-s1 is an l2 run
     return name if name in _PROFILES else "l1"
 
 
@@ -113,7 +114,7 @@ def _write_run(root, index, name, *, epochs, image_shape, n_inputs, complete, pa
 
 
 def make_run_folder(path, *, runs=("none", "l2", "l1"), epochs=3, image_shape=(8, 8),
-                    incomplete=None, partial_line=False, task="classification"):
+                    incomplete=None, partial_line=False, task="classification", seeds=1, label_noise=0.0):
     """Write a run folder at ``path`` and return it as a Path.
 
     Args:
@@ -123,19 +124,25 @@ def make_run_folder(path, *, runs=("none", "l2", "l1"), epochs=3, image_shape=(8
         partial_line: end metrics.jsonl with a cut-off line (in the incomplete runs, else
             in the last run), as a killed process leaves it.
         task: "classification" or "regression" (accuracies are null).
+        seeds: > 1 names the runs ``<run>-s<seed>`` (a compare over seeds: ``base_runs`` in
+            config.json, and compare.json with mean ± sd).
+        label_noise: written as config ``data.label_noise``.
     """
     root = pathlib.Path(path)
     root.mkdir(parents=True, exist_ok=True)
     incomplete = {incomplete} if isinstance(incomplete, str) else set(incomplete or ())
+    base = list(runs)
+    if seeds > 1:
+        runs = tuple(f"{n}-s{s}" for s in range(seeds) for n in base)
     regression = task == "regression"
     n_inputs = image_shape[0] * image_shape[1] if image_shape else 10
     _write_json(root / "config.json", {
         "command": "compare", "seed": 0, "created": "2025-01-02T03:04:05+00:00",
         "versions": {"decaylab": "0.1.0", "torch": "2.13.0", "numpy": "2.4.6",
                      "python": "3.11.7", "sklearn": "1.6.0"},
-        "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [_HIDDEN]},
+        "data": {"name": "digits", "label_noise": label_noise}, "model": {"name": "mlp", "hidden": [_HIDDEN]},
         "epochs": epochs, "batch_size": 64, "lr": 1e-3,
-        "runs": [{"name": n} for n in runs]})
+        "runs": [{"name": n} for n in runs], **({"base_runs": [{"name": n} for n in base]} if seeds > 1 else {})})
     _write_json(root / "status.json", {"state": "interrupted" if incomplete else "complete",
                                        "error": None, "updated": "2025-01-02T03:05:00+00:00"})
     _write_json(root / "data.json", {
@@ -148,4 +155,17 @@ def make_run_folder(path, *, runs=("none", "l2", "l1"), epochs=3, image_shape=(8
         _write_run(root, i, name, epochs=epochs, image_shape=image_shape, n_inputs=n_inputs,
                    complete=name not in incomplete, partial=partial_line and name in partial_runs,
                    regression=regression)
+    if seeds > 1:
+        _write_json(root / "compare.json", _compare(root, base, seeds))
     return root
+
+
+def _compare(root, base, seeds):
+    rows = []
+    for n in base:
+        finals = [json.loads((root / "runs" / _safe_dir(f"{n}-s{s}") / "final.json").read_text()) for s in range(seeds)]
+        stats = {k: [float(np.mean([f[k] for f in finals])), float(np.std([f[k] for f in finals], ddof=1))]
+                 for k in ("val_acc", "test_acc", "gap", "zero_fraction")}
+        rows.append({"name": n, "penalty": _kind(n), "alpha": 0.0, "describe": _DESCRIBE[_kind(n)], "n": seeds,
+                     **stats})
+    return {"seeds": list(range(seeds)), "runs": rows, "verdicts": [], "note": "strengths chosen on validation"}

@@ -1,7 +1,8 @@
 """``decaylab compare`` with strengths chosen on validation and results over seeds.
 
 A run whose ``alphas`` is set (a grid, ``LO:HI:N`` or ``a,b,c``) gets its ``alpha`` from a
-cheap stacked sweep (:mod:`decaylab.lab.sweep`) on the first seed's validation split; the
+cheap stacked sweep (:mod:`decaylab.lab.sweep`, every point trained the full schedule; see
+:func:`choice_spec`) on the first seed's validation split; the
 sweep is kept in ``sweeps/<run>/`` as an ordinary sweep folder. Then every run is trained
 with ``seeds`` seeds (``runs/<run>-s<seed>``) and ``compare.json`` holds, per run, the
 chosen strength and mean ± sd over seeds of validation and test accuracy, the gap and the
@@ -34,12 +35,25 @@ def check(cfg: dict) -> None:
             if r["penalty"] == "none":
                 raise sweep_mod.SweepError(f"run '{r['name']}' has no penalty; remove its 'alphas'")
             sweep_mod.parse_grid(r["alphas"], f"runs.{r['name']}.alphas")
-            sweep_mod.check_spec({**cfg, "runs": [r]}, _spec(r))
+            sweep_mod.check_spec({**cfg, "runs": [r]}, choice_spec(cfg, r))
 
 
-def _spec(r: dict) -> dict:
+def choice_spec(cfg: dict, r: dict) -> dict:
+    """The sweep that chooses run ``r``'s strength: every point of its grid trained the full
+    schedule, stacked, on the first seed (no successive halving).
+
+    Halving ranks points part-way through training, when a strong penalty still lags: it
+    fits more slowly and wins later (after a weakly penalized net has memorized label
+    noise, or late in a schedule), so an early rung cuts strong λ and biases the choice
+    toward weak ones (bench/sweep.py --main-job-regret). A stacked full sweep of a grid
+    costs about ``len(grid)`` cheap stacked epochs per epoch, which is small next to the
+    seeded runs; ``decaylab sweep`` keeps halving for large grids.
+
+    >>> choice_spec({}, {"name": "l2", "penalty": "l2", "alphas": "0.1:3:4"})["full"]
+    True
+    """
     return {"penalty": r["penalty"], "alphas": sweep_mod.parse_grid(r["alphas"], f"runs.{r['name']}.alphas"),
-            "lrs": None, "seeds": 1, "full": False, "max_memory": None, "eta": 2, "min_full": 2, "log_every": 0}
+            "lrs": None, "seeds": 1, "full": True, "max_memory": None, "eta": 2, "min_full": 2, "log_every": 0}
 
 
 def _seed_name(name: str, seed: int, n: int) -> str:
@@ -73,7 +87,8 @@ def _run_compare(cfg: dict, run_dir: Path, progress, say, resume: bool) -> dict:
         chosen = {}
         for r in runs:
             if r.get("alphas"):
-                sw = _choose_alpha({**cfg, "runs": [r]}, _spec(r), run_dir / "sweeps" / r["name"], data0, resume)
+                sw = _choose_alpha({**cfg, "runs": [r]}, choice_spec(cfg, r), run_dir / "sweeps" / r["name"],
+                                   data0, resume)
                 r["alpha"] = sw["chosen"]["best"]
                 chosen[r["name"]] = {"grid": sw["alphas"], "best": sw["chosen"]["best"], "one_se": sw["chosen"]["one_se"],
                                      "sweep": f"sweeps/{r['name']}/sweep.json"}

@@ -25,10 +25,32 @@ def _band(ax, xs, mean, spread, color):
     ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
 
 
-def fig_lambda(sweeps: list[tuple[str, dict]]):
+def _split(pts):
+    """(finished, stopped early) points: a stopped point is measured at an earlier epoch, so
+    it is never joined by a line to finished ones."""
+    return [p for p in pts if not p.get("stopped_early")], [p for p in pts if p.get("stopped_early")]
+
+
+def _path_panel(ax, pts, key, color, label, note=False, **style):
+    """A finished points' curve, and stopped points as hollow unconnected markers."""
+    done, stopped = _split(pts)
+    value = (lambda p: p.get(key)) if isinstance(key, str) else key
+    ax.plot([p["alpha"] for p in done], [value(p) for p in done], color=color, marker=style.pop("marker", "o"),
+            label=label, **style)
+    if stopped:
+        epochs = sorted({p["epochs"] for p in stopped if p.get("epochs")})
+        ax.scatter([p["alpha"] for p in stopped], [value(p) for p in stopped], s=36, facecolor="white",
+                   edgecolor=color, zorder=3, label=f"{label}: stopped early (epoch {', '.join(map(str, epochs))}), "
+                                                    f"not comparable" if note else None)
+    return done
+
+
+def fig_lambda(sweeps: list[tuple[str, dict]], colors: dict | None = None):
     """Validation/test accuracy, train−test gap, exact zeros and per-layer weight norm
-    against λ (log axis), one colour per sweep; ± sd band (± SE with one seed); ``best``
-    (solid) and ``one_se`` (dotted) marked; points stopped early drawn hollow.
+    against λ (log axis), 2 × 2 panels, one colour per sweep (``colors``: label -> colour);
+    ± sd band (± SE with one seed);
+    ``best`` (thick, pale) and ``one_se`` (thin, dashed) in the legend with their values; points
+    stopped early by halving drawn hollow and never joined to the finished curve.
 
     >>> sw = {"chosen": {"best": 1, "one_se": 10}, "chosen_lr": {"best": 1e-3}, "seeds": 1, "points": [
     ...     {"alpha": a, "lr": 1e-3, "val_acc": v, "val_acc_sd": None, "val_acc_se": .01, "test_acc": v,
@@ -40,34 +62,36 @@ def fig_lambda(sweeps: list[tuple[str, dict]]):
     sweeps = [(label, sw) for label, sw in sweeps if sw.get("points")]
     if not sweeps:
         return None
-    fig, (acc, gap, zeros, norms) = _figure(4)
+    fig, (acc, gap, zeros, norms) = _figure(2, 2, panel=(5.4, 3.5))
     acc_name = "accuracy" if sweeps[0][1].get("metric", "accuracy") == "accuracy" else "mse"
     for i, (label, sw) in enumerate(sweeps):
-        c = f"C{i}"
+        c = (colors or {}).get(label, f"C{i}")
         pts = _rows(sw)
-        a = [p["alpha"] for p in pts]
-        val = [p["val_acc"] for p in pts]
-        spread = [p["val_acc_sd"] if p.get("val_acc_sd") is not None else p.get("val_acc_se") for p in pts]
-        acc.plot(a, val, color=c, marker="o", label=f"{label} val")
-        _band(acc, a, val, spread, c)
-        acc.plot(a, [p["test_acc"] for p in pts], color=c, ls="--", marker=".", label=f"{label} test")
-        hollow = [(p["alpha"], p["val_acc"]) for p in pts if p.get("stopped_early")]
-        if hollow:
-            acc.scatter(*zip(*hollow), s=40, facecolor="white", edgecolor=c, zorder=3)
-        acc.axvline(sw["chosen"]["best"], color=c, lw=1.2)
-        acc.axvline(sw["chosen"]["one_se"], color=c, lw=1.2, ls=":")
-        gap.plot(a, [p["gap"] for p in pts], color=c, marker="o", label=label)
-        zeros.plot(a, [100 * (p["zeros"] or 0) for p in pts], color=c, marker="o", label=label)
+        done = _path_panel(acc, pts, "val_acc", c, f"{label} validation", note=True)
+        spread = [p["val_acc_sd"] if p.get("val_acc_sd") is not None else p.get("val_acc_se") for p in done]
+        _band(acc, [p["alpha"] for p in done], [p["val_acc"] for p in done], spread, c)
+        _path_panel(acc, pts, "test_acc", c, f"{label} test", ls="--", marker=".")
+        best, one_se = sw["chosen"]["best"], sw["chosen"]["one_se"]
+        acc.axvline(best, color=c, lw=2.2, alpha=0.5, label=f"{label} best λ = {best:g}")
+        acc.axvline(one_se, color=c, lw=1.3, ls=(0, (4, 2)),
+                    label=f"{label} one-SE λ = {one_se:g}" + (" (= best)" if one_se == best else ""))
+        _path_panel(gap, pts, "gap", c, label)
+        _path_panel(zeros, pts, lambda p: 100 * (p["zeros"] or 0), c, label)
         for j, layer in enumerate(pts[0].get("layer_norms", {})):
-            norms.plot(a, [p["layer_norms"][layer] for p in pts], color=c, marker="o", ls=("-", "--", ":", "-.")[j % 4],
-                       label=f"{label} {layer}" if len(sweeps) > 1 else layer)
-    titles = (f"validation / test {acc_name}\n(solid: best, dotted: one_se; hollow: stopped early)",
-              "train − test gap", "exact-zero weights (%)", "weight L2 norm per layer")
-    for ax, title in zip((acc, gap, zeros, norms), titles):
+            _path_panel(norms, pts, lambda p, layer=layer: p["layer_norms"][layer], c,
+                        f"{label} {layer}" if len(sweeps) > 1 else layer, ls=("-", "--", ":", "-.")[j % 4])
+    gap.axhline(0, color="0.6", lw=0.8)
+    panels = ((acc, f"validation / test {acc_name}", acc_name),
+              (gap, "train − test gap", f"train − test {acc_name}"),
+              (zeros, "exact-zero weights", "% of weights exactly 0"),
+              (norms, "weight L2 norm per layer", "‖w‖₂"))
+    for ax, title, ylabel in panels:
         ax.set_xscale("log")
         ax.set_xlabel("λ (alpha)")
         ax.set_title(title)
-    acc.legend(loc="best", fontsize=7)
+        ax.set_ylabel(ylabel)
+    handles, labels = acc.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
     norms.legend(loc="best", fontsize=7)
     return fig
 
@@ -78,10 +102,10 @@ def _pareto_curve(ax, pts, split, **style):
     return ax.errorbar(xs, ys, yerr=[s or 0 for s in sd] if any(sd) else None, capsize=2, **style)
 
 
-def fig_pareto(sweeps: list[tuple[str, dict]]):
+def fig_pareto(sweeps: list[tuple[str, dict]], colors: dict | None = None):
     """Validation (left) and test (right) accuracy against nonzero parameters (log axis over a
     wide range; top: % of the model's parameters kept), ± sd over seeds, one curve per sweep over its strengths (at its best lr;
-    hollow: stopped early), and the sweep's magnitude-pruning reference curve (dashed) when
+    stopped points hollow and not on the curve; a sweep without exact zeros, e.g. L2, is left out), and the sweep's magnitude-pruning reference curve (dashed) when
     ``sweep.json`` has one. Up and to the left is better: more accuracy for fewer weights.
 
     >>> pts = [{"alpha": a, "lr": 1, "val_acc": v, "test_acc": v, "nonzero_params": n, "n_params": 100}
@@ -92,51 +116,76 @@ def fig_pareto(sweeps: list[tuple[str, dict]]):
     ['l1 (over λ)', 'magnitude pruning']
     """
     sweeps = [(label, sw) for label, sw in sweeps if sw.get("points") and
-              all(p.get("nonzero_params") is not None for p in sw["points"])]
+              all(p.get("nonzero_params") is not None for p in sw["points"]) and _sparse(sw)]
     if not sweeps:
         return None
     fig, axes = _figure(2, panel=(4.6, 3.4))
     metric = "accuracy" if sweeps[0][1].get("metric", "accuracy") == "accuracy" else "mse"
     n_params = sweeps[0][1]["points"][0].get("n_params")
     for i, (label, sw) in enumerate(sweeps):
-        pts = sorted(_rows(sw), key=lambda p: p["nonzero_params"])
+        c = (colors or {}).get(label, f"C{i}")
+        done, stopped = _split(sorted(_rows(sw), key=lambda p: p["nonzero_params"]))
         ref = [p for p in (sw.get("reference") or {}).get("points", []) if p.get("nonzero_params")]
-        ref_color = "0.2" if len(sweeps) == 1 else f"C{i}"
+        ref_color = "0.2" if len(sweeps) == 1 else c
         ref_label = "magnitude pruning" if len(sweeps) == 1 else f"magnitude pruning (vs {label})"
         for ax, split in zip(axes, ("val", "test")):
-            _pareto_curve(ax, pts, split, marker="o", color=f"C{i}", label=f"{label} (over λ)")
-            hollow = [(p["nonzero_params"], p[f"{split}_acc"]) for p in pts if p.get("stopped_early")]
-            if hollow:
-                ax.scatter(*zip(*hollow), s=40, facecolor="white", edgecolor=f"C{i}", zorder=3)
+            if done:
+                _pareto_curve(ax, done, split, marker="o", color=c, label=f"{label} (over λ)")
+            if stopped:  # measured at an earlier epoch: never on the curve of finished points
+                ax.scatter([p["nonzero_params"] for p in stopped], [p[f"{split}_acc"] for p in stopped], s=40,
+                           facecolor="white", edgecolor=c, zorder=3, label=f"{label}: stopped early")
             if ref:
                 _pareto_curve(ax, sorted(ref, key=lambda p: p["nonzero_params"]), split, marker="s", ls="--",
                               color=ref_color, mfc="white", label=ref_label)
-    stopped = any(p.get("stopped_early") for _, sw in sweeps for p in _rows(sw))
     xs = [p["nonzero_params"] for _, sw in sweeps for p in sw["points"] + (sw.get("reference") or {}).get("points", [])]
     log = max(xs) > 10 * max(min(xs), 1)
     for ax, title in zip(axes, (f"validation {metric} (used to choose)", f"test {metric} (reported)")):
-        _params_axis(ax, log, n_params)
+        _params_axis(ax, log, n_params, xs)
         ax.set_ylabel(metric)
-        ax.set_title(title + ("\nhollow: stopped early by halving" if stopped and ax is axes[0] else ""))
+        ax.set_title(title)
     axes[0].legend(loc="best", fontsize=7)
     return fig
 
 
-def _params_axis(ax, log: bool, n_params):
+def _sparse(sw: dict) -> bool:
+    """A sweep whose points have exact zeros (an L2 sweep has none: nothing to trade)."""
+    return any((p["zeros"] or 0) > 0 if "zeros" in p else p["nonzero_params"] < (p.get("n_params") or 0)
+               for p in sw["points"])
+
+
+def _nice_ticks(xs) -> list[float]:
+    """Three to five round values spanning ``xs`` (2 significant digits), for a log axis whose
+    range may hold no power of ten.
+
+    >>> _nice_ticks([3000, 4000])
+    [3000.0, 3500.0, 4000.0]
+    """
+    lo, hi = min(xs), max(xs)
+    n = 3 if hi < 3 * lo else 5
+    raw = [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)]
+    return sorted({float(f"{v:.2g}") for v in raw})
+
+
+def _params_axis(ax, log: bool, n_params, xs=()):
     """Nonzero parameters below (log only over a wide range; plain numbers), % kept on top."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
     plain = FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 10_000 else f"{x:,.0f}")
     if log:
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_locator(FixedLocator(_nice_ticks([x for x in xs if x > 0])))
+        ax.xaxis.set_minor_locator(NullLocator())
     else:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.xaxis.set_major_formatter(plain)
     ax.set_xlabel("nonzero parameters" + (" (log scale)" if log else ""))
     if n_params:
         top = ax.secondary_xaxis("top", functions=(lambda x, n=n_params: 100 * x / n, lambda q, n=n_params: q * n / 100))
-        top.xaxis.set_major_formatter(FuncFormatter(lambda q, _: f"{q:g}%"))
+        top.xaxis.set_major_formatter(FuncFormatter(lambda q, _: f"{q:.3g}%"))
+        if log:
+            top.xaxis.set_major_locator(FixedLocator([float(f"{100 * x / n_params:.2g}")
+                                                      for x in _nice_ticks([x for x in xs if x > 0])]))
+            top.xaxis.set_minor_locator(NullLocator())
         top.xaxis.set_minor_formatter(NullFormatter())
         top.set_xlabel(f"kept, % of {n_params:,} parameters", fontsize=8)
 
@@ -206,22 +255,45 @@ def _fig_times(ax, runs, colors):
 
 
 def fig_heatmap(sw: dict):
-    """Mean validation accuracy over the lr × λ grid (only when the sweep has several lrs)."""
+    """Mean validation accuracy over the lr × λ grid (only when the sweep has several lrs);
+    each cell's value in black or white by the colour under it; cells of points stopped
+    early by halving hatched, their value in italics with the epoch.
+
+    >>> pts = [{"alpha": a, "lr": lr, "val_acc": .9, "stopped_early": a > 1, "epochs": 5}
+    ...        for a in (1, 10) for lr in (1e-3, 1e-2)]
+    >>> [t.get_text() for t in fig_heatmap({"points": pts}).axes[0].texts][:2]
+    ['0.900', '0.900\\nstopped, ep 5']
+    """
+    from matplotlib.patches import Rectangle
+
     lrs, alphas = sorted({p["lr"] for p in sw["points"]}), sorted({p["alpha"] for p in sw["points"]})
     if len(lrs) < 2:
         return None
-    grid = {(p["lr"], p["alpha"]): p["val_acc"] for p in sw["points"]}
-    values = [[grid.get((lr, a), math.nan) for a in alphas] for lr in lrs]
-    fig, (ax,) = _figure(1, panel=(1.0 + 0.55 * len(alphas), 1.2 + 0.4 * len(lrs)))
+    grid = {(p["lr"], p["alpha"]): p for p in sw["points"]}
+    values = [[(grid.get((lr, a)) or {}).get("val_acc", math.nan) for a in alphas] for lr in lrs]
+    fig, (ax,) = _figure(1, panel=(1.6 + 0.9 * len(alphas), 1.4 + 0.55 * len(lrs)))
     im = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas], rotation=45)
     ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_xlabel("λ (alpha)")
     ax.set_ylabel("learning rate")
-    for i, row in enumerate(values):
-        for j, v in enumerate(row):
-            if not math.isnan(v):
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6, color="white")
+    stopped = False
+    for i, lr in enumerate(lrs):
+        for j, a in enumerate(alphas):
+            v, p = values[i][j], grid.get((lr, a)) or {}
+            if math.isnan(v):
+                continue
+            r, g, b, _ = im.cmap(im.norm(v))
+            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            text = f"{v:.3f}"
+            if p.get("stopped_early"):
+                stopped = True
+                text += f"\nstopped, ep {p.get('epochs')}"
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.55", lw=0))
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=ink,
+                    style="italic" if p.get("stopped_early") else "normal")
+    if stopped:
+        ax.set_title("hatched: stopped early by halving (earlier epoch, not comparable)", fontsize=8)
     fig.colorbar(im, ax=ax, label="validation accuracy")
     return fig
 
@@ -246,17 +318,16 @@ def fig_overlaid_histograms(runs: list[dict]):
         mid = min(range(len(counts)), key=lambda k: abs((edges[k] + edges[k + 1]) / 2))
         counts[mid] = max(counts[mid] - zeros, 0)  # drawn separately as the spike
         ax.stairs(counts, edges, color=f"C{i}", lw=1.5,
-                  label=f"{r['name']} ({(r['spec'] or {}).get('describe', '')})")
+                  label=f"{r['name']} ({(r['spec'] or {}).get('describe', '')})"
+                        + (f": {zeros:,} exact zeros, the bar at 0" if zeros else ""))
         if zeros:
             ax.vlines(0.0, 0.8, zeros, color=f"C{i}", lw=4, alpha=0.6)
-            ax.annotate(f"{zeros:,} exact zeros", xy=(0.0, zeros), xytext=(6, 0), textcoords="offset points",
-                        color=f"C{i}", va="center", fontsize=8)
         top = max(top, zeros, *counts)
     ax.set_yscale("log")
     ax.set_ylim(0.8, top * 2)
     ax.set_xlabel("weight value")
     ax.set_ylabel("count (log scale)")
-    ax.legend(loc="upper left", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8)  # below: never over the spike
     return fig
 
 

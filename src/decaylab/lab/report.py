@@ -27,8 +27,7 @@ _STYLE = {
     "image.interpolation": "nearest", "path.simplify": False,
 }
 _PNG_METADATA = {"Software": None}
-_ZERO_COLOR = "crimson"
-_BAR_LABEL_IN, _LEGEND_IN = 0.34, 2.8   # layer-sparsity figure: inches per bar, for the rest
+_ZERO_COLOR = "black"   # no run colour (C0..C9, tab20) is black
 _MASK_CMAP = "Blues"
 
 _FIGURES = {   # figure id -> (section title, caption: what a learner should look for)
@@ -36,13 +35,17 @@ _FIGURES = {   # figure id -> (section title, caption: what a learner should loo
                "Train, validation and test {metric} per epoch for each run: the shaded band "
                "between train and test is the generalization gap, which a good penalty narrows."),
     "histograms": ("Weight histograms",
-                   "Penalized weights on a log count scale: L1 piles weights at exactly zero "
-                   "(the red spike), L2 narrows the bell but leaves every weight nonzero."),
+                   "Penalized weights on a log count scale, one colour per penalty (every seed of a run "
+                   "alike): L1 piles weights at exactly zero (the black spike; its count is in each panel's "
+                   "title), L2 narrows the bell but leaves every weight nonzero. The bar around 0 counts only "
+                   "small nonzero weights."),
     "layer-sparsity": ("Exact sparsity per layer",
-                       "Fraction of exactly-zero weights in each layer: L1 and group penalties "
-                       "switch whole parts of a layer off, L2 and no penalty leave them all on."),
+                       "Share of exactly-zero weights in each layer, one bar per penalty (mean over its "
+                       "seeds, ± sd; the axis ends just above the largest bar): L1 and group penalties "
+                       "switch parts of a layer off, L2 and no penalty leave every weight on."),
     "sparsity-over-time": ("Sparsity and weight norm over training",
-                           "Exact-zero fraction and L2 norm of the penalized weights per epoch: "
+                           "Exact-zero share (axis fitted to the data) and L2 norm of the penalized weights "
+                           "per epoch, one colour per penalty: "
                            "zeros appear only with L1-type penalties, while any penalty keeps "
                            "the norm below the unpenalized run's."),
     "loss-curves": ("Loss curves",
@@ -53,18 +56,22 @@ _FIGURES = {   # figure id -> (section title, caption: what a learner should loo
                          "bell, L1 moves weights into the spike of exact zeros at 0 (drawn to its full height)."),
     "lambda-path": ("Regularization path",
                     "Against the strength λ (log axis): validation (solid) and test (dashed) "
-                    "accuracy with a ± sd band, the chosen best (solid line) and one-SE (dotted) λ; "
-                    "the train−test gap, exact zeros and each layer's weight norm. Too little λ "
-                    "overfits (large gap), too much underfits (accuracy falls)."),
+                    "accuracy with a ± sd band, the chosen best λ (thick pale line) and the one-SE λ (thin dashed "
+                    "line; both with their values in the legend); the train−test gap, exact zeros and each "
+                    "layer's weight norm. Too little λ overfits (large gap), too much underfits (accuracy "
+                    "falls). Hollow markers, never joined to the curves, are points stopped early by "
+                    "successive halving: measured at an earlier epoch, not comparable."),
     "pareto": ("Accuracy against parameters kept",
                "Validation (left, used to choose) and test (right, reported) {metric} against the "
                "number of nonzero parameters, one curve per penalty over its strengths: up and to the "
                "left is better. The dashed curve, when present, is gradual magnitude pruning (Zhu & Gupta) "
                "trained in the same run with the same data, model, optimizer, learning rate and epochs, "
                "pruned to the exact-zero fractions listed in sweep.json: the baseline a sparse penalty "
-               "has to beat. Error bars: ± sd over seeds."),
+               "has to beat. Error bars: ± sd over seeds; hollow markers, off the curve: stopped early. "
+               "A sweep without exact zeros (L2) keeps every parameter and is left out."),
     "heatmap": ("Learning rate × λ",
-                "Mean validation accuracy over the grid of learning rates and strengths."),
+                "Mean validation accuracy over the grid of learning rates and strengths; hatched cells "
+                "were stopped early by successive halving (their value is from an earlier epoch)."),
     "compaction": ("Compaction: units kept and inference time",
                    "After decaylab compact: per layer, the dense width (grey) and the neurons, channels "
                    "or input features each run's compacted model keeps (left); the CPU time of one batch "
@@ -183,106 +190,23 @@ def _grid(n, panel=(3.4, 2.6), **subplot_kw):
 
 # ----------------------------------------------------------------------------- figures
 def _fig_curves(run):
-    runs = [r for r in run["runs"] if r["metrics"]]
-    if not runs:
-        return None
-    suffix = "_loss" if _is_regression(run) else "_acc"
-    fig, axes = _grid(len(runs), sharey=True)
-    for ax, r in zip(axes, runs):
-        x = _epochs(r["metrics"])
-        ys = {part: _series(r["metrics"], part + suffix) for part in ("train", "val", "test")}
-        for part, color in zip(ys, ("C0", "C2", "C3")):
-            if not all(math.isnan(v) for v in ys[part]):
-                ax.plot(x, ys[part], color=color, marker=".", label=part)
-        ax.fill_between(x, ys["train"], ys["test"], color="C3", alpha=0.12, lw=0)
-        finetune = [e for e, m in zip(x, r["metrics"]) if m.get("phase") == "finetune"]
-        if finetune:
-            ax.axvline(finetune[0], color="0.5", ls=":", lw=1)
-        ax.set_title(_label(r))
-        _integer_epochs(ax)
-    axes[0].set_ylabel("loss" if suffix == "_loss" else "accuracy")
-    axes[0].legend(loc="best")
-    return fig
+    from .figures_runs import fig_curves
+    return fig_curves(run)
 
 
 def _fig_histograms(run):
-    def has_hist(r):
-        return bool(r["final"] and (r["final"].get("histogram") or {}).get("counts"))
-    runs = _colored(run, has_hist)
-    if not runs:
-        return None
-    from matplotlib.ticker import NullLocator
-    fig, axes = _grid(len(runs), sharex=True, sharey=True)
-    for ax, (color, r) in zip(axes, runs):
-        hist = r["final"]["histogram"]
-        edges, counts = hist["edges"], hist["counts"]
-        widths = [b - a for a, b in zip(edges, edges[1:])]
-        ax.bar(edges[:-1], counts, width=widths, align="edge", color=color, alpha=0.7, log=True)
-        zeros = int(hist.get("exact_zeros") or 0)
-        total = r["final"].get("weights") or sum(counts) or 1
-        if zeros:
-            ax.vlines(0.0, 0.8, zeros, color=_ZERO_COLOR, lw=3)
-        ax.annotate(f"exact zeros: {zeros:,} ({zeros / total:.1%})", xy=(0.03, 0.96),
-                    xycoords="axes fraction", va="top", color=_ZERO_COLOR)
-        ax.set_ylim(bottom=0.8)
-        ax.yaxis.set_minor_locator(NullLocator())   # minor log ticks: clutter, and slow
-        ax.set_title(r["name"])
-        ax.set_xlabel("weight value")
-    axes[0].set_ylabel("count (log scale)")
-    return fig
+    from .figures_runs import fig_histograms
+    return fig_histograms(run)
 
 
 def _fig_layer_sparsity(run):
-    runs = _colored(run, lambda r: bool(_layers(r)))
-    if not runs:
-        return None
-    names = list(dict.fromkeys(name for _, r in runs for name in _layers(r)))
-    from matplotlib.figure import Figure
-    # every bar gets room for its "100%" label (about 0.3 in at 7 pt); past 24 in, the
-    # labels turn vertical instead of colliding
-    bars_in = _BAR_LABEL_IN * len(runs) * len(names) / 0.8
-    legend_rows = math.ceil(len(runs) / 5) if len(runs) > 8 else 0  # many runs: legend below
-    side = 0.6 if legend_rows else _LEGEND_IN
-    width = min(max(5.0, side + bars_in), 24.0)
-    vertical = width - side < bars_in
-    fig = Figure(figsize=(width, 3.2 + 0.3 * vertical + 0.22 * legend_rows), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(runs)
-    for i, (color, r) in enumerate(runs):
-        x = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(names))]
-        layers = _layers(r)
-        values = [_zero_fraction(layers.get(n)) for n in names]
-        bars = ax.bar(x, values, width, color=color, label=_label(r))
-        ax.bar_label(bars, ["" if math.isnan(v) else f"{v:.0%}" for v in values],
-                     fontsize=7, padding=1, rotation=90 if vertical else 0)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylim(0, 1.3 if vertical else 1.1)
-    ax.set_ylabel("exact-zero fraction")
-    if legend_rows:
-        fig.legend(loc="outside lower center", ncols=5)
-    else:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    return fig
+    from .figures_runs import fig_layer_sparsity
+    return fig_layer_sparsity(run)
 
 
 def _fig_sparsity_over_time(run):
-    runs = _colored(run, lambda r: bool(r["metrics"]))
-    if not runs:
-        return None
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(9.5, 3.2), layout="constrained")
-    ax_zero, ax_norm = fig.subplots(1, 2, sharex=True)
-    for color, r in runs:
-        x = _epochs(r["metrics"])
-        ax_zero.plot(x, _series(r["metrics"], "zero_fraction"), color=color, marker=".",
-                     label=_label(r))
-        ax_norm.plot(x, _series(r["metrics"], "weight_l2"), color=color, marker=".")
-    ax_zero.set_ylim(-0.02, 1.02)
-    _integer_epochs(ax_zero, ax_norm)
-    ax_zero.set(ylabel="exact-zero fraction", title="Exact zeros")
-    ax_norm.set(ylabel="‖w‖₂ (penalized weights)", title="Weight norm")
-    ax_zero.legend(loc="best")
-    return fig
+    from .figures_runs import fig_sparsity_over_time
+    return fig_sparsity_over_time(run)
 
 
 def _fig_input_maps(run):
@@ -315,12 +239,14 @@ def _sweeps(run):
 
 def _fig_lambda(run):
     from .figures import fig_lambda
-    return fig_lambda(_sweeps(run))
+    from .figures_runs import penalty_colors
+    return fig_lambda(_sweeps(run), penalty_colors(run))
 
 
 def _fig_pareto(run):
     from .figures import fig_pareto
-    return fig_pareto(_sweeps(run))
+    from .figures_runs import penalty_colors
+    return fig_pareto(_sweeps(run), penalty_colors(run))
 
 
 def _fig_heatmap(run):
@@ -482,14 +408,14 @@ def _summary_html(run):
     return (f'<table id="summary"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
             f"</tbody></table>\n<p>{note} is highlighted: runs are chosen on validation data; "
             f"the test set is reported, never used to choose. Incomplete runs show their last "
-            f"logged epoch.</p>")
+            f"logged epoch. {html.escape(_noise_note(run, short=True))}</p>")
 
 
 def _ms(v, spec=".3f"):
     m, s = v if isinstance(v, (list, tuple)) else (v, None)
     if m is None:
         return "—"
-    return format(m, spec) + (" ± " + format(s, spec) if s is not None else "")
+    return format(m, spec) + (" ± " + format(s, spec.lstrip("+")) if s is not None else "")
 
 
 def _selection_html(run):
@@ -502,19 +428,20 @@ def _selection_html(run):
                                                    "test accuracy", "train − test gap", "exact zeros"))
         body = "".join(
             f'<tr><td class="name">{_esc(r["name"])}</td><td class="desc">{_esc(r["describe"])}</td>'
-            f"<td>{_ms(r['val_acc'])}</td><td>{_ms(r['test_acc'])}</td><td>{_ms(r['gap'])}</td>"
+            f"<td>{_ms(r['val_acc'], '.1%')}</td><td>{_ms(r['test_acc'], '.1%')}</td><td>{_ms(r['gap'], '+.1%')}</td>"
             f"<td>{_ms(r['zero_fraction'], '.1%')}</td></tr>" for r in cmp_.get("runs", []))
         verdicts = "".join(f"<li>{_esc(v)}</li>" for v in cmp_.get("verdicts", []))
         out += [f"<h2>Chosen on validation, mean ± sd over {n} seeds</h2>",
                 f'<table id="selection"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
-                f"<ul>{verdicts}</ul><p>{_esc(cmp_.get('note'))}</p>"]
+                f"<ul>{verdicts}</ul><p>{_esc(cmp_.get('note'))}. {html.escape(_noise_note(run, short=True))}</p>"]
     sw = run.get("sweep")
     if sw:
         ch, test = sw.get("chosen", {}), sw.get("chosen_test_acc", {})
         stopped = sum(1 for p in sw.get("points", []) if p.get("stopped_early"))
+        u = ".1%" if sw.get("metric", "accuracy") == "accuracy" else ".3f"  # the Summary's units
         out += ["<h2>Chosen strength</h2>",
-                f"<p>{_esc(sw.get('describe'))}: best λ = {_esc(ch.get('best'))} (test {_ms(test.get('best'))}), "
-                f"one-SE λ = {_esc(ch.get('one_se'))} (test {_ms(test.get('one_se'))}). "
+                f"<p>{_esc(sw.get('describe'))}: best λ = {_esc(ch.get('best'))} (test {_ms(test.get('best'), u)}), "
+                f"one-SE λ = {_esc(ch.get('one_se'))} (test {_ms(test.get('one_se'), u)}). "
                 f"{_esc(sw.get('selection'))}. SE: {_esc(sw.get('se'))}. {stopped} of {len(sw.get('points', []))} "
                 f"points were stopped early by successive halving (see sweep.json).</p>"]
         out += _reference_html(sw)
@@ -551,9 +478,28 @@ def _reference_html(sw, of=""):
             f'<table class="reference"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
 
 
+def _noise_note(run, short=False):
+    """Why train accuracy sits below test under label noise (empty without noise)."""
+    from .figures_runs import label_noise
+    p = label_noise(run)
+    if not p or _is_regression(run):
+        return ""
+    if short:
+        return (f"A negative gap is expected here: train accuracy is measured on the training labels, {p:.0%} "
+                f"of them flipped (data.label_noise), validation and test on clean labels (see the learning curves).")
+    return (f"Train accuracy is measured on the training labels, {p:.0%} of which were flipped "
+            f"(data.label_noise = {p:g}); validation and test labels are clean. A model that learns the "
+            f"signal without memorizing the flipped labels scores about {1 - p:.0%} on train and more on "
+            f"test, so train sits below test and the train − test gap is negative. The shaded band between "
+            f"them shows memorization: as train climbs toward 100 % the model is fitting wrong labels; a good "
+            f"penalty keeps train near {1 - p:.0%} while test rises.")
+
+
 def _figure_html(fig_id, png, run):
     title, caption = _FIGURES[fig_id]
     caption = caption.format(metric="loss" if _is_regression(run) else "accuracy")
+    if fig_id == "curves" and _noise_note(run):
+        caption = caption.split(": the shaded band")[0] + ". " + _noise_note(run)
     skipped = [r["name"] for r in run["runs"] if r["final"] is None]
     if skipped and fig_id in ("histograms", "input-maps"):
         caption += " Left out (incomplete, no final.json): " + ", ".join(skipped) + "."
