@@ -191,7 +191,7 @@ def summarize(run_dir: Path, runs: list[dict], seeds: list[int], chosen: dict) -
 def markdown(result: dict) -> str:
     """The compare.json table: mean ± sd over seeds, then the verdicts."""
     n = len(result["seeds"])
-    lines = [f"| run | penalty (λ chosen on validation) | val acc | test acc | train−test gap | exact zeros |",
+    lines = ["| run | penalty (λ chosen on validation) | val acc | test acc | train−test gap | exact zeros |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
 
     def ms(v, pct=False):
