@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import optimizer as _optim_mod
 
+from . import _inner_decay
 from . import functional as F
 from . import fused as fused_kernels
 from .groups import Indexed
@@ -311,18 +312,26 @@ class Regularized(torch.optim.Optimizer):
         fused_adam = self._adam_fusable() if closure is None and by_mode["prox"] else []
         hidden = [(p, p.grad) for b in fused_adam for p in b.params]
         fused_ids = {id(b) for b in fused_adam}
+        # decoupled L2 that torch's Adam/AdamW takes in its own pass, shown split param groups
+        groups = self.optimizer.param_groups
+        inner = (_inner_decay.plan(self.optimizer, by_mode["decoupled"], self._multiplier)
+                 if closure is None and by_mode["decoupled"] and not _step_hooked(self.optimizer) else None)
         try:
             for b in by_mode["coupled"]:
                 self._couple(b, swapped)
             for b in by_mode["decoupled"]:
-                self._apply(b, "decay")
+                if inner is None or id(b) not in inner[1]:
+                    self._apply(b, "decay")
             for p, _ in hidden:
                 p.grad = None
             if closure is None:
+                if inner is not None:
+                    self.optimizer.param_groups = inner[0]
                 self._inner_step()
             else:  # LBFGS and friends need it; most optimizers call it once and get `loss`
                 self.optimizer.step(self._inner_closure(closure, loss, swapped))
         finally:
+            self.optimizer.param_groups = groups
             for p, grad in hidden:
                 p.grad = grad
             for p, grad, tmp in swapped:  # the user's gradients come back unchanged

@@ -1,0 +1,101 @@
+"""Decoupled L2 taken by torch's own ``Adam``/``AdamW`` step, where that step is the rule.
+
+torch's Adam with ``decoupled_weight_decay`` (AdamW) multiplies a group's weights by
+``1 - lr * weight_decay`` inside its step, the op decaylab's decoupled L2 takes
+(``functional.shrink_``), in the pass that already reads and writes every weight for
+Adam's update. decaylab's own decay pass reads and writes every weight once more. So, for
+the inner step only, the inner optimizer is shown its param groups split: the weights of
+decoupled ``L2`` rules in groups with ``weight_decay = alpha * schedule`` (one per
+strength), the rest of each group with its own settings. The groups are shallow copies of
+the user's group dicts made at each step from their current values (LR schedulers, lr
+changes, betas all apply); the wrapper puts the user's ``param_groups`` list back in a
+``finally``. Adam's state is keyed per parameter, so the split leaves no trace.
+
+Anything that is not exactly the rule keeps decaylab's own pass: another optimizer or a
+subclass of one (it may change the update), a step hook or a replaced ``step`` (either
+could look at the groups), a closure, another penalty, a tensor strength or lr,
+bf16/fp16 weights (compensated), a group with a ``weight_decay`` of its own, and
+``lr * alpha * schedule >= 1`` (torch's factor would go negative; decaylab's is clamped
+at 0).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .penalties import L2
+
+_ADAMS = (torch.optim.Adam, torch.optim.AdamW)
+_WIDE = (torch.float32, torch.float64)
+
+
+def _plain_step(opt: torch.optim.Optimizer) -> bool:
+    """``opt.step`` is its class's, or an LR scheduler's counter wrapped around it."""
+    step = vars(opt).get("step")
+    return step is None or getattr(step, "_wrapped_by_lr_sched", False)
+
+
+def _strength(opt: torch.optim.Optimizer, b, multiplier: Callable) -> float | None:
+    """The ``weight_decay`` that makes torch's step take bucket ``b``'s decay, else None."""
+    if type(b.rule.penalty) is not L2 or b.low_precision or b.params[0].dtype not in _WIDE:
+        return None
+    group = opt.param_groups[b.group]
+    lr, wd = group["lr"], group.get("weight_decay")
+    if isinstance(lr, torch.Tensor) or isinstance(wd, torch.Tensor) or wd != 0:
+        return None
+    alpha = b.alphas()
+    if not isinstance(alpha, float):
+        return None
+    decay = alpha * multiplier(b.rule)
+    return decay if float(lr) * decay < 1.0 else None
+
+
+def plan(opt: torch.optim.Optimizer, buckets, multiplier: Callable) -> tuple[list[dict], set[int]] | None:
+    """The param groups to show ``opt``'s next step and the ids of the decoupled
+    ``buckets`` whose decay that step then takes; None when it takes none. The caller has
+    checked that no step hook is registered and that no closure is given.
+
+    >>> model = torch.nn.Linear(3, 2)
+    >>> import decaylab as dl
+    >>> opt = dl.regularize(torch.optim.AdamW(model.parameters(), weight_decay=0.0), model, dl.L2(0.1))
+    >>> groups, taken = plan(opt.optimizer, opt._by_mode["decoupled"], opt._multiplier)
+    >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+    [(1, 0.1), (1, 0.0)]
+    """
+    if type(opt) not in _ADAMS or not _plain_step(opt):
+        return None
+    route: dict[int, dict[int, float]] = {}  # group index -> id(param) -> its weight_decay
+    taken = set()
+    for b in buckets:
+        decay = _strength(opt, b, multiplier)
+        if decay is None:
+            continue
+        taken.add(id(b))
+        if decay != 0:
+            route.setdefault(b.group, {}).update((id(p), decay) for p in b.params)
+    if not taken:
+        return None
+    groups = []
+    for gi, group in enumerate(opt.param_groups):
+        ids = route.get(gi)
+        if not ids:
+            groups.append(group)
+            continue
+        parts: dict[float, list] = {}
+        kinds = set()
+        for p in group["params"]:
+            parts.setdefault(ids.get(id(p), 0.0), []).append(p)
+            kinds.add((type(p), p.device.type))
+        # torch picks foreach per group from its tensors' types and devices: a split of a
+        # mixed group could pick differently for a part (same math, maybe other bits)
+        if sum(map(len, parts.values())) - len(parts.get(0.0, ())) != len(ids) or (
+                len(kinds) > 1 and group.get("foreach") is None and not group.get("fused")):
+            return None
+        for decay, params in parts.items():
+            part = {**group, "params": params}
+            if decay:
+                part.update(weight_decay=decay, decoupled_weight_decay=True)
+            groups.append(part)
+    return groups, taken
