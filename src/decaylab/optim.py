@@ -4,7 +4,8 @@ One real ``step()`` of the wrapper does, per rule and parameter group:
 
 1. ``"coupled"`` rules: ``g <- g + alpha * grad R(w)`` (torch's ``weight_decay``);
 2. ``"decoupled"`` rules: ``w <- w - lr * alpha * grad R(w)``, clamped (AdamW's decay,
-   taken before the inner update exactly as ``torch.optim.AdamW`` takes it);
+   taken before the inner update exactly as ``torch.optim.AdamW`` takes it; an ``L2``
+   under torch's own Adam/AdamW is taken by their step itself, see ``_inner_decay``);
 3. the inner optimizer's ``step()``;
 4. ``"prox"`` rules: ``w <- prox_{lr * alpha * R}(w)`` (exact zeros), with ``lr`` the
    group's current learning rate or, with ``metric="adam"``, Adam's per-coordinate step
