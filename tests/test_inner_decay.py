@@ -3,6 +3,7 @@ AdamW with weight-decay param groups, never visible outside the step, and decayl
 decay pass wherever the inner step is not exactly the rule."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -27,6 +28,12 @@ def _split(model, decay):
     named = list(model.named_parameters())
     return [{"params": [p for n, p in named if n.endswith("weight")], "weight_decay": decay},
             {"params": [p for n, p in named if not n.endswith("weight")], "weight_decay": 0.0}]
+
+
+def _wrap(model, penalty=None, opt_cls=torch.optim.AdamW, params=None, **kwargs):
+    """AdamW (weight_decay=0, lr=LR) + L2(ALPHA) unless told otherwise."""
+    opt = opt_cls(params if params is not None else model.parameters(), **{"lr": LR, "weight_decay": 0.0, **kwargs})
+    return dl.regularize(opt, model, penalty if penalty is not None else dl.L2(ALPHA))
 
 
 @pytest.fixture
@@ -97,6 +104,19 @@ def test_decoupled_l2_is_adamws_own_step_bit_for_bit_with_scheduler_and_schedule
     assert not torch.equal(a[0], _run(torch.optim.AdamW(_mlp().parameters(), lr=LR, weight_decay=0.0), _mlp())[0])
 
 
+def test_an_lr_scheduler_built_on_the_inner_optimizer_keeps_the_inner_step_taking_it(decay_passes):
+    """Such a scheduler replaces the inner instance's ``step`` by its own counter, which
+    looks at no param group."""
+    model, ref = _mlp(), _mlp()
+    inner = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.StepLR(inner, 3, gamma=0.5)
+    ours = dl.regularize(inner, model, dl.L2(ALPHA))
+    theirs = torch.optim.AdamW(_split(ref, ALPHA), lr=LR)
+    ref_sched = torch.optim.lr_scheduler.StepLR(theirs, 3, gamma=0.5)
+    _assert_equal(_run(ours, model, sched=sched), _run(theirs, ref, sched=ref_sched))
+    assert decay_passes == [] and sched.last_epoch == 25
+
+
 def test_several_strengths_and_param_groups_each_get_their_own_weight_decay(decay_passes):
     """Two L2 rules of different strengths in one group, a second group with its own lr."""
     model, ref = _mlp(), _mlp()
@@ -117,7 +137,7 @@ def test_several_strengths_and_param_groups_each_get_their_own_weight_decay(deca
 
 def test_the_users_param_groups_are_untouched_and_the_split_is_never_seen_outside_the_step():
     model = _mlp()
-    ours = dl.regularize(torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0), model, dl.L2(ALPHA))
+    ours = _wrap(model)
     groups, group = ours.param_groups, ours.param_groups[0]
     params, before = list(group["params"]), {k: v for k, v in group.items() if k != "params"}
     seen = []
@@ -179,10 +199,6 @@ def test_a_prox_bucket_taking_adams_step_in_its_kernel_and_the_l2_split_share_on
     assert decay_passes
 
 
-def _hook(inner, seen):
-    inner.register_step_pre_hook(lambda o, *a: seen.append(len(o.param_groups)))
-
-
 class _AdamWSubclass(torch.optim.AdamW):
     pass
 
@@ -191,34 +207,22 @@ class _L2Subclass(dl.L2):
     pass
 
 
+F32, BF16 = torch.float32, torch.bfloat16
 # name -> (build (model) -> optimizer, dtype); each keeps decaylab's own decay pass
 FALLBACKS = {
-    "subclass of AdamW": (lambda m: dl.regularize(_AdamWSubclass(m.parameters(), lr=LR, weight_decay=0.0), m,
-                                                  dl.L2(ALPHA)), torch.float32),
-    "SGD": (lambda m: dl.regularize(torch.optim.SGD(m.parameters(), lr=LR), m, dl.L2(ALPHA)), torch.float32),
-    "lr * alpha >= 1 (clamped)": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=0.5, weight_decay=0.0),
-                                                          m, dl.L2(2.5)), torch.float32),
-    "lr a tensor": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=torch.tensor(LR), weight_decay=0.0),
-                                            m, dl.L2(ALPHA)), torch.float32),
-    "group weight_decay": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01), m,
-                                                   dl.L2(ALPHA)), torch.float32),
-    "bf16 weights": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.0), m,
-                                             dl.L2(ALPHA)), torch.bfloat16),
-    "K strengths": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.0), m,
-                                            dl.Rule(dl.L2(torch.tensor([ALPHA] * 16)), params="0.weight")),
-                    torch.float32),
-    "subclass of L2": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.0), m,
-                                               _L2Subclass(ALPHA)), torch.float32),
-    "L2SP": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.0), m,
-                                     dl.L2SP(ALPHA)), torch.float32),
-    "inner step hook": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.0), m,
-                                                dl.L2(ALPHA)), torch.float32),
-    "step replaced on the instance": (lambda m: dl.regularize(torch.optim.AdamW(m.parameters(), lr=LR,
-                                                                                weight_decay=0.0), m, dl.L2(ALPHA)),
-                                      torch.float32),
-    "a plain tensor in the group": (lambda m: dl.regularize(torch.optim.AdamW(
-        [*m.parameters(), torch.zeros(3, requires_grad=True)], lr=LR, weight_decay=0.0), m, dl.L2(ALPHA)),
-        torch.float32),
+    "subclass of AdamW": (lambda m: _wrap(m, opt_cls=_AdamWSubclass), F32),
+    "SGD": (lambda m: _wrap(m, opt_cls=torch.optim.SGD), F32),
+    "lr * alpha >= 1 (clamped)": (lambda m: _wrap(m, dl.L2(2.5), lr=0.5), F32),
+    "lr a tensor": (lambda m: _wrap(m, lr=torch.tensor(LR)), F32),
+    "group weight_decay": (lambda m: _wrap(m, weight_decay=0.01), F32),
+    "bf16 weights": (_wrap, BF16),
+    "K strengths": (lambda m: _wrap(m, dl.Rule(dl.L2(torch.tensor([ALPHA] * 16)), params="0.weight")), F32),
+    "subclass of L2": (lambda m: _wrap(m, _L2Subclass(ALPHA)), F32),
+    "L2SP": (lambda m: _wrap(m, dl.L2SP(ALPHA)), F32),
+    "inner step hook": (_wrap, F32),
+    "step replaced on the instance": (_wrap, F32),
+    "a plain tensor in the group": (lambda m: _wrap(m, params=[*m.parameters(), torch.zeros(3, requires_grad=True)]),
+                                    F32),
 }
 
 
@@ -233,29 +237,21 @@ def test_anything_not_exactly_the_rule_keeps_decaylabs_own_decay_pass(name, monk
     def make(model):
         opt = build(model)
         if name == "inner step hook":
-            _hook(opt.optimizer, seen)
+            opt.optimizer.register_step_pre_hook(lambda o, *a: seen.append(len(o.param_groups)))
         if name == "step replaced on the instance":
             step = opt.optimizer.step
             opt.optimizer.step = lambda *a, **k: (seen.append(len(opt.optimizer.param_groups)), step(*a, **k))[1]
         return opt
 
     model = _mlp(dtype)
-    with pytest.warns(UserWarning) if name == "group weight_decay" else _nothing():
+    with pytest.warns(UserWarning) if name == "group weight_decay" else contextlib.nullcontext():
         a = _run(make(model), model, steps=6, dtype=dtype)
     assert len(decay_passes) >= 6
     assert seen == ([1] * 6 if name in HOOKED else [])  # what looks at the groups sees the user's one
     _old_path(monkeypatch)
     model = _mlp(dtype)
-    with pytest.warns(UserWarning) if name == "group weight_decay" else _nothing():
+    with pytest.warns(UserWarning) if name == "group weight_decay" else contextlib.nullcontext():
         _assert_equal(a, _run(make(model), model, steps=6, dtype=dtype))
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_past_lr_alpha_1_decaylabs_clamped_pass_takes_over_mid_run(monkeypatch, decay_passes):
@@ -275,7 +271,7 @@ def test_past_lr_alpha_1_decaylabs_clamped_pass_takes_over_mid_run(monkeypatch, 
 
 def test_a_group_missing_a_rules_weight_is_not_split():
     model = _mlp()
-    opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0), model, dl.L2(ALPHA))
+    opt = _wrap(model)
     assert _inner_decay.plan(opt.optimizer, opt._by_mode["decoupled"], opt._multiplier) is not None
     opt.optimizer.param_groups[0]["params"].remove(model[0].weight)
     assert _inner_decay.plan(opt.optimizer, opt._by_mode["decoupled"], opt._multiplier) is None
@@ -283,7 +279,7 @@ def test_a_group_missing_a_rules_weight_is_not_split():
 
 def test_a_closure_keeps_decaylabs_own_decay_pass(decay_passes):
     model = _mlp()
-    opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0), model, dl.L2(ALPHA))
+    opt = _wrap(model)
     x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
 
     def closure():
@@ -298,7 +294,7 @@ def test_a_closure_keeps_decaylabs_own_decay_pass(decay_passes):
 
 def test_grad_scaler_steps_it_as_adamw_bit_for_bit(decay_passes):
     model, ref = _mlp(), _mlp()
-    ours = dl.regularize(torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0), model, dl.L2(ALPHA))
+    ours = _wrap(model)
     theirs = torch.optim.AdamW(_split(ref, ALPHA), lr=LR)
     x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
     for m, opt in ((model, ours), (ref, theirs)):
