@@ -9,7 +9,10 @@ decoupled ``L2`` rules in groups with ``weight_decay = alpha * schedule`` (one p
 strength), the rest of each group with its own settings. The groups are shallow copies of
 the user's group dicts made at each step from their current values (LR schedulers, lr
 changes, betas all apply); the wrapper puts the user's ``param_groups`` list back in a
-``finally``. Adam's state is keyed per parameter, so the split leaves no trace.
+``finally``. Adam's state is keyed per parameter, so the split leaves no trace. The result
+is AdamW's with weight-decay param groups, bit for bit; on CPU and under foreach that is
+also decaylab's own pass's, while fused CUDA AdamW computes ``w - lr*wd*w`` (its last bit
+may differ from ``w * (1 - lr*wd)``).
 
 Anything that is not exactly the rule keeps decaylab's own pass: another optimizer or a
 subclass of one (it may change the update), a step hook or a replaced ``step`` (either
