@@ -306,3 +306,18 @@ def test_grad_scaler_steps_it_as_adamw_bit_for_bit(decay_passes):
             opt.zero_grad()
     _assert_equal(model.parameters(), ref.parameters())
     assert decay_passes == []
+
+
+def test_without_a_split_the_wrapper_leaves_param_groups_to_the_inner_optimizer():
+    """It puts back only what it replaced: an optimizer's own step may rebind its list."""
+    class Rebinding(torch.optim.SGD):
+        def step(self, closure=None):
+            out = super().step(closure)
+            self.param_groups = list(self.param_groups)
+            return out
+
+    model = _mlp()
+    opt = _wrap(model, opt_cls=Rebinding)
+    before = opt.param_groups
+    _run(opt, model, steps=1)
+    assert opt.param_groups is not before and opt.param_groups == before

@@ -332,7 +332,8 @@ class Regularized(torch.optim.Optimizer):
             else:  # LBFGS and friends need it; most optimizers call it once and get `loss`
                 self.optimizer.step(self._inner_closure(closure, loss, swapped))
         finally:
-            self.optimizer.param_groups = groups
+            if inner is not None:
+                self.optimizer.param_groups = groups
             for p, grad in hidden:
                 p.grad = grad
             for p, grad, tmp in swapped:  # the user's gradients come back unchanged
