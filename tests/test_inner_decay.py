@@ -1,6 +1,6 @@
-"""Decoupled L2 taken by torch's own Adam/AdamW step (decaylab._inner_decay): bit for bit
-AdamW with weight-decay param groups, never visible outside the step, and decaylab's own
-decay pass wherever the inner step is not exactly the rule."""
+"""L2 taken by torch's own Adam/AdamW (decoupled) or SGD (coupled) step
+(decaylab._inner_decay): bit for bit torch with weight-decay param groups, never visible
+outside the step, and decaylab's own pass wherever the inner step is not exactly the rule."""
 from __future__ import annotations
 
 import contextlib
@@ -38,16 +38,22 @@ def _wrap(model, penalty=None, opt_cls=torch.optim.AdamW, params=None, **kwargs)
 
 @pytest.fixture
 def decay_passes(monkeypatch):
-    """Counts decaylab's own decay passes (``Regularized._apply(b, "decay")``)."""
+    """Counts decaylab's own L2 passes: ``Regularized._apply(b, "decay")`` (decoupled) and
+    ``Regularized._couple(b, ...)`` (coupled)."""
     calls = []
-    apply = Regularized._apply
+    apply, couple = Regularized._apply, Regularized._couple
 
-    def counting(self, b, op):
+    def counting_apply(self, b, op):
         if op == "decay":
             calls.append(b)
         return apply(self, b, op)
 
-    monkeypatch.setattr(Regularized, "_apply", counting)
+    def counting_couple(self, b, swapped):
+        calls.append(b)
+        return couple(self, b, swapped)
+
+    monkeypatch.setattr(Regularized, "_apply", counting_apply)
+    monkeypatch.setattr(Regularized, "_couple", counting_couple)
     return calls
 
 
@@ -115,6 +121,73 @@ def test_an_lr_scheduler_built_on_the_inner_optimizer_keeps_the_inner_step_takin
     ref_sched = torch.optim.lr_scheduler.StepLR(theirs, 3, gamma=0.5)
     _assert_equal(_run(ours, model, sched=sched), _run(theirs, ref, sched=ref_sched))
     assert decay_passes == [] and sched.last_epoch == 25
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("maximize", [False, True])
+def test_coupled_l2_is_sgds_own_weight_decay_bit_for_bit_and_keeps_grad(impl, maximize, decay_passes):
+    """SGD (momentum, Nesterov) + coupled L2 with a schedule and an LR scheduler == SGD with
+    weight_decay=alpha*schedule on the weights' group; the user's gradients unchanged."""
+    model, ref = _mlp(), _mlp()
+    schedule = lambda s: 0.7 + 0.3 * (s % 3)  # noqa: E731
+    kw = dict(lr=0.05, momentum=0.9, nesterov=True, maximize=maximize, **IMPLS[impl])
+    ours = dl.regularize(torch.optim.SGD(model.parameters(), **kw), model,
+                         dl.Rule(dl.L2(ALPHA), mode="coupled", schedule=schedule))
+    theirs = torch.optim.SGD(_split(ref, ALPHA), **kw)
+    steps = []
+
+    def reference_decay():
+        theirs.param_groups[0]["weight_decay"] = ALPHA * schedule(len(steps))
+        steps.append(None)
+
+    a = _run(ours, model, sched=torch.optim.lr_scheduler.StepLR(ours, 4, gamma=0.5))
+    b = _run(theirs, ref, sched=torch.optim.lr_scheduler.StepLR(theirs, 4, gamma=0.5), each_step=reference_decay)
+    _assert_equal(a, b)
+    _states_equal(ours, theirs)
+    assert decay_passes == []
+    # the weights' gradients stay the user's (torch's foreach Nesterov step adds the
+    # momentum into a gradient in place where no weight decay made a new one: the biases')
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    model(torch.randn(4, 6)).sum().backward()
+    grads = [p.grad.clone() for p in weights]
+    ours.step()
+    _assert_equal([p.grad for p in weights], grads)
+
+
+def test_coupled_l2_needs_no_clamp_so_sgd_takes_it_at_any_strength(decay_passes):
+    """A gradient term is not clamped (lr * alpha = 1.5 here): SGD's own weight_decay."""
+    model, ref = _mlp(), _mlp()
+    ours = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.5), model, dl.Rule(dl.L2(3.0), mode="coupled"))
+    theirs = torch.optim.SGD(_split(ref, 3.0), lr=0.5)
+    _assert_equal(_run(ours, model, steps=3), _run(theirs, ref, steps=3))
+    assert decay_passes == []
+
+
+def test_sparse_gradients_in_the_group_keep_decaylabs_own_coupled_pass(monkeypatch, decay_passes):
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lin = nn.Embedding(10, 4, sparse=True), nn.Linear(4, 3)
+
+        def forward(self, i):
+            return self.lin(self.emb(i))
+
+    def run():
+        torch.manual_seed(0)
+        model = Bag()
+        opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                            dl.Rule(dl.L2(ALPHA), params="lin.weight", mode="coupled"))
+        i = torch.tensor([1, 2, 3, 1])
+        for _ in range(3):
+            model(i).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return [p.detach().clone() for p in model.parameters()]
+
+    a = run()
+    assert len(decay_passes) == 3
+    _old_path(monkeypatch)
+    _assert_equal(a, run())
 
 
 def test_several_strengths_and_param_groups_each_get_their_own_weight_decay(decay_passes):
@@ -272,9 +345,9 @@ def test_past_lr_alpha_1_decaylabs_clamped_pass_takes_over_mid_run(monkeypatch, 
 def test_a_group_missing_a_rules_weight_is_not_split():
     model = _mlp()
     opt = _wrap(model)
-    assert _inner_decay.plan(opt.optimizer, opt._by_mode["decoupled"], opt._multiplier) is not None
+    assert _inner_decay.plan(opt.optimizer, opt._by_mode, opt._multiplier) is not None
     opt.optimizer.param_groups[0]["params"].remove(model[0].weight)
-    assert _inner_decay.plan(opt.optimizer, opt._by_mode["decoupled"], opt._multiplier) is None
+    assert _inner_decay.plan(opt.optimizer, opt._by_mode, opt._multiplier) is None
 
 
 def test_a_closure_keeps_decaylabs_own_decay_pass(decay_passes):

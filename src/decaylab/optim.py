@@ -5,7 +5,8 @@ One real ``step()`` of the wrapper does, per rule and parameter group:
 1. ``"coupled"`` rules: ``g <- g + alpha * grad R(w)`` (torch's ``weight_decay``);
 2. ``"decoupled"`` rules: ``w <- w - lr * alpha * grad R(w)``, clamped (AdamW's decay,
    taken before the inner update exactly as ``torch.optim.AdamW`` takes it; an ``L2``
-   under torch's own Adam/AdamW is taken by their step itself, see ``_inner_decay``);
+   under torch's own Adam/AdamW, or a coupled one under SGD, is taken by their step
+   itself as its ``weight_decay``, see ``_inner_decay``);
 3. the inner optimizer's ``step()``;
 4. ``"prox"`` rules: ``w <- prox_{lr * alpha * R}(w)`` (exact zeros), with ``lr`` the
    group's current learning rate or, with ``metric="adam"``, Adam's per-coordinate step
@@ -313,13 +314,14 @@ class Regularized(torch.optim.Optimizer):
         fused_adam = self._adam_fusable() if closure is None and by_mode["prox"] else []
         hidden = [(p, p.grad) for b in fused_adam for p in b.params]
         fused_ids = {id(b) for b in fused_adam}
-        # decoupled L2 that torch's Adam/AdamW takes in its own pass, shown split param groups
+        # L2 that torch's Adam/AdamW/SGD takes as its weight_decay: shown split param groups
         groups = self.optimizer.param_groups
-        inner = (_inner_decay.plan(self.optimizer, by_mode["decoupled"], self._multiplier)
-                 if closure is None and by_mode["decoupled"] and not _step_hooked(self.optimizer) else None)
+        inner = (_inner_decay.plan(self.optimizer, by_mode, self._multiplier)
+                 if closure is None and not _step_hooked(self.optimizer) else None)
         try:
             for b in by_mode["coupled"]:
-                self._couple(b, swapped)
+                if inner is None or id(b) not in inner[1]:
+                    self._couple(b, swapped)
             for b in by_mode["decoupled"]:
                 if inner is None or id(b) not in inner[1]:
                     self._apply(b, "decay")
