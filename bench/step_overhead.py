@@ -13,7 +13,12 @@ use this), and ``best/best`` = fastest sample over the baseline's fastest.
 * opt-step: ``opt.step()`` alone, gradients already populated;
 * train-step: forward + backward + ``opt.step()`` + ``opt.zero_grad()``;
 * prox kernel: ``functional.soft_threshold_`` on the MLP's weights (loop/softshrink and
-  foreach paths) against ``dst.copy_(src)`` on a buffer of the same size.
+  foreach paths) against ``dst.copy_(src)`` on a buffer of the same size;
+* decoupled L2 (``--only l2`` runs this table alone): the MLP's opt-step of fused AdamW
+  with weight_decay on the weights' param group and 0 on the biases' (what users write)
+  against fused AdamW (weight_decay=0) + ``dl.Rule(dl.L2, mode="decoupled")`` on the default
+  selection, which AdamW's own step takes (decaylab._inner_decay), and, for scale, the
+  same under a subclass of AdamW, where decaylab makes its own decay pass.
 
 decaylab's variants run with ``fused=True`` (compiled kernels, decaylab.fused) unless
 marked eager; their compile time (the first two steps, once per shape set) is reported apart
@@ -26,8 +31,8 @@ penalized weight after a few steps (Adam-metric step buffers and low-precision r
   scheduler changes may be a compile-time constant, so the target is 0.
 
 Run: ``python bench/step_overhead.py [--quick] [--device cpu|cuda] [--fused on|off|auto]
-[--only all|direct|onecycle]``; ``--only direct``: the CNN's step with compiled programs
-called directly against through dynamo.
+[--only all|direct|onecycle|l2]``; ``--only direct``: the CNN's step with compiled programs
+called directly against through dynamo; ``--only l2``: the decoupled L2 table and target.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ BATCH = 128
 TARGETS = {"l1_step_ratio": 1.3, "grouplasso_step_ratio": 1.5, "l1_train_step_overhead": 5.0,
            "l1_adam_metric_step_ratio": 1.5, "l1_adam_metric_train_step_overhead": 5.0,
            "grouplasso_cnn_step_ratio": 1.5, "adam_metric_extra_bytes_per_weight": 0.0,
-           "onecycle_recompiles": 0}
+           "onecycle_recompiles": 0, "l2_decoupled_step_ratio": 1.05}
 FUSED = {"on": True, "off": False, "auto": None}
 _fused = [True]  # set from --fused
 
@@ -78,6 +83,18 @@ def wrapped(make_rule, fused=None):
     """An optimizer factory: fused AdamW (weight_decay=0) regularized by ``make_rule()``;
     ``fused`` None takes the --fused choice."""
     return lambda m: dl.regularize(adamw(m), m, make_rule(), fused=_fused[0] if fused is None else fused)
+
+
+def adamw_decay_groups(model: nn.Module) -> torch.optim.Optimizer:
+    """torch's way to exempt biases: weight_decay on the weights' group, 0 on the rest's."""
+    ws = {id(w) for w in weights(model)}
+    return torch.optim.AdamW([{"params": [p for p in model.parameters() if id(p) in ws], "weight_decay": L2_ALPHA},
+                              {"params": [p for p in model.parameters() if id(p) not in ws], "weight_decay": 0.0}],
+                             lr=LR, fused=True)
+
+
+class AdamWSubclass(torch.optim.AdamW):
+    """AdamW unchanged; as a subclass it keeps decaylab's own decay pass."""
 
 
 def weights(model: nn.Module) -> list[torch.Tensor]:
@@ -108,6 +125,14 @@ VARIANTS = [
     ("+ dl.GroupLasso rows metric=lr, compiled",
      wrapped(lambda: dl.Rule(dl.GroupLasso(ALPHA, "rows"), metric="lr"), fused=True), None, True),
     ("naive L1 in the loss", adamw, naive_l1, False),
+]
+
+L2_VARIANTS = [
+    ("AdamW(fused) wd groups [baseline]", adamw_decay_groups, None, True),
+    ("+ dl.L2 decoupled (AdamW's step)", wrapped(lambda: dl.Rule(dl.L2(L2_ALPHA), mode="decoupled")), None, True),
+    ("+ dl.L2 decoupled, own pass (subcl.)",
+     lambda m: dl.regularize(AdamWSubclass(m.parameters(), lr=LR, weight_decay=0.0, fused=True), m,
+                             dl.Rule(dl.L2(L2_ALPHA), mode="decoupled"), fused=_fused[0]), None, True),
 ]
 
 
@@ -171,14 +196,14 @@ def print_table(title: str, stats: dict) -> None:
         print(f"  {n:<38} {med:>10.3f} {f'{lo:.3f}-{hi:.3f}':>17} {ratio:>11.3f} {best:>12.3f}")
 
 
-def setup(make_model, device: torch.device, full: bool) -> dict:
+def setup(make_model, device: torch.device, full: bool, variants=VARIANTS) -> dict:
     """One model copy, batch and optimizer per variant; returns name -> step closure."""
     torch.manual_seed(0)
     proto = make_model().to(device)
     x = torch.randn(BATCH, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (BATCH,), device=device)
     fns = {}
-    for name, make_opt, extra, in_step_table in VARIANTS:
+    for name, make_opt, extra, in_step_table in variants:
         if not (full or in_step_table):
             continue
         model = copy.deepcopy(proto)
@@ -301,6 +326,26 @@ def bench_direct(device, budget_s: float, block_s: float, min_rounds: int) -> di
     return stats
 
 
+def bench_l2(device, budget_s: float, block_s: float, min_rounds: int, sessions: int) -> dict:
+    """The MLP's opt-step: decoupled L2 against fused AdamW's in-kernel weight decay."""
+    samples: dict = {}
+    for _ in range(sessions):
+        fns = setup(mlp, device, False, L2_VARIANTS)
+        part = round_robin(fns, budget_s / sessions, block_s, device, min_rounds)
+        del fns
+        for n, v in part.items():
+            samples.setdefault(n, []).extend(v)
+    stats = summarize(samples, L2_VARIANTS[0][0])
+    print_table("MLP 784-2048-2048-10 -- decoupled L2, opt.step() only", stats)
+    return stats
+
+
+def report_l2(stats: dict) -> None:
+    value = round(stats[L2_VARIANTS[1][0]][3], 3)
+    verdict = "PASS" if value <= TARGETS["l2_decoupled_step_ratio"] else "MISS"
+    print(f"TARGET l2_decoupled_step_ratio: {value:.3f} (target <= {TARGETS['l2_decoupled_step_ratio']:g}) {verdict}")
+
+
 def report_compile() -> None:
     """Time of each variant's first two calls (the compiles, paid once per shape set) and
     the persistent memory decaylab adds."""
@@ -316,7 +361,7 @@ def report_compile() -> None:
             print(f"  {model:<5} {name:<38} {cells[0]:>17} {cells[1]:>14} {cells[2]:>13}")
 
 
-def report_targets(mlp_res: dict, cnn_res: dict, kernels: dict, n_params: int) -> None:
+def report_targets(mlp_res: dict, cnn_res: dict, kernels: dict, l2: dict, n_params: int) -> None:
     step, train = mlp_res[False], mlp_res[True]
     base, l1, gl = (VARIANTS[i][0] for i in (0, 2, 4))
     l1_adam, l1_eager = VARIANTS[6][0], VARIANTS[8][0]
@@ -350,6 +395,7 @@ def report_targets(mlp_res: dict, cnn_res: dict, kernels: dict, n_params: int) -
         verdict = "PASS" if value <= TARGETS[key] else "MISS"
         text = f"{value:.1f}%" if unit else f"{value:.3f}"
         print(f"TARGET {key}: {text} (target <= {TARGETS[key]:g}{unit}) {verdict}")
+    report_l2(l2)
 
 
 def compiled_graphs() -> int:
@@ -397,9 +443,10 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--fused", default="on", choices=list(FUSED),
                     help="decaylab's kernels: compiled (on), eager (off), or the library default (auto)")
-    ap.add_argument("--only", default="all", choices=["all", "direct", "onecycle"],
+    ap.add_argument("--only", default="all", choices=["all", "direct", "onecycle", "l2"],
                     help="direct: only the CNN step with compiled programs called directly vs through "
-                         "dynamo; onecycle: only the OneCycleLR recompilation count (about a minute)")
+                         "dynamo; onecycle: only the OneCycleLR recompilation count (about a minute); "
+                         "l2: only the decoupled L2 table and target")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     _fused[0] = FUSED[args.fused]
@@ -407,24 +454,30 @@ def main(argv=None) -> None:
         print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
         bench_onecycle(device)
         return
-    # seconds of timed rounds per table: MLP step, MLP train, CNN step, CNN train, kernels
-    budgets, block_s, min_rounds, sessions = (25, 60, 12, 30, 10), 0.01, 7, 3
+    # seconds of timed rounds per table: MLP step, MLP train, CNN step, CNN train, kernels, L2
+    budgets, block_s, min_rounds, sessions = (25, 60, 12, 30, 10, 30), 0.01, 7, 3
     if args.quick:
         budgets, block_s, min_rounds, sessions = tuple(b / 20 for b in budgets), 0.002, 3, 1
     t0 = time.perf_counter()
+    timed_s = {"l2": budgets[5], "direct": budgets[2]}.get(args.only, sum(budgets))
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {BATCH}, blocks of ~{1e3 * block_s:g} ms, {sum(budgets):g} s of timed rounds, "
+          f"batch {BATCH}, blocks of ~{1e3 * block_s:g} ms, {timed_s:g} s of timed rounds, "
           f"{sessions} fresh setups per table, decaylab fused={args.fused}")
     if args.only == "direct":
         bench_direct(device, budgets[2], block_s, min_rounds)
         print(f"(total {time.perf_counter() - t0:.0f} s)")
         return
     common = (device, block_s, min_rounds, sessions)
+    if args.only == "l2":
+        report_l2(bench_l2(device, budgets[5], block_s, min_rounds, sessions))
+        print(f"(total {time.perf_counter() - t0:.0f} s)")
+        return
     mlp_res = bench_model("MLP 784-2048-2048-10", mlp, budgets[0:2], *common)
     cnn_res = bench_model("CNN LeNet-5 1x28x28", cnn, budgets[2:4], *common)
     kernels = bench_kernels(device, budgets[4], block_s, min_rounds)
+    l2 = bench_l2(device, budgets[5], block_s, min_rounds, sessions)
     n_params = sum(p.numel() for p in mlp().parameters())
-    report_targets(mlp_res, cnn_res, kernels, n_params)
+    report_targets(mlp_res, cnn_res, kernels, l2, n_params)
     bench_onecycle(device)
     print(f"(total {time.perf_counter() - t0:.0f} s)")
 

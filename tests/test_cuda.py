@@ -64,6 +64,28 @@ def test_cuda_decoupled_l2_adam_equals_adamw(fused):
 
 @cuda
 @pytest.mark.parametrize("fused", [False, True])
+def test_cuda_decoupled_l2_is_adamws_own_step_bit_for_bit(fused):
+    """AdamW's own step takes the decay (decaylab._inner_decay): the same kernel calls as
+    AdamW with weight-decay param groups, so the same bits (fused CUDA AdamW computes
+    ``w - lr*wd*w``, not decaylab's ``w * (1 - lr*wd)``)."""
+    model = _mlp()
+    ref = copy.deepcopy(model)
+    ours = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0, fused=fused), model,
+                         dl.L2(0.1))
+    theirs = torch.optim.AdamW([{"params": [ref[0].weight, ref[2].weight], "weight_decay": 0.1},
+                                {"params": [ref[0].bias, ref[2].bias], "weight_decay": 0.0}], lr=1e-2, fused=fused)
+    x, y = torch.randn(32, 20, device="cuda"), torch.randint(0, 5, (32,), device="cuda")
+    for _ in range(20):
+        for m, o in ((model, ours), (ref, theirs)):
+            nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+            o.zero_grad()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+
+
+@cuda
+@pytest.mark.parametrize("fused", [False, True])
 def test_cuda_l1_adam_metric_prox_gives_exact_zeros(fused):
     model = _mlp()
     opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model,

@@ -4,7 +4,9 @@ One real ``step()`` of the wrapper does, per rule and parameter group:
 
 1. ``"coupled"`` rules: ``g <- g + alpha * grad R(w)`` (torch's ``weight_decay``);
 2. ``"decoupled"`` rules: ``w <- w - lr * alpha * grad R(w)``, clamped (AdamW's decay,
-   taken before the inner update exactly as ``torch.optim.AdamW`` takes it);
+   taken before the inner update exactly as ``torch.optim.AdamW`` takes it; an ``L2``
+   under torch's own Adam/AdamW, or a coupled one under SGD, is taken by their step
+   itself as its ``weight_decay``, see ``_inner_decay``);
 3. the inner optimizer's ``step()``;
 4. ``"prox"`` rules: ``w <- prox_{lr * alpha * R}(w)`` (exact zeros), with ``lr`` the
    group's current learning rate or, with ``metric="adam"``, Adam's per-coordinate step
@@ -26,7 +28,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from . import _compat
+from . import _compat, _inner_decay
 from . import functional as F
 from . import fused as fused_kernels
 from ._sharded import any_sharded
@@ -360,17 +362,26 @@ class Regularized(torch.optim.Optimizer):
         fused_adam = self._adam_fusable() if closure is None and by_mode["prox"] else []
         hidden = [(p, p.grad) for b in fused_adam for p in b.params]
         fused_ids = {id(b) for b in fused_adam}
+        # L2 that torch's Adam/AdamW/SGD takes as its weight_decay: shown split param groups
+        groups = self.optimizer.param_groups
+        inner = (_inner_decay.plan(self.optimizer, by_mode, self._multiplier)
+                 if closure is None and not _step_hooked(self.optimizer) else None)
         try:
             for b in by_mode["coupled"]:
-                self._couple(b, swapped)
-            late = self._decay(by_mode["decoupled"])
+                if inner is None or id(b) not in inner[1]:
+                    self._couple(b, swapped)
+            late = self._decay([b for b in by_mode["decoupled"] if inner is None or id(b) not in inner[1]])
             for p, _ in hidden:
                 p.grad = None
             if closure is None:
+                if inner is not None:
+                    self.optimizer.param_groups = inner[0]
                 self._inner_step()
             else:  # LBFGS and friends need it; most optimizers call it once and get `loss`
                 self.optimizer.step(self._inner_closure(closure, loss, swapped))
         finally:
+            if inner is not None:
+                self.optimizer.param_groups = groups
             for p, grad in hidden:
                 p.grad = grad
             for p, grad, tmp in swapped:  # the user's gradients come back unchanged
