@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import decaylab as dl
-from decaylab.lab import cli, config, report, runfolder
+from decaylab.lab import cli, config, figures_runs, report, runfolder
 from report_fixtures import make_run_folder
 
 TINY = ["data.n_train=150", "train.epochs=1", "model.hidden=[8]", "train.batch_size=50"]
@@ -167,7 +167,7 @@ def _layer_label_boxes(n_runs: int, n_layers: int, value: float):
     layers = {f"layers.{j}": {"numel": 100, "zeros": 100, "zero_fraction": value} for j in range(n_layers)}
     runs = [{"name": f"run{i}", "dir": f"run{i}", "spec": {}, "metrics": [], "final": {"layers": layers}}
             for i in range(n_runs)]
-    fig = report._fig_layer_sparsity({"runs": runs, "data": {}})
+    fig = figures_runs.fig_layer_sparsity({"runs": runs, "data": {}})
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     ax = fig.axes[0]

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from decaylab.lab import cli, figures, reference
+from decaylab.lab import cli, reference
+from decaylab.lab import figures_sweep as figures
 from decaylab.lab import train as train_mod
 from decaylab.lab.report import build_report, figures as report_figures
 from report_fixtures import make_run_folder

@@ -10,7 +10,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 from matplotlib.patches import Rectangle
 
-from decaylab.lab import figures
+from decaylab.lab import figures_sweep as figures
 from decaylab.lab.report import _page_html, figures as report_figures, load_run_folder
 from report_fixtures import make_run_folder
 

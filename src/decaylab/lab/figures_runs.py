@@ -10,8 +10,7 @@ import re
 
 _BAR_LABEL_IN, _LEGEND_IN = 0.34, 2.8   # layer sparsity: inches per bar label, for the legend
 
-from .report import _ZERO_COLOR, _colored, _epochs, _grid, _integer_epochs, _is_regression, _label, _layers, \
-    _series, _zero_fraction
+from . import plotting as P
 
 
 def base_name(run: dict, name: str) -> str:
@@ -28,10 +27,10 @@ def base_name(run: dict, name: str) -> str:
 
 
 def by_penalty(run: dict, keep) -> list[tuple]:
-    """(colour, run) pairs as :func:`report._colored`, but one colour per base run (penalty)."""
+    """(colour, run) pairs as :func:`plotting.colored`, but one colour per base run (penalty)."""
     bases = list(dict.fromkeys(base_name(run, r["name"]) for r in run["runs"]))
     if len(bases) == len(run["runs"]):
-        return _colored(run, keep)
+        return P.colored(run, keep)
     colors = {b: f"C{k % 10}" for k, b in enumerate(bases)}
     return [(colors[base_name(run, r["name"])], r) for r in run["runs"] if keep(r)]
 
@@ -45,11 +44,11 @@ def fig_curves(run):
     runs = [r for r in run["runs"] if r["metrics"]]
     if not runs:
         return None
-    suffix = "_loss" if _is_regression(run) else "_acc"
-    fig, axes = _grid(len(runs), sharey=True)
+    suffix = "_loss" if P.is_regression(run) else "_acc"
+    fig, axes = P.grid(len(runs), sharey=True)
     for ax, r in zip(axes, runs):
-        x = _epochs(r["metrics"])
-        ys = {part: _series(r["metrics"], part + suffix) for part in ("train", "val", "test")}
+        x = P.epochs(r["metrics"])
+        ys = {part: P.series(r["metrics"], part + suffix) for part in ("train", "val", "test")}
         noisy = label_noise(run) and suffix == "_acc"
         for part, color in zip(ys, ("C0", "C2", "C3")):
             if not all(math.isnan(v) for v in ys[part]):
@@ -59,8 +58,8 @@ def fig_curves(run):
         finetune = [e for e, m in zip(x, r["metrics"]) if m.get("phase") == "finetune"]
         if finetune:
             ax.axvline(finetune[0], color="0.5", ls=":", lw=1)
-        ax.set_title(_label(r))
-        _integer_epochs(ax)
+        ax.set_title(P.label(r))
+        P.integer_epochs(ax)
     axes[0].set_ylabel("loss" if suffix == "_loss" else "accuracy")
     axes[0].legend(loc="best")
     return fig
@@ -80,7 +79,7 @@ def fig_histograms(run):
     if not runs:
         return None
     from matplotlib.ticker import NullLocator
-    fig, axes = _grid(len(runs), sharex=True, sharey=True)
+    fig, axes = P.grid(len(runs), sharex=True, sharey=True)
     for ax, (color, r) in zip(axes, runs):
         hist = r["final"]["histogram"]
         edges, counts = hist["edges"], list(hist["counts"])
@@ -92,7 +91,7 @@ def fig_histograms(run):
         ax.bar(edges[:-1], counts, width=widths, align="edge", color=color, alpha=0.7, log=True)
         total = r["final"].get("weights") or sum(hist["counts"]) or 1
         if zeros:
-            ax.vlines(0.0, 0.8, zeros, color=_ZERO_COLOR, lw=2.5)
+            ax.vlines(0.0, 0.8, zeros, color=P.ZERO_COLOR, lw=2.5)
         ax.set_ylim(bottom=0.8)
         ax.yaxis.set_minor_locator(NullLocator())   # minor log ticks: clutter, and slow
         ax.set_title(f"{r['name']}\nexact zeros: {zeros:,} ({zeros / total:.1%})", fontsize=9)
@@ -104,10 +103,10 @@ def fig_histograms(run):
 def fig_layer_sparsity(run):
     """Exact-zero % per layer, one bar per penalty (mean over its seeds, ± sd), the axis
     scaled to the data; only nonzero bars are labelled."""
-    runs = by_penalty(run, lambda r: bool(_layers(r)))
+    runs = by_penalty(run, lambda r: bool(P.layers(r)))
     if not runs:
         return None
-    names = list(dict.fromkeys(name for _, r in runs for name in _layers(r)))
+    names = list(dict.fromkeys(name for _, r in runs for name in P.layers(r)))
     groups = {}
     for color, r in runs:
         groups.setdefault(base_name(run, r["name"]), (color, []))[1].append(r)
@@ -125,7 +124,7 @@ def fig_layer_sparsity(run):
     width, top = 0.8 / len(groups), 0.0
     for i, (name, (color, members)) in enumerate(groups.items()):
         x = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(names))]
-        per = [[100 * _zero_fraction(_layers(r).get(n)) for r in members] for n in names]
+        per = [[100 * P.zero_fraction(P.layers(r).get(n)) for r in members] for n in names]
         mean = [_nanmean(v) for v in per]
         sd = [_nansd(v) for v in per]
         quiet = all(m == 0 or math.isnan(m) for m in mean)
@@ -181,18 +180,40 @@ def fig_sparsity_over_time(run):
     ax_zero, ax_norm = fig.subplots(1, 2, sharex=True)
     seen, top = set(), 0.0
     for color, r in runs:
-        x = _epochs(r["metrics"])
-        zeros = [100 * v for v in _series(r["metrics"], "zero_fraction")]
+        x = P.epochs(r["metrics"])
+        zeros = [100 * v for v in P.series(r["metrics"], "zero_fraction")]
         base = base_name(run, r["name"])
-        label = None if base in seen else (base if base != r["name"] else _label(r))
+        label = None if base in seen else (base if base != r["name"] else P.label(r))
         seen.add(base)
         ax_zero.plot(x, zeros, color=color, marker=".", label=label)
-        ax_norm.plot(x, _series(r["metrics"], "weight_l2"), color=color, marker=".")
+        ax_norm.plot(x, P.series(r["metrics"], "weight_l2"), color=color, marker=".")
         top = max([top] + [v for v in zeros if not math.isnan(v)])
     ax_zero.set_ylim(-0.02 * max(top, 1.0), max(top * 1.2, 1.0))
     ax_zero.yaxis.set_major_formatter(PercentFormatter(decimals=None))
-    _integer_epochs(ax_zero, ax_norm)
+    P.integer_epochs(ax_zero, ax_norm)
     ax_zero.set(ylabel="exact-zero weights", title="Exact zeros")
     ax_norm.set(ylabel="‖w‖₂ (penalized weights)", title="Weight norm")
     ax_zero.legend(loc="best")
+    return fig
+
+
+def fig_input_maps(run):
+    shape = run["data"].get("image_shape")
+    if not shape or len(shape) != 2:
+        return None
+    h, w = int(shape[0]), int(shape[1])
+    runs = [r for r in run["runs"]
+            if r["final"] and len(r["final"].get("input_mask") or []) == h * w]
+    if not runs:
+        return None
+    fig, axes = P.grid(len(runs), panel=(2.4, 2.6))
+    for ax, r in zip(axes, runs):
+        mask = r["final"]["input_mask"]
+        image = [[float(v) for v in mask[i * w:(i + 1) * w]] for i in range(h)]
+        ax.imshow(image, cmap=P.MASK_CMAP, vmin=0, vmax=1)
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+        ax.set_title(f"{r['name']}\nkept {sum(1 for v in mask if v)}/{h * w}")
+        ax.set_xticks([])
+        ax.set_yticks([])
     return fig

@@ -14,75 +14,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-import math
 import pathlib
 
+from . import figures as figure_table
 from . import runfolder
-
-_STYLE = {
-    "svg.hashsalt": "decaylab", "figure.dpi": 100, "savefig.dpi": 100,
-    "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10,
-    "legend.fontsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-    "image.interpolation": "nearest", "path.simplify": False,
-}
-_PNG_METADATA = {"Software": None}
-_ZERO_COLOR = "black"   # no run colour (C0..C9, tab20) is black
-_MASK_CMAP = "Blues"
-
-_FIGURES = {   # figure id -> (section title, caption: what a learner should look for)
-    "curves": ("Learning curves",
-               "Train, validation and test {metric} per epoch for each run: the shaded band "
-               "between train and test is the generalization gap, which a good penalty narrows."),
-    "histograms": ("Weight histograms",
-                   "Penalized weights on a log count scale, one colour per penalty (every seed of a run "
-                   "alike): L1 piles weights at exactly zero (the black spike; its count is in each panel's "
-                   "title), L2 narrows the bell but leaves every weight nonzero. The bar around 0 counts only "
-                   "small nonzero weights."),
-    "layer-sparsity": ("Exact sparsity per layer",
-                       "Share of exactly-zero weights in each layer, one bar per penalty (mean over its "
-                       "seeds, ± sd; the axis ends just above the largest bar): L1 and group penalties "
-                       "switch parts of a layer off, L2 and no penalty leave every weight on."),
-    "sparsity-over-time": ("Sparsity and weight norm over training",
-                           "Exact-zero share (axis fitted to the data) and L2 norm of the penalized weights "
-                           "per epoch, one colour per penalty: "
-                           "zeros appear only with L1-type penalties, while any penalty keeps "
-                           "the norm below the unpenalized run's."),
-    "loss-curves": ("Loss curves",
-                    "Train and validation loss per epoch, next to the accuracy curves above: a "
-                    "validation loss that turns up while the train loss keeps falling is overfitting."),
-    "weights-overlaid": ("Weights of no penalty, L2 and L1 on one axis",
-                         "One histogram per penalty on a shared axis (log counts): L2 narrows the "
-                         "bell, L1 moves weights into the spike of exact zeros at 0 (drawn to its full height)."),
-    "lambda-path": ("Regularization path",
-                    "Against the strength λ (log axis): validation (solid) and test (dashed) "
-                    "accuracy with a ± sd band, the chosen best λ (thick pale line) and the one-SE λ (thin dashed "
-                    "line; both with their values in the legend); the train−test gap, exact zeros and each "
-                    "layer's weight norm. Too little λ overfits (large gap), too much underfits (accuracy "
-                    "falls). Hollow markers, never joined to the curves, are points stopped early by "
-                    "successive halving: measured at an earlier epoch, not comparable."),
-    "pareto": ("Accuracy against parameters kept",
-               "Validation (left, used to choose) and test (right, reported) {metric} against the "
-               "number of nonzero parameters, one curve per penalty over its strengths: up and to the "
-               "left is better. The dashed curve, when present, is gradual magnitude pruning (Zhu & Gupta) "
-               "trained in the same run with the same data, model, optimizer, learning rate and epochs, "
-               "pruned to the exact-zero fractions listed in sweep.json: the baseline a sparse penalty "
-               "has to beat. Error bars: ± sd over seeds; hollow markers, off the curve: stopped early. "
-               "A sweep without exact zeros (L2) keeps every parameter and is left out."),
-    "heatmap": ("Learning rate × λ",
-                "Mean validation accuracy over the grid of learning rates and strengths; hatched cells "
-                "were stopped early by successive halving (their value is from an earlier epoch)."),
-    "compaction": ("Compaction: units kept and inference time",
-                   "After decaylab compact: per layer, the dense width (grey) and the neurons, channels "
-                   "or input features each run's compacted model keeps (left); the CPU time of one batch "
-                   "of 256 test examples through the dense and the compacted model, measured one after "
-                   "the other (right). The compacted model gives the same outputs (compact.json: "
-                   "max_abs_diff_test)."),
-    "input-maps": ("Surviving input pixels",
-                   "Which input pixels each model still reads (dark = kept, pale = dropped): "
-                   "a sparse first layer drops the pixels that carry no signal, such as the "
-                   "image border."),
-}
+from .figures_runs import label_noise
+from .plotting import is_regression
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;padding:0 1em;
@@ -119,194 +56,13 @@ def load_run_folder(run_dir) -> dict:
             "sweeps": [(name, sw) for name, sw in sweeps if isinstance(sw, dict)]}
 
 
-# ----------------------------------------------------------------------------- helpers
-def _is_regression(run):
-    if run["data"].get("task") == "regression":
-        return True
-    rows = [m for r in run["runs"] for m in r["metrics"]]
-    return bool(rows) and all(m.get("test_acc") is None for m in rows)
-
-
-def _series(rows, key):
-    return [math.nan if m.get(key) is None else float(m[key]) for m in rows]
-
-
-def _epochs(rows):
-    """Epoch numbers for the x axis, or 1..n if they do not increase (e.g. a finetune restart)."""
-    epochs = [m.get("epoch") for m in rows]
-    if all(isinstance(e, (int, float)) for e in epochs) and \
-            all(a < b for a, b in zip(epochs, epochs[1:])):
-        return epochs
-    return list(range(1, len(rows) + 1))
-
-
-def _label(r):
-    return r["name"] if r["final"] is not None else f"{r['name']} (incomplete)"
-
-
-def _colored(run, keep):
-    """(color, run) pairs for the runs ``keep`` accepts; a run keeps its color in every figure."""
-    n = len(run["runs"])
-    if n <= 10:
-        return [(f"C{i}", r) for i, r in enumerate(run["runs"]) if keep(r)]
-    from matplotlib import colormaps  # more than 10 runs: distinct colors, not a repeating cycle
-
-    cmap = colormaps["tab20"]
-    return [(cmap(i % 20), r) for i, r in enumerate(run["runs"]) if keep(r)]
-
-
-def _layers(r):
-    """Per-layer sparsity: final.json's, else the last epoch's that has one."""
-    rows = [r["final"] or {}] + r["metrics"][::-1]
-    return next((row["layers"] for row in rows if row.get("layers")), {})
-
-
-def _zero_fraction(layer):
-    if not isinstance(layer, dict):
-        return math.nan
-    if layer.get("zero_fraction") is not None:
-        return float(layer["zero_fraction"])
-    return layer["zeros"] / layer["numel"] if layer.get("numel") else math.nan
-
-
-def _integer_epochs(*axes):
-    from matplotlib.ticker import MaxNLocator
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-
-
-def _grid(n, panel=(3.4, 2.6), **subplot_kw):
-    """A constrained-layout figure with ``n`` panels, at most three per row."""
-    from matplotlib.figure import Figure
-    ncols = min(n, 3)
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw).ravel()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, list(axes[:n])
-
-
-# ----------------------------------------------------------------------------- figures
-def _fig_curves(run):
-    from .figures_runs import fig_curves
-    return fig_curves(run)
-
-
-def _fig_histograms(run):
-    from .figures_runs import fig_histograms
-    return fig_histograms(run)
-
-
-def _fig_layer_sparsity(run):
-    from .figures_runs import fig_layer_sparsity
-    return fig_layer_sparsity(run)
-
-
-def _fig_sparsity_over_time(run):
-    from .figures_runs import fig_sparsity_over_time
-    return fig_sparsity_over_time(run)
-
-
-def _fig_input_maps(run):
-    shape = run["data"].get("image_shape")
-    if not shape or len(shape) != 2:
-        return None
-    h, w = int(shape[0]), int(shape[1])
-    runs = [r for r in run["runs"]
-            if r["final"] and len(r["final"].get("input_mask") or []) == h * w]
-    if not runs:
-        return None
-    fig, axes = _grid(len(runs), panel=(2.4, 2.6))
-    for ax, r in zip(axes, runs):
-        mask = r["final"]["input_mask"]
-        image = [[float(v) for v in mask[i * w:(i + 1) * w]] for i in range(h)]
-        ax.imshow(image, cmap=_MASK_CMAP, vmin=0, vmax=1)
-        for spine in ax.spines.values():
-            spine.set_visible(True)
-        ax.set_title(f"{r['name']}\nkept {sum(1 for v in mask if v)}/{h * w}")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig
-
-
-def _sweeps(run):
-    if run.get("sweep"):
-        return [(run["sweep"].get("penalty", "sweep"), run["sweep"])]
-    return run.get("sweeps") or []
-
-
-def _fig_lambda(run):
-    from .figures import fig_lambda
-    from .figures_runs import penalty_colors
-    return fig_lambda(_sweeps(run), penalty_colors(run))
-
-
-def _fig_pareto(run):
-    from .figures import fig_pareto
-    from .figures_runs import penalty_colors
-    return fig_pareto(_sweeps(run), penalty_colors(run))
-
-
-def _fig_heatmap(run):
-    from .figures import fig_heatmap
-    return fig_heatmap(run["sweep"]) if run.get("sweep") else None
-
-
-def _fig_compaction(run):
-    from .figures import fig_compaction
-    return fig_compaction(run["runs"], [color for color, _ in _colored(run, lambda r: True)])
-
-
-def _fig_loss_curves(run):
-    from .figures import fig_loss_curves
-    return fig_loss_curves(run["runs"])
-
-
-def _fig_weights_overlaid(run):
-    from .figures import fig_overlaid_histograms
-    return fig_overlaid_histograms(run["runs"])
-
-
-_BUILDERS = {
-    "curves": _fig_curves, "loss-curves": _fig_loss_curves, "histograms": _fig_histograms,
-    "weights-overlaid": _fig_weights_overlaid,
-    "layer-sparsity": _fig_layer_sparsity, "sparsity-over-time": _fig_sparsity_over_time,
-    "input-maps": _fig_input_maps, "lambda-path": _fig_lambda, "pareto": _fig_pareto,
-    "heatmap": _fig_heatmap, "compaction": _fig_compaction,
-}
-_SWEEP_FIGURES = ("lambda-path", "pareto", "heatmap", "compaction")  # a sweep folder shows only these
-
-
 def figures(run) -> dict[str, bytes]:
-    """Draw the report's figures as PNG bytes, identical for identical JSON.
-
-    Args:
-        run: the dict from :func:`load_run_folder`, or a run-folder path.
-
-    Returns:
-        Figure id (``"curves"``, ``"histograms"``, ``"layer-sparsity"``,
-        ``"sparsity-over-time"``, ``"input-maps"``, ...; sweeps: ``"lambda-path"``,
-        ``"pareto"``, ``"heatmap"``; after ``decaylab compact``: ``"compaction"``) -> PNG
-        bytes; a figure with nothing to show (e.g. input maps for non-image data) is left out.
+    """The report's figures (:func:`decaylab.lab.figures.draw`) of a run dict or folder.
 
     >>> sorted(figures("runs/digits-compare"))  # doctest: +SKIP
     ['curves', 'histograms', 'input-maps', 'layer-sparsity', 'sparsity-over-time']
     """
-    import matplotlib.style
-    run = run if isinstance(run, dict) else load_run_folder(run)
-    out = {}
-    with matplotlib.style.context(["default", _STYLE]):
-        for fig_id, build in _BUILDERS.items():
-            if run.get("sweep") and fig_id not in _SWEEP_FIGURES:
-                continue
-            fig = build(run)
-            if fig is not None:
-                buf = io.BytesIO()
-                fig.savefig(buf, format="png", metadata=_PNG_METADATA)
-                out[fig_id] = buf.getvalue()
-    return out
+    return figure_table.draw(run if isinstance(run, dict) else load_run_folder(run))
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -388,7 +144,7 @@ def _summary_cells(r, v, regression):
 
 
 def _summary_html(run):
-    regression = _is_regression(run)
+    regression = is_regression(run)
     rows = [(r, _summary_row(r, regression)) for r in run["runs"]]
     vals = [v["val"] for _, v in rows if v["val"] is not None]
     best = (min(vals) if regression else max(vals)) if vals else None  # chosen on validation only
@@ -480,9 +236,8 @@ def _reference_html(sw, of=""):
 
 def _noise_note(run, short=False):
     """Why train accuracy sits below test under label noise (empty without noise)."""
-    from .figures_runs import label_noise
     p = label_noise(run)
-    if not p or _is_regression(run):
+    if not p or is_regression(run):
         return ""
     if short:
         return (f"A negative gap is expected here: train accuracy is measured on the training labels, {p:.0%} "
@@ -496,8 +251,8 @@ def _noise_note(run, short=False):
 
 
 def _figure_html(fig_id, png, run):
-    title, caption = _FIGURES[fig_id]
-    caption = caption.format(metric="loss" if _is_regression(run) else "accuracy")
+    spec = figure_table.BY_ID[fig_id]
+    title, caption = spec.title, spec.caption.format(metric="loss" if is_regression(run) else "accuracy")
     if fig_id == "curves" and _noise_note(run):
         caption = caption.split(": the shaded band")[0] + ". " + _noise_note(run)
     skipped = [r["name"] for r in run["runs"] if r["final"] is None]
