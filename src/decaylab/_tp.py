@@ -33,7 +33,8 @@ def _last_weighted(model: nn.Module, example_inputs) -> nn.Module:
 
 
 def compact_torch_pruning(model: nn.Module, example_inputs):
-    """Remove all-zero coupled channel groups with Torch-Pruning; None if there are none."""
+    """Remove all-zero coupled channel groups with Torch-Pruning: a smaller copy and its
+    ``{layer name: (units kept, units before)}``, or None if there are none."""
     # the call's own mistake first: it is the same with or without the package installed
     if example_inputs is None:
         raise ValueError("compact(backend='torch-pruning') traces the model: pass example_inputs=<a batch>")
@@ -48,15 +49,13 @@ def compact_torch_pruning(model: nn.Module, example_inputs):
     last = _last_weighted(small, example_inputs)
     graph = tp.DependencyGraph().build_dependency(small, example_inputs=example_inputs, verbose=False)
     with torch.no_grad():
-        return _prune_zero_groups(tp, original, small, graph, last)
+        return _prune_zero_groups(tp, small, graph, last)
 
 
-def _prune_zero_groups(tp, original, small, graph, last):
-    from .compact import Compaction
-
+def _prune_zero_groups(tp, small, graph, last):
     importance = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum", normalizer=None, bias=True)
     names = {m: n for n, m in small.named_modules()}
-    info = Compaction(None, None)
+    layers = {}
     for group in graph.get_all_groups(ignored_layers=[last], root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
         scores = importance(group)
         if scores is None:
@@ -66,12 +65,9 @@ def _prune_zero_groups(tp, original, small, graph, last):
             zero = zero[1:]
         root = group[0].dep.target.module
         units = int(scores.numel())
-        info.layers[names.get(root, type(root).__name__)] = (units - len(zero), units)
+        layers[names.get(root, type(root).__name__)] = (units - len(zero), units)
         if zero:
             group.prune(idxs=zero)
-    if all(k == t for k, t in info.layers.values()):
+    if all(k == t for k, t in layers.values()):
         return None
-    info.params_before = sum(p.numel() for p in original.parameters())
-    info.params_after = sum(p.numel() for p in small.parameters())
-    small.compaction = info
-    return small
+    return small, layers

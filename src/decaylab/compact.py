@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor, nn
 
-from .coupled import _BN, TP_ROUTE, chain
+from ._tp import compact_torch_pruning
+from .coupled import ACTIVATION_FUNCTIONS, BATCH_NORMS, TP_ROUTE, chain
 from .rules import unwrap
 from ._sharded import is_sharded
 
@@ -109,9 +110,11 @@ def compact(model: nn.Module, example_inputs=None, *, backend: str = "auto", ato
     if backend not in ("auto", "chain", "torch-pruning"):
         raise ValueError(f"backend must be 'auto', 'chain' or 'torch-pruning', got {backend!r}")
     if backend == "torch-pruning":
-        from ._tp import compact_torch_pruning
-
-        small = compact_torch_pruning(model, example_inputs)
+        pruned = compact_torch_pruning(model, example_inputs)  # (smaller copy, units per layer)
+        small = None
+        if pruned is not None:
+            small, layers = pruned
+            small.compaction = Compaction(None, None, layers, _n_params(unwrap(model)), _n_params(small))
     else:
         small = _compact_chain(model)
     if small is None:
@@ -143,7 +146,7 @@ def _unit_constant(st, gm, bias: Tensor | None, units: int) -> Tensor:
     for node in st.post:
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
-            if isinstance(m, _BN):
+            if isinstance(m, BATCH_NORMS):
                 if m.running_mean is None:
                     raise ValueError(f"BatchNorm '{node.target}' has no running statistics "
                                      f"(track_running_stats=False); compaction needs eval-mode BatchNorm")
@@ -160,9 +163,8 @@ def _unit_constant(st, gm, bias: Tensor | None, units: int) -> Tensor:
 
 
 def _is_activation(node) -> bool:
-    from .coupled import _ACT_FUNCTIONS
 
-    return node.target in _ACT_FUNCTIONS
+    return node.target in ACTIVATION_FUNCTIONS
 
 
 def _dead_rows(w: Tensor) -> Tensor:
@@ -213,7 +215,7 @@ def _new_like(m: nn.Module, out_keep: Tensor | None, in_keep: Tensor | None) -> 
             setattr(new, pname, holder)
     if isinstance(new, nn.Linear):
         new.out_features, new.in_features = new.weight.shape
-    elif isinstance(new, _BN):
+    elif isinstance(new, BATCH_NORMS):
         new.num_features = new.weight.shape[0] if new.weight is not None else new.running_mean.shape[0]
     else:
         new.out_channels, new.in_channels = new.weight.shape[:2]

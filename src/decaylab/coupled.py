@@ -36,12 +36,12 @@ from .rules import unwrap
 __all__ = ["Stage", "Chain", "chain", "Member", "GroupSet", "coupled_groups", "CoupledGroupLasso"]
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
                 nn.Softplus, nn.Hardtanh, nn.Mish)
 _PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.MaxPool1d, nn.MaxPool2d,
                  nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Flatten)
-_ACT_FUNCTIONS = {torch.relu, TF.relu, torch.tanh, torch.sigmoid, TF.gelu, TF.silu, TF.leaky_relu,
+ACTIVATION_FUNCTIONS = {torch.relu, TF.relu, torch.tanh, torch.sigmoid, TF.gelu, TF.silu, TF.leaky_relu,
                   TF.elu, TF.softplus, TF.relu6, TF.hardtanh, TF.mish, torch.nn.functional.sigmoid,
                   torch.nn.functional.tanh}
 _PASS_FUNCTIONS = {TF.dropout, torch.max_pool2d, TF.max_pool2d, TF.avg_pool2d, torch.flatten,
@@ -89,7 +89,7 @@ def _is_pass(node, gm) -> str | None:
     """'act', 'pass', 'bn' or None (not allowed between weighted layers)."""
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
-        if isinstance(m, _BN):
+        if isinstance(m, BATCH_NORMS):
             return "bn"
         if isinstance(m, _ACT_MODULES):
             return "act"
@@ -99,7 +99,7 @@ def _is_pass(node, gm) -> str | None:
             return "pass"
         return None
     if node.op == "call_function":
-        if node.target in _ACT_FUNCTIONS:
+        if node.target in ACTIVATION_FUNCTIONS:
             return "act"
         if node.target in _PASS_FUNCTIONS:
             return "pass"
@@ -150,7 +150,7 @@ def chain(model: nn.Module) -> Chain:
             stages[-1].post.append(node)
     if not stages:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to group")
-    check_called_once(gm, model, _WEIGHTED + _BN)
+    check_called_once(gm, model, _WEIGHTED + BATCH_NORMS)
     for st, nxt in zip(stages[:-1], stages[1:]):
         flattened = False
         for node in st.post:
@@ -336,7 +336,7 @@ class CoupledGroupLasso(Penalty):
 
     @staticmethod
     def _is_norm(model, name) -> bool:
-        return isinstance(unwrap(model).get_submodule(name.rsplit(".", 1)[0]), _BN)
+        return isinstance(unwrap(model).get_submodule(name.rsplit(".", 1)[0]), BATCH_NORMS)
 
     def bind(self, name, param):
         if name not in self.selection:
