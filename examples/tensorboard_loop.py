@@ -31,7 +31,7 @@ def main(logdir: str, steps: int = 200, every: int = 10) -> dict:
             opt.step()
             opt.zero_grad()
             if step % every == 0:
-                writer.add_scalar("loss", float(loss), step)
+                writer.add_scalar("loss", loss.item(), step)
                 for key, value in dl.metrics(opt).items():
                     writer.add_scalar(key, value, step)
                 for name, values in dl.histograms(opt).items():
