@@ -118,6 +118,16 @@ def _kwargs(fn, offered: dict) -> dict:
     return {k: v for k, v in offered.items() if k in params}
 
 
+def _call(fn, kwargs: dict, key: str, value: str, takes: str):
+    try:
+        return fn(**kwargs)
+    except Exception as err:
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+        text = str(err).splitlines()[0] if str(err) else ""
+        raise FactoryError(f"{key} = {value!r} failed when called with {shown} ({type(err).__name__}: {text}); "
+                           f"it is called with the keywords it names among {takes}") from None
+
+
 # -- data ------------------------------------------------------------------------------------
 def _as_xy(split, key: str, value: str, which: str):
     if isinstance(split, torch.utils.data.Dataset) and not isinstance(split, (tuple, list)):
@@ -138,7 +148,7 @@ def _as_xy(split, key: str, value: str, which: str):
 def _factory_data(dc: dict, seed: int) -> data_mod.Dataset:
     key, value = "data.factory", dc["factory"]
     fn = load_factory(value, key)
-    out = fn(**_kwargs(fn, {"seed": seed}))
+    out = _call(fn, _kwargs(fn, {"seed": seed}), key, value, "seed (or nothing)")
     if isinstance(out, dict) and set(out) >= {"train", "val", "test"}:
         out = (out["train"], out["val"], out["test"])
     if not (isinstance(out, (tuple, list)) and len(out) == 3):
@@ -191,7 +201,7 @@ def _factory_model(value: str, data) -> nn.Module:
     fn = load_factory(value, key)
     n_out = data.n_classes or 1
     offered = {"input_shape": input_shape(data), "n_features": data.n_features, "n_classes": n_out}
-    model = fn(**_kwargs(fn, offered))
+    model = _call(fn, _kwargs(fn, offered), key, value, "input_shape, n_features and n_classes")
     if not isinstance(model, nn.Module):
         raise FactoryError(f"{key} = {value!r} returned a {type(model).__name__}, not a torch.nn.Module; "
                            f"return the model (e.g. `return MyNet(n_classes)`)")
@@ -226,6 +236,11 @@ def build_model(cfg: dict, data) -> nn.Module:
     mc = cfg["model"]
     if mc.get("factory"):
         return _factory_model(mc["factory"], data)
+    shape = getattr(data, "input_shape", None)
+    if shape and len(shape) > 1:
+        raise FactoryError(f"model.kind={mc['kind']!r} takes flat inputs [N, features], but data.factory gives "
+                           f"examples of shape {tuple(shape)}; return x as [N, {data.n_features}] from the "
+                           f"data factory, or give your model with model.factory")
     return _zoo_model(mc["kind"], data.n_features, data.n_classes or 1, hidden=mc["hidden"],
                       image_shape=data.image_shape, dropout=mc["dropout"])
 

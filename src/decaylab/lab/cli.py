@@ -189,6 +189,11 @@ def _select(args) -> int:
         print(config_mod.to_toml(cfg, args.command), end="")
         return 0
     reference.check(cfg, "select", swept=False)
+    if cfg["model"]["factory"]:
+        raise config_mod.ConfigError(
+            f"decaylab select ranks the input columns of the lab's MLP; model.factory="
+            f"{cfg['model']['factory']!r} cannot be used there: unset it (a data.factory with flat "
+            f"features [N, F] works) or choose lambda for your model with decaylab sweep")
     data = train.prepare(cfg)  # bad input (a CSV error) fails before any folder is made
     run_dir = train.new_run_dir(cfg, "select")
     with _hint_on_interrupt(run_dir, resumable=False):

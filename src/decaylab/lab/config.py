@@ -157,6 +157,11 @@ def _check_value(key: str, default, value):
     if short in ("model.factory", "data.factory") and value and ":" not in value:
         raise ConfigError(f"config key {key!r} = {value!r} is not a factory; write it as "
                           f"\"package.module:function\" or \"path/to/file.py:function\"")
+    if short in ("model.factory", "data.factory") and value.rpartition(":")[0].endswith(".py"):
+        import os  # a file travels as an absolute path: resume, report and Ray workers run elsewhere
+
+        path, _, fn = value.rpartition(":")
+        value = f"{os.path.abspath(os.path.expanduser(path))}:{fn}"
     return value
 
 

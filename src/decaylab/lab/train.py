@@ -430,7 +430,10 @@ def prepare(cfg: dict):
     data: everything that can fail on bad input fails here, before a run folder exists."""
     check_runs(cfg)
     check_device(cfg["train"]["device"])
-    return _load_data(cfg)
+    data = _load_data(cfg)
+    if cfg["model"].get("factory"):  # a model.factory mistake, too, fails before any folder exists
+        build.build_model(cfg, data)
+    return data
 
 
 def new_run_dir(cfg: dict, command: str) -> Path:
