@@ -230,6 +230,7 @@ def test_compare_report_and_resume_take_the_factories(tmp_path, user):
 
 # -- the acceptance: the example ResNet through sweep and compact -------------------------------------
 @pytest.mark.slow
+@pytest.mark.extras
 def test_the_example_resnet_goes_through_sweep_report_and_compact(tmp_path):
     pytest.importorskip("torch_pruning")
     sets = [f'model.factory="{EXAMPLE}:resnet"', f'data.factory="{EXAMPLE}:digits"', "train.epochs=3",
@@ -258,3 +259,17 @@ def test_the_example_resnet_goes_through_sweep_report_and_compact(tmp_path):
     info = json.loads((run / "compact.json").read_text())
     assert info["compacted"] and info["backend"] == "torch-pruning" and info["max_abs_diff_test"] < 1e-4
     assert info["params_after"] < info["params_before"]
+
+
+@pytest.mark.slow
+@pytest.mark.extras
+def test_a_ray_sweep_takes_the_factories(tmp_path, user, monkeypatch):
+    pytest.importorskip("ray.tune")
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # a local Ray with 2 CPUs
+    common = ["--penalty", "l2", "--alphas", "0.01,0.1,1,10", *_sets(TINY + _factories(user)), "--out", str(tmp_path)]
+    assert cli.main(["sweep", *common, "--backend", "ray", "--name", "r", "--quiet"]) == 0
+    assert cli.main(["sweep", *common, "--full", "--name", "l", "--quiet"]) == 0
+    ray_sw, local = (json.loads((tmp_path / n / "sweep.json").read_text()) for n in ("r", "l"))
+    assert ray_sw["method"]["backend"] == "ray"
+    for a, b in zip(ray_sw["points"], local["points"]):
+        assert a["alpha"] == b["alpha"] and a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)

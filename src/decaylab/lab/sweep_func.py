@@ -34,10 +34,10 @@ class FuncStacked(nn.Module):
 
     >>> base = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
     >>> s = FuncStacked(base, 5)
-    >>> s(torch.randn(8, 3)).shape, s.net[0].weight.shape, s.net[1].running_mean.shape
-    (torch.Size([5, 8, 2]), torch.Size([5, 4, 3]), torch.Size([5, 4]))
     >>> bool(torch.allclose(s.unstack(2).eval()(torch.ones(1, 3)), base.eval()(torch.ones(1, 3))))
     True
+    >>> s(torch.randn(8, 3)).shape, s.net[0].weight.shape, s.net[1].running_mean.shape
+    (torch.Size([5, 8, 2]), torch.Size([5, 4, 3]), torch.Size([5, 4]))
     """
 
     def __init__(self, base: nn.Module, k: int):
