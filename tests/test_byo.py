@@ -151,6 +151,14 @@ def test_the_registries_are_the_config_choices():
         config.resolve({}, ['model.kind="resnet"'])
 
 
+def test_the_cli_help_lists_the_registries(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in (*build.MODELS, *build.DATASETS, "model.factory", "data.factory"):
+        assert name in text, name
+
+
 # -- data: tensors or Datasets ----------------------------------------------------------------------
 def test_a_data_factory_may_return_datasets_and_a_dict(user):
     a = build.build_data(config.resolve({}, [f'data.factory="{user}:data"']))
