@@ -185,6 +185,24 @@ def test_func_stacked_config_k_equals_its_model_alone_with_batchnorm_in_train_mo
     torch.testing.assert_close(stacked.eval()(x)[0], alone.eval()(x), rtol=1e-5, atol=1e-5)
 
 
+def test_dropout_draws_different_masks_per_configuration():
+    torch.manual_seed(0)
+    stacked = sweep_func.FuncStacked(nn.Sequential(nn.Linear(6, 32), nn.Dropout(0.5), nn.Linear(32, 2)), 2)
+    out = stacked(torch.ones(4, 6))
+    assert not torch.allclose(out[0], out[1])  # same weights, other masks
+    stacked.eval()
+    out = stacked(torch.ones(4, 6))
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_the_memory_plan_counts_a_factory_models_activations(user):
+    cfg = config.resolve({}, _factories(user), command="train")
+    data = build.build_data(cfg)
+    _, per, _ = sweep.memory_plan(cfg, data, 4, None)
+    model = build.build_model(cfg, data)
+    assert per > sweep.bytes_per_config(model, 64, 300)  # BatchNorm, ReLU and the residual sum count too
+
+
 def test_why_not_stackable_names_the_reason():
     class DataDependent(nn.Linear):
         def forward(self, x):

@@ -200,7 +200,7 @@ def _inner_optimizer(train: dict, params, lr_scale: torch.Tensor | None):
 
 
 # -- memory --------------------------------------------------------------------------------
-def bytes_per_config(model: nn.Module, batch: int, eval_rows: int = 4096) -> int:
+def bytes_per_config(model: nn.Module, batch: int, eval_rows: int = 4096, widths: int | None = None) -> int:
     """Rough bytes one configuration of a stack needs: weights, gradients, two optimizer
     buffers and an Adam-metric buffer (5 copies of the parameters), plus activations of
     one training batch (forward and backward) and one evaluation chunk.
@@ -209,7 +209,8 @@ def bytes_per_config(model: nn.Module, batch: int, eval_rows: int = 4096) -> int
     167000
     """
     n_params = sum(p.numel() for p in model.parameters())
-    widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    if widths is None:  # activations per example (a model.factory model: measured, sweep_func)
+        widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
     return 4 * (5 * n_params + 3 * batch * widths + eval_rows * widths)
 
 
@@ -535,7 +536,9 @@ def check_spec(cfg: dict, spec: dict) -> None:
 def memory_plan(cfg: dict, data, n_points: int, max_memory: int | None) -> tuple[int, int, int]:
     """(configurations per stack, bytes per configuration, budget) for this sweep."""
     model = build_model(cfg, data)
-    per = bytes_per_config(model, cfg["train"]["batch_size"], min(4096, max(len(data.x_train), len(data.x_test))))
+    widths = sweep_func.activations_per_example(model, data.x_train[:1]) if cfg["model"].get("factory") else None
+    per = bytes_per_config(model, cfg["train"]["batch_size"], min(4096, max(len(data.x_train), len(data.x_test))),
+                           widths)
     budget = max_memory if max_memory is not None else available_memory() // 2
     return plan_chunks(n_points, per, budget), per, budget
 

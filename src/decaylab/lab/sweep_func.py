@@ -103,6 +103,32 @@ def why_not_stackable(base: nn.Module, x: torch.Tensor, task: str) -> str | None
     return None
 
 
+def activations_per_example(model: nn.Module, x1: torch.Tensor) -> int:
+    """Numbers every leaf module outputs for one example (``x1``: a batch of one), the
+    activations a stacked configuration keeps per example.
+
+    >>> activations_per_example(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), torch.zeros(1, 3))
+    10
+    """
+    total = [0]
+
+    def hook(mod, inp, out):
+        if torch.is_tensor(out):
+            total[0] += out.numel() // max(len(x1), 1)
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x1)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
 def weight_stats(stacked: FuncStacked) -> list[dict]:
     """Per-configuration weight statistics, as ``decaylab train`` logs them."""
     out = []
