@@ -381,7 +381,7 @@ def _train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, 
     the first seed are ranked at each rung in ``rungs`` instead.
     """
     tr = cfg["train"]
-    if cfg["model"].get("factory") and not spec_stackable(cfg, data):
+    if cfg["model"].get("factory") and not sweep_func.stackable(cfg, data):
         return sweep_func.train_points(cfg, data, run, points, run_dir, progress)
     stack = _Stack(cfg, data, run, points)
     gen = torch.Generator().manual_seed(cfg["seed"])
@@ -479,25 +479,6 @@ def _finish_point(stack: _Stack, j: int, last: dict, run_dir: Path, stopped: boo
     runfolder.write_json(d / "final.json", final)
 
 
-def _stacked_or_say(cfg: dict, data, say) -> bool:
-    if spec_stackable(cfg, data):
-        return True
-    torch.manual_seed(cfg["seed"])
-    why = sweep_func.why_not_stackable(build_model(cfg, data), data.x_train[:4], data.task)
-    say(f"sweep: torch.func cannot stack model.factory={cfg['model']['factory']!r} ({why}); training its "
-        f"points one at a time, without successive halving")
-    return False
-
-
-def spec_stackable(cfg: dict, data) -> bool:
-    """Whether this sweep's model trains stacked: the lab's MLPs always, a ``model.factory``
-    model when ``torch.func`` runs it (else its points train one at a time)."""
-    if not cfg["model"].get("factory"):
-        return True
-    torch.manual_seed(cfg["seed"])
-    return sweep_func.why_not_stackable(build_model(cfg, data), data.x_train[:4], data.task) is None
-
-
 # -- the sweep -----------------------------------------------------------------------------------
 def make_points(alphas, lrs, seeds) -> list[dict]:
     """Every (seed, lr, alpha) of the grid, seed-major; ``key`` names the point across seeds.
@@ -584,7 +565,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
             if per_stack < len(mine) and seed == cfg["seed"]:
                 say(f"sweep: {len(mine)} points need about {len(mine) * per / 2**20:.0f} MiB stacked, over the "
                     f"{budget / 2**20:.0f} MiB allowed; training them in stacks of {per_stack}")
-            stacked = _stacked_or_say(cfg_s, data_s or data, say if seed == cfg["seed"] else (lambda _: None))
+            stacked = sweep_func.stacked_or_say(cfg_s, data_s or data, say if seed == cfg["seed"] else (lambda _: None))
             method = {"stacked": stacked, "per_stack": per_stack if stacked else 1,
                       "stacks_per_seed": math.ceil(len(mine) / per_stack) if stacked else len(mine),
                       "stacking": ("torch.func (vmap of functional_call)" if cfg["model"].get("factory") else

@@ -27,6 +27,7 @@ import decaylab as dl
 
 from . import runfolder
 from . import train as train_mod
+from .build import build_model
 
 
 class FuncStacked(nn.Module):
@@ -127,6 +128,27 @@ def activations_per_example(model: nn.Module, x1: torch.Tensor) -> int:
         for h in handles:
             h.remove()
     return total[0]
+
+
+def _reason(cfg: dict, data) -> str | None:
+    torch.manual_seed(cfg["seed"])  # the init the run gets: a stateless check
+    return why_not_stackable(build_model(cfg, data), data.x_train[:4], data.task)
+
+
+def stackable(cfg: dict, data) -> bool:
+    """Whether this sweep's model trains stacked: the lab's MLPs always, a ``model.factory``
+    model when ``torch.func`` runs it (else its points train one at a time)."""
+    return not cfg["model"].get("factory") or _reason(cfg, data) is None
+
+
+def stacked_or_say(cfg: dict, data, say) -> bool:
+    """:func:`stackable`, saying why not on the terminal."""
+    why = _reason(cfg, data) if cfg["model"].get("factory") else None
+    if why is None:
+        return True
+    say(f"sweep: torch.func cannot stack model.factory={cfg['model']['factory']!r} ({why}); training its "
+        f"points one at a time, without successive halving")
+    return False
 
 
 def weight_stats(stacked: FuncStacked) -> list[dict]:
