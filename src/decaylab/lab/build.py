@@ -73,7 +73,7 @@ def load_factory(value: str, key: str):
     >>> load_factory("decaylab.lab.models:MLP", "model.factory").__name__
     'MLP'
     """
-    fix = f'write it as "package.module:function" or "path/to/file.py:function"'
+    fix = 'write it as "package.module:function" or "path/to/file.py:function"'
     mod_name, sep, fn_name = value.rpartition(":")
     if not sep or not mod_name or not fn_name.isidentifier():
         raise FactoryError(f"{key} = {value!r} is not a factory; {fix}")
