@@ -16,6 +16,9 @@ images is 0.0046). Timing is wall time on whatever machine runs it (ours is shar
 
 Run: ``python bench/sweep.py [--alphas 1e-4:10:16] [--penalty l2] [--full-too]``.
 
+``--byo [--epochs 10]`` measures instead a sweep over a user's own model (``model.factory``,
+stacked with torch.func): see ``bench/sweep_byo.py``; target ``byo_sweep_cost_vs_single`` <= 4.
+
 ``--main-job-regret [CONFIG]`` (default ``experiments/main.toml``) measures instead how well
 ``decaylab compare`` chooses λ on the main job: for the seed sets 0, 10, 20, 30 (the config's
 ``seed``) and every run with ``alphas``, it runs compare's choice step (the sweep of
@@ -52,6 +55,10 @@ def main() -> None:
         from sweep_regret import main_job_regret  # bench/ is on sys.path
 
         return main_job_regret(sys.argv[sys.argv.index("--main-job-regret") + 1:])
+    if "--byo" in sys.argv:
+        from sweep_byo import byo_bench  # bench/ is on sys.path
+
+        return byo_bench(sys.argv[sys.argv.index("--byo") + 1:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--penalty", default="l2")
     ap.add_argument("--alphas", default="1e-4:10:16")

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
+from .build import help_text  # the registries of models and data sets
 
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
         c.add_argument("config", nargs="?", help=config_help)
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help=_SET_HELP[name])
+                       help=f"{_SET_HELP[name]}. {help_text()}")
         c.add_argument("--out", help="parent folder of the run folder (default: runs)")
         c.add_argument("--name", help=f"run folder name (default: {name}-DATA-TIME)")
         if name == "compare":
@@ -89,7 +90,8 @@ def _sweep_parser(sub) -> None:
     s.add_argument("--max-memory", type=float, help="MiB a stack may take (default: half the free memory)")
     s.add_argument("--backend", choices=("local", "ray"), default="local", help="local stacks or Ray Tune trials")
     s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a key, e.g. --set train.epochs=10. {help_text()}")
     s.add_argument("--out", help="parent folder of the run folder (default: runs)")
     s.add_argument("--name", help="run folder name (default: sweep-DATA-TIME)")
     s.add_argument("--quiet", action="store_true", help="print only the run folder's path")
@@ -189,6 +191,11 @@ def _select(args) -> int:
         print(config_mod.to_toml(cfg, args.command), end="")
         return 0
     reference.check(cfg, "select", swept=False)
+    if cfg["model"]["factory"]:
+        raise config_mod.ConfigError(
+            f"decaylab select ranks the input columns of the lab's MLP; model.factory="
+            f"{cfg['model']['factory']!r} cannot be used there: unset it (a data.factory with flat "
+            f"features [N, F] works) or choose lambda for your model with decaylab sweep")
     data = train.prepare(cfg)  # bad input (a CSV error) fails before any folder is made
     run_dir = train.new_run_dir(cfg, "select")
     with _hint_on_interrupt(run_dir, resumable=False):

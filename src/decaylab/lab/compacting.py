@@ -1,7 +1,7 @@
 """``decaylab compact RUN_DIR``: the compacted model of every run in a run folder.
 
 For each ``runs/NAME/model.pt`` the model is rebuilt from ``config.json``, compacted with
-:func:`decaylab.compact`, checked on the test set (max abs difference of the outputs), and
+:func:`decaylab.compact` (a ``model.factory`` model with its Torch-Pruning backend), checked on the test set (max abs difference of the outputs), and
 saved as ``runs/NAME/compact.pt`` (the compacted module's ``state_dict``: tensors only, so
 it loads with ``weights_only=True``; ``decaylab.compact`` on the run's model rebuilds the
 module deterministically) with ``runs/NAME/compact.json``: kept input indices, units kept per layer, parameters
@@ -19,15 +19,23 @@ import torch
 
 import decaylab as dl
 
-from .models import build_model
+from .build import build_model
 
 
 def _rebuild(cfg: dict, data, run) -> torch.nn.Module:
-    model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
-                        hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
-                        dropout=cfg["model"]["dropout"])
+    model = build_model(cfg, data)
     model.load_state_dict(run.load_model())
     return model.eval()
+
+
+def backend(cfg: dict) -> str:
+    """The lab's own models are chains (decaylab's code); a ``model.factory`` model may be
+    any graph (residual additions, BatchNorm), so it goes through Torch-Pruning.
+
+    >>> backend({"model": {"factory": "my.models:resnet"}})
+    'torch-pruning'
+    """
+    return "torch-pruning" if cfg["model"].get("factory") else "auto"
 
 
 def time_inference(model: torch.nn.Module, x: torch.Tensor, repeats: int = 20) -> float:
@@ -63,7 +71,8 @@ def compact_run_folder(run_dir, say=print) -> dict:
         model = _rebuild(cfg, data, run)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            small = dl.compact(model)
+            how = backend(cfg)
+            small = dl.compact(model, data.x_test[:64] if how == "torch-pruning" else None, backend=how)
         if small is model:
             result = {"compacted": False, "reason": str(caught[-1].message) if caught else "no zero group"}
         else:
@@ -73,7 +82,7 @@ def compact_run_folder(run_dir, say=print) -> dict:
             batch = data.x_test[:256]
             info = small.compaction
             dense_s, small_s = time_inference(model, batch), time_inference(small, batch)
-            result = {"compacted": True, "kept_inputs": info.kept_inputs, "n_inputs": info.n_inputs,
+            result = {"compacted": True, "backend": how, "kept_inputs": info.kept_inputs, "n_inputs": info.n_inputs,
                       "layers": {k: list(v) for k, v in info.layers.items()},
                       "params_before": info.params_before, "params_after": info.params_after,
                       "max_abs_diff_test": diff, "batch": len(batch),

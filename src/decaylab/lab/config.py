@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from .build import DATASETS, MODELS  # the registries: the choices of data.name and model.kind
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -26,8 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "name": "",
     "data": {"name": "digits", "root": "", "val_fraction": 0.15, "n_train": 0, "download": True,
              "label_noise": 0.0,  # share of training labels flipped (seeded); val/test stay clean
-             "path": "", "target": "", "features": []},  # path/target/features: data.name = "csv"
-    "model": {"kind": "mlp", "hidden": [256, 128], "dropout": 0.0},
+             "path": "", "target": "", "features": [],  # path/target/features: data.name = "csv"
+             "factory": ""},  # "pkg.module:function" or "file.py:function": your data (lab/build.py)
+    "model": {"kind": "mlp", "hidden": [256, 128], "dropout": 0.0,
+              "factory": ""},  # "pkg.module:function" or "file.py:function": your model (lab/build.py)
     "train": {
         "epochs": 40,
         "batch_size": 64,
@@ -77,9 +81,9 @@ DEFAULT_RUNS: list[dict[str, Any]] = [
      "metric": "adam"},
 ]
 
-CHOICES = {
-    "data.name": ("digits", "breast_cancer", "diabetes", "mnist1d", "synthetic", "fashion-mnist", "mnist", "csv"),
-    "model.kind": ("linear", "mlp", "lenet300", "cnn"),
+CHOICES = {  # the lab's models and data sets come from their registries (lab/build.py)
+    "data.name": tuple(DATASETS),
+    "model.kind": tuple(MODELS),
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.schedule": ("none", "cosine"),
     "penalty": PENALTIES,
@@ -150,6 +154,14 @@ def _check_value(key: str, default, value):
         raise ConfigError(f"config key {key!r} = {value!r}: every width must be >= 1")
     if short == "name" and value:
         _check_name(key, value)
+    if short in ("model.factory", "data.factory") and value and ":" not in value:
+        raise ConfigError(f"config key {key!r} = {value!r} is not a factory; write it as "
+                          f"\"package.module:function\" or \"path/to/file.py:function\"")
+    if short in ("model.factory", "data.factory") and value.rpartition(":")[0].endswith(".py"):
+        import os  # a file travels as an absolute path: resume, report and Ray workers run elsewhere
+
+        path, _, fn = value.rpartition(":")
+        value = f"{os.path.abspath(os.path.expanduser(path))}:{fn}"
     return value
 
 
@@ -236,7 +248,7 @@ def resolve(file_cfg: dict | None = None, overrides: list[str] | None = None, *,
 def _check_consistent(cfg: dict, command: str) -> None:
     """Checks across keys: fixed model widths, a strength without a penalty."""
     model = cfg["model"]
-    fixed = FIXED_HIDDEN.get(model["kind"])
+    fixed = None if model["factory"] else FIXED_HIDDEN.get(model["kind"])
     if fixed is not None:  # the saved config (and the report header) says what was built
         model["hidden"] = list(fixed)
     for run in cfg["runs"]:

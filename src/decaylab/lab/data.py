@@ -70,6 +70,8 @@ class Dataset:
         n_classes: Number of classes, ``None`` for regression.
         image_shape: ``(H, W)`` for image data sets, else ``None``.
         feature_names: One name per feature for tabular sets, else ``None``.
+        input_shape: One example's shape when ``x`` is not flat (a ``data.factory``'s
+            images ``[N, C, H, W]``), else ``None``.
     """
 
     name: str
@@ -84,6 +86,7 @@ class Dataset:
     n_classes: int | None
     image_shape: tuple[int, int] | None
     feature_names: list[str] | None
+    input_shape: tuple[int, ...] | None = None
 
     def info(self) -> dict:
         """Return a JSON-able summary (the run folder's ``data.json``).
@@ -95,7 +98,8 @@ class Dataset:
                 "n_val": len(self.x_val), "n_test": len(self.x_test),
                 "n_features": self.n_features, "n_classes": self.n_classes,
                 "image_shape": list(self.image_shape) if self.image_shape else None,
-                "feature_names": self.feature_names}
+                "feature_names": self.feature_names,
+                **({"input_shape": list(self.input_shape)} if self.input_shape else {})}
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

@@ -40,9 +40,10 @@ from torch.nn import functional as F
 
 import decaylab as dl
 
-from . import resuming, runfolder
+from . import resuming, runfolder, sweep_func
 from . import train as train_mod
-from .models import build_model, stack_models, unstack_model
+from .build import build_model
+from .models import stack_models, unstack_model
 
 SWEEP_PENALTIES = ("l2", "l1", "elasticnet", "grouplasso", "l2sp")
 STACKABLE = ("linear", "mlp", "lenet300")
@@ -199,7 +200,7 @@ def _inner_optimizer(train: dict, params, lr_scale: torch.Tensor | None):
 
 
 # -- memory --------------------------------------------------------------------------------
-def bytes_per_config(model: nn.Module, batch: int, eval_rows: int = 4096) -> int:
+def bytes_per_config(model: nn.Module, batch: int, eval_rows: int = 4096, widths: int | None = None) -> int:
     """Rough bytes one configuration of a stack needs: weights, gradients, two optimizer
     buffers and an Adam-metric buffer (5 copies of the parameters), plus activations of
     one training batch (forward and backward) and one evaluation chunk.
@@ -208,7 +209,8 @@ def bytes_per_config(model: nn.Module, batch: int, eval_rows: int = 4096) -> int
     167000
     """
     n_params = sum(p.numel() for p in model.parameters())
-    widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    if widths is None:  # activations per example (a model.factory model: measured, sweep_func)
+        widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
     return 4 * (5 * n_params + 3 * batch * widths + eval_rows * widths)
 
 
@@ -268,10 +270,10 @@ class _Stack:
     def __init__(self, cfg: dict, data, run: dict, points: list[dict]):
         tr = cfg["train"]
         torch.manual_seed(cfg["seed"])  # the init `decaylab train` gets with this seed
-        self.base = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
-                                hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
-                                dropout=cfg["model"]["dropout"]).to(tr["device"])
-        self.model = stack_models([self.base] * len(points))
+        self.base = build_model(cfg, data).to(tr["device"])
+        self.func = bool(cfg["model"].get("factory"))  # your model: torch.func (lab/sweep_func.py)
+        self.model = sweep_func.FuncStacked(self.base, len(points)) if self.func else \
+            stack_models([self.base] * len(points))
         self.cfg, self.run, self.points = cfg, run, list(points)
         self.times: list[float] = []
         lrs = [p["lr"] for p in points]
@@ -301,11 +303,14 @@ class _Stack:
         """Drop every configuration but ``idx`` (weights and optimizer state sliced)."""
         index = torch.tensor(idx)
         old = list(self.model.parameters())
-        with torch.no_grad():
-            for layer in self.model.layers:
-                layer.weight = nn.Parameter(layer.weight[index].clone())
-                if layer.bias is not None:
-                    layer.bias = nn.Parameter(layer.bias[index].clone())
+        if self.func:
+            self.model.keep(index)
+        else:
+            with torch.no_grad():
+                for layer in self.model.layers:
+                    layer.weight = nn.Parameter(layer.weight[index].clone())
+                    if layer.bias is not None:
+                        layer.bias = nn.Parameter(layer.bias[index].clone())
         new = list(self.model.parameters())
         state = {}
         for p_old, p_new in zip(old, new):
@@ -318,6 +323,10 @@ class _Stack:
             self.inner.scale = self.inner.scale[index]
         self.points = [self.points[i] for i in idx]
         self.opt = self._wrap(self.opt.steps)
+
+    def unstack(self, j: int) -> nn.Module:
+        """Configuration ``j`` as the plain model ``decaylab train`` would have trained."""
+        return self.model.unstack(j) if self.func else unstack_model(self.model, j, self.base)
 
 
 @torch.no_grad()
@@ -372,6 +381,8 @@ def _train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, 
     the first seed are ranked at each rung in ``rungs`` instead.
     """
     tr = cfg["train"]
+    if cfg["model"].get("factory") and not sweep_func.stackable(cfg, data):
+        return sweep_func.train_points(cfg, data, run, points, run_dir, progress)
     stack = _Stack(cfg, data, run, points)
     gen = torch.Generator().manual_seed(cfg["seed"])
     files = {p["name"]: open(run_dir / "runs" / p["name"] / "metrics.jsonl", "a") for p in points}
@@ -424,7 +435,7 @@ def _train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, 
 def _log_epoch(stack: _Stack, data, epoch, step, lr, seconds, files, progress) -> list[dict]:
     evals = {s: _evaluate(stack.model, getattr(data, f"x_{s}"), getattr(data, f"y_{s}"), data.task)
              for s in ("train", "val", "test")}
-    stats = _weight_stats(stack.model)
+    stats = sweep_func.weight_stats(stack.model) if stack.func else _weight_stats(stack.model)
     rows = []
     for j, p in enumerate(stack.points):
         row = {"epoch": epoch, "step": step, "phase": "train"}
@@ -458,7 +469,7 @@ def _score(row: dict) -> float:
 
 def _finish_point(stack: _Stack, j: int, last: dict, run_dir: Path, stopped: bool) -> None:
     p = stack.points[j]
-    model = unstack_model(stack.model, j, stack.base)
+    model = stack.unstack(j)
     d = run_dir / "runs" / p["name"]
     runfolder.save_pt(model.state_dict(), d / "model.pt")
     final = train_mod._final(model, last, train_mod.weight_stats(model))
@@ -490,7 +501,7 @@ def check_spec(cfg: dict, spec: dict) -> None:
                          f"--log-every {spec.get('log_every')} >= 0")
     if spec["seeds"] < 1:
         raise SweepError(f"--seeds {spec['seeds']} must be >= 1 (every point is trained once per seed)")
-    if cfg["model"]["kind"] not in STACKABLE:
+    if not cfg["model"].get("factory") and cfg["model"]["kind"] not in STACKABLE:
         raise SweepError(f"decaylab sweep stacks MLPs; model.kind={cfg['model']['kind']!r} is not one of "
                          f"{', '.join(STACKABLE)}; use --set model.kind=mlp or compare single runs")
     run = cfg["runs"][0]
@@ -505,9 +516,10 @@ def check_spec(cfg: dict, spec: dict) -> None:
 
 def memory_plan(cfg: dict, data, n_points: int, max_memory: int | None) -> tuple[int, int, int]:
     """(configurations per stack, bytes per configuration, budget) for this sweep."""
-    model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
-                        hidden=cfg["model"]["hidden"], image_shape=data.image_shape)
-    per = bytes_per_config(model, cfg["train"]["batch_size"], min(4096, max(len(data.x_train), len(data.x_test))))
+    model = build_model(cfg, data)
+    widths = sweep_func.activations_per_example(model, data.x_train[:1]) if cfg["model"].get("factory") else None
+    per = bytes_per_config(model, cfg["train"]["batch_size"], min(4096, max(len(data.x_train), len(data.x_test))),
+                           widths)
     budget = max_memory if max_memory is not None else available_memory() // 2
     return plan_chunks(n_points, per, budget), per, budget
 
@@ -553,8 +565,12 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
             if per_stack < len(mine) and seed == cfg["seed"]:
                 say(f"sweep: {len(mine)} points need about {len(mine) * per / 2**20:.0f} MiB stacked, over the "
                     f"{budget / 2**20:.0f} MiB allowed; training them in stacks of {per_stack}")
-            method = {"stacked": True, "per_stack": per_stack, "stacks_per_seed": math.ceil(len(mine) / per_stack),
-                      "halving_rungs": [] if spec.get("full") else
+            stacked = sweep_func.stacked_or_say(cfg_s, data_s or data, say if seed == cfg["seed"] else (lambda _: None))
+            method = {"stacked": stacked, "per_stack": per_stack if stacked else 1,
+                      "stacks_per_seed": math.ceil(len(mine) / per_stack) if stacked else len(mine),
+                      "stacking": ("torch.func (vmap of functional_call)" if cfg["model"].get("factory") else
+                                   "StackedLinear") if stacked else "none: one point at a time",
+                      "halving_rungs": [] if spec.get("full") or not stacked else
                       halving_rungs(min(per_stack, len(mine)), cfg["train"]["epochs"], eta, min_full),
                       "halving_on": "validation accuracy of the first seed",
                       "halving_eta": eta, "halving_min_full": min_full,
@@ -571,7 +587,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
                     runfolder.run(run_dir, p["name"]).begin({
                         **run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": seed,
                         "describe": train_mod.describe({**run, "alpha": p["alpha"]})})
-                rungs = [] if spec.get("full") else halving_rungs(len(chunk), cfg["train"]["epochs"], eta, min_full)
+                rungs = [] if spec.get("full") or not stacked else halving_rungs(len(chunk), cfg["train"]["epochs"], eta, min_full)
                 _train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
                              spec.get("log_every", 0), (eta, min_full))
             if stops is None:  # the first seed's halving decides for the others

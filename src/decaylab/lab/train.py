@@ -25,9 +25,7 @@ from torch.nn import functional as F
 import decaylab as dl
 from decaylab.stats import selected_weights
 
-from . import data as data_mod
-from . import runfolder
-from .models import build_model
+from . import build, runfolder
 from .state import TrainState
 
 
@@ -114,7 +112,7 @@ def make_rules(run: dict, model: nn.Module, steps_per_epoch: int) -> list[dl.Rul
         return None
     params = run["params"] or None
     if params == "first":
-        params = f"{model.first_layer}.weight"
+        params = f"{build.first_layer(model)}.weight"
     schedule = None
     if run["warmup_epochs"] > 0:
         ramp = run["warmup_epochs"] * steps_per_epoch
@@ -158,7 +156,7 @@ def weight_stats(model: nn.Module) -> dict:
     numel = sum(w.numel() for w in ws)
     layers = {k: {f: v[f] for f in ("numel", "zeros", "zero_fraction", "live_rows", "rows")}
               for k, v in dl.layer_stats(model).items()}
-    first = dict(model.named_parameters())[f"{model.first_layer}.weight"].detach()
+    first = dict(model.named_parameters())[f"{build.first_layer(model)}.weight"].detach()
     mask = dl.surviving_inputs(first) if first.ndim == 2 else None
     return {
         "weight_l2": float(torch.sqrt(sum((w.double() ** 2).sum() for w in ws))),
@@ -186,9 +184,7 @@ def build_state(cfg: dict, data, run: dict) -> TrainState:
     """A fresh run: the model (seeded), optimizer, penalty rules and schedule of ``run``."""
     tr = cfg["train"]
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
-                        hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
-                        dropout=cfg["model"]["dropout"]).to(tr["device"])
+    model = build.build_model(cfg, data).to(tr["device"])
     opt = make_optimizer(tr, model.parameters())
     rules = make_rules(run, model, math.ceil(len(data.x_train) / tr["batch_size"]))
     if rules is not None:
@@ -389,14 +385,7 @@ def _final(model: nn.Module, last: dict, stats: dict) -> dict:
 
 # -- an experiment: a run folder with one run per penalty ---------------------------------
 def _load_data(cfg: dict):
-    if cfg["train"]["threads"] > 0:
-        torch.set_num_threads(cfg["train"]["threads"])
-    dc = cfg["data"]
-    return data_mod.load(dc["name"], root=dc["root"] or None, val_fraction=dc["val_fraction"],
-                         seed=cfg["seed"], download=dc["download"], n_train=dc["n_train"] or None,
-                         label_noise=dc.get("label_noise", 0.0),
-                         **({"path": dc["path"], "target": dc["target"], "features": dc["features"] or None}
-                            if dc["name"] == "csv" else {}))
+    return build.build_data(cfg)
 
 
 def check_device(name: str) -> torch.device:
@@ -441,13 +430,17 @@ def prepare(cfg: dict):
     data: everything that can fail on bad input fails here, before a run folder exists."""
     check_runs(cfg)
     check_device(cfg["train"]["device"])
-    return _load_data(cfg)
+    data = _load_data(cfg)
+    if cfg["model"].get("factory"):  # a model.factory mistake, too, fails before any folder exists
+        build.build_model(cfg, data)
+    return data
 
 
 def new_run_dir(cfg: dict, command: str) -> Path:
     """Create the run folder ``out/name`` (default name ``COMMAND-DATA-TIME``)."""
     check_runs(cfg)
-    name = cfg["name"] or f"{command}-{cfg['data']['name']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    data_name = cfg["data"]["factory"].rpartition(":")[2] if cfg["data"].get("factory") else cfg["data"]["name"]
+    name = cfg["name"] or f"{command}-{data_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return runfolder.create(cfg["out"], name)
 
 
