@@ -565,7 +565,7 @@ class Regularized(torch.optim.Optimizer):
             want = dev == "cuda" or (dev == "cpu" and sum(p.numel() for p in b.params) >= fused_kernels.CPU_MIN_NUMEL)
         if not (want and planned and fused_kernels.available()) or any_sharded(b.params):
             return False  # compiled kernels take plain tensors: a DTensor bucket stays eager
-        dims = [fused_kernels.reduce_dims(b.rule.penalty, c, p) for p, c in zip(b.params, b.ctxs)]
+        dims = [b.rule.penalty.kernel_dims(c, p) for p, c in zip(b.params, b.ctxs)]
         return fused_kernels.Kernel(planned[0], planned[1], dims, tag=f"b{self._buckets.index(b)}")
 
     def _fused_step(self, b: _Bucket, step: float, comps) -> bool:
@@ -579,7 +579,7 @@ class Regularized(torch.optim.Optimizer):
         eps = 0.0
         if b.metric == "adam":
             vs, rbcs, eps = self._adam_state(b.group, b.params)
-        if b.kernel(b.params, comps, vs, rbcs, step, b.alphas(), eps, fused_kernels.l1_ratio(b.rule.penalty)):
+        if b.kernel(b.params, comps, vs, rbcs, step, b.alphas(), eps, b.rule.penalty.kernel_ratio()):
             return True
         b.kernel = False  # compilation failed: eager from now on (fused.disable warned)
         return False
@@ -639,7 +639,7 @@ class Regularized(torch.optim.Optimizer):
                  bool(group.get("maximize", False)), b.metric == "adam")
         if b.kernel.adam(b.params, [p.grad for p in b.params], [st["exp_avg"] for st in states],
                          [st["exp_avg_sq"] for st in states], sizes, rbcs, lr * self._multiplier(b.rule), lr,
-                         b.alphas(), hyper, fused_kernels.l1_ratio(b.rule.penalty)):
+                         b.alphas(), hyper, b.rule.penalty.kernel_ratio()):
             return True
         torch._foreach_sub_(steps, 1)
         mine = {id(p) for p in b.params}
@@ -727,7 +727,7 @@ class Regularized(torch.optim.Optimizer):
         pen = b.rule.penalty
         out = []
         for i, (p, a, d) in enumerate(self._capped_denominators(b, idx, params)):
-            dims = pen._grouping(ctxs[i])._reduce_dims(p)
+            dims = pen.kernel_dims(ctxs[i], p)
             # mean, and nanmean only where a NaN coordinate (a NaN gradient) makes one NaN: on a
             # CPU nanmean costs 3-5x a mean, and the check is free; a GPU would sync on it
             mean = d.mean(dim=dims, keepdim=True)
