@@ -35,8 +35,22 @@ CASES = {
     "gl-inputs": lambda: [dl.Rule(dl.GroupLasso(0.5, groups="inputs"), params="*.weight")],
     "gl-inputs-adam": lambda: [dl.Rule(dl.GroupLasso(0.5, groups="inputs"), params="2.weight",
                                        metric="adam")],
+    # penalties with per-parameter data (a reference, adaptive weights), a schedule, groups
+    # spanning layers, a tensor strength
+    "l2sp": lambda: [dl.Rule(dl.L2SP(1e-1, _reference()), params="*.weight")],
+    "target-sparsity": lambda: [dl.Rule(dl.TargetSparsity(1e-2, target=0.5, begin=0, end=3), params="0.weight")],
+    "coupled-gl": lambda: [dl.Rule(dl.CoupledGroupLasso(0.3, _setup()[0]), params=["0.*", "2.weight"])],
+    "adaptive-gl": lambda: [dl.Rule(dl.AdaptiveGroupLasso(0.3, _reference(), groups="inputs"), params="0.weight")],
+    "l1-tensor-alpha": lambda: [dl.Rule(dl.L1(torch.tensor(3e-2)), params="0.weight")],
 }
 FUSED = (False, None)
+
+
+def _reference() -> dict:
+    """A plain (unsharded) state_dict, as a pretrained checkpoint is: the reference of L2SP
+    and AdaptiveGroupLasso."""
+    g = torch.Generator().manual_seed(2)
+    return {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in _setup()[0].state_dict().items()}
 
 
 def _setup():
@@ -79,6 +93,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             warnings.simplefilter("always")
             out = {f"{c}/{f}": _run(c, f, _shard) for c in CASES for f in FUSED}
         out["warnings"] = [str(w.message) for w in caught if "decaylab" in str(w.message)]
+        model = _setup()[0]
+        _shard(model)
+        try:
+            dl.compact(model)
+            out["compact"] = "no error"
+        except ValueError as err:
+            out["compact"] = str(err)
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -107,6 +128,9 @@ def test_fully_shard_matches_one_process_for_every_penalty(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     # a DTensor bucket runs eager: no compile is attempted (it would fail, warn and cost time)
     assert r0.pop("warnings") == r1.pop("warnings") == []
+    # compact() needs the whole model: one clear line naming the sharded parameter and the fix
+    message = r0.pop("compact")
+    assert message == r1.pop("compact") and "'0.weight' is sharded" in message and "unsharded copy" in message
     for key in r0:
         case, _ = key.split("/")
         ref = _run(case, False)
@@ -116,3 +140,4 @@ def test_fully_shard_matches_one_process_for_every_penalty(tmp_path):
     # the group cases switched whole groups off, across the shard boundary for inputs
     assert (r0["gl-inputs/False"]["0.weight"] == 0).all(0).any()
     assert (r0["l1-lr/None"]["0.weight"] == 0).any()
+    assert (r0["target-sparsity/None"]["0.weight"] == 0).float().mean() >= 0.5

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from decaylab.lab import cli, config, sweep, train
+from decaylab.lab import choose, cli, config, sweep, train
 
 TINY = ["data.n_train=150", "train.epochs=3", "model.hidden=[16]", "train.batch_size=50"]
 
@@ -174,6 +174,13 @@ def test_compare_chooses_alpha_on_validation_and_reports_mean_sd_over_seeds(tmp_
     assert rows["decoupled"]["val_acc"][0] == pytest.approx(sum(vals) / 2)
     assert rows["decoupled"]["val_acc"][1] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
     assert len(result["verdicts"]) == 1 and "no penalty" in result["verdicts"][0]
+    # the verdict speaks the tables' unit: accuracy in %, differences in percentage points
+    diff = rows["decoupled"]["test_acc"][0] - rows["none"]["test_acc"][0]
+    assert f"test accuracy {100 * diff:+.1f} points" in result["verdicts"][0]
+    table = choose.markdown(result)
+    row = next(line for line in table.splitlines() if line.startswith("| decoupled "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3].startswith(f"{rows['decoupled']['test_acc'][0]:.1%}") and all(c.endswith("%") for c in cells[2:])
     html = (d / "report.html").read_text()
     assert "Chosen on validation, mean ± sd over 2 seeds" in html and 'data-figure="lambda-path"' in html
 

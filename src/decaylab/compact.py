@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .coupled import _BN, TP_ROUTE, chain
 from .rules import unwrap
+from ._sharded import is_sharded
 
 __all__ = ["compact", "Compaction"]
 
@@ -87,7 +88,8 @@ def compact(model: nn.Module, example_inputs=None, *, backend: str = "auto", ato
         itself, with a warning, if it has no zero group.
 
     Raises:
-        ValueError: a layer compaction does not support (named), or a bad backend.
+        ValueError: a layer compaction does not support (named), a sharded (FSDP2/DTensor)
+            model, or a bad backend.
 
     >>> m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> with torch.no_grad():
@@ -99,6 +101,11 @@ def compact(model: nn.Module, example_inputs=None, *, backend: str = "auto", ato
     >>> bool((small(x) - m.eval()(x)).abs().max() < 1e-5)
     True
     """
+    sharded = [n for n, p in model.named_parameters() if is_sharded(p)]
+    if sharded:
+        raise ValueError(f"compact() needs the whole model, but parameter '{sharded[0]}' is sharded (a DTensor, "
+                         f"e.g. FSDP2's fully_shard); load the full state dict (torch.distributed.checkpoint, "
+                         f"or DTensor.full_tensor()) into an unsharded copy and compact that")
     if backend not in ("auto", "chain", "torch-pruning"):
         raise ValueError(f"backend must be 'auto', 'chain' or 'torch-pruning', got {backend!r}")
     if backend == "torch-pruning":

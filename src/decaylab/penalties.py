@@ -29,6 +29,7 @@ from torch import Tensor
 
 from . import functional as F
 from .groups import Grouping, Indexed, make_grouping
+from ._sharded import like
 from .penalty import MODES, Penalty, check_strength  # noqa: F401 - their historical home
 from .selectors import strip_wrappers
 
@@ -312,7 +313,7 @@ class L2SP(Penalty):
                     f"L2SP reference for '{name}' has shape {tuple(ref.shape)} but the parameter "
                     f"has shape {tuple(param.shape)}; pass the matching pretrained weights"
                 )
-            ref = ref.to(device=param.device, dtype=param.dtype).clone()
+            ref = like(ref.to(device=param.device, dtype=param.dtype).clone(), param)
         self._bound[param] = ref
         return ref
 

@@ -15,7 +15,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .groups import Columns, Grouping, Indexed, make_grouping
+from ._sharded import is_sharded, like
+from .groups import Grouping, Indexed, make_grouping
 from .penalties import GroupLasso, Penalty
 
 __all__ = ["AdaptiveGroupLasso", "adaptive_weights", "standardize_inputs"]
@@ -130,8 +131,10 @@ class AdaptiveGroupLasso(Penalty):
         if tuple(ref.shape) != tuple(param.shape):
             raise ValueError(f"AdaptiveGroupLasso reference for '{name}' has shape {tuple(ref.shape)} but the "
                              f"parameter has {tuple(param.shape)}; pass the dense fit of the same layer")
-        return adaptive_weights(ref.to(param.device, torch.promote_types(param.dtype, torch.float32)),
-                                self.grouping, self.gamma)
+        ref = ref.full_tensor() if is_sharded(ref) else ref
+        c = adaptive_weights(ref.to(param.device, torch.promote_types(param.dtype, torch.float32)),
+                             self.grouping, self.gamma)
+        return like(c, param)
 
     def _weights(self, tensors, ctxs):
         """The adaptive weights of ``tensors``: given, bound by ``regularize()``, or from a

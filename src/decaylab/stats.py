@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .groups import Columns, Rows
+from .groups import Rows
 from .rules import default_selection, param_aliases
 
 __all__ = ["sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary", "selected_weights"]

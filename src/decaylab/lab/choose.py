@@ -173,19 +173,29 @@ def summarize(run_dir: Path, runs: list[dict], seeds: list[int], chosen: dict) -
             continue
         diff = row[key][0] - base[key][0]
         val_diff = row["val_acc"][0] - base["val_acc"][0]
+        d, vd = _points(diff), _points(val_diff)
         if beats(row, base, "test_acc") and beats(row, base, "val_acc"):
             text = (f"{row['name']} ({row['describe']}) beats no penalty beyond seed noise: test accuracy "
-                    f"{diff:+.3f}, validation {val_diff:+.3f} (mean over {row['n']} seeds).")
+                    f"{d}, validation {vd} (mean over {row['n']} seeds).")
         elif diff > 0:
-            text = (f"{row['name']} ({row['describe']}) does not clearly help: test accuracy {diff:+.3f} against no "
-                    f"penalty, within seed noise (validation {val_diff:+.3f}).")
+            text = (f"{row['name']} ({row['describe']}) does not clearly help: test accuracy {d} against no "
+                    f"penalty, within seed noise (validation {vd}).")
         else:
-            text = (f"{row['name']} ({row['describe']}) does not help here: test accuracy {diff:+.3f} against no "
-                    f"penalty (validation {val_diff:+.3f}).")
+            text = (f"{row['name']} ({row['describe']}) does not help here: test accuracy {d} against no "
+                    f"penalty (validation {vd}).")
         row["beats_none"] = beats(row, base, "test_acc") and beats(row, base, "val_acc")
         verdicts.append(text)
     return {"seeds": seeds, "runs": rows, "verdicts": verdicts,
             "note": "strengths chosen on the first seed's validation split only; test is reported, never used to choose"}
+
+
+def _points(diff: float) -> str:
+    """An accuracy difference in percentage points, as the report's tables show accuracy in %.
+
+    >>> _points(0.0383)
+    '+3.8 points'
+    """
+    return f"{100 * diff:+.1f} points"
 
 
 def markdown(result: dict) -> str:
@@ -194,15 +204,15 @@ def markdown(result: dict) -> str:
     lines = ["| run | penalty (λ chosen on validation) | val acc | test acc | train−test gap | exact zeros |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
 
-    def ms(v, pct=False):
+    def ms(v, signed=False):
         m, s = v
         if m is None:
             return "-"
-        f = (lambda x: f"{x:.1%}") if pct else (lambda x: f"{x:.3f}")
-        return f(m) + (f" ± {f(s)}" if s is not None else "")
+        f = (lambda x: f"{x:+.1%}") if signed else (lambda x: f"{x:.1%}")
+        return f(m) + (f" ± {s:.1%}" if s is not None else "")
 
     for r in result["runs"]:
         lines.append(f"| {r['name']} | {r['describe']} | {ms(r['val_acc'])} | {ms(r['test_acc'])} | "
-                     f"{ms(r['gap'])} | {ms(r['zero_fraction'], True)} |")
+                     f"{ms(r['gap'], True)} | {ms(r['zero_fraction'])} |")
     lines += ["", f"Mean ± sd over {n} seed{'s' if n > 1 else ''}."] + [f"- {v}" for v in result["verdicts"]]
     return "\n".join(lines)

@@ -132,7 +132,7 @@ def markdown_table(run_dirs, within: float = 0.005) -> str:
         best = max(dense)
         ok = [(f["zero_fraction"], label) for r, f, label in done if f["val_acc"] is not None and f["val_acc"] >= best - within]
         z, name = max(ok)
-        lines += ["", f"Best dense run (no penalty or L2) on validation: accuracy {best:.4f}. Sparsest run "
+        lines += ["", f"Best dense run (no penalty or L2) on validation: accuracy {best:.1%}. Sparsest run "
                       f"within {within * 100:.1f} points of it on validation: `{name}` with {z:.1%} exact-zero "
                       f"weights. (Chosen on validation; test accuracy is reported, never used to choose.)"]
     return "\n".join(lines)
@@ -154,6 +154,9 @@ def _markdown_row(name: str, run: dict | None) -> str:
         return f"| {name} | incomplete | | | | | | |"
     spec, f = run["spec"], run["final"]
     acc, kept = _acc_and_kept(f)
-    val = f["val_acc"] if f["val_acc"] is not None else f["val_loss"]
-    return (f"| {name} | {spec['describe']} | {val:.4f} | {acc:.4f} | {f['gap']:+.4f} | "
+    if f["val_acc"] is not None:  # accuracy in %, as the HTML report shows it
+        val, acc, gap = f"{f['val_acc']:.1%}", f"{acc:.1%}", f"{f['gap']:+.1%}"
+    else:  # regression: losses as they are
+        val, acc, gap = f"{f['val_loss']:.4f}", f"{acc:.4f}", f"{f['gap']:+.4f}"
+    return (f"| {name} | {spec['describe']} | {val} | {acc} | {gap} | "
             f"{f['zero_fraction']:.1%} | {kept} | {f.get('mean_epoch_time', 0):.3g} |")
