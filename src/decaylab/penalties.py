@@ -69,11 +69,11 @@ class L2(Penalty):
         # torch's SGD(weight_decay) computes grad.add(param, alpha=wd): the same op, the same bits
         scale = F.prepare(scale, tensors)
         if isinstance(scale, float):
-            return list(torch._foreach_add(list(grads), list(tensors), alpha=sign * scale))
+            return F.add(grads, tensors, alpha=sign * scale)
         return [torch.add(g, (w * s).to(g.dtype), alpha=sign) for g, w, s in zip(grads, tensors, scale)]
 
     def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
-        F._div_(tensors, scale, foreach)
+        F.div_(tensors, scale, foreach)
 
     def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None):
         F.shrink_(tensors, scale, foreach=foreach)
@@ -157,8 +157,8 @@ class ElasticNet(Penalty):
     def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None):
         scale = F.prepare(scale, tensors)
         # shrink, then soft-threshold: exactly w - step*grad R(w) unless it crosses 0 (then 0)
-        F.shrink_(tensors, F._times(scale, 1.0 - self.l1_ratio), foreach=foreach)
-        F.soft_threshold_(tensors, F._times(scale, self.l1_ratio), foreach=foreach)
+        F.shrink_(tensors, F.scale_times(scale, 1.0 - self.l1_ratio), foreach=foreach)
+        F.soft_threshold_(tensors, F.scale_times(scale, self.l1_ratio), foreach=foreach)
 
     def _kernel_op(self, mode, metric):
         return "enet" if mode == "prox" else "enet_decay"

@@ -212,9 +212,9 @@ class Penalty:
         optimizers with ``maximize=True``, which follow ``-g``."""
         scale = F.prepare(scale, tensors)
         ctxs = ctxs or [None] * len(tensors)
-        terms = [self.grad_scaled(w, F._at(scale, i), c).to(g.dtype)
+        terms = [self.grad_scaled(w, F.scale_at(scale, i), c).to(g.dtype)
                  for i, (g, w, c) in enumerate(zip(grads, tensors, ctxs))]
-        return list(torch._foreach_add(list(grads), terms, alpha=sign))
+        return F.add(grads, terms, alpha=sign)
 
     def _sum(self, per_tensor) -> Tensor:
         return torch.stack([t if t.ndim == 0 else t.sum() for t in per_tensor]).sum()

@@ -214,7 +214,7 @@ def fused_adam_step(opt: torch.optim.Optimizer, b, multiplier: float) -> bool:
     group = opt.param_groups[b.group]
     states = [opt.state[p] for p in b.params]
     steps = [st["step"] for st in states]
-    torch._foreach_add_(steps, 1)
+    F.add_scalar_(steps, 1)
     beta1, beta2 = (float(x) for x in group["betas"])
     lr = float(group["lr"])
     c1, c2 = bias_correction(beta1, steps), bias_correction(beta2, steps)
@@ -229,7 +229,7 @@ def fused_adam_step(opt: torch.optim.Optimizer, b, multiplier: float) -> bool:
                      [st["exp_avg_sq"] for st in states], sizes, rbcs, lr * multiplier, lr,
                      b.alphas(), hyper, b.rule.penalty.kernel_ratio()):
         return True
-    torch._foreach_sub_(steps, 1)
+    F.add_scalar_(steps, -1)
     mine = {id(p) for p in b.params}
     others = [(p, p.grad) for g in opt.param_groups for p in g["params"]
               if id(p) not in mine and p.grad is not None]
