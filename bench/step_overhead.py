@@ -230,7 +230,8 @@ def setup(make_model, device: torch.device, full: bool, variants=VARIANTS) -> di
         sync(device)
         FIRST_STEP.setdefault((make_model.__name__, full, name), time.perf_counter() - t0)
         if isinstance(opt, dl.Regularized):
-            kept = sum(t.numel() * t.element_size() for t in [*opt._buffers.values(), *opt._comp.values()])
+            kept = sum(t.numel() * t.element_size()
+                       for t in [*opt._buckets.buffers.values(), *opt._buckets.residuals.values()])
             penalized = sum(p.numel() for b in opt.bindings if b.rule.penalty is not None for p in b.params)
             EXTRA_BYTES[(make_model.__name__, name)] = kept / penalized
     return fns

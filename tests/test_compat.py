@@ -64,7 +64,7 @@ def test_a_private_backend_that_fails_falls_back_to_the_guarded_call(broken, rul
     comp, opt, seen = _train_warned(RULES[rule], sched=True)
     _one_warning(seen, "private compiler hooks \\((ImportError: cannot import|TypeError: compile_fx)")
     _assert_fused_equals_eager(eager, comp)
-    for b in opt._buckets:  # still compiled, through torch.compile's public path
+    for b in opt._buckets.all:  # still compiled, through torch.compile's public path
         compiled = b.kernel._adam_fn or b.kernel._fn
         assert compiled.level == "guarded" and compiled._direct is None
         assert b.kernel.calls == (3 if "L1" in rule else 4)  # L1: Adam's own first step, then in the kernel
@@ -80,7 +80,7 @@ def test_a_changed_direct_calling_convention_falls_back_to_dynamos_call(monkeypa
     comp, opt, seen = _train_warned(RULES["GroupLasso rows lr"], steps=5)
     _one_warning(seen, "direct call failed \\(TypeError: forward\\(\\) takes 2")
     _assert_fused_equals_eager(eager, comp)  # the failed call changed nothing; dynamo took the step
-    (b,) = opt._buckets
+    (b,) = opt._buckets.all
     assert b.kernel.calls == 5 and b.kernel._fn.level == "direct" and not b.kernel._fn.direct
 
 
@@ -89,7 +89,7 @@ def test_a_compiler_that_fails_everywhere_leaves_that_kernel_eager_with_one_warn
     monkeypatch.setattr(fused, "_BACKEND", "no_such_backend")  # unknown to lookup_backend and torch.compile
     comp, opt, seen = _train_warned(RULES["L1 prox lr"])
     _one_warning(seen, "torch.compile failed for a kernel .*no_such_backend.*eager path")
-    assert all(b.kernel is False for b in opt._buckets) and fused.available()
+    assert all(b.kernel is False for b in opt._buckets.all) and fused.available()
     for a, b in zip(eager, comp):
         assert torch.equal(a, b)
 
@@ -121,7 +121,7 @@ def test_a_failing_kernel_leaves_the_other_kernels_compiled(monkeypatch):
         comp, opt = train(True)
     seen = [w for w in seen if "decaylab" in str(w.message)]
     _one_warning(seen, "torch.compile failed for a kernel \\(RuntimeError: inductor: internal error")
-    l1, group = opt._buckets
+    l1, group = opt._buckets.all
     assert group.kernel is False and l1.kernel and l1.kernel.calls == 3  # Adam + prox from step 2
     _assert_fused_equals_eager(eager, comp)
 
@@ -185,7 +185,7 @@ def test_unreadable_hook_tables_keep_adams_step_out_of_the_kernel(monkeypatch):
     monkeypatch.setattr(_compat, "_optim_mod", types.SimpleNamespace())
     comp, opt, seen = _train_warned(RULES["L1 prox lr"])
     _one_warning(seen, "could not read torch's optimizer step-hook tables")
-    (b,) = opt._buckets
+    (b,) = opt._buckets.all
     assert b.kernel._adam_fn is None and b.kernel.calls == 4  # a hook might see hidden gradients
     _assert_fused_equals_eager(eager, comp)
 
@@ -199,8 +199,8 @@ def test_on_a_tested_torch_the_private_path_works_with_inductor(monkeypatch):
     eager, _ = _train(RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.SGD)
     comp, opt, seen = _train_warned(RULES["L1 prox lr"], opt_cls=torch.optim.SGD)
     assert seen == []
-    compiled = opt._buckets[0].kernel._fn
-    assert compiled.level == "direct" and compiled._direct is not None and opt._buckets[0].kernel.calls == 4
+    compiled = opt._buckets.all[0].kernel._fn
+    assert compiled.level == "direct" and compiled._direct is not None and opt._buckets.all[0].kernel.calls == 4
     _assert_fused_equals_eager(eager, comp)
     _, wrapped, calls, seen = _run_adam()  # and the inner step skips torch's wrapper
     assert wrapped == 0 and seen == []
@@ -217,5 +217,5 @@ def test_inductors_guarded_call_takes_the_kernels_settings_as_public_options(mon
         warnings.simplefilter("always")
         comp, opt = _train(RULES["ElasticNet prox lr"], torch.bfloat16, True, opt_cls=torch.optim.SGD)
     _one_warning([w for w in seen if "decaylab" in str(w.message)], "private compiler hooks")
-    assert opt._buckets[0].kernel._fn.level == "guarded" and opt._buckets[0].kernel.calls == 4
+    assert opt._buckets.all[0].kernel._fn.level == "guarded" and opt._buckets.all[0].kernel.calls == 4
     _assert_fused_equals_eager(eager, comp)

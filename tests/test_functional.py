@@ -223,7 +223,7 @@ FOREACH_KERNELS = {
     "soft_threshold_": lambda w, fe: F.soft_threshold_(w, 0.37, foreach=fe),
     "elastic_net_prox_": lambda w, fe: F.elastic_net_prox_(w, 0.61, 0.3, foreach=fe),
     "elastic_net_prox_l1": lambda w, fe: F.elastic_net_prox_(w, 0.61, 1.0, foreach=fe),
-    "div_ (L2 prox)": lambda w, fe: F._div_(w, 0.37, fe),
+    "div_ (L2 prox)": lambda w, fe: F.div_(w, 0.37, fe),
     "pull_toward_": lambda w, fe: F.pull_toward_(w, [torch.full_like(t, 0.5) for t in w], 0.37, foreach=fe),
     "pull_toward_ huge": lambda w, fe: F.pull_toward_(w, [torch.full_like(t, 0.5) for t in w], 7.0, foreach=fe),
 }
@@ -272,7 +272,7 @@ def test_empty_list_is_a_no_op():
         F.elastic_net_prox_([], 0.5, 0.5, foreach=fe)
         F.pull_toward_([], [], 0.5, foreach=fe)
     F.group_soft_threshold_([], 0.5, [])
-    F._div_([], 0.5, True)
+    F.div_([], 0.5, True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def _per_config(kernel, w, scales):
         ("shrink_", lambda w, s: F.shrink_([w], s)),
         ("soft_threshold_", lambda w, s: F.soft_threshold_([w], s)),
         ("elastic_net_prox_", lambda w, s: F.elastic_net_prox_([w], s, 0.25)),
-        ("div_", lambda w, s: F._div_([w], s, None)),
+        ("div_", lambda w, s: F.div_([w], s, None)),
     ],
 )
 @pytest.mark.parametrize("shape", [(3, 6), (3, 4, 5), (3, 2, 2, 3, 3)])

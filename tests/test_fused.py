@@ -55,7 +55,7 @@ def _train(rule, dtype, fused_flag, steps=4, opt_cls=torch.optim.Adam, lr=0.05, 
         if sch:
             sch.step()
     # the value decaylab carries: the weight plus its low-precision residual
-    out = [p.detach().float() + opt._comp.get(opt._index[id(p)], 0) for p in m.parameters()]
+    out = [p.detach().float() + opt._buckets.residuals.get(opt._buckets.position[id(p)], 0) for p in m.parameters()]
     return out, opt
 
 
@@ -97,9 +97,9 @@ def test_fused_program_equals_eager_for_every_penalty_mode_and_dtype(name, dtype
     opt_cls = _AdamSubclass if name == "L2 decoupled" else torch.optim.Adam
     eager, e_opt = _train(RULES[name], dtype, False, sched=True, opt_cls=opt_cls)
     comp, c_opt = _train(RULES[name], dtype, True, sched=True, opt_cls=opt_cls)
-    kernels = [b.kernel for b in c_opt._buckets]
+    kernels = [b.kernel for b in c_opt._buckets.all]
     assert kernels and all(kernels), "every bucket of this rule should take the fused path"
-    assert all(b.kernel is False for b in e_opt._buckets)
+    assert all(b.kernel is False for b in e_opt._buckets.all)
     _assert_fused_equals_eager(eager, comp)
     if "prox" in name and "L2" not in name:  # the threshold really acted
         assert any((w == 0).any() for w in comp)
@@ -118,7 +118,7 @@ def test_inductor_kernels_equal_eager(name, dtype):
     # Adam's own step, and their kernel runs from step 1
     fused_adam = dtype == torch.float32 and "GroupLasso" not in name
     assert all(b.kernel and b.kernel.calls == (3 if fused_adam else 4)
-               and (b.kernel._adam_fn is not None) == fused_adam for b in c_opt._buckets)
+               and (b.kernel._adam_fn is not None) == fused_adam for b in c_opt._buckets.all)
     _assert_fused_equals_eager(eager, comp)
 
 
@@ -126,10 +126,10 @@ def test_fused_adam_metric_keeps_no_weight_sized_buffer(monkeypatch):
     monkeypatch.setattr(fused, "_BACKEND", "aot_eager")
     _, eager = _train(RULES["L1 prox adam"], torch.float32, False)
     _, comp = _train(RULES["L1 prox adam"], torch.float32, True)
-    assert sum(b.numel() for b in eager._buffers.values()) > 0  # the eager fallback keeps one
-    assert comp._buffers == {} and comp._comp == {}
+    assert sum(b.numel() for b in eager._buckets.buffers.values()) > 0  # the eager fallback keeps one
+    assert comp._buckets.buffers == {} and comp._buckets.residuals == {}
     _, first = _train(RULES["L1 prox adam"], torch.float32, True, steps=1)  # the eager first step
-    assert first._buffers == {}
+    assert first._buckets.buffers == {}
 
 
 def test_compiles_once_per_bucket_and_never_again(monkeypatch):
@@ -156,8 +156,8 @@ def test_compiles_once_per_bucket_and_never_again(monkeypatch):
     # the L1 bucket takes AdamW's step into its kernel from step 2 on (step 1 is AdamW's
     # own, with the eager prox); the group prox compiles at step 1; AdamW's own step takes
     # the decoupled L2 (decaylab._inner_decay), whose kernel is never chosen
-    assert len(opt._buckets) == 3 and [b.kernel.calls for b in opt._buckets[:2]] == [5, 6]
-    assert opt._buckets[2].kernel is None
+    assert len(opt._buckets.all) == 3 and [b.kernel.calls for b in opt._buckets.all[:2]] == [5, 6]
+    assert opt._buckets.all[2].kernel is None
     assert len(compiles) == 2  # one per compiled bucket, never again
 
 
@@ -175,7 +175,7 @@ def test_compilation_failure_falls_back_to_eager_per_kernel_with_one_warning(mon
     assert len([w for w in seen if "decaylab" in str(w.message)]) == 1
     assert seen[0].filename == __file__  # at the user's opt.step() line
     assert fused.available()  # this kernel is eager; the process may still compile others
-    assert all(b.kernel is False for b in c_opt._buckets)  # chosen once: eager from then on
+    assert all(b.kernel is False for b in c_opt._buckets.all)  # chosen once: eager from then on
     assert len(tries) == 2  # the private hook, then torch.compile's public path; never again
     for a, b in zip(eager, comp):
         assert torch.equal(a, b)
@@ -186,14 +186,14 @@ def test_without_torch_compile_the_eager_path_runs(monkeypatch):
     assert not fused.available()
     eager, _ = _train(RULES["GroupLasso inputs adam"], torch.float32, False)
     comp, c_opt = _train(RULES["GroupLasso inputs adam"], torch.float32, True)
-    assert all(b.kernel is False for b in c_opt._buckets)
+    assert all(b.kernel is False for b in c_opt._buckets.all)
     for a, b in zip(eager, comp):
         assert torch.equal(a, b)
 
 
 def test_auto_choice_is_eager_for_small_cpu_buckets_and_coupled_mode_is_never_compiled():
     _, opt = _train(RULES["L1 prox adam"], torch.float32, None)
-    assert all(b.kernel is False for b in opt._buckets)  # far below fused.CPU_MIN_NUMEL
+    assert all(b.kernel is False for b in opt._buckets.all)  # far below fused.CPU_MIN_NUMEL
     assert fused.plan(dl.L2(0.1), "coupled", "lr") is None
     assert fused.plan(dl.L2SP(0.1), "decoupled", "lr") is None
     assert fused.plan(dl.GroupLasso(0.1, groups=lambda s: torch.zeros(s, dtype=torch.long)), "prox", "lr") is None
@@ -208,12 +208,12 @@ def test_partial_gradients_take_the_eager_path_for_that_step(monkeypatch):
     m[0].weight.grad = torch.ones_like(m[0].weight)
     opt.step()
     assert torch.equal(m[2].weight, before)  # no gradient: left alone, as torch leaves it
-    assert opt._buckets[0].kernel is None  # the subset ran eagerly; nothing chosen or compiled
+    assert opt._buckets.all[0].kernel is None  # the subset ran eagerly; nothing chosen or compiled
     for _ in range(2):  # the first full step makes Adam's state; the second is compiled
         m[2].weight.grad = torch.ones_like(m[2].weight)
         m[0].weight.grad = torch.ones_like(m[0].weight)
         opt.step()
-    assert opt._buckets[0].kernel.calls == 1
+    assert opt._buckets.all[0].kernel.calls == 1
 
 
 # -- Adam's step inside the prox kernel ---------------------------------------------------
@@ -251,7 +251,7 @@ def test_adam_step_inside_the_kernel_equals_adam_then_prox(adam, rule, monkeypat
     opt_cls, kwargs = ADAMS[adam]
     m_e, o_e = _train_adam(opt_cls, kwargs, False, RULES[rule])
     m_c, o_c = _train_adam(opt_cls, kwargs, True, RULES[rule])
-    assert all(b.kernel._adam_fn is not None and b.kernel.calls == 4 for b in o_c._by_mode["prox"])
+    assert all(b.kernel._adam_fn is not None and b.kernel.calls == 4 for b in o_c._buckets.by_mode["prox"])
     _assert_fused_equals_eager(list(m_e.parameters()), list(m_c.parameters()))
     for p_e, p_c in zip(m_e.parameters(), m_c.parameters()):  # Adam's state, counters included
         s_e, s_c = o_e.state[p_e], o_c.state[p_c]
@@ -277,7 +277,7 @@ def test_adam_step_stays_the_inner_optimizers_where_fusing_would_change_it(case,
             seen.append(all(p.grad is not None for p in opt.param_groups[0]["params"]))
     m_e, _ = _train_adam(opt_cls, kwargs, False, RULES["L1 prox adam"])
     m_c, o_c = _train_adam(opt_cls, kwargs, True, RULES["L1 prox adam"], hook=hook)
-    assert all(b.kernel._adam_fn is None and b.kernel.calls == 5 for b in o_c._by_mode["prox"])
+    assert all(b.kernel._adam_fn is None and b.kernel.calls == 5 for b in o_c._buckets.by_mode["prox"])
     _assert_fused_equals_eager(list(m_e.parameters()), list(m_c.parameters()))
     assert case != "step-hook" or seen == [True] * 5
 
@@ -317,11 +317,11 @@ def test_one_rule_over_fp32_and_bf16_weights_fuses_the_fp32_bucket_only(monkeypa
             ((m.b.float() - target) ** 2).sum().backward()
             opt.step()
             opt.zero_grad()
-        return [m.a.detach().clone(), m.b.detach().float() + opt._comp.get(opt._index[id(m.b)], 0)], opt
+        return [m.a.detach().clone(), m.b.detach().float() + opt._buckets.residuals.get(opt._buckets.position[id(m.b)], 0)], opt
 
     eager, _ = run(False)
     comp, opt = run(True)
-    by_dtype = {b.params[0].dtype: b.kernel for b in opt._buckets}
+    by_dtype = {b.params[0].dtype: b.kernel for b in opt._buckets.all}
     assert by_dtype[torch.float32]._adam_fn is not None and by_dtype[torch.bfloat16]._adam_fn is None
     _assert_fused_equals_eager(eager, comp)
 
@@ -347,7 +347,7 @@ def test_stacked_strengths_inside_the_adam_kernel_equal_eager(metric, monkeypatc
 
     eager, _ = run(False)
     comp, opt = run(True)
-    assert opt._buckets[0].kernel._adam_fn is not None and opt._buckets[0].kernel.calls == 9
+    assert opt._buckets.all[0].kernel._adam_fn is not None and opt._buckets.all[0].kernel.calls == 9
     _assert_fused_equals_eager(eager, comp)
     zeros = (comp[0] == 0).flatten(1).sum(1)
     assert zeros[0] < zeros[2]  # the strongest configuration is the sparsest
@@ -379,13 +379,13 @@ def test_auto_choice_on_a_large_cpu_bucket_compiles(monkeypatch):
         opt = dl.regularize(torch.optim.Adam(lin.parameters(), lr=1e-3), lin, rule)  # fused=None
         lin(torch.randn(2, 1024)).sum().backward()
         opt.step()
-        kernels[name] = opt._buckets[0].kernel
+        kernels[name] = opt._buckets.all[0].kernel
     assert all(kernels.values())
     small = nn.Linear(8, 4)
     opt = dl.regularize(torch.optim.Adam(small.parameters(), lr=1e-3), small, dl.GroupLasso(1e-3))
     small(torch.randn(2, 8)).sum().backward()
     opt.step()
-    assert opt._buckets[0].kernel is False  # far below fused.CPU_MIN_NUMEL: eager
+    assert opt._buckets.all[0].kernel is False  # far below fused.CPU_MIN_NUMEL: eager
 
 
 # -- the group factor's edge cases, and calling the compiled program without dynamo -------
@@ -449,10 +449,10 @@ def test_after_its_first_call_a_kernel_runs_without_dynamo_and_equals_eager(monk
         opt.zero_grad()
         sched.step()
         if step == 0:
-            compiled = opt._buckets[0].kernel._fn
+            compiled = opt._buckets.all[0].kernel._fn
             assert compiled._direct is not None  # the program and where its inputs sit
             counted = compiled._dynamo = _Counting(compiled._dynamo)
-    assert opt._buckets[0].kernel.calls == 6 and counted.calls == 0
+    assert opt._buckets.all[0].kernel.calls == 6 and counted.calls == 0
     _assert_fused_equals_eager(eager, [p.detach() for p in m.parameters()])
 
 
@@ -482,6 +482,6 @@ def test_a_small_cpu_bucket_keeps_adams_step_apart_by_default(monkeypatch):
     assert fused.CPU_ADAM_MIN_NUMEL > 0
     eager, _ = _train(RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.AdamW)
     comp, c_opt = _train(RULES["L1 prox lr"], torch.float32, True, opt_cls=torch.optim.AdamW)
-    kernel = c_opt._buckets[0].kernel
+    kernel = c_opt._buckets.all[0].kernel
     assert kernel._adam_fn is None and kernel.calls == 4  # the prox kernel from step 1, AdamW's own step
     _assert_fused_equals_eager(eager, comp)

@@ -141,7 +141,7 @@ def test_group_prox_with_unequal_per_coordinate_steps_closed_form():
 from decaylab import functional as F  # noqa: E402
 from decaylab.groups import Rows  # noqa: E402
 
-_KERNELS = ("shrink_", "soft_threshold_", "elastic_net_prox_", "_div_", "pull_toward_")
+_KERNELS = ("shrink_", "soft_threshold_", "elastic_net_prox_", "div_", "pull_toward_")
 
 
 @pytest.fixture

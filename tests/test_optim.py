@@ -12,6 +12,8 @@ import torch.nn.functional as Fn
 from torch import nn
 
 import decaylab as dl
+from decaylab import _compat
+from decaylab.step_sizes import StepSizes
 
 
 class Holder(nn.Module):
@@ -544,7 +546,7 @@ def test_default_metric_follows_what_the_optimizer_keeps(name):
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
     assert opt.metrics == [expected, expected, "lr"]
-    assert [b.metric for b in opt._buckets] == [expected, expected, "lr"]
+    assert [b.metric for b in opt._buckets.all] == [expected, expected, "lr"]
     assert f"prox/{expected}" in dl.summary(opt)
 
 
@@ -709,10 +711,10 @@ def test_step_hooks_and_the_profiler_range_of_the_wrapper_itself():
         opt.step()
 
 
-def test_without_hooks_the_wrapper_takes_the_plain_step():
+def test_without_hooks_the_wrapper_takes_the_plain_step(monkeypatch):
     lin = nn.Linear(4, 3)
     opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=0.1), lin, dl.L1(0.01))
-    opt._hooked_step = lambda *a, **k: pytest.fail("no hook is registered")
+    monkeypatch.setattr(_compat, "with_step_hooks", lambda *a, **k: pytest.fail("no hook is registered"))
     lin(torch.randn(5, 4)).sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)  # a scheduler patches the instance's step
@@ -729,8 +731,9 @@ def test_adam_group_threshold_leaves_a_nan_coordinate_out_of_its_groups_mean():
     opt.step()
     v = opt.state[lin.weight]["exp_avg_sq"]
     v[1, 2] = float("nan")
-    b = opt._buckets[0]
-    (t,) = opt._adam_group_thresholds(b, 0.1, None, [lin.weight], [None])
+    b = opt._buckets.all[0]
+    steps = StepSizes(opt.optimizer, b, 0.1, None, [lin.weight], opt._buckets.scratch)
+    (t,) = steps.group_thresholds([b.rule.penalty.kernel_dims(None, lin.weight)])
     d = (v.sqrt() / math.sqrt(1 - 0.999) + 1e-8).clamp_min(0.01)
     expected = 0.1 * 0.01 / torch.nanmean(d, dim=1, keepdim=True)
     assert torch.isfinite(t).all()

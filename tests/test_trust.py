@@ -75,7 +75,7 @@ def test_a_copy_of_model_and_optimizer_trains_on_its_own_parameters(how):
     data = _data(12)
     model, opt = _setup()
     _train(model, opt, data[:4])
-    assert opt._comp and opt._buffers  # both kinds of id-keyed buffers exist before the copy
+    assert opt._buckets.residuals and opt._buckets.buffers  # both kinds of id-keyed buffers exist before the copy
     pair = (model, opt)
     if how == "deepcopy":
         model2, opt2 = copy.deepcopy(pair)
@@ -95,7 +95,7 @@ def test_a_deepcopied_optimizer_alone_keeps_stepping():
     model, opt = _setup()
     _train(model, opt, _data(2))
     opt2 = copy.deepcopy(opt)  # copies the parameters it holds too (EMA/SWA-style copies)
-    for p in opt2._all_params():
+    for p in opt2._buckets.params():
         p.grad = torch.zeros_like(p)
     opt2.step()
     assert opt2.steps == 3

@@ -317,3 +317,24 @@ def with_step_hooks(func: Callable) -> Callable:
             wrapped = func
         _WITH_HOOKS[func] = wrapped
     return wrapped
+
+
+def unhooked(opt: torch.optim.Optimizer) -> bool:
+    """No step hook and no profiler running: torch's wrapper around ``opt.step`` would only
+    call through."""
+    return not (step_hooked(opt) or profiling())
+
+
+def call_step(opt: torch.optim.Optimizer) -> None:
+    """``opt.step()``, without torch's profiling wrapper when that wrapper would do nothing.
+
+    torch wraps every optimizer's ``step`` in a function that opens a profiler range and
+    runs the step hooks: ~17 us on a CPU, a sixth of LeNet-5's AdamW step. With no hook
+    registered (the optimizer's own or global), no profiler running and ``step`` not
+    replaced on the instance (an LR scheduler built on it does that), the wrapper only
+    calls through, so the step is called directly; otherwise through the wrapper."""
+    raw = unwrapped_step(opt)
+    if raw is None or not unhooked(opt):
+        opt.step()
+    else:
+        raw(opt)

@@ -69,7 +69,7 @@ def plan(opt: torch.optim.Optimizer, by_mode: dict, multiplier: Callable) -> tup
     >>> model = torch.nn.Linear(3, 2)
     >>> import decaylab as dl
     >>> opt = dl.regularize(torch.optim.AdamW(model.parameters(), weight_decay=0.0), model, dl.L2(0.1))
-    >>> groups, taken = plan(opt.optimizer, opt._by_mode, opt._multiplier)
+    >>> groups, taken = plan(opt.optimizer, opt._buckets.by_mode, opt._multiplier)
     >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
     [(1, 0.1), (1, 0.0)]
     """

@@ -149,7 +149,7 @@ def shrink_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | None = N
         torch._foreach_mul_(list(tensors), max(1.0 - scale, 0.0))
         return
     for i, w in enumerate(tensors):
-        s = _at(scale, i)
+        s = scale_at(scale, i)
         w.mul_((1.0 - s).clamp_min(0.0) if isinstance(s, Tensor) else max(1.0 - s, 0.0))
 
 
@@ -180,7 +180,7 @@ def soft_threshold_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | 
         torch._foreach_sub_(tensors, clipped)
         return
     for i, w in enumerate(tensors):
-        s = _at(scale, i)
+        s = scale_at(scale, i)
         if isinstance(s, Tensor) and s.shape == w.shape and s.dtype == w.dtype:
             # per-coordinate threshold: w - clamp(w, -s, s) with a single temporary (on CPUs
             # each fresh weight-sized tensor costs page faults)
@@ -205,23 +205,33 @@ def elastic_net_prox_(
     tensor([0.8182, 0.0000])
     """
     scale = prepare(scale, tensors)
-    soft_threshold_(tensors, _times(scale, l1_ratio), foreach=foreach)
+    soft_threshold_(tensors, scale_times(scale, l1_ratio), foreach=foreach)
     if l1_ratio < 1.0:
-        _div_(tensors, _times(scale, 1.0 - l1_ratio), foreach)
+        div_(tensors, scale_times(scale, 1.0 - l1_ratio), foreach)
 
 
-def _times(scale: Scale, c: float) -> Prepared:
+def scale_times(scale: Scale, c: float) -> Prepared:
     """``scale * c`` for a prepared (or raw) scale."""
     if isinstance(scale, (int, float, Tensor)):
         return scale * c
     return [s * c for s in scale]
 
 
-def _at(scale: Prepared, i: int) -> float | Tensor:
+def scale_at(scale: Prepared, i: int) -> float | Tensor:
     return scale if isinstance(scale, float) else scale[i]
 
 
-def _div_(tensors: Sequence[Tensor], scale: Scale, foreach: bool | None) -> None:
+def add(tensors: Sequence[Tensor], others: Sequence[Tensor], alpha: float = 1.0) -> list[Tensor]:
+    """New tensors ``t + alpha * o``, in one multi-tensor op (the gradients stay as they are)."""
+    return list(torch._foreach_add(list(tensors), list(others), alpha=alpha))
+
+
+def add_scalar_(tensors: Sequence[Tensor], x: float) -> None:
+    """In place, ``t + x`` for each tensor (Adam's step counters)."""
+    torch._foreach_add_(list(tensors), x)
+
+
+def div_(tensors: Sequence[Tensor], scale: Scale, foreach: bool | None) -> None:
     """``w <- w / (1 + scale)``."""
     scale = prepare(scale, tensors)
     if not tensors:
@@ -230,7 +240,7 @@ def _div_(tensors: Sequence[Tensor], scale: Scale, foreach: bool | None) -> None
         torch._foreach_mul_(list(tensors), 1.0 / (1.0 + scale))
     else:
         for i, w in enumerate(tensors):
-            w.div_(1.0 + _at(scale, i))
+            w.div_(1.0 + scale_at(scale, i))
 
 
 def group_soft_threshold_(
@@ -260,7 +270,7 @@ def group_soft_threshold_(
         # an infinite norm the group is left alone instead of turning wholly NaN (out of
         # place: a sharded weight's norm is a pending cross-shard reduction, see _sharded)
         norms = norms.nan_to_num(nan=math.inf)
-        s = _at(scale, i)
+        s = scale_at(scale, i)
         if isinstance(sizes, int) and isinstance(s, (int, float)):
             # Fast path, in place on the small norms tensor: relu(1 - t/||w_g||); a zero
             # norm gives 1/0 = inf -> -inf -> 0, never NaN (t > 0 here).
@@ -305,5 +315,5 @@ def pull_toward_(
         torch._foreach_lerp_(list(tensors), list(references), min(scale, 1.0))
         return
     for i, (w, w0) in enumerate(zip(tensors, references)):
-        s = _at(scale, i)
+        s = scale_at(scale, i)
         w.lerp_(w0.to(w.dtype), s.clamp_max(1.0).to(w.dtype) if isinstance(s, Tensor) else min(s, 1.0))

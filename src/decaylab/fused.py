@@ -16,7 +16,7 @@ What is fused (everything else takes the eager kernels of :mod:`decaylab.functio
 
 Under torch's own Adam/AdamW, an elementwise prox bucket (``soft``, ``enet``, ``div``) also
 takes Adam's step for its weights into the same kernel (:func:`_bucket_adam_update`, driven
-by ``Regularized._adam_fused_step``): one pass reading ``w, g, m, v`` and writing ``w, m, v``,
+by :func:`decaylab.step_sizes.fused_adam_step`): one pass reading ``w, g, m, v`` and writing ``w, m, v``,
 the traffic of a fused AdamW step alone, where Adam's step and a separate prox make nine
 passes. Adam's state keeps torch's layout, so either path may take any step.
 
@@ -53,7 +53,7 @@ op and its group dims (which penalty), and for the Adam kernel two flags (weight
 none, coupled or decoupled; the prox's metric), compared at every call so that a change
 selects its own program. The wrapper follows a model converted after ``regularize()``
 (bf16, float64, channels_last, another device): its buckets, residuals and kernels are
-chosen again at the next step (``Regularized._follow_conversion``).
+chosen again at the next step (:meth:`decaylab.buckets.Buckets.follow_conversion`).
 
 After its first call a bucket runs the compiled program without dynamo
 (:class:`decaylab._compat.Compiled`): dynamo's guard evaluation costs ~25 us a call on a CPU,
@@ -113,37 +113,15 @@ def disable(reason: str) -> None:
 
 
 def plan(penalty, mode: str, metric: str) -> tuple[str, float] | None:
-    """``(op, l1_ratio)`` for a rule the compiled kernel covers, else None.
+    """``(op, l1_ratio)`` for a rule the compiled kernel covers, else None: the penalty says
+    (:meth:`decaylab.penalty.Penalty.kernel_op`).
 
     >>> from decaylab.penalties import L1, L2SP
     >>> plan(L1(1e-3), "prox", "adam"), plan(L2SP(1e-3), "decoupled", "lr")
     (('soft', 1.0), None)
     """
-    from .groups import Indexed
-    from .penalties import L1, L2, ElasticNet, GroupLasso
-
-    kind = type(penalty)
-    if mode == "coupled":
-        return None
-    if kind is L1 and mode in ("prox", "decoupled"):
-        return "soft", 1.0
-    if kind is ElasticNet:
-        return ("enet" if mode == "prox" else "enet_decay"), penalty.l1_ratio
-    if kind is GroupLasso and not isinstance(penalty.grouping, Indexed):
-        return "group", 1.0
-    if kind is L2 and metric == "lr":
-        return ("div" if mode == "prox" else "shrink"), 1.0
-    return None
-
-
-def l1_ratio(penalty) -> float:
-    """The ``l1_ratio`` a kernel gets at each call (ElasticNet's current one; 1 otherwise).
-
-    >>> from decaylab.penalties import L1, ElasticNet
-    >>> l1_ratio(L1(1e-3)), l1_ratio(ElasticNet(1e-3, 0.25))
-    (1.0, 0.25)
-    """
-    return float(getattr(penalty, "l1_ratio", 1.0))
+    op = penalty.kernel_op(mode, metric)
+    return None if op is None else (op, penalty.kernel_ratio())
 
 
 # -- the kernel body: traced by torch.compile, also runnable eagerly -------------------------
@@ -405,11 +383,3 @@ class Kernel:
         self.calls += 1
         return True
 
-
-def reduce_dims(penalty, ctx, w: Tensor) -> tuple:
-    """The dims a GroupLasso bucket reduces over for ``w`` (empty for other penalties)."""
-    from .penalties import GroupLasso
-
-    if isinstance(penalty, GroupLasso):
-        return tuple(penalty._grouping(ctx)._reduce_dims(w))
-    return ()

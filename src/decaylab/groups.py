@@ -45,13 +45,13 @@ class Grouping:
                 f"'channels' for Conv layers, or exclude '{name}' from this rule."
             )
 
-    def _reduce_dims(self, w: Tensor) -> list[int]:
+    def reduce_dims(self, w: Tensor) -> list[int]:
         keep = set(range(self.batch_dims)) | {self.batch_dims + self.dim}
         return [d for d in range(w.ndim) if d not in keep]
 
     def norms(self, w: Tensor) -> tuple[Tensor, int]:
         """Group L2 norms (float32 or wider, broadcast to ``w``) and the group size."""
-        dims = self._reduce_dims(w)
+        dims = self.reduce_dims(w)
         dtype = torch.promote_types(w.dtype, torch.float32)
         norms = torch.linalg.vector_norm(w, dim=dims, keepdim=True, dtype=dtype)
         size = 1

@@ -15,8 +15,10 @@ leading dimension of size ``K``.
 
 The product ``step * alpha`` (the kernels' *scale*) is formed in one place,
 :func:`decaylab.functional.times` over :func:`decaylab.functional.prepare`; the wrapper
-prepares it once per bucket and calls the ``*_scaled_`` methods, which take the scale as
-it is. ``prox_``/``decay_`` are the same methods with ``step`` for direct use.
+prepares it once per bucket and calls :meth:`~decaylab.penalty.Penalty.update_`, which
+hands the ``*_scaled_`` methods the scale as it is. ``prox_``/``decay_`` are the same
+methods with ``step`` for direct use. The protocol the wrapper sees is
+:class:`decaylab.penalty.Penalty`'s.
 """
 
 from __future__ import annotations
@@ -30,150 +32,10 @@ from torch import Tensor
 from . import functional as F
 from .groups import Grouping, Indexed, make_grouping
 from ._sharded import like
+from .penalty import MODES, Penalty, check_strength  # noqa: F401 - their historical home
+from .selectors import strip_wrappers
 
 __all__ = ["Penalty", "L2", "L1", "ElasticNet", "GroupLasso", "L2SP", "MODES"]
-
-MODES = ("prox", "decoupled", "coupled")
-
-
-def check_strength(alpha, what: str) -> float | Tensor:
-    """Validate a strength: a finite float >= 0, or a 0-/1-D tensor of them."""
-    if isinstance(alpha, Tensor):
-        if not alpha.is_floating_point():
-            raise ValueError(f"{what} must be a number or a float tensor, got a tensor of {alpha.dtype}")
-        if alpha.ndim > 1:
-            raise ValueError(
-                f"{what} must be a float or a 1-D tensor with one strength per configuration, "
-                f"got a tensor of shape {tuple(alpha.shape)}"
-            )
-        if not torch.isfinite(alpha).all() or (alpha < 0).any():
-            raise ValueError(f"{what} must be finite and >= 0, got {alpha.tolist()}; use 0 for no penalty")
-        if alpha.ndim == 0:
-            return float(alpha)
-        # float32 at least; a float64 strength stays float64 so lr * alpha keeps its precision
-        return alpha.detach().to(torch.promote_types(alpha.dtype, torch.float32))
-    try:
-        # float("1e-3") would pass (a config-parsing slip), and float(True) is 1.0
-        if isinstance(alpha, (str, bytes, bool)):
-            raise TypeError
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {alpha!r}; convert strings with float()") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{what} must be finite and >= 0, got {alpha!r}; use 0 for no penalty")
-    return value
-
-
-def _alpha_for(alpha, w: Tensor):
-    """The strength prepared for one tensor: a float, or a view broadcasting over ``w``."""
-    prepared = F.prepare(alpha, [w])
-    return prepared if isinstance(prepared, float) else prepared[0]
-
-
-class Penalty:
-    """Base class of penalties. Subclasses define the objective in their docstring."""
-
-    default_mode = "prox"
-    # the modes it has an update for: a penalty that acts through its prox alone (budgets,
-    # coupled groups, adaptive weights) has no gradient to couple or decay with
-    modes = MODES
-    # whether a prox rule with no metric given takes Adam's metric under Adam-family
-    # optimizers (the sparse penalties: a plain lr*alpha threshold hardly bites there)
-    adam_metric_default = False
-
-    def __init__(self, alpha):
-        self.alpha = alpha
-
-    @property
-    def alpha(self):
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, value):
-        self._alpha = check_strength(value, f"{type(self).__name__}(alpha)")
-
-    @property
-    def batch_dims(self) -> int:
-        """1 if the strength carries one value per configuration, else 0."""
-        return 1 if isinstance(self.alpha, Tensor) else 0
-
-    def bind(self, name: str, param: Tensor):
-        """Check the penalty fits parameter ``name`` and return its per-parameter context."""
-        if not param.is_floating_point():
-            raise ValueError(
-                f"{type(self).__name__} needs real floating-point weights; '{name}' is {param.dtype}; "
-                f"exclude it from this rule (e.g. Rule(None, params='{name}'))"
-            )
-        if self.batch_dims:
-            k = self.alpha.shape[0]
-            if param.ndim == 0 or param.shape[0] != k:
-                raise ValueError(
-                    f"{self!r} has {k} strengths (one per configuration) but '{name}' has shape "
-                    f"{tuple(param.shape)}; its leading dimension must be the {k} configurations"
-                )
-        return None
-
-    def value(self, tensors: Sequence[Tensor]) -> Tensor:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict:
-        """What the penalty keeps between steps besides its strength (empty for the
-        stateless ones); saved in the wrapper's ``state_dict()["decaylab"]["penalties"]``."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`'s output."""
-        if state:
-            raise ValueError(f"{self!r} keeps no state, but the checkpoint holds {sorted(state)}; "
-                             f"build the optimizer with the same rules as the checkpoint")
-
-    def scale(self, step, tensors) -> F.Prepared:
-        """``step * alpha`` for ``tensors`` (see :func:`decaylab.functional.times`)."""
-        return F.times(F.prepare(self.alpha, tensors), step)
-
-    def prox_(self, tensors, step, ctxs=None, foreach=None) -> None:
-        """In place: ``w <- prox_{step * R}(w)``."""
-        self.prox_scaled_(tensors, self.scale(step, tensors), ctxs, foreach)
-
-    def decay_(self, tensors, step, ctxs=None, foreach=None) -> None:
-        """In place: ``w <- w - step * grad R(w)``, clamped so it never overshoots."""
-        self.decay_scaled_(tensors, self.scale(step, tensors), ctxs, foreach)
-
-    def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False) -> None:
-        """``prox_`` with the scale ``step * alpha`` given (``per_coordinate``: one step
-        per entry, the Adam metric; elementwise penalties take it as it is)."""
-        raise NotImplementedError
-
-    def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None) -> None:
-        self.prox_scaled_(tensors, scale, ctxs, foreach)
-
-    def grad_scaled(self, w: Tensor, alpha, ctx=None) -> Tensor:
-        """``grad R(w)`` for a prepared strength ``alpha`` (a float or a broadcast view)."""
-        raise NotImplementedError
-
-    def grad(self, w: Tensor, ctx=None) -> Tensor:
-        """The (sub)gradient of ``R`` at ``w`` (the ``"coupled"`` mode adds it)."""
-        return self.grad_scaled(w, _alpha_for(self.alpha, w), ctx)
-
-    def add_grad(self, grads, tensors, scale, ctxs=None, sign: float = 1.0) -> list[Tensor]:
-        """New tensors ``g + sign * grad R(w)`` with the strength ``scale`` (strength x
-        schedule); the gradients themselves are left as they are. ``sign=-1`` serves
-        optimizers with ``maximize=True``, which follow ``-g``."""
-        scale = F.prepare(scale, tensors)
-        ctxs = ctxs or [None] * len(tensors)
-        terms = [self.grad_scaled(w, F._at(scale, i), c).to(g.dtype)
-                 for i, (g, w, c) in enumerate(zip(grads, tensors, ctxs))]
-        return list(torch._foreach_add(list(grads), terms, alpha=sign))
-
-    def _sum(self, per_tensor) -> Tensor:
-        return torch.stack([t if t.ndim == 0 else t.sum() for t in per_tensor]).sum()
-
-    def _alpha_repr(self) -> str:
-        a = self.alpha
-        return f"{a:g}" if isinstance(a, float) else f"tensor({[round(x, 8) for x in a.tolist()]})"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(alpha={self._alpha_repr()})"
 
 
 def _per_config_sum(t: Tensor, alpha) -> Tensor:
@@ -209,14 +71,17 @@ class L2(Penalty):
         # torch's SGD(weight_decay) computes grad.add(param, alpha=wd): the same op, the same bits
         scale = F.prepare(scale, tensors)
         if isinstance(scale, float):
-            return list(torch._foreach_add(list(grads), list(tensors), alpha=sign * scale))
+            return F.add(grads, tensors, alpha=sign * scale)
         return [torch.add(g, (w * s).to(g.dtype), alpha=sign) for g, w, s in zip(grads, tensors, scale)]
 
     def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
-        F._div_(tensors, scale, foreach)
+        F.div_(tensors, scale, foreach)
 
     def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None):
         F.shrink_(tensors, scale, foreach=foreach)
+
+    def _kernel_op(self, mode, metric):
+        return None if metric != "lr" else "div" if mode == "prox" else "shrink"
 
 
 class L1(Penalty):
@@ -242,6 +107,9 @@ class L1(Penalty):
 
     def prox_scaled_(self, tensors, scale, ctxs=None, foreach=None, *, per_coordinate=False):
         F.soft_threshold_(tensors, scale, foreach=foreach)
+
+    def _kernel_op(self, mode, metric):
+        return "soft"
 
 
 class ElasticNet(Penalty):
@@ -291,8 +159,14 @@ class ElasticNet(Penalty):
     def decay_scaled_(self, tensors, scale, ctxs=None, foreach=None):
         scale = F.prepare(scale, tensors)
         # shrink, then soft-threshold: exactly w - step*grad R(w) unless it crosses 0 (then 0)
-        F.shrink_(tensors, F._times(scale, 1.0 - self.l1_ratio), foreach=foreach)
-        F.soft_threshold_(tensors, F._times(scale, self.l1_ratio), foreach=foreach)
+        F.shrink_(tensors, F.scale_times(scale, 1.0 - self.l1_ratio), foreach=foreach)
+        F.soft_threshold_(tensors, F.scale_times(scale, self.l1_ratio), foreach=foreach)
+
+    def _kernel_op(self, mode, metric):
+        return "enet" if mode == "prox" else "enet_decay"
+
+    def kernel_ratio(self) -> float:
+        return self.l1_ratio
 
     def __repr__(self):
         return f"ElasticNet(alpha={self._alpha_repr()}, l1_ratio={self.l1_ratio:g})"
@@ -348,6 +222,26 @@ class GroupLasso(Penalty):
         unit = torch.where(norms > 0, w / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
         return (unit * root * alpha).to(w.dtype)
 
+    def check_metric(self, metric):
+        if metric == "adam" and isinstance(self.grouping, Indexed):
+            raise ValueError(
+                "GroupLasso with groups=<function> supports metric='lr' only; use metric='lr' "
+                "or a built-in grouping ('rows', 'inputs', 'channels')"
+            )
+
+    def _kernel_op(self, mode, metric):
+        return None if isinstance(self.grouping, Indexed) else "group"
+
+    def kernel_dims(self, ctx, w):
+        return tuple(self._grouping(ctx).reduce_dims(w))
+
+    def update_(self, op, tensors, steps, ctxs=None, foreach=None):
+        if op == "prox" and steps.per_coordinate:  # Adam's metric: one threshold per group, one pass
+            dims = [self.kernel_dims(c, w) for w, c in zip(tensors, ctxs or [None] * len(tensors))]
+            self.prox_scaled_(tensors, steps.group_thresholds(dims), ctxs, foreach)
+        else:
+            super().update_(op, tensors, steps, ctxs, foreach)
+
     def prox_(self, tensors, step, ctxs=None, foreach=None):
         per_coordinate = not isinstance(step, (int, float))
         self.prox_scaled_(tensors, self.scale(step, tensors), ctxs, foreach, per_coordinate=per_coordinate)
@@ -377,7 +271,7 @@ class GroupLasso(Penalty):
                 )
             # harmonic mean: lr / mean(max(sqrt(v_hat) + eps, alpha)), not swamped by near-zero
             # v entries (nanmean: a NaN v_hat entry, from a NaN gradient, does not poison its group)
-            out.append(s.reciprocal().nanmean(dim=g._reduce_dims(w), keepdim=True).reciprocal())
+            out.append(s.reciprocal().nanmean(dim=g.reduce_dims(w), keepdim=True).reciprocal())
         return out
 
     def __repr__(self):
@@ -430,8 +324,6 @@ class L2SP(Penalty):
         (``_orig_mod.``) model's key, as in that model's ``state_dict()``."""
         if name in self.reference:
             return self.reference[name]
-        from .rules import strip_wrappers
-
         for key in self.reference:
             if isinstance(key, str) and strip_wrappers(key) == name:
                 return self.reference[key]
@@ -449,6 +341,18 @@ class L2SP(Penalty):
             return [self._bound[w] for w in tensors]
         except KeyError:
             raise ValueError("L2SP.value() needs references= for tensors not bound by regularize()") from None
+
+    def bound_value(self, tensors, ctxs):
+        return self.value(tensors, ctxs)
+
+    def saved_ctxs(self, ctxs):
+        # snapshots of the starting weights (reference=None): a resumed run must keep pulling
+        # toward them, not toward the weights it resumed from
+        return [r.clone() for r in ctxs] if self.reference is None else None
+
+    def load_ctxs(self, ctxs, saved):
+        for ref, s in zip(ctxs, saved):
+            ref.copy_(s)  # in place: the penalty holds the same tensors
 
     def value(self, tensors, references: Sequence[Tensor] | None = None):
         refs = self._refs(tensors, references)
