@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = config.resolve({}, [f'penalty.penalty="{args.penalty}"'] + args.overrides, command="train")
-    data = train._load_data(cfg)
+    data = train.load_data(cfg)
     alphas = sweep.parse_grid(args.alphas)
     run0 = cfg["runs"][0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))

@@ -38,7 +38,7 @@ def byo_bench(argv: list[str]) -> None:
     cfg = config.resolve({}, [f'model.factory="{EXAMPLE}:resnet"', f'data.factory="{EXAMPLE}:digits"',
                               'penalty.penalty="l2"', f"train.epochs={args.epochs}", "train.lr=3e-3",
                               "train.checkpoint=false"], command="train")
-    data = train._load_data(cfg)
+    data = train.load_data(cfg)
     alphas = sweep.parse_grid(args.alphas)
     tmp = Path(tempfile.mkdtemp(prefix="bench-byo-"))
     times = []

@@ -65,7 +65,7 @@ def main_job_regret(argv: list[str]) -> None:
     print(f"{'seed':>4} {'run':<10} {'rule':<11} {'alpha':>8} {'val acc':>8} {'regret':>7} {'pt-epochs':>9} {'cpu s':>7}")
     for s in SEED_SETS:
         cfg = {**base, "seed": s}
-        data = train._load_data(cfg)
+        data = train.load_data(cfg)
         for r in (r for r in cfg["runs"] if r.get("alphas")):
             new = choose.choice_spec(cfg, r) if hasattr(choose, "choice_spec") else choose._spec(r)
             grid = new["alphas"]

@@ -71,7 +71,7 @@ def _epoch_row(kind, e, epochs, w, n_inputs, live, regression):
             "lr": 1e-3, "epoch_time": 0.5 + 0.01 * e, "phase": "train"}
 
 
-def _final(rows, w, n_inputs, mask, regression):
+def final_metrics(rows, w, n_inputs, mask, regression):
     last = rows[-1]
     edges = np.linspace(w.min() - 1e-3, w.max() + 1e-3, 31)
     counts, _ = np.histogram(w, bins=edges)
@@ -110,7 +110,7 @@ def _write_run(root, index, name, *, epochs, image_shape, n_inputs, complete, pa
     (run_dir / "metrics.jsonl").write_text(text, encoding="utf-8")
     (run_dir / "model.pt").write_bytes(b"not a checkpoint: the report must never read this")
     if complete:
-        _write_json(run_dir / "final.json", _final(rows, w, n_inputs, mask, regression))
+        _write_json(run_dir / "final.json", final_metrics(rows, w, n_inputs, mask, regression))
 
 
 def make_run_folder(path, *, runs=("none", "l2", "l1"), epochs=3, image_shape=(8, 8),

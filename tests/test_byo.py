@@ -93,7 +93,7 @@ def _factories(user, model="model", data="data"):
     return [f'model.factory="{user}:{model}"', f'data.factory="{user}:{data}"']
 
 
-def _final(d: Path) -> dict:
+def final_metrics(d: Path) -> dict:
     return json.loads((d / "final.json").read_text())
 
 
@@ -230,7 +230,7 @@ def test_each_sweep_point_equals_decaylab_train_of_it_alone(tmp_path, user, mode
     assert sw["method"]["stacked"] is stacked
     for a in ("0.01", "1"):
         alone = _train_alone(tmp_path, user, f"t{a}", a, model)
-        got, want = _final(tmp_path / "s" / "runs" / f"a{float(a):g}"), _final(alone)
+        got, want = final_metrics(tmp_path / "s" / "runs" / f"a{float(a):g}"), final_metrics(alone)
         for key in ("val_acc", "test_acc", "train_acc"):
             assert got[key] == pytest.approx(want[key], abs=1e-6), key
         for key in ("val_loss", "weight_l2"):  # fp32 rounding of vmap'd kernels and fused Adam
@@ -245,11 +245,11 @@ def test_compare_report_and_resume_take_the_factories(tmp_path, user):
             "--name", "c", "--quiet"]
     assert cli.main(args) == 0
     d = tmp_path / "c"
-    before = _final(d / "runs" / "l1")
+    before = final_metrics(d / "runs" / "l1")
     for f in ("final.json", "model.pt"):  # the run is unfinished: resume trains it again
         (d / "runs" / "l1" / f).unlink()
     assert cli.main(["resume", str(d), "--quiet"]) == 0
-    assert _final(d / "runs" / "l1")["val_acc"] == pytest.approx(before["val_acc"], abs=1e-6)
+    assert final_metrics(d / "runs" / "l1")["val_acc"] == pytest.approx(before["val_acc"], abs=1e-6)
     (d / "report.html").unlink()
     assert cli.main(["report", str(d)]) == 0 and (d / "report.html").exists()
 

@@ -30,12 +30,12 @@ def _sweep(tmp_path: Path, name: str, *args: str, sets=()) -> int:
     return cli.main(["sweep", *args, *_sets(TINY + list(sets)), "--out", str(tmp_path), "--name", name, "--quiet"])
 
 
-def _final(d: Path) -> dict:
+def final_metrics(d: Path) -> dict:
     return json.loads((d / "final.json").read_text())
 
 
 def _assert_same_run(stacked: Path, alone: Path) -> None:
-    a, b = _final(stacked), _final(alone)
+    a, b = final_metrics(stacked), final_metrics(alone)
     for key in ("val_acc", "test_acc", "train_acc", "val_loss"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
     wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (stacked, alone))
@@ -74,7 +74,7 @@ def test_sweep_json_has_the_path_and_the_choice_on_validation(tmp_path):
         for key in ("alpha", "lr", "val_acc", "val_acc_sd", "test_acc", "test_acc_sd", "zeros", "norm", "gap",
                     "stopped_early", "warm_started", "epochs"):
             assert key in p
-        vals = [_final(tmp_path / "s" / "runs" / r)["val_acc"] for r in p["runs"]]
+        vals = [final_metrics(tmp_path / "s" / "runs" / r)["val_acc"] for r in p["runs"]]
         assert p["val_acc"] == pytest.approx(sum(vals) / 2) and len(p["runs"]) == 2
     full = [p for p in sw["points"] if not p["stopped_early"]]
     best = max(full, key=lambda p: p["val_acc"])
@@ -146,7 +146,7 @@ def test_bad_input_is_one_line_exit_2_and_no_run_folder(tmp_path, capsys, args, 
 
 def test_a_stack_too_large_for_the_memory_allowed_is_chunked_and_says_so(tmp_path):
     cfg = config.resolve({}, TINY + ["train.epochs=1"], command="train")
-    data = train._load_data(cfg)
+    data = train.load_data(cfg)
     per = sweep.memory_plan(cfg, data, 4, None)[1]
     spec = {"penalty": "l2", "alphas": [0.01, 0.1, 1.0, 10.0], "lrs": None, "seeds": 1, "full": True,
             "max_memory": 2 * per + 1}
@@ -170,7 +170,7 @@ def test_compare_chooses_alpha_on_validation_and_reports_mean_sd_over_seeds(tmp_
     rows = {r["name"]: r for r in result["runs"]}
     assert rows["decoupled"]["alpha"] == sw["chosen"]["best"]
     assert rows["decoupled"]["chosen"]["grid"] == [0.01, 0.1, 1.0, 10.0]
-    vals = [_final(d / "runs" / f"decoupled-s{s}")["val_acc"] for s in (0, 1)]
+    vals = [final_metrics(d / "runs" / f"decoupled-s{s}")["val_acc"] for s in (0, 1)]
     assert rows["decoupled"]["val_acc"][0] == pytest.approx(sum(vals) / 2)
     assert rows["decoupled"]["val_acc"][1] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
     assert len(result["verdicts"]) == 1 and "no penalty" in result["verdicts"][0]
@@ -210,7 +210,7 @@ def test_bad_compare_selection_input(tmp_path, capsys, sets, match):
 def test_resume_after_a_kill_recomputes_nothing_finished(tmp_path, monkeypatch):
     args = ("--penalty", "l2", "--alphas", "1e-3:10:4", "--seeds", "2")
     assert _sweep(tmp_path, "ref", *args) == 0
-    real, calls = sweep._train_stack, []
+    real, calls = sweep.train_stack, []
 
     def killed_in_second_seed(cfg, data, run, points, *rest, **kw):
         calls.append([p["name"] for p in points])
@@ -218,14 +218,14 @@ def test_resume_after_a_kill_recomputes_nothing_finished(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(cfg, data, run, points, *rest, **kw)
 
-    monkeypatch.setattr(sweep, "_train_stack", killed_in_second_seed)
+    monkeypatch.setattr(sweep, "train_stack", killed_in_second_seed)
     assert _sweep(tmp_path, "k", *args) == 130
     d = tmp_path / "k"
     assert json.loads((d / "status.json").read_text())["state"] == "interrupted"
     done = {p.parent.name: p.read_bytes() for p in (d / "runs").glob("*/final.json")}
     assert set(done) == {"a0.001-s0", "a0.0215-s0", "a0.464-s0", "a10-s0"}
     calls.clear()
-    monkeypatch.setattr(sweep, "_train_stack", lambda *a, **kw: (calls.append([p["name"] for p in a[3]]), real(*a, **kw))[1])
+    monkeypatch.setattr(sweep, "train_stack", lambda *a, **kw: (calls.append([p["name"] for p in a[3]]), real(*a, **kw))[1])
     assert cli.main(["resume", str(d), "--quiet"]) == 0
     assert calls == [["a0.001-s1", "a0.0215-s1", "a0.464-s1", "a10-s1"]]  # only the unfinished seed
     assert {n: (d / "runs" / n / "final.json").read_bytes() for n in done} == done  # untouched

@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from .seeds import mean_sd
 from . import sweep as sweep_mod
 from . import runfolder
 from . import train as train_mod
@@ -82,7 +83,7 @@ def _run_compare(cfg: dict, run_dir: Path, progress, say, resume: bool) -> dict:
                                                          "command": "compare", "versions": train_mod.versions(),
                                                          "created": runfolder.now()})
     with runfolder.tracking(run_dir, train_mod.resume_command(run_dir)):
-        data0 = train_mod._load_data(cfg)
+        data0 = train_mod.load_data(cfg)
         runfolder.write_json(run_dir / "data.json", data0.info())
         chosen = {}
         for r in runs:
@@ -99,7 +100,7 @@ def _run_compare(cfg: dict, run_dir: Path, progress, say, resume: bool) -> dict:
         runfolder.write_json(run_dir / "config.json", {**cfg_json, "runs": expanded, "base_runs": runs})
         for s in seeds:
             cfg_s = {**cfg, "seed": s}
-            data = data0 if s == cfg["seed"] else train_mod._load_data(cfg_s)
+            data = data0 if s == cfg["seed"] else train_mod.load_data(cfg_s)
             for r in runs:
                 name = _seed_name(r["name"], s, len(seeds))
                 train_mod.train_run(cfg_s, data, {**r, "name": name}, run_dir / "runs" / name, progress, resume)
@@ -131,14 +132,6 @@ def resume_config(run_dir) -> dict:
         raise config.ConfigError(f"{Path(run_dir) / runfolder.CONFIG}: {err}") from None
 
 
-def _mean_sd(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
-
-
 def beats(a: dict, b: dict, key: str = "test_acc") -> bool:
     """True if ``a``'s mean beats ``b``'s by more than twice the standard error of the
     difference of two means over seeds (needs >= 2 seeds each).
@@ -161,7 +154,7 @@ def summarize(run_dir: Path, runs: list[dict], seeds: list[int], chosen: dict) -
                   for s in seeds]
         row = {"name": r["name"], "penalty": r["penalty"], "alpha": r["alpha"],
                "describe": train_mod.describe(r), "n": len(seeds), "chosen": chosen.get(r["name"])}
-        row.update({k: list(_mean_sd([f.get(k) for f in finals])) for k in STATS})
+        row.update({k: list(mean_sd([f.get(k) for f in finals])) for k in STATS})
         rows.append(row)
     base = next((x for x in rows if x["penalty"] == "none"), None)
     verdicts = []

@@ -120,7 +120,7 @@ def _sweep(args) -> int:
 
         sweep_ray.check(args.address)
     train.check_device(cfg["train"]["device"])
-    data = train._load_data(cfg)
+    data = train.load_data(cfg)
     n = len(spec["alphas"]) * len(spec["lrs"] or [0])
     sweep.memory_plan(cfg, data, n, spec["max_memory"])  # refuses before a folder exists
     run_dir = train.new_run_dir({**cfg, "runs": []}, "sweep")

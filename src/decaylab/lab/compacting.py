@@ -57,14 +57,14 @@ def time_inference(model: torch.nn.Module, x: torch.Tensor, repeats: int = 20) -
 def compact_run_folder(run_dir, say=print) -> dict:
     """Compact every run of ``run_dir``; returns ``{run name: compact.json contents}``."""
     from . import runfolder
-    from .train import _load_data, folder_config
+    from .train import load_data, folder_config
 
     run_dir = Path(run_dir)
     cfg = folder_config(run_dir)
     models = sorted((run_dir / "runs").glob(f"*/{runfolder.MODEL}"))
     if not models:
         raise FileNotFoundError(f"{run_dir} has no runs/*/{runfolder.MODEL}; train first (decaylab compare/train)")
-    data = _load_data(cfg)
+    data = load_data(cfg)
     out = {}
     for path in models:
         run = runfolder.Run(path.parent)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import runfolder
+from .seeds import mean_sd
 from . import train as train_mod
 
 LOW, HIGH = 0.05, 0.995  # sweep points sparser than LOW get no reference (nothing to prune)
@@ -99,7 +100,7 @@ def train_reference(cfg: dict, result: dict, run_dir: Path, data=None, progress=
     finals: dict[float, list] = {t: [] for t in want}
     for seed in seeds:
         cfg_s = {**cfg, "seed": seed, "train": {**cfg["train"], "lr": lr}}
-        data_s = data if (data is not None and seed == cfg["seed"]) else train_mod._load_data(cfg_s)
+        data_s = data if (data is not None and seed == cfg["seed"]) else train_mod.load_data(cfg_s)
         for t in want:
             name = run_name(t, seed, len(seeds))
             run = make_run(t, cfg_s, len(data_s.x_train), name)
@@ -111,15 +112,14 @@ def train_reference(cfg: dict, result: dict, run_dir: Path, data=None, progress=
 
 
 def _point(target: float, items: list, classification: bool) -> dict:
-    from .sweep import _mean_sd
 
     fs = [f for _, f in items]
     key = "acc" if classification else "loss"
-    val, val_sd = _mean_sd([f[f"val_{key}"] for f in fs])
-    test, test_sd = _mean_sd([f[f"test_{key}"] for f in fs])
-    return {"target": target, "zeros": _mean_sd([f["zero_fraction"] for f in fs])[0],
+    val, val_sd = mean_sd([f[f"val_{key}"] for f in fs])
+    test, test_sd = mean_sd([f[f"test_{key}"] for f in fs])
+    return {"target": target, "zeros": mean_sd([f["zero_fraction"] for f in fs])[0],
             "val_acc": val, "val_acc_sd": val_sd, "test_acc": test, "test_acc_sd": test_sd,
-            "nonzero_params": _mean_sd([f["nonzero_params"] for f in fs])[0], "n_params": fs[0]["n_params"],
+            "nonzero_params": mean_sd([f["nonzero_params"] for f in fs])[0], "n_params": fs[0]["n_params"],
             "epochs": fs[0]["epochs"], "runs": [name for name, _ in items]}
 
 

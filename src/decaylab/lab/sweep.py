@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from torch.nn import functional as F
 
 import decaylab as dl
 
+from .seeds import mean_sd
 from . import resuming, runfolder, sweep_func
 from . import train as train_mod
 from .build import build_model
@@ -283,7 +283,7 @@ class _Stack:
         self.inner = _inner_optimizer(tr, self.model.parameters(), scale)
         self.steps_per_epoch = steps_per_epoch
         self.opt = self._wrap(0)
-        self.sched = train_mod._cosine(self.inner, tr["epochs"]) if tr["schedule"] == "cosine" else None
+        self.sched = train_mod.cosine_schedule(self.inner, tr["epochs"]) if tr["schedule"] == "cosine" else None
 
     def _alphas(self) -> torch.Tensor:
         """Strengths as a [K] tensor; with per-config lr, scaled so lr * alpha is each point's."""
@@ -373,7 +373,7 @@ def _weight_stats(model: nn.Module) -> list[dict]:
     return out
 
 
-def _train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, stops: dict,
+def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, stops: dict,
                  rungs: list[int], progress=None, log_every: int = 1, halving=(2, 2)) -> dict:
     """Train one seed's points stacked; returns {point name: epoch it stopped at}.
 
@@ -472,7 +472,7 @@ def _finish_point(stack: _Stack, j: int, last: dict, run_dir: Path, stopped: boo
     model = stack.unstack(j)
     d = run_dir / "runs" / p["name"]
     runfolder.save_pt(model.state_dict(), d / "model.pt")
-    final = train_mod._final(model, last, train_mod.weight_stats(model))
+    final = train_mod.final_metrics(model, last, train_mod.weight_stats(model))
     final.update(mean_epoch_time=sum(stack.times) / max(len(stack.times), 1), stopped_early=stopped,
                  warm_started=False, stacked_with=len(stack.points),
                  layer_l2={k: v["l2"] for k, v in dl.layer_stats(model).items()})
@@ -557,7 +557,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
             mine = [p for p in points if p["seed"] == seed]
             done = {p["name"] for p in mine if resume and runfolder.run(run_dir, p["name"]).is_complete()}
             data_s = data if (data is not None and seed == cfg["seed"]) else (
-                train_mod._load_data(cfg_s) if len(done) < len(mine) or seed == cfg["seed"] else None)
+                train_mod.load_data(cfg_s) if len(done) < len(mine) or seed == cfg["seed"] else None)
             if seed == cfg["seed"]:
                 runfolder.write_data_info(run_dir, data_s.info())
             per_stack, per, budget = memory_plan(cfg, data_s or data, len(mine), spec.get("max_memory"))
@@ -588,7 +588,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
                         **run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": seed,
                         "describe": train_mod.describe({**run, "alpha": p["alpha"]})})
                 rungs = [] if spec.get("full") or not stacked else halving_rungs(len(chunk), cfg["train"]["epochs"], eta, min_full)
-                _train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
+                train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
                              spec.get("log_every", 0), (eta, min_full))
             if stops is None:  # the first seed's halving decides for the others
                 finals = {p["key"]: runfolder.run(run_dir, p["name"]).final() for p in mine}
@@ -617,15 +617,6 @@ def resume_sweep(run_dir, progress=None, say=print) -> dict:
 
 
 # -- the path and the choice -----------------------------------------------------------------------
-def _mean_sd(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
-    return m, sd
-
-
 def choose(points: list[dict], higher_is_better: bool = True) -> dict:
     """``best`` and ``one_se`` among points with ``"eligible"`` not False.
 
@@ -662,8 +653,8 @@ def summarize(run_dir: Path, spec: dict, points: list[dict], run: dict, method: 
         p0 = items[0][0]
         fs = [f for _, f in items]
         score = (lambda f, s: f[f"{s}_acc"]) if classification else (lambda f, s: f[f"{s}_loss"])
-        val, val_sd = _mean_sd([score(f, "val") for f in fs])
-        test, test_sd = _mean_sd([score(f, "test") for f in fs])
+        val, val_sd = mean_sd([score(f, "val") for f in fs])
+        test, test_sd = mean_sd([score(f, "test") for f in fs])
         if len(fs) > 1:
             se = val_sd / math.sqrt(len(fs))
         elif classification and val is not None:
@@ -675,12 +666,12 @@ def summarize(run_dir: Path, spec: dict, points: list[dict], run: dict, method: 
         out_points.append({
             "alpha": p0["alpha"], "lr": p0["lr"], "val_acc": val, "val_acc_sd": val_sd, "val_acc_se": se,
             "test_acc": test, "test_acc_sd": test_sd,
-            "train_acc": _mean_sd([score(f, "train") for f in fs])[0],
-            "zeros": _mean_sd([f["zero_fraction"] for f in fs])[0],
-            "norm": _mean_sd([f["weight_l2"] for f in fs])[0],
-            "layer_norms": {n: _mean_sd([f["layer_l2"][n] for f in fs])[0] for n in layer_names},
-            "gap": _mean_sd([f["gap"] for f in fs])[0],
-            "nonzero_params": _mean_sd([f["nonzero_params"] for f in fs])[0],
+            "train_acc": mean_sd([score(f, "train") for f in fs])[0],
+            "zeros": mean_sd([f["zero_fraction"] for f in fs])[0],
+            "norm": mean_sd([f["weight_l2"] for f in fs])[0],
+            "layer_norms": {n: mean_sd([f["layer_l2"][n] for f in fs])[0] for n in layer_names},
+            "gap": mean_sd([f["gap"] for f in fs])[0],
+            "nonzero_params": mean_sd([f["nonzero_params"] for f in fs])[0],
             "n_params": fs[0]["n_params"],
             "epochs": max(f["epochs"] for f in fs), "stopped_early": stopped, "warm_started": False,
             "eligible": not stopped, "runs": [q["name"] for q, _ in items],

@@ -1,7 +1,7 @@
 """``decaylab sweep --backend ray``: the sweep's stacked batches as Ray Tune trials.
 
 Each trial is a plain function of its config (``ray.tune.Tuner`` over a grid of batch
-indices): it trains one stacked batch of points (:func:`decaylab.lab.sweep._train_stack`,
+indices): it trains one stacked batch of points (:func:`decaylab.lab.sweep.train_stack`,
 full schedule, no halving) into the same run folder and reports each point's final
 metrics with ``ray.tune.report``. The result is the run folder a local sweep writes, plus
 Ray's own records under ``ray/``. Ray is optional: ``pip install "decaylab[ray]"``.
@@ -58,8 +58,8 @@ def _trial(config, *, cfg, run, batches, run_dir, log_every):
     torch.set_num_threads(1)
     points = batches[config["batch"]]
     cfg_s = {**cfg, "seed": points[0]["seed"]}
-    data = train_mod._load_data(cfg_s)
-    sweep_mod._train_stack(cfg_s, data, run, points, Path(run_dir), None, [], None, log_every)
+    data = train_mod.load_data(cfg_s)
+    sweep_mod.train_stack(cfg_s, data, run, points, Path(run_dir), None, [], None, log_every)
     for p in points:
         f = json.loads((Path(run_dir) / "runs" / p["name"] / "final.json").read_text())
         tune.report({"point": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": p["seed"],
@@ -83,7 +83,7 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
     state, error = "failed", None
     started = False
     try:
-        data = train_mod._load_data(cfg)
+        data = train_mod.load_data(cfg)
         runfolder.write_json(run_dir / "data.json", data.info())
         cpus = num_cpus or os.cpu_count() or 1
         per_seed = math.ceil(len(points) / len(seeds) / max(1, cpus // len(seeds)))

@@ -189,7 +189,7 @@ def build_state(cfg: dict, data, run: dict) -> TrainState:
     rules = make_rules(run, model, math.ceil(len(data.x_train) / tr["batch_size"]))
     if rules is not None:
         opt = dl.regularize(opt, model, rules)
-    sched = _cosine(opt, tr["epochs"]) if tr["schedule"] == "cosine" else None
+    sched = cosine_schedule(opt, tr["epochs"]) if tr["schedule"] == "cosine" else None
     return TrainState(model, opt, sched, torch.Generator().manual_seed(cfg["seed"]),
                       regularized=opt if rules is not None else None)
 
@@ -199,7 +199,7 @@ def enter_finetune(state: TrainState, run: dict, tr: dict) -> None:
     state.masks = [p.detach() != 0 for _, p in selected_weights(state.model)]
     lr = run["finetune_lr"] or tr["lr"] * 0.1
     state.opt = make_optimizer(tr, state.model.parameters(), lr=lr)
-    state.sched = _cosine(state.opt, run["finetune_epochs"]) if tr["schedule"] == "cosine" else None
+    state.sched = cosine_schedule(state.opt, run["finetune_epochs"]) if tr["schedule"] == "cosine" else None
     state.phase = "finetune"
 
 
@@ -296,7 +296,7 @@ def run_epochs(state: TrainState, cfg: dict, data, run: dict, out: runfolder.Run
     return state
 
 
-def _cosine(opt, epochs: int):
+def cosine_schedule(opt, epochs: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
 
 
@@ -332,7 +332,7 @@ def finish_run(state: TrainState, out: runfolder.Run) -> dict:
     if state.regularized is not None:
         out.write_rules(dl.summary(state.regularized))
     out.save_model(state.model.state_dict())
-    final = _final(state.model, state.last, state.last_stats)
+    final = final_metrics(state.model, state.last, state.last_stats)
     final["mean_epoch_time"] = sum(state.times) / max(len(state.times), 1)
     out.write_final(final)
     out.drop_checkpoint()
@@ -367,7 +367,7 @@ class _stop_on_sigint:
         return False
 
 
-def _final(model: nn.Module, last: dict, stats: dict) -> dict:
+def final_metrics(model: nn.Module, last: dict, stats: dict) -> dict:
     acc_gap = last["train_acc"] - last["test_acc"] if last["train_acc"] is not None else None
     n_params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int((p.detach() != 0).sum()) for p in model.parameters())
@@ -384,7 +384,7 @@ def _final(model: nn.Module, last: dict, stats: dict) -> dict:
 
 
 # -- an experiment: a run folder with one run per penalty ---------------------------------
-def _load_data(cfg: dict):
+def load_data(cfg: dict):
     return build.build_data(cfg)
 
 
@@ -430,7 +430,7 @@ def prepare(cfg: dict):
     data: everything that can fail on bad input fails here, before a run folder exists."""
     check_runs(cfg)
     check_device(cfg["train"]["device"])
-    data = _load_data(cfg)
+    data = load_data(cfg)
     if cfg["model"].get("factory"):  # a model.factory mistake, too, fails before any folder exists
         build.build_model(cfg, data)
     return data
@@ -459,7 +459,7 @@ def _worker(cfg: dict, run: dict, run_dir: str, resume: bool) -> str:
     """One run in a worker process (data loaded there; one result folder per run)."""
     if STOP.is_set():
         raise Interrupted(f"run '{run['name']}' not started: stopped by the user")
-    train_run(cfg, _load_data(cfg), run, runfolder.run(run_dir, run["name"]).path, resume=resume)
+    train_run(cfg, load_data(cfg), run, runfolder.run(run_dir, run["name"]).path, resume=resume)
     return run["name"]
 
 
@@ -494,7 +494,7 @@ def _execute(cfg: dict, run_dir: Path, data, progress, resume: bool) -> None:
 def _execute_locked(cfg: dict, run_dir: Path, data, progress, resume: bool) -> None:
     runfolder.set_status(run_dir, "running")
     with runfolder.tracking(run_dir, resume_command(run_dir)):
-        data = data if data is not None else _load_data(cfg)
+        data = data if data is not None else load_data(cfg)
         runfolder.write_data_info(run_dir, data.info())
         if cfg["train"]["jobs"] > 1 and len(cfg["runs"]) > 1:
             _train_parallel(cfg, run_dir, progress, resume)
