@@ -219,3 +219,22 @@ def test_inductors_guarded_call_takes_the_kernels_settings_as_public_options(mon
     _one_warning([w for w in seen if "decaylab" in str(w.message)], "private compiler hooks")
     assert opt._buckets.all[0].kernel._fn.level == "guarded" and opt._buckets.all[0].kernel.calls == 4
     _assert_fused_equals_eager(eager, comp)
+
+
+@pytest.mark.parametrize("op, args", [("add", (0.5,)), ("add_", ([1.0, 2.0],)), ("mul_", (0.5,)), ("sub_", (0.25,)),
+                                      ("clamp_max", (0.1,)), ("clamp_min_", (-0.1,)), ("lerp_", ("refs", 0.3))])
+def test_a_multi_tensor_op_torch_lacks_is_a_loop_with_the_same_result(op, args, monkeypatch):
+    torch.manual_seed(0)
+    ts = [torch.randn(3), torch.randn(2, 2)]
+    refs = [torch.randn(3), torch.randn(2, 2)]
+    args = tuple(refs if a == "refs" else a for a in args)
+    if isinstance(args[0], list) and not isinstance(args[0][0], torch.Tensor):
+        args = ([torch.full_like(t, v) for t, v in zip(ts, args[0])],) + args[1:]
+    a, b = [t.clone() for t in ts], [t.clone() for t in ts]
+    fast = _compat._foreach(op)(a, *args)
+    monkeypatch.delattr(torch, "_foreach_" + op)
+    slow = _compat._foreach(op)(b, *args)
+    if op.endswith("_"):
+        assert slow is None and all(torch.equal(x, y) for x, y in zip(a, b))
+    else:
+        assert all(torch.equal(x, y) for x, y in zip(fast, slow))

@@ -36,10 +36,10 @@ kernels). The hook helpers answer "hooked" when the tables cannot be read, so th
 and the inner optimizer take torch's own public ``step`` (hooks and profiler as torch runs
 them). Every fallback warns once per reason, at the user's ``opt.step()`` line.
 
-Not wrapped, listed for the record: ``torch._foreach_*`` ops (``functional.py``,
-``penalties.py``, ``optim.py``'s Adam step counters). They are semi-public (torch's own
-optimizers' foreach path is built on them), with no cheaper public equivalent; a loop over
-tensors would be the fallback, and a rename would show at once in every test.
+* ``torch._foreach_*`` multi-tensor ops (torch's own optimizers' foreach path is built on
+  them): ``foreach_add``, ``foreach_add_``, ``foreach_mul_``, ``foreach_sub_``,
+  ``foreach_clamp_max``, ``foreach_clamp_min_``, ``foreach_lerp_`` below, each a loop over
+  the tensors where torch lacks the op.
 """
 
 from __future__ import annotations
@@ -77,6 +77,26 @@ def _reason(err: BaseException) -> str:
     cause = getattr(err, "inner_exception", None) or err.__cause__ or err
     text = (str(cause).strip().splitlines() or [""])[0][:200]
     return f"{type(cause).__name__}: {text}"
+
+
+# -- multi-tensor ops -----------------------------------------------------------------------
+def _foreach(op: str) -> Callable:
+    """``torch._foreach_<op>``, or the same as a loop of ``Tensor.<op>`` over the tensors
+    (``other``: one value for all, or one per tensor)."""
+    fn = getattr(torch, "_foreach_" + op, None)
+    if fn is not None:
+        return fn
+
+    def each(tensors, other, *args, **kwargs):
+        others = other if isinstance(other, (list, tuple)) else [other] * len(tensors)
+        out = [getattr(t, op)(o, *args, **kwargs) for t, o in zip(tensors, others)]
+        return None if op.endswith("_") else out
+
+    return each
+
+
+foreach_add, foreach_add_, foreach_mul_, foreach_sub_ = map(_foreach, ("add", "add_", "mul_", "sub_"))
+foreach_clamp_max, foreach_clamp_min_, foreach_lerp_ = map(_foreach, ("clamp_max", "clamp_min_", "lerp_"))
 
 
 # -- compiled kernels -----------------------------------------------------------------------

@@ -28,6 +28,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
+from . import _compat
+
 Scale = Union[float, Tensor, Sequence[Tensor]]
 # a prepared scale: a float, or one tensor per weight that broadcasts against it
 Prepared = Union[float, Sequence[Tensor]]
@@ -146,7 +148,7 @@ def shrink_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | None = N
     if not tensors:
         return
     if _use_foreach(tensors, foreach, scale):
-        torch._foreach_mul_(list(tensors), max(1.0 - scale, 0.0))
+        _compat.foreach_mul_(list(tensors), max(1.0 - scale, 0.0))
         return
     for i, w in enumerate(tensors):
         s = scale_at(scale, i)
@@ -175,9 +177,9 @@ def soft_threshold_(tensors: Sequence[Tensor], scale: Scale, *, foreach: bool | 
     if _use_foreach(tensors, foreach, scale):
         # w - clamp(w, -t, t): exact zeros wherever |w| <= t.
         tensors = list(tensors)
-        clipped = torch._foreach_clamp_max(tensors, scale)
-        torch._foreach_clamp_min_(clipped, -scale)
-        torch._foreach_sub_(tensors, clipped)
+        clipped = _compat.foreach_clamp_max(tensors, scale)
+        _compat.foreach_clamp_min_(clipped, -scale)
+        _compat.foreach_sub_(tensors, clipped)
         return
     for i, w in enumerate(tensors):
         s = scale_at(scale, i)
@@ -223,12 +225,12 @@ def scale_at(scale: Prepared, i: int) -> float | Tensor:
 
 def add(tensors: Sequence[Tensor], others: Sequence[Tensor], alpha: float = 1.0) -> list[Tensor]:
     """New tensors ``t + alpha * o``, in one multi-tensor op (the gradients stay as they are)."""
-    return list(torch._foreach_add(list(tensors), list(others), alpha=alpha))
+    return list(_compat.foreach_add(list(tensors), list(others), alpha=alpha))
 
 
 def add_scalar_(tensors: Sequence[Tensor], x: float) -> None:
     """In place, ``t + x`` for each tensor (Adam's step counters)."""
-    torch._foreach_add_(list(tensors), x)
+    _compat.foreach_add_(list(tensors), x)
 
 
 def div_(tensors: Sequence[Tensor], scale: Scale, foreach: bool | None) -> None:
@@ -237,7 +239,7 @@ def div_(tensors: Sequence[Tensor], scale: Scale, foreach: bool | None) -> None:
     if not tensors:
         return
     if _use_foreach(tensors, foreach, scale):
-        torch._foreach_mul_(list(tensors), 1.0 / (1.0 + scale))
+        _compat.foreach_mul_(list(tensors), 1.0 / (1.0 + scale))
     else:
         for i, w in enumerate(tensors):
             w.div_(1.0 + scale_at(scale, i))
@@ -312,7 +314,7 @@ def pull_toward_(
     if not tensors:
         return
     if _use_foreach(tensors, foreach, scale):
-        torch._foreach_lerp_(list(tensors), list(references), min(scale, 1.0))
+        _compat.foreach_lerp_(list(tensors), list(references), min(scale, 1.0))
         return
     for i, (w, w0) in enumerate(zip(tensors, references)):
         s = scale_at(scale, i)
