@@ -1,6 +1,6 @@
 """Where a unit's outputs land in the next layer: the checks behind coupled groups.
 
-:func:`decaylab.coupled.chain` assumes that unit ``u`` of a layer owns one contiguous block
+:func:`decaylab.chains.chain` assumes that unit ``u`` of a layer owns one contiguous block
 of the next layer's input columns (``[u*HW, (u+1)*HW)`` after a Conv and a flatten, column
 ``u`` after a Linear), and that each layer is called once. These checks refuse, with an
 error naming the layer, the graphs where that is false and which a trace without inputs

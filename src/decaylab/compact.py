@@ -14,7 +14,7 @@ their kept indices are reported. The result is the fx-traced model with smaller 
 and is exact in eval mode (BatchNorm with running statistics): with zero groups, only
 summation order changes (differences ~1e-6 in float32).
 
-Sequential MLPs and CNNs go through our own code (:func:`decaylab.coupled.chain`).
+Sequential MLPs and CNNs go through our own code (:func:`decaylab.chains.chain`).
 Networks with branches (residual connections) go through Torch-Pruning's dependency
 graph (``backend="torch-pruning"``, optional: ``pip install torch-pruning==1.6.1``),
 which already tracks which layers a residual addition ties together; rewriting that
@@ -32,7 +32,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from ._tp import compact_torch_pruning
-from .coupled import ACTIVATION_FUNCTIONS, BATCH_NORMS, TP_ROUTE, chain
+from .chains import ACTIVATION_FUNCTIONS, BATCH_NORMS, TP_ROUTE, chain
 from .rules import unwrap
 from ._sharded import is_sharded
 
