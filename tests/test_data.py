@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from decaylab.lab import data
+from decaylab.lab import data, idx
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
@@ -24,9 +24,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DECAYLAB_DATA", raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (), "mnist": ()})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {"fashion-mnist": (), "mnist": ()})
     dead = f"http://127.0.0.1:{_free_port()}/"
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": (dead,), "fashion-mnist": (dead,)})
+    monkeypatch.setattr(idx, "MIRRORS", {"mnist": (dead,), "fashion-mnist": (dead,)})
 
 
 def _free_port() -> int:
@@ -178,14 +178,14 @@ def test_mnist1d_is_learnable_by_a_linear_model():
 def test_read_idx_round_trips_every_dtype(tmp_path, dtype, suffix):
     signed = np.arange(24).reshape(2, 3, 4) - (0 if dtype == "u1" else 5)
     array = (signed / (4 if "f" in dtype else 1)).astype(dtype)
-    out = data.read_idx(write_idx(tmp_path / f"a-idx3{suffix}", array, dtype))
+    out = idx.read_idx(write_idx(tmp_path / f"a-idx3{suffix}", array, dtype))
     assert out.shape == (2, 3, 4) and out.dtype.isnative and np.array_equal(out, array)
 
 
 def test_read_idx_detects_gzip_by_magic_without_extension(tmp_path):
     path = write_idx(tmp_path / "labels.gz", np.arange(5, dtype=np.uint8))
     plain_name = path.rename(tmp_path / "labels-idx1-ubyte")
-    assert data.read_idx(plain_name).tolist() == [0, 1, 2, 3, 4]
+    assert idx.read_idx(plain_name).tolist() == [0, 1, 2, 3, 4]
 
 
 _GOOD = bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6))
@@ -204,7 +204,7 @@ def test_read_idx_rejects_corrupt_files(tmp_path, raw, match):
     path = tmp_path / "bad-idx"
     path.write_bytes(raw)
     with pytest.raises(ValueError, match=match) as err:
-        data.read_idx(path)
+        idx.read_idx(path)
     assert str(path) in str(err.value)
 
 
@@ -241,7 +241,7 @@ def test_load_idx_from_env(tmp_path, monkeypatch, sub):
 
 def test_missing_without_download_lists_folders_and_remedies(tmp_path, monkeypatch):
     monkeypatch.setenv("DECAYLAB_DATA", str(tmp_path / "env"))
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (str(tmp_path / "sys"),)})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {"fashion-mnist": (str(tmp_path / "sys"),)})
     with pytest.raises(FileNotFoundError) as err:
         data.load("fashion-mnist", root=tmp_path / "given", download=False)
     msg = str(err.value)
@@ -254,7 +254,7 @@ def test_missing_without_download_lists_folders_and_remedies(tmp_path, monkeypat
 
 def test_cache_respects_home_without_xdg(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert data.search_dirs("mnist")[0] == tmp_path / "home" / ".cache" / "decaylab" / "mnist"
+    assert idx.search_dirs("mnist")[0] == tmp_path / "home" / ".cache" / "decaylab" / "mnist"
 
 
 # --- download ---------------------------------------------------------------------------
@@ -286,14 +286,14 @@ def _md5s(folder: Path) -> dict:
 
 def test_download_into_cache_then_load_offline(tmp_path, monkeypatch, server):
     url, folder = server
-    dead = data.MIRRORS["mnist"][0]
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": (dead, url)})  # first mirror is down
-    monkeypatch.setattr(data, "MD5", {"mnist": _md5s(folder)})
+    dead = idx.MIRRORS["mnist"][0]
+    monkeypatch.setattr(idx, "MIRRORS", {"mnist": (dead, url)})  # first mirror is down
+    monkeypatch.setattr(idx, "MD5", {"mnist": _md5s(folder)})
     ds = data.load("mnist")
     cache = tmp_path / "cache" / "decaylab" / "mnist"
     assert sorted(os.listdir(cache)) == sorted(_md5s(folder)) and _md5s(cache) == _md5s(folder)
     assert len(ds.x_test) == 10
-    monkeypatch.setattr(data, "MIRRORS", {"mnist": ()})
+    monkeypatch.setattr(idx, "MIRRORS", {"mnist": ()})
     assert torch.equal(data.load("mnist", download=False).x_test, ds.x_test)
 
 
@@ -301,8 +301,8 @@ def test_download_with_wrong_checksum_leaves_nothing_complete(tmp_path, monkeypa
     url, folder = server
     md5 = _md5s(folder)
     md5["t10k-images-idx3-ubyte.gz"] = "0" * 32
-    monkeypatch.setattr(data, "MIRRORS", {"fashion-mnist": (url,)})
-    monkeypatch.setattr(data, "MD5", {"fashion-mnist": md5})
+    monkeypatch.setattr(idx, "MIRRORS", {"fashion-mnist": (url,)})
+    monkeypatch.setattr(idx, "MD5", {"fashion-mnist": md5})
     with pytest.raises(FileNotFoundError, match=r"MD5 mismatch .*t10k-images.*expected 0{32}; the downloaded file was deleted"):
         data.load("fashion-mnist")
     cache = tmp_path / "cache" / "decaylab" / "fashion-mnist"
@@ -322,7 +322,7 @@ def test_download_failure_names_the_url(monkeypatch):
 @pytest.mark.skipif(not (FASHION_SYSTEM / "t10k-labels-idx1-ubyte.gz").exists(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_the_debian_package(monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (str(FASHION_SYSTEM),)})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {"fashion-mnist": (str(FASHION_SYSTEM),)})
     ds = data.load("fashion-mnist", download=False)
     assert (len(ds.x_train) + len(ds.x_val), len(ds.x_test)) == (60000, 10000)
     assert ds.x_train.shape[1] == 784 and ds.image_shape == (28, 28) and ds.n_classes == 10

@@ -152,9 +152,9 @@ def test_interrupted_run_keeps_finished_epochs_and_is_marked(tmp_path, monkeypat
 
 
 def test_missing_data_folder_says_where_it_looked(tmp_path, capsys, monkeypatch):
-    from decaylab.lab import data
+    from decaylab.lab import idx
 
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (), "mnist": ()})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {"fashion-mnist": (), "mnist": ()})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert _compare(tmp_path, "nodata", 'data.name="fashion-mnist"', "data.download=false") == 2
     err = capsys.readouterr().err

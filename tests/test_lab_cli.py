@@ -61,9 +61,9 @@ def test_cuda_on_a_build_without_cuda_is_a_clear_error(tmp_path, capsys, monkeyp
 
 
 def test_missing_data_fails_before_the_folder_and_suggests_data_root(tmp_path, capsys, monkeypatch):
-    from decaylab.lab import data
+    from decaylab.lab import idx
 
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (), "mnist": ()})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {"fashion-mnist": (), "mnist": ()})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("DECAYLAB_DATA", raising=False)
     assert _main("compare", tmp_path / "out", 'data.name="fashion-mnist"', "data.download=false") == 2
