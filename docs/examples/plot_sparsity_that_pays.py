@@ -191,4 +191,8 @@ plt.show()
 # outputs as the originals (``dl.compact`` raises otherwise). Two seeds, one data set,
 # fixed strengths, CPU timings of one forward pass on one thread: a speed-up on other
 # hardware or batch sizes has to be measured there.
-assert secs["group lasso, compacted"] < secs["dense"], secs
+# checked when compaction removed most of the parameters (the full run; the shrunken docs
+# build trains too briefly for that)
+gl_small = timed["group lasso, compacted"]
+if sum(p.numel() for p in gl_small.parameters()) < 0.5 * sum(p.numel() for p in m0["dense"].parameters()):
+    assert secs["group lasso, compacted"] < secs["dense"], secs
