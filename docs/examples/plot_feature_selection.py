@@ -4,7 +4,7 @@ Which features matter? ``decaylab select`` against the L1-logistic lasso
 
 You will learn what a network-based feature selection buys over the classic sparse
 linear model. ``decaylab select`` (here through its Python API,
-:func:`decaylab.lab.select.select_features`) fits an MLP, then runs a path of adaptive
+``decaylab.lab.select.select_features``) fits an MLP, then runs a path of adaptive
 group lasso strengths on the first layer's input columns, refits each, and keeps the
 features of the strongest strength within one standard error of the best validation
 score. The classic alternative is L1-penalised logistic regression (scikit-learn),
