@@ -118,12 +118,13 @@ test = {m: acc[m][..., 1].mean(2) for m in MODES}
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
 for ax, m in zip(axes, MODES):
-    im = ax.imshow(val[m], cmap="viridis", vmin=min(v.min() for v in val.values()), vmax=1, origin="lower")
+    vmin = min(v.min() for v in val.values())
+    im = ax.imshow(val[m], cmap="viridis", vmin=vmin, vmax=1, origin="lower")
     for i in range(len(LRS)):
         j_best = int(np.argmax(val[m][i]))
         for j in range(len(LAMS)):
             ax.text(j, i, f"{val[m][i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="k" if val[m][i, j] > val[m].mean() else "w",
+                    color="k" if val[m][i, j] > (vmin + 1) / 2 else "w",
                     fontweight="bold" if j == j_best else "normal")
     ax.set_xticks(range(len(LAMS)), [f"{v:g}" for v in LAMS])
     ax.set_yticks(range(len(LRS)), [f"{v:g}" for v in LRS])
