@@ -7,8 +7,8 @@ optimizers. Decoupled decay shrinks every weight by the same factor ``1 - lr*lam
 per step under all three; what differs is the gradient step it is balanced against.
 
 * Gradient descent: decoupled decay is exactly an L2 penalty ``lambda/2 * ||w||^2``
-  (see the coupled-vs-decoupled example), so training converges to the minimiser of
-  the penalised loss, whatever the learning rate.
+  (see the coupled-vs-decoupled example), so its fixed points are the stationary
+  points of the penalised loss, whatever the learning rate.
 * Heavy-ball momentum (``beta``): the gradient is averaged into a buffer that, at a fixed
   point, equals ``g / (1 - beta)`` while the decay is not averaged, so the fixed point
   is that of an L2 penalty of strength ``(1 - beta) * lambda``: ten times weaker for
