@@ -67,7 +67,7 @@ sphinx_gallery_conf = {
     "abort_on_example_error": True,
     "download_all_examples": False,
     "remove_config_comments": True,
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "gallery_order.ReadingOrder",  # docs/_ext/gallery_order.py
     "matplotlib_animations": False,
 }
 os.environ.setdefault("MPLBACKEND", "Agg")

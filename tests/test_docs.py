@@ -134,6 +134,23 @@ def test_gallery_examples_have_a_title_and_honour_fast_mode():
         assert "DECAYLAB_DOCS_FAST" in ex.read_text(), f"{ex.name} ignores DECAYLAB_DOCS_FAST"
 
 
+def test_the_gallery_reading_order_lists_every_example_once():
+    spec = importlib.util.spec_from_file_location("gallery_order", DOCS / "_ext" / "gallery_order.py")
+    order = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(order)
+    examples = {p.name for p in (DOCS / "examples").glob("plot_*.py")}
+    assert len(order.ORDER) == len(set(order.ORDER))
+    assert set(order.ORDER) == examples, "docs/_ext/gallery_order.py's ORDER must list every gallery example"
+    key = order.ReadingOrder(DOCS / "examples")
+    assert sorted(examples, key=key) == order.ORDER
+    with pytest.raises(ValueError, match="plot_gone.py"):
+        order.ORDER.append("plot_gone.py")
+        try:
+            order.ReadingOrder(DOCS / "examples")
+        finally:
+            order.ORDER.pop()
+
+
 def test_the_site_shows_no_pasted_image():
     for page in DOCS.rglob("*"):
         if page.suffix in {".md", ".rst"} and "_build" not in page.parts and "auto_examples" not in page.parts:
