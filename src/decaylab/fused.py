@@ -114,7 +114,7 @@ def disable(reason: str) -> None:
 
 def plan(penalty, mode: str, metric: str) -> tuple[str, float] | None:
     """``(op, l1_ratio)`` for a rule the compiled kernel covers, else None: the penalty says
-    (:meth:`decaylab.penalty.Penalty.kernel_op`).
+    (:meth:`decaylab.Penalty.kernel_op`).
 
     >>> from decaylab.penalties import L1, L2SP
     >>> plan(L1(1e-3), "prox", "adam"), plan(L2SP(1e-3), "decoupled", "lr")

@@ -71,7 +71,7 @@ class Regularized(torch.optim.Optimizer):
 
     It *is* a ``torch.optim.Optimizer`` that shares ``param_groups`` and ``state`` with the
     inner optimizer, so LR schedulers, ``GradScaler`` and checkpointing work unchanged. It
-    orchestrates: each penalty does its own update (:meth:`decaylab.penalty.Penalty.update_`)
+    orchestrates: each penalty does its own update (:meth:`decaylab.Penalty.update_`)
     with the step sizes of :mod:`decaylab.step_sizes`, which also says who takes Adam's step.
     """
 

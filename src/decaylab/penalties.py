@@ -15,10 +15,10 @@ leading dimension of size ``K``.
 
 The product ``step * alpha`` (the kernels' *scale*) is formed in one place,
 :func:`decaylab.functional.times` over :func:`decaylab.functional.prepare`; the wrapper
-prepares it once per bucket and calls :meth:`~decaylab.penalty.Penalty.update_`, which
+prepares it once per bucket and calls :meth:`~decaylab.Penalty.update_`, which
 hands the ``*_scaled_`` methods the scale as it is. ``prox_``/``decay_`` are the same
 methods with ``step`` for direct use. The protocol the wrapper sees is
-:class:`decaylab.penalty.Penalty`'s.
+:class:`decaylab.Penalty`'s.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class Penalty:
 
     def value(self, tensors: Sequence[Tensor], ctxs=None) -> Tensor:
         """The differentiable objective term at ``tensors`` (``ctxs``: their contexts from
-        :meth:`bind`, for penalties that need them)."""
+        ``bind()``, for penalties that need them)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -124,7 +124,7 @@ class Penalty:
                              f"build the optimizer with the same rules as the checkpoint")
 
     def bound_value(self, tensors, ctxs) -> Tensor:
-        """:meth:`value` at parameters bound by :meth:`bind` (the wrapper's call)."""
+        """:meth:`value` at parameters bound by ``bind()`` (the wrapper's call)."""
         return self.value(tensors)
 
     def saved_ctxs(self, ctxs) -> list[Tensor] | None:

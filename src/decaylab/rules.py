@@ -56,7 +56,7 @@ class Rule:
     """One penalty for a selection of parameters.
 
     Args:
-        penalty: a :class:`~decaylab.penalties.Penalty`, or ``None`` for "no penalty".
+        penalty: a :class:`~decaylab.Penalty`, or ``None`` for "no penalty".
         params: selector(s); ``None`` = default selection (trainable weights of 2 or more
             dimensions, except biases, norm layers and embeddings).
         mode: ``"prox"``, ``"decoupled"`` or ``"coupled"``; ``None`` = the penalty's default.

@@ -1,7 +1,7 @@
 """Step sizes of the prox and the decoupled decay, and who takes Adam's step.
 
-A bucket's update (:meth:`decaylab.penalty.Penalty.update_`) gets a :class:`StepSizes`:
-``lr * schedule`` in the plain metric, or in Adam's metric (:mod:`decaylab.metric` says
+A bucket's update (:meth:`decaylab.Penalty.update_`) gets a :class:`StepSizes`:
+``lr * schedule`` in the plain metric, or in Adam's metric (``decaylab.metric`` says
 which optimizers take Adam's step) the per-coordinate step ``lr / (sqrt(v_hat) + eps)``
 read from the optimizer's ``exp_avg_sq`` and ``step`` state, capped at ``lr / alpha``.
 
@@ -9,7 +9,7 @@ read from the optimizer's ``exp_avg_sq`` and ``step`` state, capped at ``lr / al
 the inner optimizer, always, except for the weights of a prox bucket whose compiled kernel
 (:mod:`decaylab.fused`) takes Adam's step and the prox in one pass (:func:`adam_in_kernel`
 picks those buckets at each step, :func:`fused_adam_step` runs them). An L2 that torch's
-own Adam/AdamW/SGD takes as its ``weight_decay`` is :mod:`decaylab._inner_decay`'s.
+own Adam/AdamW/SGD takes as its ``weight_decay`` is ``decaylab._inner_decay``'s.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class StepSizes:
 
 # -- compiled kernels ------------------------------------------------------------------
 def choose_kernel(b, fused: bool | None, tag: str):
-    """A bucket's :class:`decaylab.fused.Kernel`, or False (eager): chosen once, at its
+    """A bucket's ``decaylab.fused.Kernel``, or False (eager): chosen once, at its
     first step. ``fused``: the wrapper's flag (None: on GPUs, and on CPUs for buckets of
     at least ``fused.CPU_MIN_NUMEL`` weights, where the compile time pays back)."""
     pen = b.rule.penalty
