@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from .seeds import mean_sd
-from . import sweep as sweep_mod
+from . import grid, sweep as sweep_mod
 from . import runfolder
 from . import train as train_mod
 
@@ -30,12 +30,12 @@ def wants_selection(cfg: dict) -> bool:
 def check(cfg: dict) -> None:
     """Parse every grid before any folder is made."""
     if cfg.get("seeds", 1) < 1:
-        raise sweep_mod.SweepError(f"config key 'seeds' = {cfg['seeds']} must be >= 1")
+        raise grid.SweepError(f"config key 'seeds' = {cfg['seeds']} must be >= 1")
     for r in cfg["runs"]:
         if r.get("alphas"):
             if r["penalty"] == "none":
-                raise sweep_mod.SweepError(f"run '{r['name']}' has no penalty; remove its 'alphas'")
-            sweep_mod.parse_grid(r["alphas"], f"runs.{r['name']}.alphas")
+                raise grid.SweepError(f"run '{r['name']}' has no penalty; remove its 'alphas'")
+            grid.parse_grid(r["alphas"], f"runs.{r['name']}.alphas")
             sweep_mod.check_spec({**cfg, "runs": [r]}, choice_spec(cfg, r))
 
 
@@ -53,7 +53,7 @@ def choice_spec(cfg: dict, r: dict) -> dict:
     >>> choice_spec({}, {"name": "l2", "penalty": "l2", "alphas": "0.1:3:4"})["full"]
     True
     """
-    return {"penalty": r["penalty"], "alphas": sweep_mod.parse_grid(r["alphas"], f"runs.{r['name']}.alphas"),
+    return {"penalty": r["penalty"], "alphas": grid.parse_grid(r["alphas"], f"runs.{r['name']}.alphas"),
             "lrs": None, "seeds": 1, "full": True, "max_memory": None, "eta": 2, "min_full": 2, "log_every": 0}
 
 
