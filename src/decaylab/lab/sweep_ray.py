@@ -17,7 +17,8 @@ import os
 import socket
 from pathlib import Path
 
-from . import grid, sweep as sweep_mod
+from . import sweep as sweep_mod
+from .grid import SweepError, make_points
 from .path import summarize
 from . import runfolder
 from . import train as train_mod
@@ -31,15 +32,15 @@ def check(address: str | None) -> None:
         import ray  # noqa: F401
         from ray import tune  # noqa: F401
     except ImportError as err:
-        raise grid.SweepError(f"--backend ray needs Ray Tune, which is not installed ({err}); "
-                              f"install the extra: {EXTRA}") from None
+        raise SweepError(f"--backend ray needs Ray Tune, which is not installed ({err}); "
+                         f"install the extra: {EXTRA}") from None
     if address and address != "auto":
         host, port = _host_port(address)
         try:
             socket.create_connection((host, port), timeout=3).close()
         except OSError as err:
-            raise grid.SweepError(f"--address {address}: cannot reach {host}:{port} ({err}); start the "
-                                  f"cluster (ray start --head) or drop --address for a local Ray") from None
+            raise SweepError(f"--address {address}: cannot reach {host}:{port} ({err}); start the "
+                             f"cluster (ray start --head) or drop --address for a local Ray") from None
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -48,7 +49,7 @@ def _host_port(address: str) -> tuple[str, int]:
     try:
         return host or "127.0.0.1", int(port)
     except ValueError:
-        raise grid.SweepError(f"--address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379)") from None
+        raise SweepError(f"--address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379)") from None
 
 
 def _trial(config, *, cfg, run, batches, run_dir, log_every):
@@ -75,7 +76,7 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
 
     lrs = spec.get("lrs") or [cfg["train"]["lr"]]
     seeds = [cfg["seed"] + i for i in range(spec["seeds"])]
-    points = grid.make_points(spec["alphas"], lrs, seeds)
+    points = make_points(spec["alphas"], lrs, seeds)
     run_ = {**cfg["runs"][0], "penalty": spec["penalty"]}
     runfolder.set_status(run_dir, "running")
     cfg_saved = {**cfg, "runs": [{**run_, "name": p["name"], "alpha": p["alpha"]} for p in points]}
