@@ -19,6 +19,7 @@ from .seeds import mean_sd
 from . import grid, sweep as sweep_mod
 from . import runfolder
 from . import train as train_mod
+from .recipe import describe
 
 STATS = ("val_acc", "test_acc", "train_acc", "gap", "zero_fraction", "val_loss", "test_loss")
 
@@ -153,7 +154,7 @@ def summarize(run_dir: Path, runs: list[dict], seeds: list[int], chosen: dict) -
         finals = [json.loads((run_dir / "runs" / _seed_name(r["name"], s, len(seeds)) / "final.json").read_text())
                   for s in seeds]
         row = {"name": r["name"], "penalty": r["penalty"], "alpha": r["alpha"],
-               "describe": train_mod.describe(r), "n": len(seeds), "chosen": chosen.get(r["name"])}
+               "describe": describe(r), "n": len(seeds), "chosen": chosen.get(r["name"])}
         row.update({k: list(mean_sd([f.get(k) for f in finals])) for k in STATS})
         rows.append(row)
     base = next((x for x in rows if x["penalty"] == "none"), None)

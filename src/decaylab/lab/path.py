@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from .seeds import mean_sd
-from . import train as train_mod
+from .recipe import describe
 
 
 def choose(points: list[dict], higher_is_better: bool = True) -> dict:
@@ -82,7 +82,7 @@ def summarize(run_dir: Path, spec: dict, points: list[dict], run: dict, method: 
     one_seed = spec["seeds"] == 1
     return {
         "penalty": run["penalty"],
-        "describe": train_mod.describe({**run, "alpha": spec["alphas"][0]}).replace(f"alpha={spec['alphas'][0]:g}", "alpha=λ"),
+        "describe": describe({**run, "alpha": spec["alphas"][0]}).replace(f"alpha={spec['alphas'][0]:g}", "alpha=λ"),
         "metric": "accuracy" if classification else "mse (the *_acc fields hold the mean squared error; lower is better)",
         "alphas": spec["alphas"], "lrs": sorted({p["lr"] for p in out_points}), "seeds": spec["seeds"],
         "points": out_points,

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 import decaylab as dl
 
 from . import sweep_func
-from . import train as train_mod
+from . import recipe
 from .build import build_model
 from .models import stack_models, unstack_model
 
@@ -97,7 +97,7 @@ def _inner_optimizer(train: dict, params, lr_scale: torch.Tensor | None):
     if lr_scale is None:
         if train["optimizer"] in ("adam", "adamw"):
             return torch.optim.Adam(params, lr=train["lr"], fused=True)
-        return train_mod.make_optimizer(train, params)
+        return recipe.make_optimizer(train, params)
     kind = "sgd" if train["optimizer"] == "sgd" else "adam"
     return PerConfigLR(params, lr_scale, kind=kind, lr=train["lr"], momentum=train["momentum"])
 
@@ -122,18 +122,18 @@ class Stack:
         self.inner = _inner_optimizer(tr, self.model.parameters(), scale)
         self.steps_per_epoch = steps_per_epoch
         self.opt = self._wrap(0)
-        self.sched = train_mod.cosine_schedule(self.inner, tr["epochs"]) if tr["schedule"] == "cosine" else None
+        self.sched = recipe.cosine_schedule(self.inner, tr["epochs"]) if tr["schedule"] == "cosine" else None
 
     def _alphas(self) -> torch.Tensor:
         """Strengths as a [K] tensor; with per-config lr, scaled so lr * alpha is each point's."""
         alphas = torch.tensor([p["alpha"] for p in self.points], dtype=torch.float64)
-        mode = self.run["mode"] or train_mod.make_penalty(self.run, None).default_mode
+        mode = self.run["mode"] or recipe.make_penalty(self.run, None).default_mode
         if not self.same_lr and mode != "coupled":
             alphas = alphas * torch.tensor([p["lr"] for p in self.points], dtype=torch.float64) / self.cfg["train"]["lr"]
         return alphas
 
     def _wrap(self, steps: int):
-        rules = train_mod.make_rules({**self.run, "alpha": self._alphas()}, self.model, self.steps_per_epoch)
+        rules = recipe.make_rules({**self.run, "alpha": self._alphas()}, self.model, self.steps_per_epoch)
         opt = dl.regularize(self.inner, self.model, rules)
         opt._steps = steps
         return opt

@@ -43,8 +43,9 @@ from torch.nn import functional as F
 
 import decaylab as dl
 
-from . import resuming, runfolder, sweep_func
+from . import recipe, resuming, runfolder, sweep_func
 from . import train as train_mod
+from .measure import final_metrics, weight_stats
 from .grid import SweepError, halving_rungs, make_points, memory_plan
 from .path import summarize
 from .stack import Stack
@@ -152,7 +153,7 @@ def _finish_point(stack: Stack, j: int, last: dict, run_dir: Path, stopped: bool
     model = stack.unstack(j)
     d = run_dir / "runs" / p["name"]
     runfolder.save_pt(model.state_dict(), d / "model.pt")
-    final = train_mod.final_metrics(model, last, train_mod.weight_stats(model))
+    final = final_metrics(model, last, weight_stats(model))
     final.update(mean_epoch_time=sum(stack.times) / max(len(stack.times), 1), stopped_early=stopped,
                  warm_started=False, stacked_with=len(stack.points),
                  layer_l2={k: v["l2"] for k, v in dl.layer_stats(model).items()})
@@ -180,7 +181,7 @@ def check_spec(cfg: dict, spec: dict) -> None:
         raise SweepError("decaylab sweep needs model.dropout=0 (a stacked model draws other dropout masks "
                          "than a single run, so its points would not equal decaylab train)")
     for a in spec["alphas"]:
-        train_mod.describe({**run, "penalty": spec["penalty"], "alpha": a})
+        recipe.describe({**run, "penalty": spec["penalty"], "alpha": a})
 
 
 def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, say=print,
@@ -245,7 +246,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
                 for p in chunk:
                     runfolder.run(run_dir, p["name"]).begin({
                         **run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": seed,
-                        "describe": train_mod.describe({**run, "alpha": p["alpha"]})})
+                        "describe": recipe.describe({**run, "alpha": p["alpha"]})})
                 rungs = [] if spec.get("full") or not stacked else halving_rungs(len(chunk), cfg["train"]["epochs"], eta, min_full)
                 train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
                              spec.get("log_every", 0), (eta, min_full))

@@ -22,6 +22,7 @@ from .grid import SweepError, make_points
 from .path import summarize
 from . import runfolder
 from . import train as train_mod
+from .recipe import describe
 
 EXTRA = 'pip install "decaylab[ray]"'
 
@@ -98,7 +99,7 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
             d.mkdir(parents=True)
             runfolder.write_json(d / "spec.json", {**run_, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
                                                     "seed": p["seed"],
-                                                    "describe": train_mod.describe({**run_, "alpha": p["alpha"]})})
+                                                    "describe": describe({**run_, "alpha": p["alpha"]})})
         src = str(Path(__file__).resolve().parents[2])
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
         ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
