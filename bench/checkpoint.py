@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from decaylab.lab import config, runfolder, train
+from decaylab.lab import config, recipe, runfolder, train
 
 TARGET = 2.0  # percent of an epoch
 
@@ -74,7 +74,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = _Timed(Path(tmp) / "runs" / run["name"])
-        out.begin({**run, "describe": train.describe(run)})
+        out.begin({**run, "describe": recipe.describe(run)})
         state = train.build_state(cfg, data, run)
         train.run_epochs(state, cfg, data, run, out, progress=tick)
         size = out.checkpoint_path.stat().st_size

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from decaylab.lab import config, sweep, train
+from decaylab.lab import config, grid, sweep, train
 
 TARGETS = {"sweep_cost_vs_single": 4.0, "chosen_val_acc_loss": 0.01}
 
@@ -70,7 +70,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = config.resolve({}, [f'penalty.penalty="{args.penalty}"'] + args.overrides, command="train")
     data = train.load_data(cfg)
-    alphas = sweep.parse_grid(args.alphas)
+    alphas = grid.parse_grid(args.alphas)
     run0 = cfg["runs"][0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
 

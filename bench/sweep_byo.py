@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from decaylab.lab import config, sweep, train
+from decaylab.lab import config, grid, sweep, train
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "byo_resnet.py"
 TARGET = 4.0
@@ -39,7 +39,7 @@ def byo_bench(argv: list[str]) -> None:
                               'penalty.penalty="l2"', f"train.epochs={args.epochs}", "train.lr=3e-3",
                               "train.checkpoint=false"], command="train")
     data = train.load_data(cfg)
-    alphas = sweep.parse_grid(args.alphas)
+    alphas = grid.parse_grid(args.alphas)
     tmp = Path(tempfile.mkdtemp(prefix="bench-byo-"))
     times = []
     for i in range(3):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from decaylab.lab import build, cli, config, sweep, sweep_func
+from decaylab.lab import build, cli, config, grid, sweep_func
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "byo_resnet.py"
@@ -198,9 +198,9 @@ def test_dropout_draws_different_masks_per_configuration():
 def test_the_memory_plan_counts_a_factory_models_activations(user):
     cfg = config.resolve({}, _factories(user), command="train")
     data = build.build_data(cfg)
-    _, per, _ = sweep.memory_plan(cfg, data, 4, None)
+    _, per, _ = grid.memory_plan(cfg, data, 4, None)
     model = build.build_model(cfg, data)
-    assert per > sweep.bytes_per_config(model, 64, 300)  # BatchNorm, ReLU and the residual sum count too
+    assert per > grid.bytes_per_config(model, 64, 300)  # BatchNorm, ReLU and the residual sum count too
 
 
 def test_why_not_stackable_names_the_reason():

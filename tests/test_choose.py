@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from decaylab.lab import choose, cli, config, sweep
+from decaylab.lab import choose, cli, config, grid, sweep
 
 TINY = ["data.n_train=150", "train.epochs=3", "model.hidden=[16]", "train.batch_size=50"]
 GRID = "0.01:10:4"
@@ -34,7 +34,7 @@ def test_the_main_job_choice_trains_every_point_the_full_schedule():
     cfg = config.resolve(config.load_file("experiments/main.toml"), [], command="compare")
     for r in (r for r in cfg["runs"] if r.get("alphas")):
         spec = choose.choice_spec(cfg, r)
-        assert spec["full"] and spec["alphas"] == sweep.parse_grid(r["alphas"])
+        assert spec["full"] and spec["alphas"] == grid.parse_grid(r["alphas"])
 
 
 def test_a_strength_that_wins_late_is_chosen_where_halving_cut_it(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from decaylab.lab import cli, reference
+from decaylab.lab import cli, recipe, reference
 from decaylab.lab import figures_sweep as figures
 from decaylab.lab import train as train_mod
 from decaylab.lab.report import build_report, figures as report_figures
@@ -205,5 +205,5 @@ def test_reference_targets_and_ramp():
     assert [reference.ramp_epochs(e) for e in (1, 3, 28, 40)] == [(0, 1), (0, 2), (1, 15), (2, 22)]
     run = reference.make_run(0.9, {"train": {"batch_size": 50, "epochs": 28}}, 1000, "m")
     assert run["ramp_steps"] == [20, 300] and run["every"] == 2
-    pen = train_mod.make_penalty(run, None)
+    pen = recipe.make_penalty(run, None)
     assert (pen.target, pen.begin, pen.end, float(pen.alpha)) == (0.9, 20, 300, 0.0)  # alpha 0: plain GMP

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from decaylab.lab import choose, cli, config, sweep, train
+from decaylab.lab import choose, cli, config, grid, sweep, train
+from decaylab.lab import path as sweep_path
 
 TINY = ["data.n_train=150", "train.epochs=3", "model.hidden=[16]", "train.batch_size=50"]
 
@@ -88,18 +89,18 @@ def _pts(vals, se=0.02):
 
 def test_one_se_is_the_strongest_alpha_within_one_se_of_the_best():
     pts = _pts([(0.01, 0.90), (0.1, 0.95), (1.0, 0.94), (3.0, 0.931), (10.0, 0.929), (30.0, 0.97 - 0.2)])
-    r = sweep.choose(pts)
+    r = sweep_path.choose(pts)
     assert r["best"]["alpha"] == 0.1
     assert r["one_se"]["alpha"] == 3.0  # 0.95 - 0.931 <= 0.02 < 0.95 - 0.929: the stronger side, not 0.01
-    assert sweep.choose(_pts([(0.01, 0.90), (0.1, 0.95), (1.0, 0.94)], se=0.0))["one_se"]["alpha"] == 0.1
+    assert sweep_path.choose(_pts([(0.01, 0.90), (0.1, 0.95), (1.0, 0.94)], se=0.0))["one_se"]["alpha"] == 0.1
 
 
 def test_one_se_skips_points_stopped_early_and_lower_is_better_for_regression():
     pts = _pts([(0.1, 0.95), (1.0, 0.99), (3.0, 0.945)])
     pts[1]["eligible"] = False
-    assert sweep.choose(pts)["best"]["alpha"] == 0.1 and sweep.choose(pts)["one_se"]["alpha"] == 3.0
+    assert sweep_path.choose(pts)["best"]["alpha"] == 0.1 and sweep_path.choose(pts)["one_se"]["alpha"] == 3.0
     mse = _pts([(0.1, 0.50), (1.0, 0.30), (3.0, 0.31), (10.0, 0.40)])
-    r = sweep.choose(mse, higher_is_better=False)
+    r = sweep_path.choose(mse, higher_is_better=False)
     assert r["best"]["alpha"] == 1.0 and r["one_se"]["alpha"] == 3.0
 
 
@@ -115,10 +116,10 @@ def test_halving_stops_the_lower_half_and_says_so(tmp_path):
 
 
 def test_grid_parsing():
-    assert sweep.parse_grid("1e-4:1:5") == [1e-4, 1e-3, 1e-2, 0.1, 1.0]
-    assert sweep.parse_grid("3") == [3.0] and sweep.parse_grid("2:2:1") == [2.0]
-    assert sweep.halving_rungs(16, 40) == [5, 10, 20] and sweep.halving_rungs(2, 40) == []
-    assert sweep.halving_rungs(16, 40, eta=4, min_full=1) == [2, 10]
+    assert grid.parse_grid("1e-4:1:5") == [1e-4, 1e-3, 1e-2, 0.1, 1.0]
+    assert grid.parse_grid("3") == [3.0] and grid.parse_grid("2:2:1") == [2.0]
+    assert grid.halving_rungs(16, 40) == [5, 10, 20] and grid.halving_rungs(2, 40) == []
+    assert grid.halving_rungs(16, 40, eta=4, min_full=1) == [2, 10]
 
 
 @pytest.mark.parametrize("args,match", [
@@ -147,7 +148,7 @@ def test_bad_input_is_one_line_exit_2_and_no_run_folder(tmp_path, capsys, args, 
 def test_a_stack_too_large_for_the_memory_allowed_is_chunked_and_says_so(tmp_path):
     cfg = config.resolve({}, TINY + ["train.epochs=1"], command="train")
     data = train.load_data(cfg)
-    per = sweep.memory_plan(cfg, data, 4, None)[1]
+    per = grid.memory_plan(cfg, data, 4, None)[1]
     spec = {"penalty": "l2", "alphas": [0.01, 0.1, 1.0, 10.0], "lrs": None, "seeds": 1, "full": True,
             "max_memory": 2 * per + 1}
     said = []

@@ -16,9 +16,10 @@ import math
 from pathlib import Path
 
 from .seeds import mean_sd
-from . import sweep as sweep_mod
+from . import grid, sweep as sweep_mod
 from . import runfolder
 from . import train as train_mod
+from .recipe import describe
 
 STATS = ("val_acc", "test_acc", "train_acc", "gap", "zero_fraction", "val_loss", "test_loss")
 
@@ -30,12 +31,12 @@ def wants_selection(cfg: dict) -> bool:
 def check(cfg: dict) -> None:
     """Parse every grid before any folder is made."""
     if cfg.get("seeds", 1) < 1:
-        raise sweep_mod.SweepError(f"config key 'seeds' = {cfg['seeds']} must be >= 1")
+        raise grid.SweepError(f"config key 'seeds' = {cfg['seeds']} must be >= 1")
     for r in cfg["runs"]:
         if r.get("alphas"):
             if r["penalty"] == "none":
-                raise sweep_mod.SweepError(f"run '{r['name']}' has no penalty; remove its 'alphas'")
-            sweep_mod.parse_grid(r["alphas"], f"runs.{r['name']}.alphas")
+                raise grid.SweepError(f"run '{r['name']}' has no penalty; remove its 'alphas'")
+            grid.parse_grid(r["alphas"], f"runs.{r['name']}.alphas")
             sweep_mod.check_spec({**cfg, "runs": [r]}, choice_spec(cfg, r))
 
 
@@ -53,7 +54,7 @@ def choice_spec(cfg: dict, r: dict) -> dict:
     >>> choice_spec({}, {"name": "l2", "penalty": "l2", "alphas": "0.1:3:4"})["full"]
     True
     """
-    return {"penalty": r["penalty"], "alphas": sweep_mod.parse_grid(r["alphas"], f"runs.{r['name']}.alphas"),
+    return {"penalty": r["penalty"], "alphas": grid.parse_grid(r["alphas"], f"runs.{r['name']}.alphas"),
             "lrs": None, "seeds": 1, "full": True, "max_memory": None, "eta": 2, "min_full": 2, "log_every": 0}
 
 
@@ -153,7 +154,7 @@ def summarize(run_dir: Path, runs: list[dict], seeds: list[int], chosen: dict) -
         finals = [json.loads((run_dir / "runs" / _seed_name(r["name"], s, len(seeds)) / "final.json").read_text())
                   for s in seeds]
         row = {"name": r["name"], "penalty": r["penalty"], "alpha": r["alpha"],
-               "describe": train_mod.describe(r), "n": len(seeds), "chosen": chosen.get(r["name"])}
+               "describe": describe(r), "n": len(seeds), "chosen": chosen.get(r["name"])}
         row.update({k: list(mean_sd([f.get(k) for f in finals])) for k in STATS})
         rows.append(row)
     base = next((x for x in rows if x["penalty"] == "none"), None)

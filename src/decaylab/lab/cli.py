@@ -98,23 +98,24 @@ def _sweep_parser(sub) -> None:
 
 
 def _sweep(args) -> int:
-    from . import console, sweep, train
+    from . import console, grid, sweep, train
+    from .path import describe_result
 
     file_cfg = config_mod.load_file(args.config) if args.config else {}
     cfg = config_mod.resolve(file_cfg, args.overrides, command="train")
     cfg["out"], cfg["name"] = args.out or cfg["out"], args.name or cfg["name"]
-    spec = {"penalty": args.penalty, "alphas": sweep.parse_grid(args.alphas, "--alphas"),
-            "lrs": sweep.parse_grid(args.lrs, "--lrs") if args.lrs is not None else None,
+    spec = {"penalty": args.penalty, "alphas": grid.parse_grid(args.alphas, "--alphas"),
+            "lrs": grid.parse_grid(args.lrs, "--lrs") if args.lrs is not None else None,
             "seeds": args.seeds, "full": args.full, "backend": args.backend, "eta": args.eta,
             "min_full": args.min_full, "log_every": args.log_every,
             "max_memory": int(args.max_memory * 2**20) if args.max_memory is not None else None}
     if spec["max_memory"] is not None and not spec["max_memory"] > 0:
-        raise sweep.SweepError(f"--max-memory {args.max_memory} must be > 0 (MiB)")
+        raise grid.SweepError(f"--max-memory {args.max_memory} must be > 0 (MiB)")
     cfg["runs"][0]["penalty"] = args.penalty if args.penalty in config_mod.PENALTIES else cfg["runs"][0]["penalty"]
     sweep.check_spec(cfg, spec)
     if args.backend == "ray" and cfg["pareto"]["reference"] != "none":
-        raise sweep.SweepError("pareto.reference is trained by the local backend only; drop --backend ray "
-                               "or set pareto.reference=\"none\"")
+        raise grid.SweepError("pareto.reference is trained by the local backend only; drop --backend ray "
+                              "or set pareto.reference=\"none\"")
     if args.backend == "ray":
         from . import sweep_ray
 
@@ -122,7 +123,7 @@ def _sweep(args) -> int:
     train.check_device(cfg["train"]["device"])
     data = train.load_data(cfg)
     n = len(spec["alphas"]) * len(spec["lrs"] or [0])
-    sweep.memory_plan(cfg, data, n, spec["max_memory"])  # refuses before a folder exists
+    grid.memory_plan(cfg, data, n, spec["max_memory"])  # refuses before a folder exists
     run_dir = train.new_run_dir({**cfg, "runs": []}, "sweep")
     ui = console.Console(quiet=args.quiet)
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
@@ -131,14 +132,14 @@ def _sweep(args) -> int:
             with _hint_on_interrupt(run_dir):
                 result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
         else:
-            points = sweep.make_points(spec["alphas"], spec["lrs"] or [cfg["train"]["lr"]],
-                                       [cfg["seed"] + i for i in range(spec["seeds"])])
+            points = grid.make_points(spec["alphas"], spec["lrs"] or [cfg["train"]["lr"]],
+                                      [cfg["seed"] + i for i in range(spec["seeds"])])
             with _hint_on_interrupt(run_dir), \
                     ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
                 result = sweep.run_sweep(cfg, spec, run_dir, data=data, progress=progress, say=ui.say)
     finally:
         report = _build_report(run_dir, ui)
-    ui.say(sweep.describe_result(result))
+    ui.say(describe_result(result))
     ui.say(f"report: {report}" if report else "report: not built (see the error above)")
     return 0
 
@@ -283,6 +284,7 @@ def _resume(args) -> int:
 
 def _resume_sweep(args, run_dir: Path) -> int:
     from . import console, sweep
+    from .path import describe_result
 
     ui = console.Console(quiet=args.quiet)
     print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
@@ -291,7 +293,7 @@ def _resume_sweep(args, run_dir: Path) -> int:
             result = sweep.resume_sweep(run_dir, say=ui.say)
     finally:
         report = _build_report(run_dir, ui)
-    ui.say(sweep.describe_result(result))
+    ui.say(describe_result(result))
     ui.say(f"report: {report}" if report else "report: not built (see the error above)")
     return 0
 

@@ -57,7 +57,7 @@ def targets(result: dict, asked: list[float]) -> list[float]:
 
 
 def make_run(target: float, cfg: dict, n_train: int, name: str) -> dict:
-    """The run dict of one reference model (``penalty = "magnitude"``, see train.make_penalty)."""
+    """The run dict of one reference model (``penalty = "magnitude"``, see recipe.make_penalty)."""
     steps = math.ceil(n_train / cfg["train"]["batch_size"])
     begin, end = ramp_epochs(cfg["train"]["epochs"])
     return {**config_mod.RUN_DEFAULTS, "name": name, "penalty": "magnitude", "target": target,

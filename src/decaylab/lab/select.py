@@ -46,7 +46,7 @@ def _batches(n: int, batch: int, gen: torch.Generator):
 
 
 def _fit(model, data, tr: dict, epochs: int, rules=None, mask=None, seed: int = 0):
-    from .train import make_optimizer
+    from .recipe import make_optimizer
 
     opt = make_optimizer(tr, model.parameters())
     if rules:

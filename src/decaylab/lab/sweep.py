@@ -24,6 +24,10 @@ Selection (validation only; test is reported, never used to choose):
   accuracy is within one standard error of ``best``'s (glmnet's ``lambda.1se``). The SE is
   the standard error of the mean over seeds, or with one seed the binomial standard error
   across validation examples, ``sqrt(p (1 - p) / n_val)``.
+
+This module trains the points and writes the folder; the grid (strengths, point names,
+memory, halving rungs) is :mod:`decaylab.lab.grid`, the stacked model and optimizer
+:mod:`decaylab.lab.stack`, the path and the choice rule :mod:`decaylab.lab.path`.
 """
 
 from __future__ import annotations
@@ -39,338 +43,15 @@ from torch.nn import functional as F
 
 import decaylab as dl
 
-from .seeds import mean_sd
-from . import resuming, runfolder, sweep_func
+from . import recipe, resuming, runfolder, sweep_func
 from . import train as train_mod
-from .build import build_model
-from .models import stack_models, unstack_model
+from .measure import final_metrics, weight_stats
+from .grid import SweepError, halving_rungs, make_points, memory_plan
+from .path import summarize
+from .stack import Stack
 
 SWEEP_PENALTIES = ("l2", "l1", "elasticnet", "grouplasso", "l2sp")
 STACKABLE = ("linear", "mlp", "lenet300")
-
-
-class SweepError(ValueError):
-    """A sweep that cannot start; the message names the value and the fix."""
-
-
-# -- grids -------------------------------------------------------------------------------
-def parse_grid(text: str, what: str = "--alphas") -> list[float]:
-    """``LO:HI:N`` (N log-spaced values from LO to HI) or a comma list ``a,b,c``.
-
-    Values must be finite and > 0 and given from weak to strong (increasing); ``LO:HI:N``
-    with ``N = 1`` needs ``LO == HI``.
-
-    >>> parse_grid("1e-3:1e-1:3")
-    [0.001, 0.01, 0.1]
-    >>> parse_grid("0.5, 1, 2")
-    [0.5, 1.0, 2.0]
-    """
-    text = (text or "").strip()
-    if not text:
-        raise SweepError(f"{what} is empty; give LO:HI:N (e.g. 1e-4:1:9) or a comma list (e.g. 0.01,0.1,1)")
-    try:
-        if ":" in text:
-            parts = text.split(":")
-            if len(parts) != 3:
-                raise ValueError
-            lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
-            _check_values([lo, hi], what, text)
-            if n < 1:
-                raise SweepError(f"{what} {text!r}: N={n} must be >= 1")
-            if hi < lo:
-                raise SweepError(f"{what} {text!r} is reversed (HI < LO); write it as {parts[1]}:{parts[0]}:{n}")
-            if n == 1 and hi != lo:
-                raise SweepError(f"{what} {text!r}: one value needs LO == HI; use N >= 2")
-            values = [lo] if n == 1 else [  # 3 significant digits: readable names, exact ends
-                float(f"{math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (n - 1)):.3g}")
-                for i in range(n)]
-            values[0], values[-1] = lo, hi
-        else:
-            values = [float(v) for v in text.split(",")]
-    except ValueError as err:
-        if isinstance(err, SweepError):
-            raise
-        raise SweepError(f"{what} {text!r} is not LO:HI:N or a comma list of numbers "
-                         f"(e.g. 1e-4:1:9 or 0.01,0.1,1)") from None
-    _check_values(values, what, text)
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise SweepError(f"{what} {text!r} must increase from weak to strong without repeats; "
-                         f"sort it, e.g. {','.join(f'{v:g}' for v in sorted(set(values)))}")
-    return values
-
-
-def _check_values(values, what, text):
-    for v in values:
-        if not math.isfinite(v) or v <= 0:
-            raise SweepError(f"{what} {text!r} has {v!r}; every value must be finite and > 0 "
-                             f"(the unpenalized model is the run 'none' of decaylab compare)")
-
-
-def point_name(alpha: float, lr: float | None, seed: int, n_lrs: int, n_seeds: int) -> str:
-    """Folder name of one point, e.g. ``a0.001`` or ``a0.001-lr0.003-s1``.
-
-    >>> point_name(1e-3, 3e-3, 1, 2, 2)
-    'a0.001-lr0.003-s1'
-    """
-    name = f"a{alpha:g}"
-    if n_lrs > 1:
-        name += f"-lr{lr:g}"
-    if n_seeds > 1:
-        name += f"-s{seed}"
-    return name
-
-
-# -- a learning rate per configuration ------------------------------------------------------
-class PerConfigLR(torch.optim.Optimizer):
-    """SGD (with momentum) or Adam over stacked weights with one learning rate per configuration.
-
-    Each parameter's leading dimension is the ``K`` configurations; configuration ``k`` takes
-    the step ``lr * scale[k]``, where ``lr`` is the group's (scheduled) learning rate. The
-    arithmetic is torch's single-tensor SGD / Adam, so each configuration equals
-    ``torch.optim.SGD`` / ``Adam`` with learning rate ``lr * scale[k]`` to fp32 rounding.
-    Adam keeps ``exp_avg_sq`` and ``step`` as torch does (the Adam-metric prox reads them).
-
-    >>> w = nn.Parameter(torch.ones(2, 3))
-    >>> opt = PerConfigLR([w], torch.tensor([1.0, 0.0]), kind="sgd", lr=0.5)
-    >>> w.grad = torch.ones(2, 3); opt.step(); w[:, 0].tolist()
-    [0.5, 1.0]
-    """
-
-    def __init__(self, params, scale: torch.Tensor, *, kind: str, lr: float, momentum: float = 0.0,
-                 betas=(0.9, 0.999), eps: float = 1e-8):
-        if kind not in ("sgd", "adam"):
-            raise ValueError(f"PerConfigLR(kind={kind!r}); use 'sgd' or 'adam'")
-        defaults = dict(lr=lr, momentum=momentum) if kind == "sgd" else dict(lr=lr, betas=betas, eps=eps)
-        super().__init__(params, defaults)
-        self.kind, self.scale = kind, scale.detach().double()
-        self.takes_adam_step = kind == "adam"  # read by decaylab.metric.takes_adam_step
-
-    def _scaled(self, p, lr):
-        return (self.scale * -lr).to(p.dtype).view(-1, *([1] * (p.ndim - 1)))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    (self._sgd if self.kind == "sgd" else self._adam)(p, group)
-        return loss
-
-    def _sgd(self, p, group):
-        d_p, st = p.grad, self.state[p]
-        if group["momentum"]:
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = d_p.detach().clone()
-            else:
-                buf.mul_(group["momentum"]).add_(d_p)
-            d_p = buf
-        p.add_(d_p * self._scaled(p, group["lr"]))
-
-    def _adam(self, p, group):
-        st = self.state[p]
-        if not st:
-            st["step"] = torch.tensor(0.0)
-            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        beta1, beta2 = group["betas"]
-        st["step"] += 1
-        st["exp_avg"].lerp_(p.grad, 1 - beta1)
-        st["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        t = float(st["step"])
-        step_size = group["lr"] / (1 - beta1 ** t)
-        denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
-        p.add_(st["exp_avg"] / denom * self._scaled(p, step_size))
-
-
-def _inner_optimizer(train: dict, params, lr_scale: torch.Tensor | None):
-    """torch's optimizer when every point has the same lr (as ``train`` builds it, but Adam
-    fused: the same arithmetic in one pass over the stacked weights, about ten times faster
-    than the per-tensor loop on CPU; equal to fp32 rounding), else :class:`PerConfigLR`."""
-    if lr_scale is None:
-        if train["optimizer"] in ("adam", "adamw"):
-            return torch.optim.Adam(params, lr=train["lr"], fused=True)
-        return train_mod.make_optimizer(train, params)
-    kind = "sgd" if train["optimizer"] == "sgd" else "adam"
-    return PerConfigLR(params, lr_scale, kind=kind, lr=train["lr"], momentum=train["momentum"])
-
-
-# -- memory --------------------------------------------------------------------------------
-def bytes_per_config(model: nn.Module, batch: int, eval_rows: int = 4096, widths: int | None = None) -> int:
-    """Rough bytes one configuration of a stack needs: weights, gradients, two optimizer
-    buffers and an Adam-metric buffer (5 copies of the parameters), plus activations of
-    one training batch (forward and backward) and one evaluation chunk.
-
-    >>> bytes_per_config(nn.Linear(10, 10), batch=8)
-    167000
-    """
-    n_params = sum(p.numel() for p in model.parameters())
-    if widths is None:  # activations per example (a model.factory model: measured, sweep_func)
-        widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    return 4 * (5 * n_params + 3 * batch * widths + eval_rows * widths)
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (Linux ``MemAvailable``; 4 GiB when unknown)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
-
-
-def plan_chunks(n_points: int, per_config: int, budget: int) -> int:
-    """How many configurations fit in one stack within ``budget`` bytes.
-
-    Raises:
-        SweepError: if not even one configuration fits.
-
-    >>> plan_chunks(16, 100, 1000)
-    10
-    """
-    fit = budget // max(per_config, 1)
-    if fit < 1:
-        raise SweepError(f"one configuration of this model needs about {per_config / 2**20:.1f} MiB, "
-                         f"more than the {budget / 2**20:.1f} MiB allowed (--max-memory); "
-                         f"raise --max-memory or use a smaller model")
-    return int(min(fit, n_points))
-
-
-# -- halving -----------------------------------------------------------------------------------
-def halving_rungs(n_points: int, epochs: int, eta: int = 2, min_full: int = 2) -> list[int]:
-    """Epochs after which the lower part of the points stop (successive halving).
-
-    Each rung keeps ``ceil(n / eta)`` points, until ``min_full`` points are left to train
-    the full schedule; rungs sit at ``epochs / eta**j``.
-
-    >>> halving_rungs(16, 40)
-    [5, 10, 20]
-    >>> halving_rungs(16, 40, min_full=4)
-    [10, 20]
-    >>> halving_rungs(2, 40)
-    []
-    """
-    n, halvings = n_points, 0
-    while n > min_full:
-        n, halvings = max(min_full, math.ceil(n / eta)), halvings + 1
-    rungs = sorted({max(1, int(epochs / eta ** j)) for j in range(1, halvings + 1)})
-    return [r for r in rungs if r < epochs]
-
-
-# -- one stack ---------------------------------------------------------------------------------
-class _Stack:
-    """The K live configurations of one seed: model, optimizer, strengths, lr scales."""
-
-    def __init__(self, cfg: dict, data, run: dict, points: list[dict]):
-        tr = cfg["train"]
-        torch.manual_seed(cfg["seed"])  # the init `decaylab train` gets with this seed
-        self.base = build_model(cfg, data).to(tr["device"])
-        self.func = bool(cfg["model"].get("factory"))  # your model: torch.func (lab/sweep_func.py)
-        self.model = sweep_func.FuncStacked(self.base, len(points)) if self.func else \
-            stack_models([self.base] * len(points))
-        self.cfg, self.run, self.points = cfg, run, list(points)
-        self.times: list[float] = []
-        lrs = [p["lr"] for p in points]
-        self.same_lr = all(lr == tr["lr"] for lr in lrs)
-        steps_per_epoch = math.ceil(len(data.x_train) / tr["batch_size"])
-        scale = None if self.same_lr else torch.tensor(lrs, dtype=torch.float64) / tr["lr"]
-        self.inner = _inner_optimizer(tr, self.model.parameters(), scale)
-        self.steps_per_epoch = steps_per_epoch
-        self.opt = self._wrap(0)
-        self.sched = train_mod.cosine_schedule(self.inner, tr["epochs"]) if tr["schedule"] == "cosine" else None
-
-    def _alphas(self) -> torch.Tensor:
-        """Strengths as a [K] tensor; with per-config lr, scaled so lr * alpha is each point's."""
-        alphas = torch.tensor([p["alpha"] for p in self.points], dtype=torch.float64)
-        mode = self.run["mode"] or train_mod.make_penalty(self.run, None).default_mode
-        if not self.same_lr and mode != "coupled":
-            alphas = alphas * torch.tensor([p["lr"] for p in self.points], dtype=torch.float64) / self.cfg["train"]["lr"]
-        return alphas
-
-    def _wrap(self, steps: int):
-        rules = train_mod.make_rules({**self.run, "alpha": self._alphas()}, self.model, self.steps_per_epoch)
-        opt = dl.regularize(self.inner, self.model, rules)
-        opt._steps = steps
-        return opt
-
-    def keep(self, idx: list[int]) -> None:
-        """Drop every configuration but ``idx`` (weights and optimizer state sliced)."""
-        index = torch.tensor(idx)
-        old = list(self.model.parameters())
-        if self.func:
-            self.model.keep(index)
-        else:
-            with torch.no_grad():
-                for layer in self.model.layers:
-                    layer.weight = nn.Parameter(layer.weight[index].clone())
-                    if layer.bias is not None:
-                        layer.bias = nn.Parameter(layer.bias[index].clone())
-        new = list(self.model.parameters())
-        state = {}
-        for p_old, p_new in zip(old, new):
-            st = self.inner.state.get(p_old, {})
-            state[p_new] = {k: (v[index].clone() if torch.is_tensor(v) and v.ndim > 0 else v) for k, v in st.items()}
-        self.inner.param_groups[0]["params"] = new
-        self.inner.state.clear()
-        self.inner.state.update(state)
-        if isinstance(self.inner, PerConfigLR):
-            self.inner.scale = self.inner.scale[index]
-        self.points = [self.points[i] for i in idx]
-        self.opt = self._wrap(self.opt.steps)
-
-    def unstack(self, j: int) -> nn.Module:
-        """Configuration ``j`` as the plain model ``decaylab train`` would have trained."""
-        return self.model.unstack(j) if self.func else unstack_model(self.model, j, self.base)
-
-
-@torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str):
-    """Per-configuration (loss, accuracy) lists of a stacked model on one split."""
-    model.eval()
-    loss = acc = None
-    for i in range(0, len(x), 4096):
-        out = model(x[i:i + 4096])  # [K, n, C]
-        yb = y[i:i + 4096]
-        k, n = out.shape[:2]
-        if task == "classification":
-            part = F.cross_entropy(out.flatten(0, 1), yb.repeat(k), reduction="none").view(k, n).double().sum(1)
-            hit = (out.argmax(2) == yb).sum(1)
-        else:
-            part = F.mse_loss(out.squeeze(2), yb.expand(k, n), reduction="none").double().sum(1)
-            hit = torch.zeros(k, dtype=torch.long)
-        loss = part if loss is None else loss + part
-        acc = hit if acc is None else acc + hit
-    model.train()
-    n = max(len(x), 1)
-    return (loss / n).tolist(), ((acc.double() / n).tolist() if task == "classification" else [None] * len(loss))
-
-
-@torch.no_grad()
-def _weight_stats(model: nn.Module) -> list[dict]:
-    """Per-configuration norms, zeros, per-layer sparsity and live inputs (over the weights)."""
-    layers = [(f"layers.{i}.weight", m.weight.detach()) for i, m in enumerate(model.layers)]
-    k = layers[0][1].shape[0]
-    out = [{"layers": {}} for _ in range(k)]
-    l2 = sum((w.double() ** 2).flatten(1).sum(1) for _, w in layers).sqrt().tolist()
-    l1 = sum(w.double().abs().flatten(1).sum(1) for _, w in layers).tolist()
-    zeros = [(w == 0).flatten(1).sum(1).tolist() for _, w in layers]
-    live_rows = [w.ne(0).any(2).sum(1).tolist() for _, w in layers]
-    live_in = layers[0][1].ne(0).any(1).sum(1).tolist()
-    numel = sum(w[0].numel() for _, w in layers)
-    for j in range(k):
-        for (name, w), z, lr_ in zip(layers, zeros, live_rows):
-            out[j]["layers"][name] = {"numel": w[0].numel(), "zeros": z[j], "zero_fraction": z[j] / w[0].numel(),
-                                      "live_rows": lr_[j], "rows": w.shape[1]}
-        z = sum(zz[j] for zz in zeros)
-        out[j].update(weight_l2=l2[j], weight_l1=l1[j], zero_fraction=z / numel,
-                      live_inputs=live_in[j], n_inputs=layers[0][1].shape[2])
-    return out
 
 
 def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, stops: dict,
@@ -383,7 +64,7 @@ def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, s
     tr = cfg["train"]
     if cfg["model"].get("factory") and not sweep_func.stackable(cfg, data):
         return sweep_func.train_points(cfg, data, run, points, run_dir, progress)
-    stack = _Stack(cfg, data, run, points)
+    stack = Stack(cfg, data, run, points)
     gen = torch.Generator().manual_seed(cfg["seed"])
     files = {p["name"]: open(run_dir / "runs" / p["name"] / "metrics.jsonl", "a") for p in points}
     stopped, last, step = {}, {}, 0
@@ -432,10 +113,10 @@ def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, s
     return stopped
 
 
-def _log_epoch(stack: _Stack, data, epoch, step, lr, seconds, files, progress) -> list[dict]:
-    evals = {s: _evaluate(stack.model, getattr(data, f"x_{s}"), getattr(data, f"y_{s}"), data.task)
+def _log_epoch(stack: Stack, data, epoch, step, lr, seconds, files, progress) -> list[dict]:
+    evals = {s: stack.evaluate(getattr(data, f"x_{s}"), getattr(data, f"y_{s}"), data.task)
              for s in ("train", "val", "test")}
-    stats = sweep_func.weight_stats(stack.model) if stack.func else _weight_stats(stack.model)
+    stats = stack.weight_stats()
     rows = []
     for j, p in enumerate(stack.points):
         row = {"epoch": epoch, "step": step, "phase": "train"}
@@ -451,7 +132,7 @@ def _log_epoch(stack: _Stack, data, epoch, step, lr, seconds, files, progress) -
     return rows
 
 
-def _to_stop(stack: _Stack, rows, epoch, stops, rungs, eta: int = 2, min_full: int = 2) -> list[int]:
+def _to_stop(stack: Stack, rows, epoch, stops, rungs, eta: int = 2, min_full: int = 2) -> list[int]:
     if stops is not None:  # decided on the first seed
         return [j for j, p in enumerate(stack.points) if stops.get(p["key"]) == epoch]
     if epoch not in rungs:
@@ -467,12 +148,12 @@ def _score(row: dict) -> float:
     return v if math.isfinite(v) else -math.inf
 
 
-def _finish_point(stack: _Stack, j: int, last: dict, run_dir: Path, stopped: bool) -> None:
+def _finish_point(stack: Stack, j: int, last: dict, run_dir: Path, stopped: bool) -> None:
     p = stack.points[j]
     model = stack.unstack(j)
     d = run_dir / "runs" / p["name"]
     runfolder.save_pt(model.state_dict(), d / "model.pt")
-    final = train_mod.final_metrics(model, last, train_mod.weight_stats(model))
+    final = final_metrics(model, last, weight_stats(model))
     final.update(mean_epoch_time=sum(stack.times) / max(len(stack.times), 1), stopped_early=stopped,
                  warm_started=False, stacked_with=len(stack.points),
                  layer_l2={k: v["l2"] for k, v in dl.layer_stats(model).items()})
@@ -480,17 +161,6 @@ def _finish_point(stack: _Stack, j: int, last: dict, run_dir: Path, stopped: boo
 
 
 # -- the sweep -----------------------------------------------------------------------------------
-def make_points(alphas, lrs, seeds) -> list[dict]:
-    """Every (seed, lr, alpha) of the grid, seed-major; ``key`` names the point across seeds.
-
-    >>> [p["name"] for p in make_points([0.1, 1.0], [1e-3], [0])]
-    ['a0.1', 'a1']
-    """
-    return [{"name": point_name(a, lr, s, len(lrs), len(seeds)), "key": point_name(a, lr, 0, len(lrs), 1),
-             "alpha": a, "lr": lr, "seed": s}
-            for s in seeds for lr in lrs for a in alphas]
-
-
 def check_spec(cfg: dict, spec: dict) -> None:
     """Refuse a sweep that cannot start, before any folder is made."""
     if spec["penalty"] not in SWEEP_PENALTIES:
@@ -511,17 +181,7 @@ def check_spec(cfg: dict, spec: dict) -> None:
         raise SweepError("decaylab sweep needs model.dropout=0 (a stacked model draws other dropout masks "
                          "than a single run, so its points would not equal decaylab train)")
     for a in spec["alphas"]:
-        train_mod.describe({**run, "penalty": spec["penalty"], "alpha": a})
-
-
-def memory_plan(cfg: dict, data, n_points: int, max_memory: int | None) -> tuple[int, int, int]:
-    """(configurations per stack, bytes per configuration, budget) for this sweep."""
-    model = build_model(cfg, data)
-    widths = sweep_func.activations_per_example(model, data.x_train[:1]) if cfg["model"].get("factory") else None
-    per = bytes_per_config(model, cfg["train"]["batch_size"], min(4096, max(len(data.x_train), len(data.x_test))),
-                           widths)
-    budget = max_memory if max_memory is not None else available_memory() // 2
-    return plan_chunks(n_points, per, budget), per, budget
+        recipe.describe({**run, "penalty": spec["penalty"], "alpha": a})
 
 
 def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, say=print,
@@ -586,7 +246,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
                 for p in chunk:
                     runfolder.run(run_dir, p["name"]).begin({
                         **run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": seed,
-                        "describe": train_mod.describe({**run, "alpha": p["alpha"]})})
+                        "describe": recipe.describe({**run, "alpha": p["alpha"]})})
                 rungs = [] if spec.get("full") or not stacked else halving_rungs(len(chunk), cfg["train"]["epochs"], eta, min_full)
                 train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
                              spec.get("log_every", 0), (eta, min_full))
@@ -614,98 +274,3 @@ def resume_sweep(run_dir, progress=None, say=print) -> dict:
     cfg["runs"] = [{k: v for k, v in saved["runs"][0].items()}]
     train_mod.check_device(cfg["train"]["device"])
     return run_sweep(cfg, spec, Path(run_dir), progress=progress, say=say, resume=True)
-
-
-# -- the path and the choice -----------------------------------------------------------------------
-def choose(points: list[dict], higher_is_better: bool = True) -> dict:
-    """``best`` and ``one_se`` among points with ``"eligible"`` not False.
-
-    ``best`` has the best mean validation score ``val_acc``; ``one_se`` is the largest
-    ``alpha`` at ``best``'s ``lr`` whose ``val_acc`` is within ``val_acc_se`` of it (SE of
-    ``best``; None counts as 0).
-
-    >>> pts = [{"alpha": a, "lr": 1, "val_acc": v, "val_acc_se": 0.02}
-    ...        for a, v in [(0.1, 0.90), (1, 0.93), (10, 0.92), (100, 0.80)]]
-    >>> r = choose(pts); (r["best"]["alpha"], r["one_se"]["alpha"])
-    (1, 10)
-    """
-    ok = [p for p in points if p.get("eligible", True) and p["val_acc"] is not None]
-    if not ok:
-        raise ValueError("no point has a validation score to choose from")
-    sign = 1 if higher_is_better else -1
-    best = max(ok, key=lambda p: (sign * p["val_acc"], -p["alpha"]))
-    se = best.get("val_acc_se") or 0.0
-    near = [p for p in ok if p["lr"] == best["lr"] and sign * (best["val_acc"] - p["val_acc"]) <= se + 1e-12]
-    return {"best": best, "one_se": max(near, key=lambda p: p["alpha"])}
-
-
-def summarize(run_dir: Path, spec: dict, points: list[dict], run: dict, method: dict) -> dict:
-    """Read every point's final.json and write the path and the choice (sweep.json)."""
-    data_info = json.loads((run_dir / "data.json").read_text())
-    classification = data_info["task"] == "classification"
-    n_val = data_info["n_val"]
-    by_key: dict[str, list] = {}
-    for p in points:
-        f = json.loads((run_dir / "runs" / p["name"] / "final.json").read_text())
-        by_key.setdefault(p["key"], []).append((p, f))
-    out_points = []
-    for key, items in by_key.items():
-        p0 = items[0][0]
-        fs = [f for _, f in items]
-        score = (lambda f, s: f[f"{s}_acc"]) if classification else (lambda f, s: f[f"{s}_loss"])
-        val, val_sd = mean_sd([score(f, "val") for f in fs])
-        test, test_sd = mean_sd([score(f, "test") for f in fs])
-        if len(fs) > 1:
-            se = val_sd / math.sqrt(len(fs))
-        elif classification and val is not None:
-            se = math.sqrt(max(val * (1 - val), 0.0) / n_val)
-        else:
-            se = None
-        stopped = any(f.get("stopped_early") for f in fs)
-        layer_names = list(fs[0].get("layer_l2", {}))
-        out_points.append({
-            "alpha": p0["alpha"], "lr": p0["lr"], "val_acc": val, "val_acc_sd": val_sd, "val_acc_se": se,
-            "test_acc": test, "test_acc_sd": test_sd,
-            "train_acc": mean_sd([score(f, "train") for f in fs])[0],
-            "zeros": mean_sd([f["zero_fraction"] for f in fs])[0],
-            "norm": mean_sd([f["weight_l2"] for f in fs])[0],
-            "layer_norms": {n: mean_sd([f["layer_l2"][n] for f in fs])[0] for n in layer_names},
-            "gap": mean_sd([f["gap"] for f in fs])[0],
-            "nonzero_params": mean_sd([f["nonzero_params"] for f in fs])[0],
-            "n_params": fs[0]["n_params"],
-            "epochs": max(f["epochs"] for f in fs), "stopped_early": stopped, "warm_started": False,
-            "eligible": not stopped, "runs": [q["name"] for q, _ in items],
-        })
-    picked = choose(out_points, higher_is_better=classification)
-    one_seed = spec["seeds"] == 1
-    return {
-        "penalty": run["penalty"],
-        "describe": train_mod.describe({**run, "alpha": spec["alphas"][0]}).replace(f"alpha={spec['alphas'][0]:g}", "alpha=λ"),
-        "metric": "accuracy" if classification else "mse (the *_acc fields hold the mean squared error; lower is better)",
-        "alphas": spec["alphas"], "lrs": sorted({p["lr"] for p in out_points}), "seeds": spec["seeds"],
-        "points": out_points,
-        "chosen": {k: v["alpha"] for k, v in picked.items()},
-        "chosen_lr": {k: v["lr"] for k, v in picked.items()},
-        "chosen_val_acc": {k: v["val_acc"] for k, v in picked.items()},
-        "chosen_test_acc": {k: v["test_acc"] for k, v in picked.items()},
-        "selection": ("validation only (test is reported, never used to choose), among points trained the full "
-                      "schedule; best = highest mean validation score; one_se = strongest alpha at best's lr "
-                      "within one standard error of best"),
-        "se": ("binomial standard error across the validation examples (one seed)" if one_seed and classification
-               else "none with one seed for regression: one_se = best" if one_seed
-               else f"standard error of the mean over {spec['seeds']} seeds"),
-        "method": method,
-    }
-
-
-
-def describe_result(result: dict) -> str:
-    """A few lines on the choice, for the terminal."""
-    lines = [f"{result['describe']}: {len(result['points'])} points, chosen on validation"]
-    for k in ("best", "one_se"):
-        lr = f"  lr={result['chosen_lr'][k]:g}" if len(result.get("lrs") or []) > 1 else ""  # with --lrs
-        lines.append(f"  {k:<7} alpha={result['chosen'][k]:g}{lr}  val {result['chosen_val_acc'][k]:.4f}  "
-                     f"test {result['chosen_test_acc'][k]:.4f}")
-    if stopped := sum(p["stopped_early"] for p in result["points"]):
-        lines.append(f"  {stopped} points stopped early by successive halving (see sweep.json; --full trains all)")
-    return "\n".join(lines)

@@ -25,7 +25,7 @@ from torch.func import functional_call, vmap
 
 import decaylab as dl
 
-from . import runfolder
+from . import measure, runfolder
 from . import train as train_mod
 from .build import build_model
 
@@ -155,7 +155,7 @@ def weight_stats(stacked: FuncStacked) -> list[dict]:
     """Per-configuration weight statistics, as ``decaylab train`` logs them."""
     out = []
     for j in range(_k(stacked)):
-        stats = train_mod.weight_stats(stacked.unstack(j))
+        stats = measure.weight_stats(stacked.unstack(j))
         out.append({k: v for k, v in stats.items() if k not in ("input_mask", "zeros", "weights")})
     return out
 

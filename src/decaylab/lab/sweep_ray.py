@@ -18,8 +18,11 @@ import socket
 from pathlib import Path
 
 from . import sweep as sweep_mod
+from .grid import SweepError, make_points
+from .path import summarize
 from . import runfolder
 from . import train as train_mod
+from .recipe import describe
 
 EXTRA = 'pip install "decaylab[ray]"'
 
@@ -30,15 +33,15 @@ def check(address: str | None) -> None:
         import ray  # noqa: F401
         from ray import tune  # noqa: F401
     except ImportError as err:
-        raise sweep_mod.SweepError(f"--backend ray needs Ray Tune, which is not installed ({err}); "
-                                   f"install the extra: {EXTRA}") from None
+        raise SweepError(f"--backend ray needs Ray Tune, which is not installed ({err}); "
+                         f"install the extra: {EXTRA}") from None
     if address and address != "auto":
         host, port = _host_port(address)
         try:
             socket.create_connection((host, port), timeout=3).close()
         except OSError as err:
-            raise sweep_mod.SweepError(f"--address {address}: cannot reach {host}:{port} ({err}); start the "
-                                       f"cluster (ray start --head) or drop --address for a local Ray") from None
+            raise SweepError(f"--address {address}: cannot reach {host}:{port} ({err}); start the "
+                             f"cluster (ray start --head) or drop --address for a local Ray") from None
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -47,7 +50,7 @@ def _host_port(address: str) -> tuple[str, int]:
     try:
         return host or "127.0.0.1", int(port)
     except ValueError:
-        raise sweep_mod.SweepError(f"--address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379)") from None
+        raise SweepError(f"--address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379)") from None
 
 
 def _trial(config, *, cfg, run, batches, run_dir, log_every):
@@ -74,7 +77,7 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
 
     lrs = spec.get("lrs") or [cfg["train"]["lr"]]
     seeds = [cfg["seed"] + i for i in range(spec["seeds"])]
-    points = sweep_mod.make_points(spec["alphas"], lrs, seeds)
+    points = make_points(spec["alphas"], lrs, seeds)
     run_ = {**cfg["runs"][0], "penalty": spec["penalty"]}
     runfolder.set_status(run_dir, "running")
     cfg_saved = {**cfg, "runs": [{**run_, "name": p["name"], "alpha": p["alpha"]} for p in points]}
@@ -96,7 +99,7 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
             d.mkdir(parents=True)
             runfolder.write_json(d / "spec.json", {**run_, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
                                                     "seed": p["seed"],
-                                                    "describe": train_mod.describe({**run_, "alpha": p["alpha"]})})
+                                                    "describe": describe({**run_, "alpha": p["alpha"]})})
         src = str(Path(__file__).resolve().parents[2])
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
         ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
@@ -116,7 +119,7 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
         method = {"stacked": True, "backend": "ray", "trials": len(batches), "per_stack": per_seed,
                   "halving_rungs": [], "warm_starts": False,
                   "logged_epochs": "at the last epoch" if not spec.get("log_every") else f"every {spec['log_every']}"}
-        result = sweep_mod.summarize(run_dir, {**spec, "lrs": lrs}, points, run_, method)
+        result = summarize(run_dir, {**spec, "lrs": lrs}, points, run_, method)
         runfolder.write_json(run_dir / "sweep.json", result)
         state = "complete"
     except KeyboardInterrupt:

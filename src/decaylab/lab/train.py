@@ -5,7 +5,9 @@ Data flows one way: config -> :func:`build_state` -> :func:`run_epochs` (a
 :mod:`decaylab.lab.runfolder`, layout in docs/run-folder.md). Each epoch appends a flushed
 metrics line and then an atomic checkpoint, so a crash leaves every finished epoch
 readable and ``decaylab resume`` continues bit for bit; Ctrl-C stops after the current
-step, checkpoints, and ``status.json`` says "interrupted".
+step, checkpoints, and ``status.json`` says "interrupted". A run's pieces (penalty, rules,
+optimizer, schedule) come from :mod:`decaylab.lab.recipe`, its metrics from
+:mod:`decaylab.lab.measure`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 import decaylab as dl
 from decaylab.stats import selected_weights
 
 from . import build, runfolder
+from .measure import epoch_row, final_metrics
+from .recipe import cosine_schedule, describe, make_optimizer, make_rules
 from .state import TrainState
 
 
@@ -52,131 +55,6 @@ def versions() -> dict:
     return {"decaylab": dl.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "sklearn": sklearn.__version__, "python": platform.python_version(),
             "platform": platform.platform()}
-
-
-# -- building pieces from a config -----------------------------------------------------
-def describe(run: dict, optimizer: str = "adam") -> str:
-    """One human line for a penalty setting, e.g. ``"L1(alpha=1e-4), prox, adam metric"``.
-
-    A prox rule names its metric: the one given, else the library's default for the
-    lab's ``optimizer`` (Adam's for sparse penalties under adam/adamw, else lr).
-    """
-    if run["penalty"] == "none":
-        return "no penalty"
-    if run["penalty"] == "magnitude":  # the sweep's reference curve (lab/reference.py)
-        begin, end = run["ramp_steps"]
-        return f"magnitude pruning to {run['target']:.1%} zeros (cubic ramp, steps {begin}-{end}, then held)"
-    pen = make_penalty(run, None)
-    metric = run["metric"]
-    mode = run["mode"] or ("prox" if metric == "adam" else pen.default_mode)
-    text = f"{pen!r}, {mode}"
-    if mode == "prox":
-        if not metric:  # what regularize() picks: Adam's metric where the optimizer keeps exp_avg_sq
-            metric = "adam" if pen.adam_metric_default and optimizer in ("adam", "adamw") else "lr"
-        text += f", {metric} metric"
-    if run["params"]:
-        text += f", on {run['params']}"
-    if run["warmup_epochs"]:
-        text += f", warm-up {run['warmup_epochs']} ep"
-    if run["finetune_epochs"]:
-        text += f", fine-tune {run['finetune_epochs']} ep"
-        if run["finetune_lr"]:
-            text += f" at lr {run['finetune_lr']:g}"
-    return text
-
-
-def make_penalty(run: dict, model: nn.Module | None):
-    kind, alpha = run["penalty"], run["alpha"]
-    if kind == "l2":
-        return dl.L2(alpha)
-    if kind == "l1":
-        return dl.L1(alpha)
-    if kind == "elasticnet":
-        return dl.ElasticNet(alpha, run["l1_ratio"])
-    if kind == "grouplasso":
-        return dl.GroupLasso(alpha, run["groups"])
-    if kind == "l2sp":
-        return dl.L2SP(alpha)  # toward the initial weights of this run
-    if kind == "coupled":  # neurons/channels and inputs, each with all it owns; l1_ratio = its L1 share
-        if model is None:  # config validation: check alpha and l1_ratio on a stand-in chain
-            model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
-        return dl.CoupledGroupLasso(alpha, model, l1_ratio=run["l1_ratio"])
-    if kind == "magnitude":  # gradual magnitude pruning, the Pareto figure's reference (lab/reference.py)
-        begin, end = run["ramp_steps"]
-        return dl.TargetSparsity(0.0, run["target"], begin=begin, end=end, every=run["every"])
-    raise ValueError(f"unknown penalty {kind!r}")
-
-
-def make_rules(run: dict, model: nn.Module, steps_per_epoch: int) -> list[dl.Rule] | None:
-    if run["penalty"] == "none":
-        return None
-    params = run["params"] or None
-    if params == "first":
-        params = f"{build.first_layer(model)}.weight"
-    schedule = None
-    if run["warmup_epochs"] > 0:
-        ramp = run["warmup_epochs"] * steps_per_epoch
-        schedule = lambda step: min(1.0, step / ramp)  # noqa: E731
-    return [dl.Rule(make_penalty(run, model), params=params, mode=run["mode"] or None,
-                    metric=run["metric"] or None, schedule=schedule)]
-
-
-def make_optimizer(train: dict, params, lr: float | None = None) -> torch.optim.Optimizer:
-    lr = train["lr"] if lr is None else lr
-    if train["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=train["momentum"])
-    if train["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    return torch.optim.Adam(params, lr=lr)
-
-
-# -- measuring --------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> tuple[float, float | None]:
-    model.eval()
-    total, correct = 0.0, 0
-    device = next(model.parameters()).device
-    for i in range(0, len(x), 4096):
-        out = model(x[i:i + 4096].to(device))
-        yb = y[i:i + 4096].to(device)
-        if task == "classification":
-            total += float(F.cross_entropy(out, yb, reduction="sum"))
-            correct += int((out.argmax(1) == yb).sum())
-        else:
-            total += float(F.mse_loss(out.squeeze(1), yb, reduction="sum"))
-    model.train()
-    n = max(len(x), 1)
-    return total / n, (correct / n if task == "classification" else None)
-
-
-def weight_stats(model: nn.Module) -> dict:
-    """Norms, exact zeros per layer, live inputs: over the default selection (weights >= 2-D)."""
-    ws = [p.detach() for _, p in selected_weights(model)]
-    zeros = sum(int((w == 0).sum()) for w in ws)
-    numel = sum(w.numel() for w in ws)
-    layers = {k: {f: v[f] for f in ("numel", "zeros", "zero_fraction", "live_rows", "rows")}
-              for k, v in dl.layer_stats(model).items()}
-    first = dict(model.named_parameters())[f"{build.first_layer(model)}.weight"].detach()
-    mask = dl.surviving_inputs(first) if first.ndim == 2 else None
-    return {
-        "weight_l2": float(torch.sqrt(sum((w.double() ** 2).sum() for w in ws))),
-        "weight_l1": float(sum(w.double().abs().sum() for w in ws)),
-        "zero_fraction": zeros / max(numel, 1),
-        "zeros": zeros,
-        "weights": numel,
-        "layers": layers,
-        "live_inputs": int(mask.sum()) if mask is not None else None,
-        "n_inputs": int(mask.numel()) if mask is not None else None,
-        "input_mask": [int(v) for v in mask.tolist()] if mask is not None else None,
-    }
-
-
-def histogram(model: nn.Module, bins: int = 81) -> dict:
-    w = torch.cat([p.detach().flatten().double() for _, p in selected_weights(model)])
-    edge = float(w.abs().max()) or 1.0
-    counts = torch.histc(w, bins=bins, min=-edge, max=edge)
-    edges = torch.linspace(-edge, edge, bins + 1)
-    return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()], "exact_zeros": int((w == 0).sum())}
 
 
 # -- the loop ---------------------------------------------------------------------------
@@ -243,19 +121,6 @@ def _train_steps(state: TrainState, data, bs: int, run_name: str, save) -> None:
     state.epoch_seconds += time.perf_counter() - t0
 
 
-def _measure(state: TrainState, data, lr: float, seconds: float) -> dict:
-    row = {"epoch": state.epoch, "step": state.step, "phase": state.phase}
-    for split in ("train", "val", "test"):
-        loss, acc = evaluate(state.model, getattr(data, f"x_{split}"), getattr(data, f"y_{split}"), data.task)
-        row[f"{split}_loss"], row[f"{split}_acc"] = loss, acc
-    stats = weight_stats(state.model)
-    state.last_stats = stats  # final.json reuses them: the weights do not change after
-    row.update({k: v for k, v in stats.items() if k not in ("input_mask", "zeros", "weights")},
-               lr=float(lr), epoch_time=seconds)
-    state.last = row
-    return row
-
-
 def run_epochs(state: TrainState, cfg: dict, data, run: dict, out: runfolder.Run | None = None,
                progress=None) -> TrainState:
     """Train ``state`` to the end of ``run``'s epochs (both phases) and return it.
@@ -287,17 +152,13 @@ def run_epochs(state: TrainState, cfg: dict, data, run: dict, out: runfolder.Run
                 state.sched.step()
             state.times.append(state.epoch_seconds)
             state.epoch, state.order, state.batch, state.epoch_seconds = state.epoch + 1, None, 0, 0.0
-            row = _measure(state, data, lr, state.times[-1])
+            row = epoch_row(state, data, lr, state.times[-1])
             if out is not None:
                 out.append_metrics(row)
             save(state)
             if progress is not None:
                 progress(run["name"], row)
     return state
-
-
-def cosine_schedule(opt, epochs: int):
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
 
 
 def train_run(cfg: dict, data, run: dict, run_dir: Path, progress=None, resume: bool = False) -> dict:
@@ -365,22 +226,6 @@ class _stop_on_sigint:
             signal.signal(signal.SIGINT, self.previous)
         STOP.clear()
         return False
-
-
-def final_metrics(model: nn.Module, last: dict, stats: dict) -> dict:
-    acc_gap = last["train_acc"] - last["test_acc"] if last["train_acc"] is not None else None
-    n_params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int((p.detach() != 0).sum()) for p in model.parameters())
-    return {
-        **{k: last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")},
-        "gap": acc_gap if acc_gap is not None else last["test_loss"] - last["train_loss"],
-        **{k: stats[k] for k in ("zero_fraction", "zeros", "weights", "live_inputs", "n_inputs",
-                                  "input_mask", "layers", "weight_l2", "weight_l1")},
-        "n_params": n_params,
-        "nonzero_params": nonzero,
-        "histogram": histogram(model),
-        "epochs": last["epoch"],
-    }
 
 
 # -- an experiment: a run folder with one run per penalty ---------------------------------
