@@ -7,7 +7,7 @@ strengths, pick on the *validation* split, and only then look at the *test* spli
 Two rules pick from the same sweep: the best validation score, and the
 one-standard-error rule (the strongest ``lambda`` whose validation score is within one
 standard error of the best; glmnet's ``lambda.1se``), which the lab's
-``decaylab.lab.sweep.choose`` implements. We run the sweep twice, on clean labels
+``decaylab.lab.path.choose`` implements. We run the sweep twice, on clean labels
 and with 30% of the training labels flipped, the case where a network memorises the
 wrong answers unless something stops it.
 """
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import decaylab as dl
 from decaylab.lab import data
-from decaylab.lab.sweep import choose
+from decaylab.lab.path import choose
 
 FAST = os.environ.get("DECAYLAB_DOCS_FAST") == "1"
 STEPS = 60 if FAST else 300
