@@ -21,6 +21,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 from . import config as config_mod
 from .build import help_text  # the registries of models and data sets
@@ -126,22 +127,16 @@ def _sweep(args) -> int:
     grid.memory_plan(cfg, data, n, spec["max_memory"])  # refuses before a folder exists
     run_dir = train.new_run_dir({**cfg, "runs": []}, "sweep")
     ui = console.Console(quiet=args.quiet)
-    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
-    try:
+
+    def work():
         if args.backend == "ray":
-            with _hint_on_interrupt(run_dir):
-                result = sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
-        else:
-            points = grid.make_points(spec["alphas"], spec["lrs"] or [cfg["train"]["lr"]],
-                                      [cfg["seed"] + i for i in range(spec["seeds"])])
-            with _hint_on_interrupt(run_dir), \
-                    ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
-                result = sweep.run_sweep(cfg, spec, run_dir, data=data, progress=progress, say=ui.say)
-    finally:
-        report = _build_report(run_dir, ui)
-    ui.say(describe_result(result))
-    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
-    return 0
+            return sweep_ray.run(cfg, spec, run_dir, args.address, say=ui.say)
+        points = grid.make_points(spec["alphas"], spec["lrs"] or [cfg["train"]["lr"]],
+                                  [cfg["seed"] + i for i in range(spec["seeds"])])
+        with ui.progress({**cfg, "runs": [{"name": p["name"], "finetune_epochs": 0} for p in points]}) as progress:
+            return sweep.run_sweep(cfg, spec, run_dir, data=data, progress=progress, say=ui.say)
+
+    return _run_then_report(run_dir, ui, work, lambda result: ui.say(describe_result(result)))
 
 
 def _selected_compare(args, cfg: dict, run_dir: Path | None = None) -> int:
@@ -155,18 +150,15 @@ def _selected_compare(args, cfg: dict, run_dir: Path | None = None) -> int:
         train.prepare(cfg)  # bad input fails here, before a run folder exists
         run_dir = train.new_run_dir(cfg, args.command)
     ui = console.Console(quiet=args.quiet)
-    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
-    try:
+
+    def work():
         seeds = range(cfg["seed"], cfg["seed"] + cfg["seeds"])
         names = [{**r, "name": f"{r['name']}-s{s}" if cfg["seeds"] > 1 else r["name"]}
                  for s in seeds for r in cfg["runs"]]
-        with _hint_on_interrupt(run_dir), ui.progress({**cfg, "runs": names}) as progress:
-            result = choose.run_compare(cfg, run_dir, progress=progress, say=ui.say, resume=resume)
-    finally:
-        report = _build_report(run_dir, ui)
-    ui.say(choose.markdown(result))
-    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
-    return 0
+        with ui.progress({**cfg, "runs": names}) as progress:
+            return choose.run_compare(cfg, run_dir, progress=progress, say=ui.say, resume=resume)
+
+    return _run_then_report(run_dir, ui, work, lambda result: ui.say(choose.markdown(result)))
 
 
 @contextlib.contextmanager
@@ -287,29 +279,33 @@ def _resume_sweep(args, run_dir: Path) -> int:
     from .path import describe_result
 
     ui = console.Console(quiet=args.quiet)
-    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
-    try:
-        with _hint_on_interrupt(run_dir):
-            result = sweep.resume_sweep(run_dir, say=ui.say)
-    finally:
-        report = _build_report(run_dir, ui)
-    ui.say(describe_result(result))
-    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
-    return 0
+    return _run_then_report(run_dir, ui, lambda: sweep.resume_sweep(run_dir, say=ui.say),
+                            lambda result: ui.say(describe_result(result)))
 
 
 def _train(args, cfg: dict, run_dir: Path, go) -> int:
     from . import console
 
     ui = console.Console(quiet=args.quiet)
-    print(run_dir if args.quiet else f"run folder: {run_dir}", flush=True)
-    try:
-        with _hint_on_interrupt(run_dir), ui.progress(cfg) as progress:
+
+    def work():
+        with ui.progress(cfg) as progress:
             go(progress)
+
+    return _run_then_report(run_dir, ui, work, lambda _: ui.table(run_dir))
+
+
+def _run_then_report(run_dir: Path, ui, work: Callable[[], object], show: Callable[[object], None]) -> int:
+    """Every command that trains: name the folder, run ``work()`` (Ctrl-C leaves the resume
+    hint), build the report whatever happened, then ``show`` the result and the report."""
+    print(run_dir if ui.quiet else f"run folder: {run_dir}", flush=True)
+    try:
+        with _hint_on_interrupt(run_dir):
+            result = work()
     finally:
         report = _build_report(run_dir, ui)
-    ui.table(run_dir)
-    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
+    show(result)
+    _say_report(ui, report)
     return 0
 
 
@@ -321,6 +317,10 @@ def _build_report(run_dir: Path, ui) -> Path | None:
     except Exception as err:  # a report failure must not hide the training result
         ui.error(f"could not build the report: {type(err).__name__}: {err}")
         return None
+
+
+def _say_report(ui, report: Path | None) -> None:
+    ui.say(f"report: {report}" if report else "report: not built (see the error above)")
 
 
 def _glue_grid_values(argv: list[str]) -> list[str]:
@@ -342,36 +342,38 @@ def _glue_grid_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _report(args) -> int:
+    if args.markdown:
+        from .console import markdown_table
+
+        print(markdown_table(args.run_dir))
+        return 0
+    from .report import build_report
+
+    for run_dir in args.run_dir:
+        print(f"report: {build_report(run_dir)}")
+    return 0
+
+
+def _compact(args) -> int:
+    from . import console
+    from .compacting import compact_run_folder
+
+    compact_run_folder(args.run_dir)
+    ui = console.Console()
+    _say_report(ui, _build_report(Path(args.run_dir), ui))  # its figures now show the compaction
+    return 0
+
+
+# the subcommands: each takes the parsed arguments and returns the exit status
+COMMANDS: dict[str, Callable] = {"train": _experiment, "compare": _experiment, "sweep": _sweep, "select": _select,
+                                 "compact": _compact, "report": _report, "resume": _resume}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_glue_grid_values(sys.argv[1:] if argv is None else list(argv)))
     try:
-        if args.command == "report" and args.markdown:
-            from .console import markdown_table
-
-            print(markdown_table(args.run_dir))
-            return 0
-        if args.command == "select":
-            return _select(args)
-        if args.command == "compact":
-            from . import console
-            from .compacting import compact_run_folder
-
-            compact_run_folder(args.run_dir)
-            ui = console.Console()
-            report = _build_report(Path(args.run_dir), ui)  # its figures now show the compaction
-            ui.say(f"report: {report}" if report else "report: not built (see the error above)")
-            return 0
-        if args.command == "report":
-            from .report import build_report
-
-            for run_dir in args.run_dir:
-                print(f"report: {build_report(run_dir)}")
-            return 0
-        if args.command == "resume":
-            return _resume(args)
-        if args.command == "sweep":
-            return _sweep(args)
-        return _experiment(args)
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `decaylab ... | head -1`: the reader left; stop quietly, as rich does
