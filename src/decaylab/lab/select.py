@@ -98,7 +98,10 @@ def one_se_choice(means: list[float], ses: list[float]) -> int:
     2
     """
     best = int(np.argmax(means))
-    return next(i for i, m in enumerate(means) if m >= means[best] - ses[best])
+    # "within" includes the edge: a model one example worse than a best one that errs once
+    # sits exactly one SE below it ((n-2)/n vs (n-1)/n, SE 1/n), which rounding must not flip
+    bar = means[best] - ses[best] - 1e-9 * max(1.0, abs(means[best]))
+    return next(i for i, m in enumerate(means) if m >= bar)
 
 
 def fit_dense(cfg: dict, data, say=print):
