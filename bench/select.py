@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from decaylab.lab import config, select  # noqa: E402
 from decaylab.lab import data as data_mod  # noqa: E402
 
-SEEDS = (0, 1)
+SEEDS = (0, 1)  # the suite's seeds; --seeds N runs 0..N-1 (a robustness check, not the target)
 
 
 def _linear(rng, n, p, k, noise=0.3):
@@ -165,6 +165,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help=f"smaller runs: {' '.join(QUICK)}")
     ap.add_argument("--only", default="", help="comma-separated problem names")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds 0..N-1 per problem (default 2)")
     ap.add_argument("--set", action="append", default=[], help="extra select config override")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -179,7 +180,7 @@ def main(argv=None) -> None:
     base_f1: dict[str, list[float]] = {"l1": [], "rf": []}
     t_all = time.time()
     for name in names:
-        for seed in SEEDS:
+        for seed in range(args.seeds):
             ds, truth = make_dataset(name, seed)
             t0 = time.time()
             kept, sel = run_decaylab(ds, seed, overrides)
@@ -205,6 +206,9 @@ def main(argv=None) -> None:
         print(f"baselines, mean F1: L1 (CV) {np.mean(base_f1['l1']):.3f}, RF top-k (oracle k) {np.mean(base_f1['rf']):.3f}")
     print(f"(total {time.time() - t_all:.0f} s)")
     mean, worst = float(np.mean(allf)), min(means.values())
+    if args.only or args.seeds != len(SEEDS):
+        print(f"mean F1 {mean:.3f}, worst problem {worst:.3f} (not the suite of the targets: no TARGET lines)")
+        return
     print(f"TARGET select_suite_mean_f1: {mean:.3f} (target >= 0.9) {'PASS' if mean >= 0.9 else 'MISS'}")
     print(f"TARGET select_suite_min_f1: {worst:.3f} (target >= 0.8) {'PASS' if worst >= 0.8 else 'MISS'}")
 
