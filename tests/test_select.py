@@ -198,6 +198,19 @@ def test_recipe_finds_the_support_of_a_nonlinear_regression():
     assert selection["val_neg_mse"] >= selection["dense_val_neg_mse"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_recipe_finds_the_support_of_friedman1_with_40_columns(seed):
+    """At the default settings. Before the dense fit was regularized (an overfit dense
+    reference, ``select.dense_l2=[0.0]``, ``alpha_max=16``) it kept 13 and 26 columns here
+    (F1 0.56, 0.32)."""
+    torch.set_num_threads(1)
+    ds = friedman_dataset(seed, n=1500, p=40)
+    selection, _ = select.select_features(config.resolve({}, [], command="select"), ds, say=lambda *a: None)
+    kept, true = set(selection["features"]), {n for n in ds.feature_names if n.startswith("inf")}
+    assert 2 * len(kept & true) / (len(kept) + len(true)) >= 0.9, sorted(kept)
+
+
 def test_dense_baseline_takes_the_l2_strength_best_on_validation():
     torch.set_num_threads(1)
     ds = friedman_dataset(1, n=600)
