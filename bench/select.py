@@ -203,7 +203,8 @@ def main(argv=None) -> None:
     allf = [f for v in per_problem.values() for f in v]
     print("per problem (mean over seeds): " + ", ".join(f"{n} {m:.2f}" for n, m in means.items()))
     if not args.no_baselines:
-        print(f"baselines, mean F1: L1 (CV) {np.mean(base_f1['l1']):.3f}, RF top-k (oracle k) {np.mean(base_f1['rf']):.3f}")
+        print(f"baselines, mean F1: L1 (CV) {np.mean(base_f1['l1']):.3f}, "
+              f"RF top-k (oracle k) {np.mean(base_f1['rf']):.3f}")
     print(f"(total {time.time() - t_all:.0f} s)")
     mean, worst = float(np.mean(allf)), min(means.values())
     if args.only or args.seeds != len(SEEDS):
