@@ -45,8 +45,10 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint": True,  # an atomic checkpoint per epoch, for `decaylab resume`
     },
     # decaylab select: adaptive group lasso path on the first layer's columns (lab/select.py)
-    "select": {"alpha_max": 16.0, "alpha_min": 1.0, "n_alphas": 12, "gamma": 2.0,
-               "path_epochs": 30, "refit_epochs": 20},
+    "select": {"alpha_max": 64.0, "alpha_min": 1.0, "n_alphas": 12, "gamma": 2.0,
+               "path_epochs": 30, "refit_epochs": 20,
+               # the dense fit (baseline and adaptive weights): decoupled L2 strengths, best on validation
+               "dense_l2": [0.0, 2.0, 8.0, 32.0]},
     # sweeps: a reference curve on the accuracy-size (Pareto) figure, trained in the same run
     # (lab/reference.py): "magnitude" = gradual magnitude pruning at the exact-zero fractions
     # `targets`, or at those the sweep's points reached when `targets` is empty
@@ -139,6 +141,13 @@ def _check_value(key: str, default, value):
             raise ConfigError(f"config key {key!r} = {value!r}: every target is a fraction of exact zeros in "
                               f"(0, 1), e.g. [0.5, 0.9, 0.98]")
         value = [float(x) for x in value] if ok else value
+    elif key == "select.dense_l2":  # decoupled L2 strengths of the dense fit
+        ok = isinstance(value, list) and bool(value) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in value)
+        if not ok:
+            raise ConfigError(f"config key {key!r} = {value!r}: give one or more strengths >= 0, e.g. "
+                              f"[0.0, 1.0, 4.0, 16.0, 64.0] ([0.0] = an unregularized dense fit)")
+        value = [float(x) for x in value]
     elif isinstance(default, list):
         ok = isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
     else:

@@ -4,8 +4,10 @@
    so column norms compare inputs; a near-constant input (sd at most a tenth of the median
    input sd, e.g. an almost blank pixel) becomes 0, never divided by its tiny sd, and the
    path removes it.
-1. Fit the network dense (``train.epochs``; no penalty) -> ``dense_val_acc`` and the
-   first layer's column norms ``||w0_j||``.
+1. Fit the network dense (``train.epochs``), regularized as well as the lab can: decoupled
+   L2 at each strength of ``select.dense_l2`` (0 = none), the best on validation wins ->
+   the baseline ``dense_val_acc`` (and ``dense_l2``) and the first layer's column norms
+   ``||w0_j||`` (a regularized fit gives noise columns smaller norms than an overfit one).
 2. A path of strengths ``alpha`` from ``select.alpha_max`` down to ``select.alpha_min``
    (``select.n_alphas``, geometric): from the dense weights, train ``select.path_epochs``
    with :class:`decaylab.AdaptiveGroupLasso` on the first layer's columns (strength
@@ -96,7 +98,30 @@ def one_se_choice(means: list[float], ses: list[float]) -> int:
     2
     """
     best = int(np.argmax(means))
-    return next(i for i, m in enumerate(means) if m >= means[best] - ses[best])
+    # "within" includes the edge: a model one example worse than a best one that errs once
+    # sits exactly one SE below it ((n-2)/n vs (n-1)/n, SE 1/n), which rounding must not flip
+    bar = means[best] - ses[best] - 1e-9 * max(1.0, abs(means[best]))
+    return next(i for i, m in enumerate(means) if m >= bar)
+
+
+def fit_dense(cfg: dict, data, say=print):
+    """The dense network, regularized as well as the lab can: decoupled L2 (weight decay on
+    the weights, not biases) at each strength of ``select.dense_l2``, the best validation
+    score wins (ties: the stronger). -> ``(model, l2, per-example validation scores)``."""
+    best = None
+    for lam in sorted(cfg["select"]["dense_l2"], reverse=True):
+        torch.manual_seed(cfg["seed"])
+        model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
+                            hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
+                            dropout=cfg["model"]["dropout"])
+        _first(model)
+        rules = [dl.Rule(dl.L2(lam))] if lam > 0 else None
+        _fit(model, data, cfg["train"], cfg["train"]["epochs"], rules, seed=cfg["seed"])
+        val = scores(model, data.x_val, data.y_val, data.task)
+        say(f"dense, decoupled L2 {lam:g}: val {val.mean():.4f}")
+        if best is None or val.mean() > best[2].mean():
+            best = (model, float(lam), val)
+    return best
 
 
 def select_features(cfg: dict, data, say=print) -> tuple[dict, dict]:
@@ -104,14 +129,8 @@ def select_features(cfg: dict, data, say=print) -> tuple[dict, dict]:
     sc, tr = cfg["select"], cfg["train"]
     (x_train, x_val, x_test), constant = standardize_inputs(data.x_train, data.x_val, data.x_test)
     data = dataclasses.replace(data, x_train=x_train, x_val=x_val, x_test=x_test)
-    torch.manual_seed(cfg["seed"])
-    dense = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1, hidden=cfg["model"]["hidden"],
-                        image_shape=data.image_shape, dropout=cfg["model"]["dropout"])
+    dense, dense_l2, dense_val = fit_dense(cfg, data, say)
     first_name = dense.first_layer
-    _first(dense)
-    _fit(dense, data, tr, tr["epochs"], seed=cfg["seed"])
-    dense_val = scores(dense, data.x_val, data.y_val, data.task)
-    say(f"dense: val {dense_val.mean():.4f}")
     w0 = _first(dense).weight.detach().clone()
     alphas = np.geomspace(sc["alpha_max"], sc["alpha_min"], sc["n_alphas"]).tolist()
     path = {"alphas": alphas, "kept": [], "val": [], "val_se": [], "features": []}
@@ -144,7 +163,7 @@ def select_features(cfg: dict, data, say=print) -> tuple[dict, dict]:
     selection = {
         "features": [names[j] for j in path["features"][i]],
         "feature_indices": path["features"][i],
-        f"val_{metric}": path["val"][i], f"dense_val_{metric}": float(dense_val.mean()),
+        f"val_{metric}": path["val"][i], f"dense_val_{metric}": float(dense_val.mean()), "dense_l2": dense_l2,
         f"test_{metric}": float(test.mean()),
         "dense_test_" + metric: float(scores(dense, data.x_test, data.y_test, data.task).mean()),
         "alpha": alphas[i], "rule": "one standard error (strongest alpha within 1 SE of the best validation)",
