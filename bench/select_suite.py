@@ -1,4 +1,4 @@
-"""``python bench/select.py [--quick] [--only NAME,...]``: feature selection on generated tables.
+"""``python bench/select_suite.py [--quick] [--only NAME,...]``: feature selection on generated tables.
 
 Issue #15 §6. A suite of generated problems whose informative columns are known (linear,
 wide, XOR, pairwise products, regression, correlated distractors), each with two seeds
@@ -22,9 +22,6 @@ from __future__ import annotations
 import os
 import sys
 
-# run as a script, bench/ is sys.path[0] and this file would shadow the standard library's
-# `select` (which subprocess, hence torch, imports): drop it first
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse  # noqa: E402
 import time  # noqa: E402
