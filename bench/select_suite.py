@@ -19,19 +19,15 @@ decaylab over all problems and seeds >= 0.9, every problem's mean over its seeds
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import time
+import warnings
 
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from decaylab.lab import config, select  # noqa: E402
-from decaylab.lab import data as data_mod  # noqa: E402
+from decaylab.lab import config, select
+from decaylab.lab import data as data_mod
 
 SEEDS = (0, 1)  # the suite's seeds; --seeds N runs 0..N-1 (a robustness check, not the target)
 
