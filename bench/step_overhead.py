@@ -306,7 +306,7 @@ def bench_direct(device, budget_s: float, block_s: float, min_rounds: int) -> di
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         opt.step()  # compiled (and Adam's step joined where it does) before the timed rounds
-        compiled = [c for b in getattr(opt, "_buckets", []) if b.kernel
+        compiled = [c for b in (opt._buckets.all if hasattr(opt, "_buckets") else []) if b.kernel
                     for c in (b.kernel._fn, b.kernel._adam_fn) if c is not None]
         assert all(c._direct is not None for c in compiled), "a kernel has no direct call to compare"
         if not compiled:
