@@ -38,12 +38,9 @@ from torch import nn
 import decaylab as dl
 from decaylab.selection import standardize_inputs
 
+from . import loop
 from .models import build_model
-
-
-def _batches(n: int, batch: int, gen: torch.Generator):
-    perm = torch.randperm(n, generator=gen)
-    return [perm[i:i + batch] for i in range(0, n, batch)]
+from .state import TrainState
 
 
 def _fit(model, data, tr: dict, epochs: int, rules=None, mask=None, seed: int = 0):
@@ -52,18 +49,18 @@ def _fit(model, data, tr: dict, epochs: int, rules=None, mask=None, seed: int = 
     opt = make_optimizer(tr, model.parameters())
     if rules:
         opt = dl.regularize(opt, model, rules)
-    gen = torch.Generator().manual_seed(seed)
+    trainee = TrainState(model, opt, None, torch.Generator().manual_seed(seed))
     loss_fn = F.cross_entropy if data.task == "classification" else (lambda o, y: F.mse_loss(o.squeeze(1), y))
     first = _first(model)
+
+    @torch.no_grad()
+    def hold_mask():
+        first.weight.mul_(mask)
+
     model.train()
     for _ in range(epochs):
-        for idx in _batches(len(data.x_train), tr["batch_size"], gen):
-            loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
-            opt.step()
-            opt.zero_grad()
-            if mask is not None:
-                with torch.no_grad():
-                    first.weight.mul_(mask)
+        loop.epoch(trainee, data.x_train, data.y_train, tr["batch_size"], lambda xb, yb: loss_fn(model(xb), yb),
+                   after_step=hold_mask if mask is not None else None)
     model.eval()
     return model
 

@@ -114,7 +114,10 @@ class Stack:
         self.model = sweep_func.FuncStacked(self.base, len(points)) if self.func else \
             stack_models([self.base] * len(points))
         self.cfg, self.run, self.points = cfg, run, list(points)
-        self.times: list[float] = []
+        # the loop's position (lab/loop.py): the batches `decaylab train` draws with this seed
+        self.batch_gen = torch.Generator().manual_seed(cfg["seed"])
+        self.epoch, self.step, self.order, self.batch, self.epoch_seconds = 0, 0, None, 0, 0.0
+        self.times: list[float] = []  # training seconds of each epoch, all K points together
         lrs = [p["lr"] for p in points]
         self.same_lr = all(lr == tr["lr"] for lr in lrs)
         steps_per_epoch = math.ceil(len(data.x_train) / tr["batch_size"])

@@ -32,18 +32,16 @@ memory, halving rungs) is :mod:`decaylab.lab.grid`, the stacked model and optimi
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 
 import decaylab as dl
 
-from . import recipe, resuming, runfolder, sweep_func
+from . import loop, recipe, resuming, runfolder, sweep_func
 from . import train as train_mod
 from .measure import final_metrics, weight_stats
 from .grid import SweepError, halving_rungs, make_points, memory_plan
@@ -65,55 +63,42 @@ def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, s
     if cfg["model"].get("factory") and not sweep_func.stackable(cfg, data):
         return sweep_func.train_points(cfg, data, run, points, run_dir, progress)
     stack = Stack(cfg, data, run, points)
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    files = {p["name"]: open(run_dir / "runs" / p["name"] / "metrics.jsonl", "a") for p in points}
-    stopped, last, step = {}, {}, 0
+    outs = {p["name"]: runfolder.run(run_dir, p["name"]) for p in points}
+    stopped, last, point_times = {}, {}, []
     loss_fn = nn.CrossEntropyLoss(reduction="none") if data.task == "classification" else None
-    try:
-        for epoch in range(1, tr["epochs"] + 1):
-            t0 = time.perf_counter()
-            order = torch.randperm(len(data.x_train), generator=gen)
-            k = len(stack.points)
-            for i in range(0, len(order), tr["batch_size"]):
-                idx = order[i:i + tr["batch_size"]]
-                out, yb = stack.model(data.x_train[idx]), data.y_train[idx]
-                if loss_fn is not None:
-                    per = loss_fn(out.flatten(0, 1), yb.repeat(k)).view(k, -1).mean(1)
-                else:
-                    per = F.mse_loss(out.squeeze(2), yb.expand(k, len(yb)), reduction="none").mean(1)
-                per.sum().backward()
-                stack.opt.step()
-                stack.opt.zero_grad(set_to_none=True)
-                step += 1
-            lr = stack.inner.param_groups[0]["lr"]
-            if stack.sched is not None:
-                stack.sched.step()
-            seconds = (time.perf_counter() - t0) / k
-            stack.times.append(seconds)
-            decide = epoch in rungs or (stops is not None and epoch in stops.values())
-            if not (decide or epoch == tr["epochs"] or (log_every and epoch % log_every == 0)):
-                continue
-            rows = _log_epoch(stack, data, epoch, step, lr, seconds, files, progress)
-            for p, row in zip(stack.points, rows):
-                last[p["name"]] = row
-            if epoch == tr["epochs"]:
-                break
-            drop = _to_stop(stack, rows, epoch, stops, rungs, *halving)
-            if drop:
-                for j in drop:
-                    p = stack.points[j]
-                    stopped[p["name"]] = epoch
-                    _finish_point(stack, j, last[p["name"]], run_dir, stopped=True)
-                stack.keep([j for j in range(len(stack.points)) if j not in drop])
-        for j, p in enumerate(stack.points):
-            _finish_point(stack, j, last[p["name"]], run_dir, stopped=False)
-    finally:
-        for f in files.values():
-            f.close()
+
+    def loss(xb, yb):  # the sum of the K points' mean losses: each point's gradient is its own
+        out, k = stack.model(xb), len(stack.points)
+        if loss_fn is not None:
+            return loss_fn(out.flatten(0, 1), yb.repeat(k)).view(k, -1).mean(1).sum()
+        return F.mse_loss(out.squeeze(2), yb.expand(k, len(yb)), reduction="none").mean(1).sum()
+
+    for epoch in range(1, tr["epochs"] + 1):
+        k = len(stack.points)
+        lr = loop.epoch(stack, data.x_train, data.y_train, tr["batch_size"], loss)
+        seconds = stack.times[-1] / k
+        point_times.append(seconds)
+        decide = epoch in rungs or (stops is not None and epoch in stops.values())
+        if not (decide or epoch == tr["epochs"] or (log_every and epoch % log_every == 0)):
+            continue
+        rows = _log_epoch(stack, data, epoch, stack.step, lr, seconds, outs, progress)
+        for p, row in zip(stack.points, rows):
+            last[p["name"]] = row
+        if epoch == tr["epochs"]:
+            break
+        drop = _to_stop(stack, rows, epoch, stops, rungs, *halving)
+        if drop:
+            for j in drop:
+                p = stack.points[j]
+                stopped[p["name"]] = epoch
+                _finish_point(stack, j, last[p["name"]], outs[p["name"]], point_times, stopped=True)
+            stack.keep([j for j in range(len(stack.points)) if j not in drop])
+    for j, p in enumerate(stack.points):
+        _finish_point(stack, j, last[p["name"]], outs[p["name"]], point_times, stopped=False)
     return stopped
 
 
-def _log_epoch(stack: Stack, data, epoch, step, lr, seconds, files, progress) -> list[dict]:
+def _log_epoch(stack: Stack, data, epoch, step, lr, seconds, outs: dict, progress) -> list[dict]:
     evals = {s: stack.evaluate(getattr(data, f"x_{s}"), getattr(data, f"y_{s}"), data.task)
              for s in ("train", "val", "test")}
     stats = stack.weight_stats()
@@ -124,8 +109,7 @@ def _log_epoch(stack: Stack, data, epoch, step, lr, seconds, files, progress) ->
             row[f"{s}_loss"], row[f"{s}_acc"] = losses[j], accs[j]
         row.update({k: v for k, v in stats[j].items()}, lr=float(lr * p["lr"] / stack.cfg["train"]["lr"]),
                    epoch_time=seconds)
-        files[p["name"]].write(json.dumps(row) + "\n")
-        files[p["name"]].flush()
+        outs[p["name"]].append_metrics(row)
         if progress is not None:
             progress(p["name"], row)
         rows.append(row)
@@ -148,16 +132,14 @@ def _score(row: dict) -> float:
     return v if math.isfinite(v) else -math.inf
 
 
-def _finish_point(stack: Stack, j: int, last: dict, run_dir: Path, stopped: bool) -> None:
-    p = stack.points[j]
+def _finish_point(stack: Stack, j: int, last: dict, out: runfolder.Run, times: list, stopped: bool) -> None:
     model = stack.unstack(j)
-    d = run_dir / "runs" / p["name"]
-    runfolder.save_pt(model.state_dict(), d / "model.pt")
+    out.save_model(model.state_dict())
     final = final_metrics(model, last, weight_stats(model))
-    final.update(mean_epoch_time=sum(stack.times) / max(len(stack.times), 1), stopped_early=stopped,
+    final.update(mean_epoch_time=sum(times) / max(len(times), 1), stopped_early=stopped,
                  warm_started=False, stacked_with=len(stack.points),
                  layer_l2={k: v["l2"] for k, v in dl.layer_stats(model).items()})
-    runfolder.write_json(d / "final.json", final)
+    out.write_final(final)
 
 
 # -- the sweep -----------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import math
 import platform
 import signal
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from torch.nn import functional as F
 import decaylab as dl
 from decaylab.stats import selected_weights
 
-from . import build, runfolder
+from . import build, loop, runfolder
+from .loop import Interrupted
 from .measure import epoch_row, final_metrics
 from .recipe import cosine_schedule, describe, make_optimizer, make_rules
 from .state import TrainState
@@ -36,16 +36,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or :func:`request_stop`): the run stopped after a step and checkpointed."""
-
-
-STOP = threading.Event()  # set by the SIGINT handler; the loop stops after the current step
-
-
-def request_stop() -> None:
-    """Ask the running loop to stop after its current step and checkpoint (as Ctrl-C does)."""
-    STOP.set()
+request_stop = loop.request_stop  # Ctrl-C's effect, for a caller that has no terminal
 
 
 def versions() -> dict:
@@ -93,32 +84,16 @@ def _hold_zeros(state: TrainState) -> None:
         p.mul_(mask)
 
 
-def _train_steps(state: TrainState, data, bs: int, run_name: str, save) -> None:
-    """The rest of the current epoch's batches; on a stop request, checkpoint and raise."""
-    t0 = time.perf_counter()
-    if state.order is None:
-        state.order, state.batch, state.epoch_seconds = \
-            torch.randperm(len(data.x_train), generator=state.batch_gen), 0, 0.0
-    device = next(state.model.parameters()).device
-    while state.batch * bs < len(state.order):
-        idx = state.order[state.batch * bs:(state.batch + 1) * bs]
-        loss = _loss(state.model(data.x_train[idx].to(device)), data.y_train[idx].to(device), data.task)
-        if not torch.isfinite(loss):
+def _run_loss(state: TrainState, task: str, run_name: str):
+    """The loss of one batch for :mod:`loop`; a NaN or infinite loss stops the run."""
+    def loss(xb, yb):
+        value = _loss(state.model(xb), yb, task)
+        if not torch.isfinite(value):
             raise TrainingDiverged(
-                f"run '{run_name}': loss became {float(loss.detach())} at {state.phase} epoch "
+                f"run '{run_name}': loss became {float(value.detach())} at {state.phase} epoch "
                 f"{state.epoch + 1}, step {state.step}; lower train.lr or the penalty strength")
-        loss.backward()
-        state.opt.step()
-        state.opt.zero_grad(set_to_none=True)
-        if state.masks is not None:
-            _hold_zeros(state)
-        state.step += 1
-        state.batch += 1
-        if STOP.is_set():
-            state.epoch_seconds += time.perf_counter() - t0
-            save(state)
-            raise Interrupted(f"run '{run_name}' stopped at step {state.step} and checkpointed")
-    state.epoch_seconds += time.perf_counter() - t0
+        return value
+    return loss
 
 
 def run_epochs(state: TrainState, cfg: dict, data, run: dict, out: runfolder.Run | None = None,
@@ -146,12 +121,9 @@ def run_epochs(state: TrainState, cfg: dict, data, run: dict, out: runfolder.Run
         if phase == "finetune" and epochs > 0 and state.phase == "train":
             enter_finetune(state, run, tr)
         while state.phase == phase and state.epoch < offset + epochs:
-            _train_steps(state, data, tr["batch_size"], run["name"], on_stop)
-            lr = state.opt.param_groups[0]["lr"]
-            if state.sched is not None:
-                state.sched.step()
-            state.times.append(state.epoch_seconds)
-            state.epoch, state.order, state.batch, state.epoch_seconds = state.epoch + 1, None, 0, 0.0
+            lr = loop.epoch(state, data.x_train, data.y_train, tr["batch_size"],
+                            _run_loss(state, data.task, run["name"]), on_stop=on_stop, name=run["name"],
+                            after_step=(lambda: _hold_zeros(state)) if state.masks is not None else None)
             row = epoch_row(state, data, lr, state.times[-1])
             if out is not None:
                 out.append_metrics(row)
@@ -208,23 +180,23 @@ class _stop_on_sigint:
         self.previous = None
         if _IN_WORKER:  # a worker process: its parent owns Ctrl-C and sets the shared STOP
             return self
-        STOP.clear()
+        loop.STOP.clear()
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        if STOP.is_set():
+        if loop.STOP.is_set():
             raise KeyboardInterrupt
-        STOP.set()
+        loop.STOP.set()
 
     def __exit__(self, *exc):
         if _IN_WORKER:
             return False
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-        STOP.clear()
+        loop.STOP.clear()
         return False
 
 
@@ -295,14 +267,14 @@ _IN_WORKER = False
 def _init_worker(stop) -> None:
     """A worker process ignores Ctrl-C; the parent sets the shared ``stop`` event instead,
     so a run in progress stops after its step and checkpoints, and no new run starts."""
-    global STOP, _IN_WORKER
+    global _IN_WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    STOP, _IN_WORKER = stop, True
+    loop.STOP, _IN_WORKER = stop, True
 
 
 def _worker(cfg: dict, run: dict, run_dir: str, resume: bool) -> str:
     """One run in a worker process (data loaded there; one result folder per run)."""
-    if STOP.is_set():
+    if loop.STOP.is_set():
         raise Interrupted(f"run '{run['name']}' not started: stopped by the user")
     train_run(cfg, load_data(cfg), run, runfolder.run(run_dir, run["name"]).path, resume=resume)
     return run["name"]
