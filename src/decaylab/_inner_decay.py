@@ -30,8 +30,6 @@ from typing import Callable
 
 import torch
 
-from .penalties import L2
-
 # the exact types whose step takes an L2 rule of this mode as its weight_decay
 _MODES = {torch.optim.Adam: "decoupled", torch.optim.AdamW: "decoupled", torch.optim.SGD: "coupled"}
 _WIDE = (torch.float32, torch.float64)
@@ -45,7 +43,7 @@ def _plain_step(opt: torch.optim.Optimizer) -> bool:
 
 def _strength(opt: torch.optim.Optimizer, b, multiplier: Callable) -> float | None:
     """The ``weight_decay`` that makes torch's step take bucket ``b``'s L2, else None."""
-    if type(b.rule.penalty) is not L2 or b.low_precision or b.params[0].dtype not in _WIDE:
+    if not b.rule.penalty.is_weight_decay or b.low_precision or b.params[0].dtype not in _WIDE:
         return None
     group = opt.param_groups[b.group]
     lr, wd = group["lr"], group.get("weight_decay")

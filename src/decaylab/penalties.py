@@ -61,6 +61,10 @@ class L2(Penalty):
 
     default_mode = "decoupled"
 
+    @property
+    def is_weight_decay(self) -> bool:
+        return type(self) is L2
+
     def value(self, tensors):
         return self._sum([_per_config_sum(w * w, self.alpha) / 2 for w in tensors])
 

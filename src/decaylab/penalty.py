@@ -146,6 +146,13 @@ class Penalty:
     takes_steps = False
 
     @property
+    def is_weight_decay(self) -> bool:
+        """Whether the update is exactly torch's ``weight_decay`` (an optimizer's own step
+        may then take it, see ``decaylab._inner_decay``): only ``L2`` itself says yes, since
+        a subclass may change the update."""
+        return False
+
+    @property
     def compensated(self) -> bool:
         """Whether bf16/fp16 weights may be updated through fp32 copies with a rounding
         residual kept by the wrapper (and by a compiled kernel)."""

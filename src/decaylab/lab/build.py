@@ -27,9 +27,12 @@ import inspect
 import math
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
+
+import decaylab as dl
 
 from . import data as data_mod
 from .models import build_model as _zoo_model
@@ -53,6 +56,37 @@ DATASETS = {  # data.name -> what it is
 assert tuple(DATASETS) == data_mod.DATASETS, "data.DATASETS and build.DATASETS disagree"
 
 
+class PenaltyKind(NamedTuple):
+    """One choice of ``penalty`` in a config: its help line, how it is built from a run
+    spec (and the model, for penalties that read its graph), and whether ``decaylab sweep``
+    can stack a grid of its strengths (a ``[K]`` alpha tensor)."""
+
+    help: str
+    make: Callable | None
+    sweeps: bool = False
+
+
+def _coupled(run: dict, model: nn.Module | None):
+    if model is None:  # config validation: check alpha and l1_ratio on a stand-in chain
+        model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    return dl.CoupledGroupLasso(run["alpha"], model, l1_ratio=run["l1_ratio"])
+
+
+PENALTIES = {  # penalty -> what it is (the config's choices, the sweep's and the CLI help read this)
+    "none": PenaltyKind("no penalty", None),
+    "l2": PenaltyKind("L2 (decoupled weight decay under Adam)", lambda r, m: dl.L2(r["alpha"]), True),
+    "l1": PenaltyKind("L1, exact zeros by its prox", lambda r, m: dl.L1(r["alpha"]), True),
+    "elasticnet": PenaltyKind("L1 + L2, l1_ratio the L1 share",
+                              lambda r, m: dl.ElasticNet(r["alpha"], r["l1_ratio"]), True),
+    "grouplasso": PenaltyKind("group lasso over groups (rows, inputs, channels)",
+                              lambda r, m: dl.GroupLasso(r["alpha"], r["groups"]), True),
+    "l2sp": PenaltyKind("L2 toward the run's initial weights",
+                        lambda r, m: dl.L2SP(r["alpha"]), True),
+    "coupled": PenaltyKind("coupled group lasso: neurons/channels and inputs with all they own",
+                           _coupled),
+}
+
+
 class FactoryError(ValueError):
     """A ``model.factory`` / ``data.factory`` that cannot be used; one line with the fix."""
 
@@ -64,7 +98,8 @@ def help_text() -> str:
     True
     """
     return (f"model.kind: {', '.join(MODELS)} (or model.factory=\"pkg.module:function\"); "
-            f"data.name: {', '.join(DATASETS)} (or data.factory=\"path/file.py:function\")")
+            f"data.name: {', '.join(DATASETS)} (or data.factory=\"path/file.py:function\"); "
+            f"penalty: {', '.join(PENALTIES)}")
 
 
 def load_factory(value: str, key: str):

@@ -13,13 +13,14 @@ import sys
 from typing import Any
 
 from .build import DATASETS, MODELS  # the registries: the choices of data.name and model.kind
+from .build import PENALTIES as PENALTY_KINDS  # and of penalty
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-PENALTIES = ("none", "l2", "l1", "elasticnet", "grouplasso", "l2sp", "coupled")
+PENALTIES = tuple(PENALTY_KINDS)  # the registry (lab/build.py) is the source
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

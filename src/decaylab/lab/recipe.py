@@ -47,25 +47,17 @@ def describe(run: dict, optimizer: str = "adam") -> str:
 
 
 def make_penalty(run: dict, model: nn.Module | None):
-    kind, alpha = run["penalty"], run["alpha"]
-    if kind == "l2":
-        return dl.L2(alpha)
-    if kind == "l1":
-        return dl.L1(alpha)
-    if kind == "elasticnet":
-        return dl.ElasticNet(alpha, run["l1_ratio"])
-    if kind == "grouplasso":
-        return dl.GroupLasso(alpha, run["groups"])
-    if kind == "l2sp":
-        return dl.L2SP(alpha)  # toward the initial weights of this run
-    if kind == "coupled":  # neurons/channels and inputs, each with all it owns; l1_ratio = its L1 share
-        if model is None:  # config validation: check alpha and l1_ratio on a stand-in chain
-            model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
-        return dl.CoupledGroupLasso(alpha, model, l1_ratio=run["l1_ratio"])
+    """The penalty of a run spec, from the registry ``build.PENALTIES`` (``model`` may be
+    None while a config is checked)."""
+    kind = run["penalty"]
     if kind == "magnitude":  # gradual magnitude pruning, the Pareto figure's reference (lab/reference.py)
         begin, end = run["ramp_steps"]
         return dl.TargetSparsity(0.0, run["target"], begin=begin, end=end, every=run["every"])
-    raise ValueError(f"unknown penalty {kind!r}")
+    entry = build.PENALTIES.get(kind)
+    if entry is None or entry.make is None:
+        raise ValueError(f"penalty {kind!r} has no penalty to build; use one of "
+                         f"{', '.join(k for k, e in build.PENALTIES.items() if e.make)}")
+    return entry.make(run, model)
 
 
 def make_rules(run: dict, model: nn.Module, steps_per_epoch: int) -> list[dl.Rule] | None:

@@ -41,14 +41,14 @@ from torch.nn import functional as F
 
 import decaylab as dl
 
-from . import loop, recipe, resuming, runfolder, sweep_func
+from . import build, loop, recipe, resuming, runfolder, sweep_func
 from . import train as train_mod
 from .measure import final_metrics, weight_stats
 from .grid import SweepError, halving_rungs, make_points, memory_plan
 from .path import summarize
 from .stack import Stack
 
-SWEEP_PENALTIES = ("l2", "l1", "elasticnet", "grouplasso", "l2sp")
+SWEEP_PENALTIES = tuple(k for k, e in build.PENALTIES.items() if e.sweeps)  # from the registry
 STACKABLE = ("linear", "mlp", "lenet300")
 
 
