@@ -152,8 +152,8 @@ class Compiled:
     """One kernel's compiled function, with its fallbacks; a call returns False when the
     kernel has fallen back to eager (nothing was changed: the caller runs eager kernels).
 
-    ``torch.compile`` checks its guards on every call (~25 us on a CPU for a bucket of five
-    tensors). The program dynamo hands its backend takes the graph's tensors positionally,
+    ``torch.compile`` checks its guards on every call, a cost of the order of a small
+    model's whole step on a CPU (bench/step_overhead.py --only direct). The program dynamo hands its backend takes the graph's tensors positionally,
     so after the first call this keeps that program and where each of its inputs sits among
     the call's tensors, and later calls run it directly. Its guard is ours: every tensor's
     shape, stride, dtype and device as when it compiled, and grad mode off (the wrapper's
@@ -349,7 +349,8 @@ def call_step(opt: torch.optim.Optimizer) -> None:
     """``opt.step()``, without torch's profiling wrapper when that wrapper would do nothing.
 
     torch wraps every optimizer's ``step`` in a function that opens a profiler range and
-    runs the step hooks: ~17 us on a CPU, a sixth of LeNet-5's AdamW step. With no hook
+    runs the step hooks, a fixed cost per step that is a visible share of a small model's
+    AdamW step on a CPU. With no hook
     registered (the optimizer's own or global), no profiler running and ``step`` not
     replaced on the instance (an LR scheduler built on it does that), the wrapper only
     calls through, so the step is called directly; otherwise through the wrapper."""

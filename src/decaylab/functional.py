@@ -48,8 +48,8 @@ __all__ = [
 
 # Mean elements per tensor from which soft_threshold_'s softshrink loop (2 memory passes,
 # one launch per tensor) beats its foreach clamp-and-subtract (~7 passes and a temporary)
-# on CUDA. Measured on an H100: the two break even near 2**19 elements per tensor; on
-# bench/step_overhead.py's MLP (3 tensors, 1.9M elements on average) 20 us vs 75 us.
+# on CUDA: the two break even near 2**19 elements per tensor on an H100 (the measurement is
+# bench/step_overhead.py --device cuda, in BENCHMARKS.md).
 _LOOP_NUMEL = 1 << 19
 
 

@@ -56,8 +56,9 @@ selects its own program. The wrapper follows a model converted after ``regulariz
 chosen again at the next step (:meth:`decaylab.buckets.Buckets.follow_conversion`).
 
 After its first call a bucket runs the compiled program without dynamo
-(:class:`decaylab._compat.Compiled`): dynamo's guard evaluation costs ~25 us a call on a CPU,
-a fifth of a small model's whole AdamW step, and the signature above already fixes what the
+(:class:`decaylab._compat.Compiled`): dynamo's guard evaluation costs a fixed time a call,
+a visible share of a small model's whole AdamW step on a CPU (the "via dynamo" rows of
+``bench/step_overhead.py --only direct``), and the signature above already fixes what the
 guards would check; each call compares its tensors' shapes, strides, dtypes and devices with
 those the program was compiled for, and anything else goes back through dynamo (which
 recompiles if it must).
@@ -78,18 +79,16 @@ from ._warn import warn
 __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 
 # From this many penalized elements in a bucket, fused=None (auto) compiles on a CPU:
-# below it the compile time is not won back in a typical run. bench/step_overhead.py
-# (BENCHMARKS.md): a cold compile takes 5-15 s per bucket on the 2-core machine; on the
-# 5.8M-weight MLP the Adam-metric prox costs ~12 ms a step eagerly (4.0x a 4 ms AdamW step,
-# quiet machine) and ~2 ms fused (1.4-1.7x), so the compile pays after ~1,000 steps; a
-# 270k-weight LeNet-300-100 saves well under 1 ms a step: 10,000+ steps to pay back.
+# below it the compile time is not won back in a typical run. A cold compile costs seconds
+# per bucket and saves a fraction of a step's time; on a 5.8M-weight MLP that pays after
+# about a thousand steps, on a 270k-weight LeNet-300-100 only after ten times as many
+# (bench/step_overhead.py: "first two calls" and the step tables, BENCHMARKS.md).
 CPU_MIN_NUMEL = 1 << 20
 # Below this many weights a CPU bucket's compiled kernel runs on one thread (Kernel._compiled).
 CPU_SINGLE_THREAD_NUMEL = 1 << 18
 # Below this many weights a CPU bucket keeps Adam's step apart from its kernel: the inner
 # optimizer runs anyway (for the biases), and on a small model its fixed cost, not memory
-# traffic, is the step (LeNet-5, 61k weights: L1 metric=lr 1.8x an AdamW step with Adam's
-# step inside the kernel, 1.4x without; bench/step_overhead.py, BENCHMARKS.md).
+# traffic, is the step (the LeNet-5 rows of bench/step_overhead.py, BENCHMARKS.md).
 CPU_ADAM_MIN_NUMEL = 1 << 18
 
 _BACKEND: object = "inductor"  # tests swap in a counting backend

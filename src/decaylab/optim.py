@@ -121,7 +121,7 @@ class Regularized(torch.optim.Optimizer):
 
         Step hooks (this wrapper's own and the global ones) and the profiler's range work as
         on any torch optimizer (in torch's order, with torch's arguments); torch's own wrapper
-        for them costs ~17 us a call even when there is nothing to run, so it runs only when
+        for them costs a fixed time a call even when there is nothing to run, so it runs only when
         there is something to run."""
         if _compat.unhooked(self):
             return self._step(closure)
