@@ -58,6 +58,21 @@ def test_each_stacked_point_equals_decaylab_train_of_it_alone(tmp_path, penalty,
         _assert_same_run(tmp_path / "s" / "runs" / f"a{float(a):g}", alone / "p")
 
 
+@pytest.mark.parametrize("penalty", ["l2sp", "l1"])
+def test_a_point_that_survives_halving_equals_decaylab_train_of_it_alone(tmp_path, penalty):
+    # halving re-wraps the stack with the survivors: L2SP must still decay toward the
+    # initial weights, not toward the weights at the rung
+    assert _sweep(tmp_path, "s", "--penalty", penalty, "--alphas", "0.01,0.1,1,10", "--min-full", "2",
+                  sets=["train.epochs=4"]) == 0
+    sw = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    kept = [p for p in sw["points"] if not p["stopped_early"]]
+    assert sw["method"]["halving_rungs"] == [2] and len(kept) == 2
+    for p in kept:
+        alone = _train_alone(tmp_path, f"t{p['alpha']:g}", f"penalty.penalty=\"{penalty}\"",
+                             f"penalty.alpha={p['alpha']}", "train.epochs=4")
+        _assert_same_run(tmp_path / "s" / "runs" / f"a{p['alpha']:g}", alone / "p")
+
+
 def test_a_learning_rate_per_configuration_equals_training_at_that_rate(tmp_path):
     assert _sweep(tmp_path, "s", "--penalty", "l2", "--alphas", "0.1,1", "--lrs", "1e-3,3e-3", "--full") == 0
     alone = _train_alone(tmp_path, "t", "penalty.penalty=\"l2\"", "penalty.alpha=1.0", "train.lr=3e-3")

@@ -81,7 +81,7 @@ PENALTIES = {  # penalty -> what it is (the config's choices, the sweep's and th
     "grouplasso": PenaltyKind("group lasso over groups (rows, inputs, channels)",
                               lambda r, m: dl.GroupLasso(r["alpha"], r["groups"]), True),
     "l2sp": PenaltyKind("L2 toward the run's initial weights",
-                        lambda r, m: dl.L2SP(r["alpha"]), True),
+                        lambda r, m: dl.L2SP(r["alpha"], r.get("reference")), True),
     "coupled": PenaltyKind("coupled group lasso: neurons/channels and inputs with all they own",
                            _coupled),
 }

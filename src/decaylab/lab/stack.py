@@ -124,6 +124,10 @@ class Stack:
         scale = None if self.same_lr else torch.tensor(lrs, dtype=torch.float64) / tr["lr"]
         self.inner = _inner_optimizer(tr, self.model.parameters(), scale)
         self.steps_per_epoch = steps_per_epoch
+        # L2SP's reference: the initial weights, kept (and sliced by halving) here, since a
+        # rung re-wraps the stack and a fresh L2SP would snapshot the weights of the rung
+        self.init = {n: p.detach().clone() for n, p in self.model.named_parameters()} \
+            if run["penalty"] == "l2sp" else None
         self.opt = self._wrap(0)
         self.sched = recipe.cosine_schedule(self.inner, tr["epochs"]) if tr["schedule"] == "cosine" else None
 
@@ -136,7 +140,8 @@ class Stack:
         return alphas
 
     def _wrap(self, steps: int):
-        rules = recipe.make_rules({**self.run, "alpha": self._alphas()}, self.model, self.steps_per_epoch)
+        rules = recipe.make_rules({**self.run, "alpha": self._alphas(), "reference": self.init}, self.model,
+                                  self.steps_per_epoch)
         opt = dl.regularize(self.inner, self.model, rules)
         opt._steps = steps
         return opt
@@ -154,6 +159,8 @@ class Stack:
                     if layer.bias is not None:
                         layer.bias = nn.Parameter(layer.bias[index].clone())
         new = list(self.model.parameters())
+        if self.init is not None:
+            self.init = {n: w[index].clone() for n, w in self.init.items()}
         state = {}
         for p_old, p_new in zip(old, new):
             st = self.inner.state.get(p_old, {})
