@@ -276,3 +276,35 @@ def test_resume_in_the_middle_of_halving_decides_as_an_uninterrupted_sweep(tmp_p
     assert [(p["epochs"], p["stopped_early"]) for p in got["points"]] == \
         [(p["epochs"], p["stopped_early"]) for p in ref["points"]]
     assert got["chosen"] == ref["chosen"]
+
+
+def test_resume_continues_a_stack_from_its_last_epoch_checkpoint(tmp_path, monkeypatch):
+    from decaylab.lab import loop
+
+    args = ("--penalty", "l2sp", "--alphas", "0.01,0.1,1,10", "--min-full", "2")
+    sets = ["train.epochs=4"]  # logged at the rung (2) and the last epoch
+    assert _sweep(tmp_path, "ref", *args, sets=sets) == 0
+    real_log, real_epoch, epochs = sweep._log_epoch, loop.epoch, []
+
+    def ctrl_c_at_the_last_epoch(stack, data, epoch, *rest):
+        if epoch == 4:
+            raise KeyboardInterrupt
+        return real_log(stack, data, epoch, *rest)
+
+    monkeypatch.setattr(sweep, "_log_epoch", ctrl_c_at_the_last_epoch)
+    assert _sweep(tmp_path, "k", *args, sets=sets) == 130
+    d = tmp_path / "k"
+    assert (d / "runs" / "a0.01" / "checkpoint.pt").is_file()  # the stack's, after epoch 3
+    monkeypatch.setattr(sweep, "_log_epoch", real_log)
+    monkeypatch.setattr(loop, "epoch", lambda t, *a, **kw: (epochs.append(t.epoch + 1), real_epoch(t, *a, **kw))[1])
+    assert cli.main(["resume", str(d), "--quiet"]) == 0
+    assert epochs == [4]  # epochs 1-3 were not trained again
+    assert not list(d.glob("runs/*/checkpoint.pt"))
+    for run in (tmp_path / "ref" / "runs").iterdir():
+        got, want = d / "runs" / run.name, run
+        drop = lambda r: {k: v for k, v in r.items() if k not in ("epoch_time", "mean_epoch_time")}  # noqa: E731
+        rows = [[drop(json.loads(line)) for line in (x / "metrics.jsonl").read_text().splitlines()] for x in (got, want)]
+        assert rows[0] == rows[1], run.name
+        assert drop(final_metrics(got)) == drop(final_metrics(want)), run.name
+        wa, wb = (torch.load(x / "model.pt", weights_only=True) for x in (got, want))
+        assert all(torch.equal(wa[k], wb[k]) for k in wb), run.name

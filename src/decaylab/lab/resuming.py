@@ -4,8 +4,8 @@ and how a sweep stacks its points again.
 A run folder is resumed as the command that wrote it (``config.json["command"]``):
 ``train`` and ``compare`` runs continue from their checkpoints (``train.train_run``), a
 ``compare`` with strengths chosen on validation resumes its sweeps then its seeded runs
-(``choose.run_compare``), a ``sweep`` trains its unfinished stacks again
-(``sweep.run_sweep``). ``select`` keeps no checkpoints: it is refused with one line.
+(``choose.run_compare``), a ``sweep`` continues its unfinished stacks from their
+checkpoints (``sweep.run_sweep``). ``select`` keeps no checkpoints: it is refused with one line.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def kept_points(seed: int, done: int, total: int, again: int) -> str:
     """The line a resumed sweep says per seed.
 
     >>> kept_points(0, 3, 8, 4)
-    'resume: seed 0: 3 of 8 points finished; 4 trained again (each stack with an unfinished point, whole)'
+    'resume: seed 0: 3 of 8 points finished; 4 go on (each stack with an unfinished point, from its last checkpoint)'
     """
-    return (f"resume: seed {seed}: {done} of {total} points finished; {again} trained again "
-            f"(each stack with an unfinished point, whole)")
+    return (f"resume: seed {seed}: {done} of {total} points finished; {again} go on "
+            f"(each stack with an unfinished point, from its last checkpoint)")

@@ -21,6 +21,7 @@ from . import sweep_func
 from . import recipe
 from .build import build_model
 from .models import stack_models, unstack_model
+from .state import FORMAT, rng_state, set_rng_state
 
 
 # -- a learning rate per configuration ------------------------------------------------------
@@ -172,6 +173,35 @@ class Stack:
             self.inner.scale = self.inner.scale[index]
         self.points = [self.points[i] for i in idx]
         self.opt = self._wrap(self.opt.steps)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue after a finished epoch, as tensors and plain data:
+        the live points, weights, optimizer (the wrapper's state included), schedule, data
+        position and random generators (a checkpoint, as ``TrainState.state_dict``)."""
+        return {"format": FORMAT, "points": [p["name"] for p in self.points],
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched is not None else None,
+                "init": self.init, "batch_gen": self.batch_gen.get_state(), "epoch": self.epoch,
+                "step": self.step, "times": list(self.times), "rng": rng_state()}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        """Continue from ``ckpt`` (of a stack built with the same points, seed and config):
+        the points halving had stopped are dropped first, as the interrupted sweep did."""
+        if ckpt.get("format") != FORMAT:
+            raise ValueError(f"stack checkpoint format {ckpt.get('format')!r} is not {FORMAT}; it was "
+                             f"written by another decaylab version: start the sweep again")
+        names = [p["name"] for p in self.points]
+        if ckpt["points"] != names:
+            self.keep([names.index(n) for n in ckpt["points"]])
+        self.model.load_state_dict(ckpt["model"])
+        self.init = ckpt["init"]
+        self.opt = self._wrap(0)
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if self.sched is not None and ckpt["scheduler"] is not None:
+            self.sched.load_state_dict(ckpt["scheduler"])
+        self.batch_gen.set_state(ckpt["batch_gen"])
+        self.epoch, self.step, self.times = ckpt["epoch"], ckpt["step"], list(ckpt["times"])
+        set_rng_state(ckpt["rng"])
 
     def unstack(self, j: int) -> nn.Module:
         """Configuration ``j`` as the plain model ``decaylab train`` would have trained."""

@@ -53,11 +53,15 @@ STACKABLE = ("linear", "mlp", "lenet300")
 
 
 def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, stops: dict,
-                 rungs: list[int], progress=None, log_every: int = 1, halving=(2, 2)) -> dict:
+                 rungs: list[int], progress=None, log_every: int = 1, halving=(2, 2), *,
+                 checkpoint: dict | None = None) -> dict:
     """Train one seed's points stacked; returns {point name: epoch it stopped at}.
 
     ``stops`` maps point names to a decided stop epoch (from an earlier seed); points of
-    the first seed are ranked at each rung in ``rungs`` instead.
+    the first seed are ranked at each rung in ``rungs`` instead. After each epoch (with
+    ``train.checkpoint``, the default) the stack is checkpointed into its first point's
+    folder, as a single run checkpoints into its own; ``checkpoint`` (that file, loaded)
+    continues from it (the caller has cut the points' metrics back to its epoch).
     """
     tr = cfg["train"]
     if cfg["model"].get("factory") and not sweep_func.stackable(cfg, data):
@@ -65,6 +69,15 @@ def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, s
     stack = Stack(cfg, data, run, points)
     outs = {p["name"]: runfolder.run(run_dir, p["name"]) for p in points}
     stopped, last, point_times = {}, {}, []
+    keeper = outs[points[0]["name"]]  # the stack's checkpoint lives in its first point's folder
+    if checkpoint is not None:
+        stack.load_state_dict(checkpoint)
+        stopped, last, point_times = checkpoint["stopped"], checkpoint["last"], checkpoint["point_times"]
+
+    def save():
+        if tr.get("checkpoint", True):
+            keeper.save_checkpoint({**stack.state_dict(), "stopped": stopped, "last": last,
+                                    "point_times": point_times})
     loss_fn = nn.CrossEntropyLoss(reduction="none") if data.task == "classification" else None
 
     def loss(xb, yb):  # the sum of the K points' mean losses: each point's gradient is its own
@@ -73,7 +86,10 @@ def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, s
             return loss_fn(out.flatten(0, 1), yb.repeat(k)).view(k, -1).mean(1).sum()
         return F.mse_loss(out.squeeze(2), yb.expand(k, len(yb)), reduction="none").mean(1).sum()
 
-    for epoch in range(1, tr["epochs"] + 1):
+    first = stack.epoch + 1
+    for epoch in range(first, tr["epochs"] + 1):
+        if epoch > first:
+            save()  # the epoch before this one, its halving decided
         k = len(stack.points)
         lr = loop.epoch(stack, data.x_train, data.y_train, tr["batch_size"], loss)
         seconds = stack.times[-1] / k
@@ -95,6 +111,7 @@ def train_stack(cfg: dict, data, run: dict, points: list[dict], run_dir: Path, s
             stack.keep([j for j in range(len(stack.points)) if j not in drop])
     for j, p in enumerate(stack.points):
         _finish_point(stack, j, last[p["name"]], outs[p["name"]], point_times, stopped=False)
+    keeper.drop_checkpoint()
     return stopped
 
 
@@ -177,8 +194,9 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
     epoch, which is all the path needs and saves evaluation time).
 
     With ``resume=True`` (``decaylab resume`` of a sweep folder) a stack whose points all
-    have ``final.json`` is kept; one with an unfinished point trains again whole, so its
-    halving and its metrics are an uninterrupted sweep's, bit for bit.
+    have ``final.json`` is kept; one with an unfinished point continues from its last
+    epoch checkpoint (or, without one, trains again whole), so its halving and its metrics
+    are an uninterrupted sweep's, bit for bit.
     """
     spec = dict(spec)  # gains "per_stack" (resuming.stack_size)
     lrs = spec.get("lrs") or [cfg["train"]["lr"]]
@@ -225,13 +243,17 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
             if resume and done:
                 say(resuming.kept_points(seed, len(done), len(mine), sum(map(len, todo))))
             for chunk in todo:
+                ckpt = runfolder.run(run_dir, chunk[0]["name"]).load_checkpoint() if resume and stacked else None
                 for p in chunk:
-                    runfolder.run(run_dir, p["name"]).begin({
-                        **run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": seed,
-                        "describe": recipe.describe({**run, "alpha": p["alpha"]})})
+                    out = runfolder.run(run_dir, p["name"])
+                    if ckpt is None:
+                        out.begin({**run, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": seed,
+                                   "describe": recipe.describe({**run, "alpha": p["alpha"]})})
+                    elif p["name"] in ckpt["points"]:  # still training at the checkpoint
+                        out.keep_epochs(ckpt["epoch"])
                 rungs = [] if spec.get("full") or not stacked else halving_rungs(len(chunk), cfg["train"]["epochs"], eta, min_full)
                 train_stack(cfg_s, data_s, run, chunk, run_dir, stops, rungs, progress,
-                             spec.get("log_every", 0), (eta, min_full))
+                             spec.get("log_every", 0), (eta, min_full), checkpoint=ckpt)
             if stops is None:  # the first seed's halving decides for the others
                 finals = {p["key"]: runfolder.run(run_dir, p["name"]).final() for p in mine}
                 stops = {k: f["epochs"] for k, f in finals.items() if f.get("stopped_early")}
@@ -249,7 +271,8 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
 
 def resume_sweep(run_dir, progress=None, say=print) -> dict:
     """Continue a sweep folder (``decaylab resume``): finished points are kept, the rest
-    trained again (see :func:`run_sweep`). A Ray sweep resumes locally."""
+    continue from their stack's checkpoint (see :func:`run_sweep`). A Ray sweep resumes
+    locally."""
     saved = runfolder.read_config(run_dir)
     spec = saved["sweep"]
     cfg = {k: v for k, v in saved.items() if k not in ("command", "versions", "created", "sweep")}
