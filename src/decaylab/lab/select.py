@@ -38,8 +38,7 @@ from torch import nn
 import decaylab as dl
 from decaylab.selection import standardize_inputs
 
-from . import loop
-from .models import build_model
+from . import build, loop
 from .state import TrainState
 
 
@@ -107,9 +106,7 @@ def fit_dense(cfg: dict, data, say=print):
     best = None
     for lam in sorted(cfg["select"]["dense_l2"], reverse=True):
         torch.manual_seed(cfg["seed"])
-        model = build_model(cfg["model"]["kind"], data.n_features, data.n_classes or 1,
-                            hidden=cfg["model"]["hidden"], image_shape=data.image_shape,
-                            dropout=cfg["model"]["dropout"])
+        model = build.build_model(cfg, data)
         _first(model)
         rules = [dl.Rule(dl.L2(lam))] if lam > 0 else None
         _fit(model, data, cfg["train"], cfg["train"]["epochs"], rules, seed=cfg["seed"])
