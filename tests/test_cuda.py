@@ -12,6 +12,8 @@ from torch import nn
 import decaylab as dl
 from decaylab import functional as F
 
+from conftest import buckets, carried
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -96,7 +98,7 @@ def test_cuda_l1_adam_metric_prox_gives_exact_zeros(fused):
         opt.step()
         opt.zero_grad()
     assert dl.sparsity(model) > 0.1
-    assert all(bool(b.kernel) == fused for b in opt._buckets.all)
+    assert all(bool(b.kernel) == fused for b in buckets(opt).all)
 
 
 @cuda
@@ -114,7 +116,7 @@ def test_cuda_bf16_adam_metric_prox_keeps_its_residual(fused):
         opt.zero_grad()
     assert model[0].weight.dtype == torch.bfloat16
     assert dl.sparsity(model) > 0.0
-    residuals = list(opt._buckets.residuals.values())
+    residuals = list(opt.state_dict()["decaylab"]["residuals"].values())
     assert residuals and any(bool((r != 0).any()) for r in residuals)  # sub-bf16 progress kept
 
 
@@ -131,7 +133,7 @@ def _train_cuda(rule, dtype, fused, adam_kwargs=None, steps=5):
         nn.functional.cross_entropy(model(x).float(), y).backward()
         opt.step()
         opt.zero_grad()
-    return [p.detach().float() + opt._buckets.residuals.get(opt._buckets.position[id(p)], 0) for p in model.parameters()], opt
+    return carried(opt, model.parameters()), opt
 
 
 CUDA_RULES = {
@@ -153,7 +155,7 @@ def test_cuda_fused_equals_eager(name, dtype):
     comp, opt = _train_cuda(CUDA_RULES[name], dtype, True)
     # an fp32 elementwise prox bucket takes Adam's step into its kernel from step 2 on
     # (step 1 is Adam's own, eager prox): 4 compiled calls; the others compile at step 1: 5
-    for b in opt._buckets.all:
+    for b in buckets(opt).all:
         fused_adam = b.rule.mode == "prox" and not b.low_precision and b.kernel.op != "group"
         assert b.kernel and b.kernel.calls == (4 if fused_adam else 5)
         assert (b.kernel._adam_fn is not None) == fused_adam
@@ -186,7 +188,7 @@ def test_cuda_fused_compiles_once(monkeypatch):
 
     monkeypatch.setattr(fused, "_BACKEND", counting)
     _, opt = _train_cuda(CUDA_RULES["GroupLasso-inputs-adam"], torch.float32, True, steps=6)
-    assert len(compiles) == len(opt._buckets.all) == 1 and opt._buckets.all[0].kernel.calls == 6
+    assert len(compiles) == len(buckets(opt).all) == 1 and buckets(opt).all[0].kernel.calls == 6
 
 
 @cuda

@@ -14,6 +14,8 @@ import decaylab as dl
 from decaylab import _inner_decay, fused
 from decaylab.optim import Regularized
 
+from conftest import buckets
+
 ALPHA, LR = 0.3, 0.02
 IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
 
@@ -263,7 +265,7 @@ def test_a_prox_bucket_taking_adams_step_in_its_kernel_and_the_l2_split_share_on
     model = _mlp()
     fast = build(model)
     a = _run(fast, model, steps=6)
-    l1 = next(b for b in fast._buckets.all if b.rule.mode == "prox")
+    l1 = next(b for b in buckets(fast).all if b.rule.mode == "prox")
     assert l1.kernel and l1.kernel._adam_fn is not None  # AdamW's step ran inside the L1 kernel
     assert decay_passes == []
     _old_path(monkeypatch)
@@ -345,9 +347,9 @@ def test_past_lr_alpha_1_decaylabs_clamped_pass_takes_over_mid_run(monkeypatch, 
 def test_a_group_missing_a_rules_weight_is_not_split():
     model = _mlp()
     opt = _wrap(model)
-    assert _inner_decay.plan(opt.optimizer, opt._buckets.by_mode, opt._multiplier) is not None
+    assert _inner_decay.plan(opt.optimizer, buckets(opt).by_mode, opt._multiplier) is not None
     opt.optimizer.param_groups[0]["params"].remove(model[0].weight)
-    assert _inner_decay.plan(opt.optimizer, opt._buckets.by_mode, opt._multiplier) is None
+    assert _inner_decay.plan(opt.optimizer, buckets(opt).by_mode, opt._multiplier) is None
 
 
 def test_a_closure_keeps_decaylabs_own_decay_pass(decay_passes):

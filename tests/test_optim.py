@@ -15,14 +15,7 @@ import decaylab as dl
 from decaylab import _compat
 from decaylab.step_sizes import StepSizes
 
-
-class Holder(nn.Module):
-    """A module owning bare parameters (selected by name glob, not by the default rule)."""
-
-    def __init__(self, **params):
-        super().__init__()
-        for name, value in params.items():
-            setattr(self, name, nn.Parameter(value))
+from conftest import Holder, buckets
 
 
 def _linear(weight, bias=False):
@@ -546,7 +539,8 @@ def test_default_metric_follows_what_the_optimizer_keeps(name):
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
     assert opt.metrics == [expected, expected, "lr"]
-    assert [b.metric for b in opt._buckets.all] == [expected, expected, "lr"]
+    # private: the buckets the step runs with, not only the metrics it reports
+    assert [b.metric for b in buckets(opt).all] == [expected, expected, "lr"]
     assert f"prox/{expected}" in dl.summary(opt)
 
 
@@ -731,8 +725,8 @@ def test_adam_group_threshold_leaves_a_nan_coordinate_out_of_its_groups_mean():
     opt.step()
     v = opt.state[lin.weight]["exp_avg_sq"]
     v[1, 2] = float("nan")
-    b = opt._buckets.all[0]
-    steps = StepSizes(opt.optimizer, b, 0.1, None, [lin.weight], opt._buckets.scratch)
+    b = buckets(opt).all[0]
+    steps = StepSizes(opt.optimizer, b, 0.1, None, [lin.weight], buckets(opt).scratch)
     (t,) = steps.group_thresholds([b.rule.penalty.kernel_dims(None, lin.weight)])
     d = (v.sqrt() / math.sqrt(1 - 0.999) + 1e-8).clamp_min(0.01)
     expected = 0.1 * 0.01 / torch.nanmean(d, dim=1, keepdim=True)
