@@ -7,6 +7,8 @@ on ``sys.path``, as it does for ``report_fixtures``.
 
 from __future__ import annotations
 
+import io
+
 import torch
 from torch import nn
 
@@ -38,11 +40,40 @@ class ConvFc(nn.Module):
         self.fc = nn.Linear(4, 3)
 
 
+def zero_grads(model):
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+
+def linear_from(weight, bias=False):
+    """An ``nn.Linear`` whose weight is ``weight`` (a nested list or a tensor)."""
+    weight = torch.as_tensor(weight, dtype=torch.float32)
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+    return lin
+
+
+def pickled(obj):
+    """``obj`` through ``torch.save`` and ``torch.load`` (full pickle)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
 def reg(rules, opt=None, model=None):
     """``dl.regularize`` over ``model`` (a fresh :class:`ConvFc` by default) and ``opt`` (SGD)."""
     model = model or ConvFc()
     opt = opt or torch.optim.SGD(model.parameters(), lr=0.1)
     return dl.regularize(opt, model, rules)
+
+
+def reg_adam(make_opt, penalty=None, params=None):
+    """:func:`reg` of a ``metric="adam"`` rule (L1 by default) under ``make_opt(parameters)``."""
+    model = ConvFc()
+    rule = dl.Rule(penalty or dl.L1(1e-3), params=params, metric="adam")
+    return reg(rule, opt=make_opt(model.parameters()), model=model)
 
 
 def carried(opt, params) -> list[torch.Tensor]:

@@ -11,6 +11,8 @@ from torch import nn
 
 import decaylab as dl
 
+from conftest import reg, zero_grads
+
 
 class Net(nn.Module):
     """One of each kind of layer the default rule has an opinion about."""
@@ -32,11 +34,6 @@ BIASES = ["conv.bias", "bn.bias", "fc1.bias", "ln.bias", "fc2.bias"]
 
 def _sgd(model, lr=0.1):
     return torch.optim.SGD(model.parameters(), lr=lr)
-
-
-def _zero_grads(model):
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
 
 
 def test_default_selection_is_linear_and_conv_weights_only():
@@ -101,7 +98,7 @@ def test_explicit_rules_take_precedence_over_default(default_first):
         net.bn.weight.fill_(0.5)  # BatchNorm defaults are 1/0; make them shrinkable
         net.ln.weight.fill_(0.5)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    _zero_grads(net)
+    zero_grads(net)
     opt.step()
     after = dict(net.named_parameters())
     for n in ("conv.weight", "fc2.weight"):
@@ -166,7 +163,7 @@ def test_tied_parameters_are_counted_once():
     assert re.search(r"\s1\s+4\s+\S+%", dl.summary(opt).splitlines()[2])
     with torch.no_grad():
         a.weight.copy_(torch.tensor([[1.0, -0.75], [0.5, -0.125]]))
-    _zero_grads(model)
+    zero_grads(model)
     opt.step()
     # shrunk by lr*alpha = 0.125 once, not twice
     assert torch.equal(a.weight.detach(), torch.tensor([[0.875, -0.625], [0.375, 0.0]]))
@@ -351,7 +348,7 @@ def test_the_default_selection_decays_a_tied_head_once(extra_linear):
     names = opt.bindings[0].names
     assert "emb.weight" in names and ("mix.weight" in names) == extra_linear
     before = model.emb.weight.detach().clone()
-    _zero_grads(model)
+    zero_grads(model)
     opt.step()
     assert torch.equal(model.emb.weight.detach(), before * (1 - lr * alpha))  # once, not twice
 
@@ -407,3 +404,56 @@ def test_frozen_weights_are_not_decayed_by_the_default_selection():
     model[0].weight.grad = torch.zeros(2, 2)  # even with a gradient lying around
     opt.step()
     assert torch.equal(model[0].weight, frozen)
+
+
+# -- bad input -----------------------------------------------------------------------
+
+class SparseEmb(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 2, sparse=True)
+        self.fc = nn.Linear(2, 2)
+
+
+def _one_arg_predicate():
+    return reg(dl.Rule(dl.L1(1e-3), params=lambda name: name.endswith("weight")))
+
+
+FC = nn.Sequential(nn.Linear(4, 3))
+
+
+CASES = [
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), mode="proximal"), r"unknown mode 'proximal'.*'prox', 'decoupled', 'coupled'",
+                 id="mode"),
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), metric="fisher"), r"unknown metric 'fisher'.*'lr', 'adam'", id="metric"),
+    pytest.param(lambda: dl.Rule(dl.L2(1e-3), mode="decoupled", metric="adam"),
+                 r"metric='adam' applies to mode='prox' only, got mode='decoupled'", id="adam-metric-decoupled"),
+    pytest.param(lambda: dl.Rule("L1"), r"Rule needs a Penalty or None, got 'L1'", id="rule-not-penalty"),
+    pytest.param(lambda: reg(dl.Rule(dl.L1(1e-3), params="decoder.*")),
+                 r"params='decoder\.\*'\) matches no parameter of ConvFc", id="matches-nothing"),
+    pytest.param(lambda: reg([dl.Rule(dl.L1(1e-3), params="fc.*"), dl.Rule(dl.L2(1e-3), params="*.weight")]),
+                 r"'fc\.weight' is selected by two rules.*fc\.\*.*\*\.weight", id="two-rules"),
+    pytest.param(lambda: reg([dl.L1(1e-3), dl.Rule(dl.L2(1e-3))]), r"two rules use the default selection",
+                 id="two-default-rules"),
+    pytest.param(lambda: reg(dl.Rule(dl.L1(1e-3), params=42)), r"cannot select parameters with 42", id="bad-selector"),
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), schedule=0.5),
+                 r"schedule must be a function f\(step\) -> multiplier, got 0\.5", id="schedule-not-callable"),
+    pytest.param(_one_arg_predicate, r"predicate '<lambda>' must take \(name, param, module\)", id="one-arg-predicate"),
+    pytest.param(lambda: reg(dl.Rule(dl.L2(1e-3), params="emb.weight", mode="coupled"), model=SparseEmb()),
+                 r"sparse gradient of 'emb\.weight'.*mode='decoupled'", id="coupled-sparse-embedding"),
+    *[
+        pytest.param(lambda make=make, mode=mode: reg(dl.Rule(make(FC), params="0.weight", mode=mode), model=FC),
+                     rf"{name}\(alpha=0\.001.*acts through its prox only, got mode='{mode}'; use mode='prox'",
+                     id=f"{name}-mode={mode}")
+        for name, make in [("TargetSparsity", lambda m: dl.TargetSparsity(1e-3, 0.5)),
+                           ("AdaptiveGroupLasso", lambda m: dl.AdaptiveGroupLasso(1e-3, m.state_dict())),
+                           ("CoupledGroupLasso", lambda m: dl.CoupledGroupLasso(1e-3, m, "inputs"))]
+        for mode in ("coupled", "decoupled")
+    ],
+]
+
+
+@pytest.mark.parametrize("make, match", CASES)
+def test_bad_input_raises_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
