@@ -3,7 +3,7 @@ torch upgrade would make it fail, and training goes on, equal to ``fused=False``
 warning at the user's ``opt.step()`` line.
 
 Compiled kernels use the "aot_eager" backend here (the same traced program as inductor,
-without its seconds-long C++ compile).
+without its C++ compile).
 """
 
 from __future__ import annotations

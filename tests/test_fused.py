@@ -1,7 +1,7 @@
 """Compiled bucket kernels (decaylab.fused): equal to the eager path, chosen once, eager
 fallback when compilation fails, no recompilation across steps, no kept Adam buffer.
 
-Compiling with inductor costs seconds per bucket on a CPU, so the full matrix of
+Compiling with inductor builds C++ per bucket on a CPU, so the full matrix of
 penalties x modes x metrics x dtypes is checked with the "aot_eager" backend (the same
 traced, functionalized program, run by eager kernels), and inductor itself compiles a
 few representative cases, bfloat16 among them (its precision casts matter there).

@@ -114,7 +114,7 @@ def test_explicit_rules_take_precedence_over_default(default_first):
 
 class _CompiledLike(nn.Module):
     """What ``torch.compile(model)`` returns (an OptimizedModule holding ``_orig_mod``),
-    without importing dynamo, which takes several seconds."""
+    without importing dynamo."""
 
     def __init__(self, mod):
         super().__init__()
