@@ -31,6 +31,19 @@ class Holder(nn.Module):
             setattr(self, name, nn.Parameter(value.detach().clone(), requires_grad=grad))
 
 
+class EveryLayer(nn.Module):
+    """One of each kind of layer the default rule has an opinion about."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)    # weight 40
+        self.conv = nn.Conv2d(1, 2, 3)    # weight 18, bias 2
+        self.bn = nn.BatchNorm2d(2)       # weight 2, bias 2
+        self.fc1 = nn.Linear(8, 6)        # weight 48, bias 6
+        self.ln = nn.LayerNorm(6)         # weight 6, bias 6
+        self.fc2 = nn.Linear(6, 3)        # weight 18, bias 3
+
+
 class ConvFc(nn.Module):
     """A conv and a linear layer: ``conv.weight`` (2, 1, 3, 3), ``fc.weight`` (3, 4), biases."""
 
@@ -76,13 +89,19 @@ def reg_adam(make_opt, penalty=None, params=None):
     return reg(rule, opt=make_opt(model.parameters()), model=model)
 
 
-def carried(opt, params) -> list[torch.Tensor]:
-    """The value the wrapper carries for each weight: the weight plus its low-precision
-    residual (``state_dict()["decaylab"]["residuals"]``, keyed by the weight's index in the
-    optimizer's param groups)."""
-    residuals = opt.state_dict()["decaylab"]["residuals"]
+def residuals(opt, params) -> list[torch.Tensor | None]:
+    """The fp32 rounding residual the wrapper keeps for each low-precision weight, or None:
+    ``state_dict()["decaylab"]["residuals"]``, keyed by the weight's index in the optimizer's
+    param groups."""
+    saved = opt.state_dict()["decaylab"]["residuals"]
     index = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
-    return [p.detach().float() + residuals.get(index[id(p)], 0) for p in params]
+    return [saved.get(index[id(p)]) for p in params]
+
+
+def carried(opt, params) -> list[torch.Tensor]:
+    """The value the wrapper carries for each weight: the weight plus its residual."""
+    params = list(params)
+    return [p.detach().float() + (0 if c is None else c) for p, c in zip(params, residuals(opt, params))]
 
 
 # -- the compiled kernels' training loop (test_fused.py, test_compat.py) --------------

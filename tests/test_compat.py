@@ -66,6 +66,7 @@ def test_a_private_backend_that_fails_falls_back_to_the_guarded_call(broken, rul
     _one_warning(seen, "private compiler hooks \\((ImportError: cannot import|TypeError: compile_fx)")
     assert_fused_equals_eager(eager, comp)
     for b in buckets(opt).all:  # still compiled, through torch.compile's public path
+        # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
         compiled = b.kernel._adam_fn or b.kernel._fn
         assert compiled.level == "guarded" and compiled._direct is None
         assert b.kernel.calls == (3 if "L1" in rule else 4)  # L1: Adam's own first step, then in the kernel
@@ -82,6 +83,7 @@ def test_a_changed_direct_calling_convention_falls_back_to_dynamos_call(monkeypa
     _one_warning(seen, "direct call failed \\(TypeError: forward\\(\\) takes 2")
     assert_fused_equals_eager(eager, comp)  # the failed call changed nothing; dynamo took the step
     (b,) = buckets(opt).all
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert b.kernel.calls == 5 and b.kernel._fn.level == "direct" and not b.kernel._fn.direct
 
 
@@ -187,6 +189,7 @@ def test_unreadable_hook_tables_keep_adams_step_out_of_the_kernel(monkeypatch):
     comp, opt, seen = _train_warned(FUSED_RULES["L1 prox lr"])
     _one_warning(seen, "could not read torch's optimizer step-hook tables")
     (b,) = buckets(opt).all
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert b.kernel._adam_fn is None and b.kernel.calls == 4  # a hook might see hidden gradients
     assert_fused_equals_eager(eager, comp)
 
@@ -200,6 +203,7 @@ def test_on_a_tested_torch_the_private_path_works_with_inductor(monkeypatch):
     eager, _ = train_fused(FUSED_RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.SGD)
     comp, opt, seen = _train_warned(FUSED_RULES["L1 prox lr"], opt_cls=torch.optim.SGD)
     assert seen == []
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     compiled = buckets(opt).all[0].kernel._fn
     assert compiled.level == "direct" and compiled._direct is not None and buckets(opt).all[0].kernel.calls == 4
     assert_fused_equals_eager(eager, comp)
@@ -218,6 +222,7 @@ def test_inductors_guarded_call_takes_the_kernels_settings_as_public_options(mon
         warnings.simplefilter("always")
         comp, opt = train_fused(FUSED_RULES["ElasticNet prox lr"], torch.bfloat16, True, opt_cls=torch.optim.SGD)
     _one_warning([w for w in seen if "decaylab" in str(w.message)], "private compiler hooks")
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert buckets(opt).all[0].kernel._fn.level == "guarded" and buckets(opt).all[0].kernel.calls == 4
     assert_fused_equals_eager(eager, comp)
 
@@ -232,6 +237,7 @@ def test_a_multi_tensor_op_torch_lacks_is_a_loop_with_the_same_result(op, args, 
     if isinstance(args[0], list) and not isinstance(args[0][0], torch.Tensor):
         args = ([torch.full_like(t, v) for t, v in zip(ts, args[0])],) + args[1:]
     a, b = [t.clone() for t in ts], [t.clone() for t in ts]
+    # private: _compat's own foreach shim is the unit under test
     fast = _compat._foreach(op)(a, *args)
     monkeypatch.delattr(torch, "_foreach_" + op)
     slow = _compat._foreach(op)(b, *args)

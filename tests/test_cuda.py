@@ -158,6 +158,7 @@ def test_cuda_fused_equals_eager(name, dtype):
     for b in buckets(opt).all:
         fused_adam = b.rule.mode == "prox" and not b.low_precision and b.kernel.op != "group"
         assert b.kernel and b.kernel.calls == (4 if fused_adam else 5)
+        # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
         assert (b.kernel._adam_fn is not None) == fused_adam
         # after its first call the kernel runs its program without dynamo's guards
         assert (b.kernel._adam_fn or b.kernel._fn)._direct is not None

@@ -63,6 +63,7 @@ def test_inductor_kernels_equal_eager(name, dtype):
     # steps 2-4 run Adam's step inside the compiled kernel; bf16 and group proxes keep
     # Adam's own step, and their kernel runs from step 1
     fused_adam = dtype == torch.float32 and "GroupLasso" not in name
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert all(b.kernel and b.kernel.calls == (3 if fused_adam else 4)
                and (b.kernel._adam_fn is not None) == fused_adam for b in buckets(c_opt).all)
     assert_fused_equals_eager(eager, comp)
@@ -197,6 +198,7 @@ def test_adam_step_inside_the_kernel_equals_adam_then_prox(adam, rule, monkeypat
     opt_cls, kwargs = ADAMS[adam]
     m_e, o_e = _train_adam(opt_cls, kwargs, False, FUSED_RULES[rule])
     m_c, o_c = _train_adam(opt_cls, kwargs, True, FUSED_RULES[rule])
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert all(b.kernel._adam_fn is not None and b.kernel.calls == 4 for b in buckets(o_c).by_mode["prox"])
     assert_fused_equals_eager(list(m_e.parameters()), list(m_c.parameters()))
     for p_e, p_c in zip(m_e.parameters(), m_c.parameters()):  # Adam's state, counters included
@@ -223,6 +225,7 @@ def test_adam_step_stays_the_inner_optimizers_where_fusing_would_change_it(case,
             seen.append(all(p.grad is not None for p in opt.param_groups[0]["params"]))
     m_e, _ = _train_adam(opt_cls, kwargs, False, FUSED_RULES["L1 prox adam"])
     m_c, o_c = _train_adam(opt_cls, kwargs, True, FUSED_RULES["L1 prox adam"], hook=hook)
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert all(b.kernel._adam_fn is None and b.kernel.calls == 5 for b in buckets(o_c).by_mode["prox"])
     assert_fused_equals_eager(list(m_e.parameters()), list(m_c.parameters()))
     assert case != "step-hook" or seen == [True] * 5
@@ -268,6 +271,7 @@ def test_one_rule_over_fp32_and_bf16_weights_fuses_the_fp32_bucket_only(monkeypa
     eager, _ = run(False)
     comp, opt = run(True)
     by_dtype = {b.params[0].dtype: b.kernel for b in buckets(opt).all}
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert by_dtype[torch.float32]._adam_fn is not None and by_dtype[torch.bfloat16]._adam_fn is None
     assert_fused_equals_eager(eager, comp)
 
@@ -293,6 +297,7 @@ def test_stacked_strengths_inside_the_adam_kernel_equal_eager(metric, monkeypatc
 
     eager, _ = run(False)
     comp, opt = run(True)
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert buckets(opt).all[0].kernel._adam_fn is not None and buckets(opt).all[0].kernel.calls == 9
     assert_fused_equals_eager(eager, comp)
     zeros = (comp[0] == 0).flatten(1).sum(1)
@@ -307,6 +312,7 @@ def test_inductor_group_threshold_in_adams_metric_leaves_a_nan_entry_out_as_eage
     w, v = torch.randn(4, 6), torch.rand(4, 6) * 1e-4
     v[1, 2] = float("nan")
     scalars = torch.tensor([0.1, 0.05, 1e-8, 1.0, 0.0, 0.7])  # step, alpha, eps, l1_ratio, 1 - it, rbc
+    # private: the kernel body itself, compiled here outside the wrapper
     compiled = torch.compile(fused._bucket_update, dynamic=False, fullgraph=True, options=_compat.inductor_options(single_thread=False))
     a, b = [w.clone()], [w.clone()]
     compiled(a, None, [v], scalars, None, "group", ((1,),))
@@ -354,6 +360,7 @@ def test_group_factor_edge_cases_match_the_eager_prox(t, compiled):
     per_group = [w.clone()]  # the eager path for a threshold per group (Adam's metric)
     F.group_soft_threshold_(per_group, torch.full((6, 1), t), [Rows()])
     torch.testing.assert_close(per_group[0], expect[0], rtol=1e-6, atol=0.0, equal_nan=True)
+    # private: the kernel body itself, compiled here outside the wrapper
     body = fused._bucket_update
     if compiled:
         body = torch.compile(body, dynamic=False, fullgraph=True, options=_compat.inductor_options(single_thread=False))
@@ -395,6 +402,7 @@ def test_after_its_first_call_a_kernel_runs_without_dynamo_and_equals_eager(monk
         opt.zero_grad()
         sched.step()
         if step == 0:
+            # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
             compiled = buckets(opt).all[0].kernel._fn
             assert compiled._direct is not None  # the program and where its inputs sit
             counted = compiled._dynamo = _Counting(compiled._dynamo)
@@ -409,6 +417,7 @@ def test_a_tensor_whose_layout_changed_goes_back_through_dynamo(monkeypatch):
     kernel = fused.Kernel("group", 1.0, [(1,)], "layout")
     with torch.no_grad():
         assert kernel([w], None, None, None, 0.1, 0.5, 0.0)
+        # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
         compiled = kernel._fn
         counted = compiled._dynamo = _Counting(compiled._dynamo)
         assert kernel([w], None, None, None, 0.1, 0.5, 0.0) and counted.calls == 0
@@ -429,5 +438,6 @@ def test_a_small_cpu_bucket_keeps_adams_step_apart_by_default(monkeypatch):
     eager, _ = train_fused(FUSED_RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.AdamW)
     comp, c_opt = train_fused(FUSED_RULES["L1 prox lr"], torch.float32, True, opt_cls=torch.optim.AdamW)
     kernel = buckets(c_opt).all[0].kernel
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert kernel._adam_fn is None and kernel.calls == 4  # the prox kernel from step 1, AdamW's own step
     assert_fused_equals_eager(eager, comp)

@@ -651,7 +651,8 @@ def test_a_copy_of_model_and_optimizer_trains_on_its_own_parameters(how):
     data = _data(12)
     model, opt = _setup()
     _train(model, opt, data[:4])
-    assert opt._buckets.residuals and opt._buckets.buffers  # both kinds of id-keyed buffers exist before the copy
+    # both kinds of id-keyed buffers exist before the copy (the Adam-metric step buffers are private)
+    assert opt.state_dict()["decaylab"]["residuals"] and buckets(opt).buffers
     pair = (model, opt)
     if how == "deepcopy":
         model2, opt2 = copy.deepcopy(pair)
@@ -671,7 +672,7 @@ def test_a_deepcopied_optimizer_alone_keeps_stepping():
     model, opt = _setup()
     _train(model, opt, _data(2))
     opt2 = copy.deepcopy(opt)  # copies the parameters it holds too (EMA/SWA-style copies)
-    for p in opt2._buckets.params():
+    for p in (p for g in opt2.param_groups for p in g["params"]):
         p.grad = torch.zeros_like(p)
     opt2.step()
     assert opt2.steps == 3
