@@ -44,6 +44,15 @@ class EveryLayer(nn.Module):
         self.fc2 = nn.Linear(6, 3)        # weight 18, bias 3
 
 
+def mlp(*sizes: int, seed: int = 0) -> nn.Sequential:
+    """A seeded ReLU MLP: ``mlp(6, 8, 3)`` is ``Linear(6, 8), ReLU, Linear(8, 3)``."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
 class ConvFc(nn.Module):
     """A conv and a linear layer: ``conv.weight`` (2, 1, 3, 3), ``fc.weight`` (3, 4), biases."""
 

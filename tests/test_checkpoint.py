@@ -14,7 +14,7 @@ from torch import nn
 
 import decaylab as dl
 
-from conftest import Holder, pickled
+from conftest import Holder, mlp, pickled
 
 
 # -- checkpoints ---------------------------------------------------------------------
@@ -167,11 +167,6 @@ def test_l2sp_snapshots_for_a_rule_that_is_not_l2sp_here_is_an_error():
 # -- penalties with a state of their own (issue #8: controllers in the regularizer state) ---
 
 
-def _mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
-
-
 def _make(kind, model):
     if kind == "target":
         pen = dl.TargetSparsity(1e-4, target=0.8, begin=2, end=20, every=3)
@@ -194,12 +189,12 @@ def _steps(model, opt, start, stop):
 
 @pytest.mark.parametrize("kind", ["target", "target-recipe", "coupled"])
 def test_resume_mid_ramp_is_bit_identical(kind):
-    model = _mlp()
+    model = mlp(6, 8, 5, 3)
     opt = _make(kind, model)
     _steps(model, opt, 0, 30)
     whole = [p.detach().clone() for p in model.parameters()]
 
-    model = _mlp()
+    model = mlp(6, 8, 5, 3)
     opt = _make(kind, model)
     _steps(model, opt, 0, 9)  # inside the ramp (begin 2, end 20)
     buf = io.BytesIO()
@@ -207,7 +202,7 @@ def test_resume_mid_ramp_is_bit_identical(kind):
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
 
-    model = _mlp()
+    model = mlp(6, 8, 5, 3)
     opt = _make(kind, model)  # a fresh penalty: its step counter starts at 0
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["opt"])

@@ -12,7 +12,7 @@ from torch import nn
 import decaylab as dl
 from decaylab import functional as F
 
-from conftest import buckets, carried
+from conftest import buckets, carried, mlp
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -41,15 +41,10 @@ def test_cuda_foreach_path_equals_loop_path(kernel):
         assert torch.equal(x == 0, y == 0)
 
 
-def _mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).cuda()
-
-
 @cuda
 @pytest.mark.parametrize("fused", [False, True])
 def test_cuda_decoupled_l2_adam_equals_adamw(fused):
-    model = _mlp()
+    model = mlp(20, 64, 5).cuda()
     ref = copy.deepcopy(model)
     ours = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused), model,
                          dl.Rule(dl.L2(0.1), params="*"))
@@ -70,7 +65,7 @@ def test_cuda_decoupled_l2_is_adamws_own_step_bit_for_bit(fused):
     """AdamW's own step takes the decay (decaylab._inner_decay): the same kernel calls as
     AdamW with weight-decay param groups, so the same bits (fused CUDA AdamW computes
     ``w - lr*wd*w``, not decaylab's ``w * (1 - lr*wd)``)."""
-    model = _mlp()
+    model = mlp(20, 64, 5).cuda()
     ref = copy.deepcopy(model)
     ours = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0, fused=fused), model,
                          dl.L2(0.1))
@@ -89,7 +84,7 @@ def test_cuda_decoupled_l2_is_adamws_own_step_bit_for_bit(fused):
 @cuda
 @pytest.mark.parametrize("fused", [False, True])
 def test_cuda_l1_adam_metric_prox_gives_exact_zeros(fused):
-    model = _mlp()
+    model = mlp(20, 64, 5).cuda()
     opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model,
                         dl.Rule(dl.L1(1e-3), metric="adam"), fused=fused)
     x, y = torch.randn(256, 20, device="cuda"), torch.randint(0, 5, (256,), device="cuda")

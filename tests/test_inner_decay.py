@@ -14,15 +14,14 @@ import decaylab as dl
 from decaylab import _inner_decay, fused
 from decaylab.optim import Regularized
 
-from conftest import buckets
+from conftest import buckets, mlp
 
 ALPHA, LR = 0.3, 0.02
 IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
 
 
 def _mlp(dtype=torch.float32):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).to(dtype)
+    return mlp(6, 16, 16, 3).to(dtype)
 
 
 def _split(model, decay):

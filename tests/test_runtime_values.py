@@ -20,7 +20,7 @@ from torch import nn
 import decaylab as dl
 from decaylab import fused
 
-from conftest import buckets, residuals
+from conftest import buckets, mlp, residuals
 
 FLAGS = {"fused=True": True, "fused=None": None}
 
@@ -41,14 +41,9 @@ def compiles(monkeypatch):
     return seen
 
 
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-
-
 def _trajectory(flag, make_opt, rule, change=None, sched=None, steps=8, counter=None):
     """Weights after each step, and how many programs had been compiled by then."""
-    m = _mlp()
+    m = mlp(8, 16, 4)
     opt = dl.regularize(make_opt(m.parameters()), m, [rule(), dl.Rule(None, params="*.bias")], fused=flag)
     scheduler = sched(opt) if sched else None
     g = torch.Generator().manual_seed(1)
