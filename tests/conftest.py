@@ -62,6 +62,9 @@ class ConvFc(nn.Module):
         self.fc = nn.Linear(4, 3)
 
 
+# -- around regularize() -------------------------------------------------------------
+
+
 def zero_grads(model):
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
