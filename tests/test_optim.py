@@ -114,6 +114,28 @@ def test_step_with_closure_returns_its_loss_in_coupled_mode():
     assert opt.step() is None  # no closure, no loss
 
 
+def test_add_param_group_reaches_the_inner_optimizer_without_a_penalty():
+    model = nn.Linear(2, 2)
+    extra = nn.Parameter(torch.ones(2, 2))
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.L2(0.5))
+    opt.add_param_group({"params": [extra], "lr": 0.5})
+    assert opt.optimizer.param_groups[1]["params"] == [extra]
+    extra.grad = torch.zeros(2, 2)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.equal(extra.detach(), torch.ones(2, 2))
+
+
+def test_repr_names_the_optimizer_rules_and_counts():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                        [dl.L1(1e-3), dl.Rule(None, params="*.bias")])
+    assert repr(opt) == "Regularized(SGD, [L1(alpha=0.001):prox on 2, None:prox on 2])"
+    assert repr(dl.L2(torch.tensor([0.5, 1e-3]))) == "L2(alpha=tensor([0.5, 0.001]))"
+    assert repr(dl.L2(torch.tensor([1 / 3]))) == "L2(alpha=tensor([0.33333334]))"  # 8 decimals
+
+
 # -- gradient accumulation and missing gradients --------------------------------------
 
 @pytest.mark.parametrize("kind", ["L1-prox", "L2-decoupled", "L2-coupled"])
@@ -199,7 +221,30 @@ def test_strength_schedule_and_alpha_changes_take_effect():
     assert model.weight[0, 0].item() == pytest.approx(prev - lr * 0.4, abs=1e-6)
 
 
-# -- the Adam-metric prox ------------------------------------------------------------
+@pytest.mark.parametrize("m", [0.0, 0.25, 3.0])
+def test_coupled_strength_follows_its_schedule(m):
+    lr, alpha = 0.5, 0.5
+    w0 = torch.tensor([[1.0, -2.0, 0.5]])
+    g = torch.tensor([[0.25, 0.5, -1.0]])
+    model = Holder(w0)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model,
+                        dl.Rule(dl.L2(alpha), params="w", mode="coupled", schedule=lambda step: m))
+    model.w.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(model.w.detach(), w0 - lr * (g + m * alpha * w0), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["coupled", "decoupled", "prox"])
+def test_schedule_sees_the_step_count_from_zero(mode):
+    seen = []
+    model = Holder(torch.ones(2, 2))
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                        dl.Rule(dl.L2(0.1), params="w", mode=mode, schedule=lambda s: seen.append(s) or 1.0))
+    seen.clear()  # regularize() checks the schedule at step 0
+    for _ in range(3):
+        model.w.grad = torch.zeros(2, 2)
+        opt.step()
+    assert sorted(set(seen)) == [0, 1, 2]
 
 
 # -- low precision -------------------------------------------------------------------
@@ -329,6 +374,21 @@ def test_penalty_value_is_the_differentiable_sum_of_rule_values():
     assert torch.allclose(grads[2], 0.1 * torch.sign(w3))
 
 
+def test_penalty_value_with_a_schedule_and_rules_without_penalty():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].weight.fill_(2.0)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, [
+        dl.Rule(None, params="*.bias"),  # first: must not stop the sum
+        dl.Rule(dl.L1(0.5), params="0.weight", schedule=lambda s: 0.5),
+        dl.Rule(dl.L2(1.0), params="1.weight"),
+    ])
+    assert float(opt.penalty_value().detach()) == pytest.approx(0.5 * 0.5 * 4 + 0.5 * 16)
+    only_none = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(None))
+    assert torch.equal(only_none.penalty_value(), torch.zeros(()))
+
+
 # -- coupled mode: torch's weight_decay, bit for bit ------------------------------------
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -364,7 +424,7 @@ def test_coupled_mode_under_maximize_still_shrinks(make):
         assert torch.equal(ours.w, theirs.w)
 
 
-# -- the Adam metric: which optimizers get it, and never-seen coordinates ------------------
+# -- the Adam metric: which optimizers get it -----------------------------------------
 
 ADAM_FAMILY = {
     "Adam": lambda p: torch.optim.Adam(p, lr=1e-2),
@@ -525,72 +585,6 @@ def test_without_hooks_the_wrapper_takes_the_plain_step(monkeypatch):
     opt.step()
     sched.step()
     assert sched.last_epoch == 1 and opt.steps == 2
-
-
-# -- schedules and penalty values ----------------------------------------------------
-
-
-@pytest.mark.parametrize("m", [0.0, 0.25, 3.0])
-def test_coupled_strength_follows_its_schedule(m):
-    lr, alpha = 0.5, 0.5
-    w0 = torch.tensor([[1.0, -2.0, 0.5]])
-    g = torch.tensor([[0.25, 0.5, -1.0]])
-    model = Holder(w0)
-    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model,
-                        dl.Rule(dl.L2(alpha), params="w", mode="coupled", schedule=lambda step: m))
-    model.w.grad = g.clone()
-    opt.step()
-    torch.testing.assert_close(model.w.detach(), w0 - lr * (g + m * alpha * w0), rtol=0, atol=1e-7)
-
-
-@pytest.mark.parametrize("mode", ["coupled", "decoupled", "prox"])
-def test_schedule_sees_the_step_count_from_zero(mode):
-    seen = []
-    model = Holder(torch.ones(2, 2))
-    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
-                        dl.Rule(dl.L2(0.1), params="w", mode=mode, schedule=lambda s: seen.append(s) or 1.0))
-    seen.clear()  # regularize() checks the schedule at step 0
-    for _ in range(3):
-        model.w.grad = torch.zeros(2, 2)
-        opt.step()
-    assert sorted(set(seen)) == [0, 1, 2]
-
-
-def test_penalty_value_with_a_schedule_and_rules_without_penalty():
-    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
-    with torch.no_grad():
-        model[0].weight.fill_(1.0)
-        model[1].weight.fill_(2.0)
-    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, [
-        dl.Rule(None, params="*.bias"),  # first: must not stop the sum
-        dl.Rule(dl.L1(0.5), params="0.weight", schedule=lambda s: 0.5),
-        dl.Rule(dl.L2(1.0), params="1.weight"),
-    ])
-    assert float(opt.penalty_value().detach()) == pytest.approx(0.5 * 0.5 * 4 + 0.5 * 16)
-    only_none = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(None))
-    assert torch.equal(only_none.penalty_value(), torch.zeros(()))
-
-
-def test_add_param_group_reaches_the_inner_optimizer_without_a_penalty():
-    model = nn.Linear(2, 2)
-    extra = nn.Parameter(torch.ones(2, 2))
-    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.L2(0.5))
-    opt.add_param_group({"params": [extra], "lr": 0.5})
-    assert opt.optimizer.param_groups[1]["params"] == [extra]
-    extra.grad = torch.zeros(2, 2)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    opt.step()
-    assert torch.equal(extra.detach(), torch.ones(2, 2))
-
-
-def test_repr_names_the_optimizer_rules_and_counts():
-    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
-    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
-                        [dl.L1(1e-3), dl.Rule(None, params="*.bias")])
-    assert repr(opt) == "Regularized(SGD, [L1(alpha=0.001):prox on 2, None:prox on 2])"
-    assert repr(dl.L2(torch.tensor([0.5, 1e-3]))) == "L2(alpha=tensor([0.5, 0.001]))"
-    assert repr(dl.L2(torch.tensor([1 / 3]))) == "L2(alpha=tensor([0.33333334]))"  # 8 decimals
 
 
 # -- copies: deepcopy, pickle and torch.save train their own parameters --------------
