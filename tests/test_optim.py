@@ -1,4 +1,5 @@
-"""The regularize() wrapper: an Optimizer that applies penalties once per real step."""
+"""The regularize() wrapper: an Optimizer that applies penalties once per real step; it
+survives copies and pickles, takes closures (LBFGS), and names bad input."""
 from __future__ import annotations
 
 import copy

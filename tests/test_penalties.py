@@ -1,5 +1,6 @@
-"""Penalties: hand-computed values, autograd == grad(), decay_ == an explicit step (clamped),
-and batched strengths == one configuration at a time."""
+"""Penalties (decaylab.penalties): hand-computed values, autograd == grad(), decay_ == an
+explicit step (clamped), batched strengths == one configuration at a time, per-coordinate
+steps, the foreach choice reaching every kernel, and bad input named."""
 
 from __future__ import annotations
 

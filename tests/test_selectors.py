@@ -1,4 +1,5 @@
-"""Selectors: norm layers of any library, declared exemptions, and the HF / timm presets.
+"""Selectors: name predicates, norm layers of any library, declared exemptions, and the
+HF / timm presets.
 
 The presets are checked against the real packages (transformers, timm) on small models
 built from configs, nothing from a hub; those tests skip where the package is absent.

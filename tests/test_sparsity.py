@@ -1,5 +1,5 @@
 """TargetSparsity: the cubic budget, exact-zero fraction reached on a short run, alpha=0 is
-magnitude pruning, bad targets named."""
+magnitude pruning, exactly the budget held at the end of the ramp, bad targets named."""
 
 from __future__ import annotations
 
