@@ -23,8 +23,9 @@ mkdir -p "$WORK"
 cp -r "$ROOT/src" "$ROOT/tests" "$ROOT/pyproject.toml" "$ROOT/bench" "$WORK/"
 cd "$WORK"
 # mutmut drops its mutated copy from sys.path when it changes directory, so an installed
-# decaylab (e.g. `pip install -e`) would be tested instead: put mutants/src first again
-cat > tests/conftest.py <<'PY'
+# decaylab (e.g. `pip install -e`) would be tested instead: put mutants/src first again,
+# ahead of the shared helpers in tests/conftest.py
+{ cat <<'PY'
 import os
 import sys
 
@@ -32,6 +33,8 @@ _SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 if _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 PY
+  grep -v '^from __future__ import' "$ROOT/tests/conftest.py"
+} > tests/conftest.py
 echo "mutmut $(python -m mutmut --version 2>&1 | tail -1) in $WORK, limit ${MAX_SECONDS}s, ${CHILDREN} children" >&2
 set +e
 timeout --signal=INT "$MAX_SECONDS" nice -n 10 python -m mutmut run --max-children "$CHILDREN" "$@" > "$WORK/run.log" 2>&1

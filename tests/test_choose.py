@@ -19,6 +19,7 @@ def _sets(items):
 def _late_bloomer(monkeypatch):
     """Validation accuracy scripted per (λ, epoch): the strongest λ lags until the last epoch,
     then wins (as a strong penalty does once a weak one has memorized label noise)."""
+    # private: the lab has no public hook to script an epoch's metrics
     real = sweep._log_epoch
 
     def scripted(stack, data, epoch, *args):

@@ -3,7 +3,7 @@ torch upgrade would make it fail, and training goes on, equal to ``fused=False``
 warning at the user's ``opt.step()`` line.
 
 Compiled kernels use the "aot_eager" backend here (the same traced program as inductor,
-without its seconds-long C++ compile).
+without its C++ compile).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import warnings
 
 import pytest
 import torch
-from test_fused import RULES, _assert_fused_equals_eager, _loss, _model, _train
 from torch import nn
 
 import decaylab as dl
 from decaylab import _compat, fused
+
+from conftest import FUSED_RULES, assert_fused_equals_eager, buckets, fused_loss, fused_model, train_fused
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +35,14 @@ def _train_warned(rule, fused_flag=True, **kw):
     """``_train`` recording every warning; returns (weights, optimizer, decaylab's warnings)."""
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        out, opt = _train(rule, torch.float32, fused_flag, **kw)
+        out, opt = train_fused(rule, torch.float32, fused_flag, **kw)
     return out, opt, [w for w in seen if "decaylab" in str(w.message)]
 
 
 def _one_warning(seen, match: str) -> None:
     assert len(seen) == 1, [str(w.message) for w in seen]
     assert re.search(match, str(seen[0].message)), str(seen[0].message)
-    assert seen[0].filename.endswith(("test_fused.py", "test_compat.py"))  # the opt.step() line
+    assert seen[0].filename.endswith(("conftest.py", "test_compat.py"))  # the opt.step() line
 
 
 def _missing_compile_fx(backend, options):
@@ -59,37 +60,39 @@ def _changed_backend_convention(backend, options):
 @pytest.mark.parametrize("broken", [_missing_compile_fx, _changed_backend_convention],
                          ids=["ImportError", "TypeError"])
 def test_a_private_backend_that_fails_falls_back_to_the_guarded_call(broken, rule, monkeypatch):
-    eager, _ = _train(RULES[rule], torch.float32, False, sched=True)
+    eager, _ = train_fused(FUSED_RULES[rule], torch.float32, False, sched=True)
     monkeypatch.setattr(_compat, "private_backend", broken)
-    comp, opt, seen = _train_warned(RULES[rule], sched=True)
+    comp, opt, seen = _train_warned(FUSED_RULES[rule], sched=True)
     _one_warning(seen, "private compiler hooks \\((ImportError: cannot import|TypeError: compile_fx)")
-    _assert_fused_equals_eager(eager, comp)
-    for b in opt._buckets.all:  # still compiled, through torch.compile's public path
+    assert_fused_equals_eager(eager, comp)
+    for b in buckets(opt).all:  # still compiled, through torch.compile's public path
+        # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
         compiled = b.kernel._adam_fn or b.kernel._fn
         assert compiled.level == "guarded" and compiled._direct is None
         assert b.kernel.calls == (3 if "L1" in rule else 4)  # L1: Adam's own first step, then in the kernel
 
 
 def test_a_changed_direct_calling_convention_falls_back_to_dynamos_call(monkeypatch):
-    eager, _ = _train(RULES["GroupLasso rows lr"], torch.float32, False, steps=5)
+    eager, _ = train_fused(FUSED_RULES["GroupLasso rows lr"], torch.float32, False, steps=5)
 
     def boxed(program, inputs):  # as if programs now took one list of inputs
         raise TypeError(f"forward() takes 2 positional arguments but {len(inputs) + 1} were given")
 
     monkeypatch.setattr(_compat, "call_direct", boxed)
-    comp, opt, seen = _train_warned(RULES["GroupLasso rows lr"], steps=5)
+    comp, opt, seen = _train_warned(FUSED_RULES["GroupLasso rows lr"], steps=5)
     _one_warning(seen, "direct call failed \\(TypeError: forward\\(\\) takes 2")
-    _assert_fused_equals_eager(eager, comp)  # the failed call changed nothing; dynamo took the step
-    (b,) = opt._buckets.all
+    assert_fused_equals_eager(eager, comp)  # the failed call changed nothing; dynamo took the step
+    (b,) = buckets(opt).all
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert b.kernel.calls == 5 and b.kernel._fn.level == "direct" and not b.kernel._fn.direct
 
 
 def test_a_compiler_that_fails_everywhere_leaves_that_kernel_eager_with_one_warning(monkeypatch):
-    eager, _ = _train(RULES["L1 prox lr"], torch.float32, False)
+    eager, _ = train_fused(FUSED_RULES["L1 prox lr"], torch.float32, False)
     monkeypatch.setattr(fused, "_BACKEND", "no_such_backend")  # unknown to lookup_backend and torch.compile
-    comp, opt, seen = _train_warned(RULES["L1 prox lr"])
+    comp, opt, seen = _train_warned(FUSED_RULES["L1 prox lr"])
     _one_warning(seen, "torch.compile failed for a kernel .*no_such_backend.*eager path")
-    assert all(b.kernel is False for b in opt._buckets.all) and fused.available()
+    assert all(b.kernel is False for b in buckets(opt).all) and fused.available()
     for a, b in zip(eager, comp):
         assert torch.equal(a, b)
 
@@ -103,14 +106,14 @@ def test_a_failing_kernel_leaves_the_other_kernels_compiled(monkeypatch):
     monkeypatch.setattr(fused, "_BACKEND", fails_for_the_group_kernel)
 
     def train(fused_flag):
-        m = _model(torch.float32)
+        m = fused_model(torch.float32)
         opt = dl.regularize(torch.optim.Adam(m.parameters(), lr=0.05), m, [
             dl.Rule(dl.L1(0.02), params=["0.weight", "2.weight"]),
             dl.Rule(dl.GroupLasso(0.05, "channels"), params="4.weight")], fused=fused_flag)
         g = torch.Generator().manual_seed(1)
         x, y = torch.randn(16, 6, generator=g), torch.randn(16, 4, generator=g)
         for _ in range(4):
-            _loss(m, x, y).backward()
+            fused_loss(m, x, y).backward()
             opt.step()
             opt.zero_grad()
         return [p.detach() for p in m.parameters()], opt
@@ -121,9 +124,9 @@ def test_a_failing_kernel_leaves_the_other_kernels_compiled(monkeypatch):
         comp, opt = train(True)
     seen = [w for w in seen if "decaylab" in str(w.message)]
     _one_warning(seen, "torch.compile failed for a kernel \\(RuntimeError: inductor: internal error")
-    l1, group = opt._buckets.all
+    l1, group = buckets(opt).all
     assert group.kernel is False and l1.kernel and l1.kernel.calls == 3  # Adam + prox from step 2
-    _assert_fused_equals_eager(eager, comp)
+    assert_fused_equals_eager(eager, comp)
 
 
 def test_a_code_object_that_cannot_be_copied_shares_the_function():
@@ -181,13 +184,14 @@ def test_unreadable_hook_tables_take_torchs_public_step(missing, monkeypatch):
 
 
 def test_unreadable_hook_tables_keep_adams_step_out_of_the_kernel(monkeypatch):
-    eager, _ = _train(RULES["L1 prox lr"], torch.float32, False)
+    eager, _ = train_fused(FUSED_RULES["L1 prox lr"], torch.float32, False)
     monkeypatch.setattr(_compat, "_optim_mod", types.SimpleNamespace())
-    comp, opt, seen = _train_warned(RULES["L1 prox lr"])
+    comp, opt, seen = _train_warned(FUSED_RULES["L1 prox lr"])
     _one_warning(seen, "could not read torch's optimizer step-hook tables")
-    (b,) = opt._buckets.all
+    (b,) = buckets(opt).all
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
     assert b.kernel._adam_fn is None and b.kernel.calls == 4  # a hook might see hidden gradients
-    _assert_fused_equals_eager(eager, comp)
+    assert_fused_equals_eager(eager, comp)
 
 
 # -- the canary: on a torch this project tests, no fallback is taken -------------------------
@@ -196,12 +200,13 @@ def test_on_a_tested_torch_the_private_path_works_with_inductor(monkeypatch):
     """Where this fails, torch changed one of decaylab._compat's private APIs: training still
     works (the tests above), but slower; the warning names what changed."""
     monkeypatch.setattr(fused, "_BACKEND", "inductor")
-    eager, _ = _train(RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.SGD)
-    comp, opt, seen = _train_warned(RULES["L1 prox lr"], opt_cls=torch.optim.SGD)
+    eager, _ = train_fused(FUSED_RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.SGD)
+    comp, opt, seen = _train_warned(FUSED_RULES["L1 prox lr"], opt_cls=torch.optim.SGD)
     assert seen == []
-    compiled = opt._buckets.all[0].kernel._fn
-    assert compiled.level == "direct" and compiled._direct is not None and opt._buckets.all[0].kernel.calls == 4
-    _assert_fused_equals_eager(eager, comp)
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
+    compiled = buckets(opt).all[0].kernel._fn
+    assert compiled.level == "direct" and compiled._direct is not None and buckets(opt).all[0].kernel.calls == 4
+    assert_fused_equals_eager(eager, comp)
     _, wrapped, calls, seen = _run_adam()  # and the inner step skips torch's wrapper
     assert wrapped == 0 and seen == []
 
@@ -211,14 +216,15 @@ def test_inductors_guarded_call_takes_the_kernels_settings_as_public_options(mon
     """The fallback a changed compile_fx leads to, with inductor itself: torch.compile's
     options accept the kernel's settings, and bf16 casts still round as eager rounds them."""
     monkeypatch.setattr(fused, "_BACKEND", "inductor")
-    eager, _ = _train(RULES["ElasticNet prox lr"], torch.bfloat16, False, opt_cls=torch.optim.SGD)
+    eager, _ = train_fused(FUSED_RULES["ElasticNet prox lr"], torch.bfloat16, False, opt_cls=torch.optim.SGD)
     monkeypatch.setattr(_compat, "private_backend", _missing_compile_fx)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        comp, opt = _train(RULES["ElasticNet prox lr"], torch.bfloat16, True, opt_cls=torch.optim.SGD)
+        comp, opt = train_fused(FUSED_RULES["ElasticNet prox lr"], torch.bfloat16, True, opt_cls=torch.optim.SGD)
     _one_warning([w for w in seen if "decaylab" in str(w.message)], "private compiler hooks")
-    assert opt._buckets.all[0].kernel._fn.level == "guarded" and opt._buckets.all[0].kernel.calls == 4
-    _assert_fused_equals_eager(eager, comp)
+    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
+    assert buckets(opt).all[0].kernel._fn.level == "guarded" and buckets(opt).all[0].kernel.calls == 4
+    assert_fused_equals_eager(eager, comp)
 
 
 @pytest.mark.parametrize("op, args", [("add", (0.5,)), ("add_", ([1.0, 2.0],)), ("mul_", (0.5,)), ("sub_", (0.25,)),
@@ -231,6 +237,7 @@ def test_a_multi_tensor_op_torch_lacks_is_a_loop_with_the_same_result(op, args, 
     if isinstance(args[0], list) and not isinstance(args[0][0], torch.Tensor):
         args = ([torch.full_like(t, v) for t, v in zip(ts, args[0])],) + args[1:]
     a, b = [t.clone() for t in ts], [t.clone() for t in ts]
+    # private: _compat's own foreach shim is the unit under test
     fast = _compat._foreach(op)(a, *args)
     monkeypatch.delattr(torch, "_foreach_" + op)
     slow = _compat._foreach(op)(b, *args)

@@ -12,6 +12,8 @@ from torch import nn
 import decaylab as dl
 from decaylab import functional as F
 
+from conftest import buckets, carried, mlp
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -39,15 +41,10 @@ def test_cuda_foreach_path_equals_loop_path(kernel):
         assert torch.equal(x == 0, y == 0)
 
 
-def _mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5)).cuda()
-
-
 @cuda
 @pytest.mark.parametrize("fused", [False, True])
 def test_cuda_decoupled_l2_adam_equals_adamw(fused):
-    model = _mlp()
+    model = mlp(20, 64, 5).cuda()
     ref = copy.deepcopy(model)
     ours = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused), model,
                          dl.Rule(dl.L2(0.1), params="*"))
@@ -68,7 +65,7 @@ def test_cuda_decoupled_l2_is_adamws_own_step_bit_for_bit(fused):
     """AdamW's own step takes the decay (decaylab._inner_decay): the same kernel calls as
     AdamW with weight-decay param groups, so the same bits (fused CUDA AdamW computes
     ``w - lr*wd*w``, not decaylab's ``w * (1 - lr*wd)``)."""
-    model = _mlp()
+    model = mlp(20, 64, 5).cuda()
     ref = copy.deepcopy(model)
     ours = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0, fused=fused), model,
                          dl.L2(0.1))
@@ -87,7 +84,7 @@ def test_cuda_decoupled_l2_is_adamws_own_step_bit_for_bit(fused):
 @cuda
 @pytest.mark.parametrize("fused", [False, True])
 def test_cuda_l1_adam_metric_prox_gives_exact_zeros(fused):
-    model = _mlp()
+    model = mlp(20, 64, 5).cuda()
     opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model,
                         dl.Rule(dl.L1(1e-3), metric="adam"), fused=fused)
     x, y = torch.randn(256, 20, device="cuda"), torch.randint(0, 5, (256,), device="cuda")
@@ -96,7 +93,7 @@ def test_cuda_l1_adam_metric_prox_gives_exact_zeros(fused):
         opt.step()
         opt.zero_grad()
     assert dl.sparsity(model) > 0.1
-    assert all(bool(b.kernel) == fused for b in opt._buckets.all)
+    assert all(bool(b.kernel) == fused for b in buckets(opt).all)
 
 
 @cuda
@@ -114,7 +111,7 @@ def test_cuda_bf16_adam_metric_prox_keeps_its_residual(fused):
         opt.zero_grad()
     assert model[0].weight.dtype == torch.bfloat16
     assert dl.sparsity(model) > 0.0
-    residuals = list(opt._buckets.residuals.values())
+    residuals = list(opt.state_dict()["decaylab"]["residuals"].values())
     assert residuals and any(bool((r != 0).any()) for r in residuals)  # sub-bf16 progress kept
 
 
@@ -131,7 +128,7 @@ def _train_cuda(rule, dtype, fused, adam_kwargs=None, steps=5):
         nn.functional.cross_entropy(model(x).float(), y).backward()
         opt.step()
         opt.zero_grad()
-    return [p.detach().float() + opt._buckets.residuals.get(opt._buckets.position[id(p)], 0) for p in model.parameters()], opt
+    return carried(opt, model.parameters()), opt
 
 
 CUDA_RULES = {
@@ -153,9 +150,10 @@ def test_cuda_fused_equals_eager(name, dtype):
     comp, opt = _train_cuda(CUDA_RULES[name], dtype, True)
     # an fp32 elementwise prox bucket takes Adam's step into its kernel from step 2 on
     # (step 1 is Adam's own, eager prox): 4 compiled calls; the others compile at step 1: 5
-    for b in opt._buckets.all:
+    for b in buckets(opt).all:
         fused_adam = b.rule.mode == "prox" and not b.low_precision and b.kernel.op != "group"
         assert b.kernel and b.kernel.calls == (4 if fused_adam else 5)
+        # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
         assert (b.kernel._adam_fn is not None) == fused_adam
         # after its first call the kernel runs its program without dynamo's guards
         assert (b.kernel._adam_fn or b.kernel._fn)._direct is not None
@@ -186,7 +184,7 @@ def test_cuda_fused_compiles_once(monkeypatch):
 
     monkeypatch.setattr(fused, "_BACKEND", counting)
     _, opt = _train_cuda(CUDA_RULES["GroupLasso-inputs-adam"], torch.float32, True, steps=6)
-    assert len(compiles) == len(opt._buckets.all) == 1 and opt._buckets.all[0].kernel.calls == 6
+    assert len(compiles) == len(buckets(opt).all) == 1 and buckets(opt).all[0].kernel.calls == 6
 
 
 @cuda

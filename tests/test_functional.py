@@ -433,7 +433,8 @@ def test_group_lasso_prox_optimality(w, t):
         if t == 0:  # the prox of the zero function is the identity
             assert torch.equal(vg, wg)
         elif (vg != 0).any():
-            resid = vg - wg + t * root * vg / torch.linalg.vector_norm(vg)
+            unit = vg / vg.abs().max()  # scaled first: the norm of a tiny vg underflows to 0
+            resid = vg - wg + t * root * unit / torch.linalg.vector_norm(unit)
             assert resid.abs().max() <= _tol(w, t) * (1 + t)
         else:
             assert torch.linalg.vector_norm(wg) <= t * root * (1 + 1e-12) + 1e-300
@@ -481,3 +482,19 @@ def test_prox_is_the_minimizer(name, w, t, seed):
     # and the natural competitors: w itself and zero
     for other in (w, torch.zeros_like(w)):
         assert best <= _objective(penalty, other, w, t) + 1e-9 * (1 + abs(best))
+
+
+def test_group_prox_shrinks_every_tensor_of_a_list():
+    a = torch.tensor([[3.0, 4.0]])
+    b = torch.tensor([[6.0, 8.0]])
+    F.group_soft_threshold_([a, b], 1.0, [Rows(), Rows()])  # thresholds sqrt(2): norms 5 and 10
+    torch.testing.assert_close(a, torch.tensor([[3.0, 4.0]]) * (1 - math.sqrt(2) / 5))
+    torch.testing.assert_close(b, torch.tensor([[6.0, 8.0]]) * (1 - math.sqrt(2) / 10))
+
+
+def test_pull_toward_with_per_tensor_scales_of_another_dtype():
+    w = [torch.tensor([2.0, 4.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)]
+    refs = [torch.zeros(2, dtype=torch.float32), torch.zeros(1, dtype=torch.float32)]
+    F.pull_toward_(w, refs, [torch.tensor([0.25, 0.5]), torch.tensor([2.0])])  # a list, float32 scales
+    assert torch.equal(w[0], torch.tensor([1.5, 2.0], dtype=torch.float64))
+    assert torch.equal(w[1], torch.tensor([0.0], dtype=torch.float64))  # clamped at the reference

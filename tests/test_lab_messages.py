@@ -36,6 +36,7 @@ def test_ctrl_c_in_a_sweep_prints_the_resume_command(tmp_path, monkeypatch, caps
 def test_ctrl_c_in_select_says_it_is_run_again_not_resumed(tmp_path, monkeypatch, capsys):
     from decaylab.lab import select
 
+    # private: the lab has no public hook to interrupt a chosen fit
     real, calls = select._fit, []
 
     def fit_then_ctrl_c(*a, **k):

@@ -1,9 +1,10 @@
-"""The regularize() wrapper: an Optimizer that applies penalties once per real step."""
+"""The regularize() wrapper: an Optimizer that applies penalties once per real step; it
+survives copies and pickles, takes closures (LBFGS), and names bad input."""
 from __future__ import annotations
 
 import copy
-import io
 import math
+import pickle
 import warnings
 
 import pytest
@@ -13,29 +14,7 @@ from torch import nn
 
 import decaylab as dl
 from decaylab import _compat
-from decaylab.step_sizes import StepSizes
-
-
-class Holder(nn.Module):
-    """A module owning bare parameters (selected by name glob, not by the default rule)."""
-
-    def __init__(self, **params):
-        super().__init__()
-        for name, value in params.items():
-            setattr(self, name, nn.Parameter(value))
-
-
-def _linear(weight, bias=False):
-    weight = torch.as_tensor(weight, dtype=torch.float32)
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-    return lin
-
-
-def _zero_grads(model):
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+from conftest import ConvFc, Holder, buckets, linear_from, pickled, reg, reg_adam, zero_grads
 
 
 # -- the Optimizer surface -----------------------------------------------------------
@@ -68,7 +47,7 @@ SCHEDULERS = {
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_lr_schedulers_drive_the_prox_threshold(name):
     alpha = 0.05
-    model = _linear([[1.0, -0.5, 0.25], [2.0, -3.0, 0.01]])
+    model = linear_from([[1.0, -0.5, 0.25], [2.0, -3.0, 0.01]])
     opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9), model, dl.L1(alpha))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "lr_scheduler.step() before optimizer.step()" etc.
@@ -78,7 +57,7 @@ def test_lr_schedulers_drive_the_prox_threshold(name):
         for _ in range(6):
             lr = opt.param_groups[0]["lr"]
             lrs.append(lr)
-            _zero_grads(model)  # the inner SGD step is a no-op: only the prox moves w
+            zero_grads(model)  # the inner SGD step is a no-op: only the prox moves w
             opt.step()
             expected = Fn.softshrink(expected, lr * alpha)
             assert torch.equal(model.weight.detach(), expected)
@@ -87,10 +66,10 @@ def test_lr_schedulers_drive_the_prox_threshold(name):
 
 
 def test_prox_threshold_is_lr_times_alpha_after_a_scheduler_step():
-    model = _linear([[1.0, -0.1, 0.25, -0.75]])
+    model = linear_from([[1.0, -0.1, 0.25, -0.75]])
     opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.5), model, dl.L1(0.25))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    _zero_grads(model)
+    zero_grads(model)
     opt.step()  # threshold 0.5 * 0.25
     assert model.weight.tolist() == [[0.875, 0.0, 0.125, -0.625]]
     sched.step()
@@ -100,11 +79,11 @@ def test_prox_threshold_is_lr_times_alpha_after_a_scheduler_step():
 
 
 def test_each_param_group_uses_its_own_lr():
-    a, b = _linear([[1.0, -0.5]]), _linear([[1.0, -0.5]])
+    a, b = linear_from([[1.0, -0.5]]), linear_from([[1.0, -0.5]])
     model = nn.Sequential(a, b)
     inner = torch.optim.SGD([{"params": a.parameters(), "lr": 0.5}, {"params": b.parameters()}], lr=0.25)
     opt = dl.regularize(inner, model, dl.L1(0.25))
-    _zero_grads(model)
+    zero_grads(model)
     opt.step()
     assert a.weight.tolist() == [[0.875, -0.375]]
     assert b.weight.tolist() == [[0.9375, -0.4375]]
@@ -134,6 +113,28 @@ def test_step_with_closure_returns_its_loss_in_coupled_mode():
     assert torch.is_tensor(loss) and torch.allclose(loss, expected_loss)
     assert torch.allclose(model.weight.detach(), w0 - lr * (g + alpha * w0), atol=1e-7)
     assert opt.step() is None  # no closure, no loss
+
+
+def test_add_param_group_reaches_the_inner_optimizer_without_a_penalty():
+    model = nn.Linear(2, 2)
+    extra = nn.Parameter(torch.ones(2, 2))
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.L2(0.5))
+    opt.add_param_group({"params": [extra], "lr": 0.5})
+    assert opt.optimizer.param_groups[1]["params"] == [extra]
+    extra.grad = torch.zeros(2, 2)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.equal(extra.detach(), torch.ones(2, 2))
+
+
+def test_repr_names_the_optimizer_rules_and_counts():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                        [dl.L1(1e-3), dl.Rule(None, params="*.bias")])
+    assert repr(opt) == "Regularized(SGD, [L1(alpha=0.001):prox on 2, None:prox on 2])"
+    assert repr(dl.L2(torch.tensor([0.5, 1e-3]))) == "L2(alpha=tensor([0.5, 0.001]))"
+    assert repr(dl.L2(torch.tensor([1 / 3]))) == "L2(alpha=tensor([0.33333334]))"  # 8 decimals
 
 
 # -- gradient accumulation and missing gradients --------------------------------------
@@ -196,98 +197,15 @@ def test_parameters_without_grad_are_skipped(rule):
     assert not torch.equal(model.used.weight.detach(), used)
 
 
-# -- checkpoints ---------------------------------------------------------------------
-
-def _ckpt_setup(seed):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1))
-    model.add_module("scale", Holder(s=torch.full((4,), 1.0).to(torch.bfloat16)))
-    rules = [
-        dl.Rule(dl.L1(3e-3), schedule=lambda s: min(1.0, s / 10)),
-        dl.Rule(dl.L2(5e-3), params="scale.s"),  # bf16: below the rounding step, needs residuals
-        dl.Rule(None, params="*.bias"),
-    ]
-    opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0), model, rules)
-    return model, opt
-
-
-def _train(model, opt, batches):
-    for x, y in batches:
-        h = model[0](x)
-        h = model[1](h) * model.scale.s.float()
-        loss = Fn.mse_loss(model[2](h), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def _batches(n, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 5, generator=g), torch.randn(8, 1, generator=g)) for _ in range(n)]
-
-
-def test_state_dict_round_trip_is_exact():
-    data = _batches(30)
-    model, opt = _ckpt_setup(0)
-    _train(model, opt, data[:10])
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
-    assert opt.state_dict()["decaylab"]["residuals"]  # the bf16 weight has a residual to save
-    _train(model, opt, data[10:20])
-    a = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    model2, opt2 = _ckpt_setup(1)  # different init: everything must come from the checkpoint
-    buf.seek(0)
-    ckpt = torch.load(buf)
-    model2.load_state_dict(ckpt["model"])
-    opt2.load_state_dict(ckpt["opt"])
-    assert opt2.steps == 10
-    _train(model2, opt2, data[10:20])
-    b = dict(model2.named_parameters())
-    assert a.keys() == b.keys()
-    for n in a:
-        assert torch.equal(a[n], b[n].detach()), n
-    assert opt2.steps == opt.steps == 20
-    ra, rb = opt.state_dict()["decaylab"]["residuals"], opt2.state_dict()["decaylab"]["residuals"]
-    assert ra.keys() == rb.keys() and all(torch.equal(ra[k], rb[k]) for k in ra)
-
-
-def test_state_dict_restores_a_changed_strength():
-    model, opt = _ckpt_setup(0)
-    opt.bindings[0].rule.penalty.alpha = 0.25
-    sd = opt.state_dict()
-    model2, opt2 = _ckpt_setup(0)
-    opt2.load_state_dict(sd)
-    assert opt2.bindings[0].rule.penalty.alpha == 0.25
-
-
-def test_state_dict_is_compatible_with_the_plain_inner_optimizer():
-    data = _batches(5)
-    model, opt = _ckpt_setup(0)
-    _train(model, opt, data)
-    sd = opt.state_dict()
-    inner_sd = opt.optimizer.state_dict()
-    assert set(sd) == set(inner_sd) | {"decaylab"}
-    plain = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    plain.load_state_dict(sd)  # the extra key is ignored
-    assert int(plain.state[model[0].weight]["step"]) == 5
-    assert torch.equal(plain.state[model[0].weight]["exp_avg"], opt.state[model[0].weight]["exp_avg"])
-    # and a plain optimizer's checkpoint loads into a wrapper
-    model2, opt2 = _ckpt_setup(1)
-    opt2.load_state_dict(plain.state_dict())
-    assert int(opt2.state[model2[0].weight]["step"]) == 5
-    assert opt2.steps == 0
-
-
 # -- strengths that change -----------------------------------------------------------
 
 def test_strength_schedule_and_alpha_changes_take_effect():
     lr, alpha = 0.5, 0.1
-    model = _linear([[4.0, -4.0]])
+    model = linear_from([[4.0, -4.0]])
     pen = dl.L1(alpha)
     opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model,
                         dl.Rule(pen, schedule=lambda s: min(1, s / 10)))
-    _zero_grads(model)
+    zero_grads(model)
     prev = 4.0
     for s in range(15):
         opt.step()
@@ -304,38 +222,30 @@ def test_strength_schedule_and_alpha_changes_take_effect():
     assert model.weight[0, 0].item() == pytest.approx(prev - lr * 0.4, abs=1e-6)
 
 
-# -- the Adam-metric prox ------------------------------------------------------------
-
-def test_adam_metric_prox_uses_adams_per_coordinate_step():
-    lr, alpha = 0.1, 1e-3  # threshold lr * alpha / max(|g|, alpha) = [1e-4, 1e-3, 1e-2, 5e-5, 5e-3, lr]
-    w0 = torch.tensor([[0.5, 0.5, 0.105, 0.5, -0.097, 0.35]])
-    g = torch.tensor([[1.0, 0.1, 0.01, 2.0, -0.02, 1e-5]])
-    model = _linear(w0)
-    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=lr), model, dl.Rule(dl.L1(alpha), metric="adam"))
-    ref = nn.Parameter(w0.clone())
-    ref_opt = torch.optim.Adam([ref], lr=lr)
-    model.weight.grad, ref.grad = g.clone(), g.clone()
+@pytest.mark.parametrize("m", [0.0, 0.25, 3.0])
+def test_coupled_strength_follows_its_schedule(m):
+    lr, alpha = 0.5, 0.5
+    w0 = torch.tensor([[1.0, -2.0, 0.5]])
+    g = torch.tensor([[0.25, 0.5, -1.0]])
+    model = Holder(w0)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model,
+                        dl.Rule(dl.L2(alpha), params="w", mode="coupled", schedule=lambda step: m))
+    model.w.grad = g.clone()
     opt.step()
-    ref_opt.step()  # the same Adam step without the penalty: w0 - lr * sign(g)
-    st = opt.state[model.weight]
-    beta2, eps = opt.param_groups[0]["betas"][1], opt.param_groups[0]["eps"]
-    v_hat = st["exp_avg_sq"] / (1 - beta2 ** float(st["step"]))
-    thr = lr * alpha / torch.clamp_min(v_hat.sqrt() + eps, alpha)
-    w = ref.detach()
-    expected = torch.sign(w) * (w.abs() - thr).clamp_min(0)
-    got = model.weight.detach()
-    assert torch.allclose(got, expected, atol=1e-7, rtol=1e-6)
-    zero = w.abs() <= thr
-    assert zero.tolist() == [[False, False, True, False, True, False]]
-    assert (got[zero] == 0).all() and (got[~zero] != 0).all()
-    # the last coordinate's uncapped threshold lr * alpha / 1e-5 = 10 would have zeroed it
-    assert float(got[0, 5]) == pytest.approx(float(w[0, 5]) - lr, abs=1e-6) and float(w[0, 5]) > 0.24
+    torch.testing.assert_close(model.w.detach(), w0 - lr * (g + m * alpha * w0), rtol=0, atol=1e-7)
 
 
-def test_adam_metric_needs_an_adam_family_optimizer():
-    model = nn.Linear(2, 1)
-    with pytest.raises(ValueError, match=r"metric='adam' needs an optimizer that takes Adam's step.*SGD is not"):
-        dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(dl.L1(1e-3), metric="adam"))
+@pytest.mark.parametrize("mode", ["coupled", "decoupled", "prox"])
+def test_schedule_sees_the_step_count_from_zero(mode):
+    seen = []
+    model = Holder(torch.ones(2, 2))
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                        dl.Rule(dl.L2(0.1), params="w", mode=mode, schedule=lambda s: seen.append(s) or 1.0))
+    seen.clear()  # regularize() checks the schedule at step 0
+    for _ in range(3):
+        model.w.grad = torch.zeros(2, 2)
+        opt.step()
+    assert sorted(set(seen)) == [0, 1, 2]
 
 
 # -- low precision -------------------------------------------------------------------
@@ -349,7 +259,7 @@ def test_tiny_decay_accumulates_in_low_precision(dtype, kind):
     pen = dl.L2(alpha) if kind == "L2-decoupled" else dl.L1(alpha)
     opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=lr), model, dl.Rule(pen, params="w"))
     for _ in range(steps):
-        _zero_grads(model)
+        zero_grads(model)
         opt.step()
     if kind == "L2-decoupled":
         exact = w0.double() * (1 - lr * alpha) ** steps
@@ -465,6 +375,21 @@ def test_penalty_value_is_the_differentiable_sum_of_rule_values():
     assert torch.allclose(grads[2], 0.1 * torch.sign(w3))
 
 
+def test_penalty_value_with_a_schedule_and_rules_without_penalty():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].weight.fill_(2.0)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, [
+        dl.Rule(None, params="*.bias"),  # first: must not stop the sum
+        dl.Rule(dl.L1(0.5), params="0.weight", schedule=lambda s: 0.5),
+        dl.Rule(dl.L2(1.0), params="1.weight"),
+    ])
+    assert float(opt.penalty_value().detach()) == pytest.approx(0.5 * 0.5 * 4 + 0.5 * 16)
+    only_none = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.Rule(None))
+    assert torch.equal(only_none.penalty_value(), torch.zeros(()))
+
+
 # -- coupled mode: torch's weight_decay, bit for bit ------------------------------------
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -500,16 +425,7 @@ def test_coupled_mode_under_maximize_still_shrinks(make):
         assert torch.equal(ours.w, theirs.w)
 
 
-def test_coupled_strength_follows_the_schedule():
-    model = Holder(w=torch.ones(2))
-    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
-                        dl.Rule(dl.L2(1.0), params="w", mode="coupled", schedule=lambda s: 0.5))
-    model.w.grad = torch.zeros(2)
-    opt.step()
-    assert torch.allclose(model.w, torch.full((2,), 0.95))  # 1 - lr * (0.5 * alpha) * w
-
-
-# -- the Adam metric: which optimizers get it, and never-seen coordinates ------------------
+# -- the Adam metric: which optimizers get it -----------------------------------------
 
 ADAM_FAMILY = {
     "Adam": lambda p: torch.optim.Adam(p, lr=1e-2),
@@ -546,7 +462,8 @@ def test_default_metric_follows_what_the_optimizer_keeps(name):
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
     assert opt.metrics == [expected, expected, "lr"]
-    assert [b.metric for b in opt._buckets.all] == [expected, expected, "lr"]
+    # private: the buckets the step runs with, not only the metrics it reports
+    assert [b.metric for b in buckets(opt).all] == [expected, expected, "lr"]
     assert f"prox/{expected}" in dl.summary(opt)
 
 
@@ -574,58 +491,6 @@ def test_auto_metric_thresholds_equal_explicit_adam_metric():
             opt.zero_grad()
         runs.append(model.weight.detach().clone())
     assert torch.equal(runs[0], runs[1]) and (runs[0] == 0).any()
-
-
-def test_adam_metric_leaves_never_seen_embedding_rows_alone():
-    lr, alpha = 1e-3, 1e-4  # uncapped: threshold lr * alpha / eps = 10 for unseen rows
-    torch.manual_seed(0)
-    emb = nn.Embedding(50, 16)
-    w0 = emb.weight.detach().clone()
-    opt = dl.regularize(torch.optim.Adam(emb.parameters(), lr=lr), emb,
-                        dl.Rule(dl.L1(alpha), params="weight", metric="adam"))
-    emb(torch.tensor([0, 1, 2])).sum().backward()  # rows 3.. get an all-zero gradient
-    opt.step()
-    unseen, moved = emb.weight[3:].detach(), (emb.weight[3:] - w0[3:]).abs()
-    assert float(moved.max()) <= lr + 1e-6  # at most lr: what Adam with L1 in the loss moves
-    assert float((unseen == 0).float().mean()) < 0.01  # not wiped (only |w| <= lr is zeroed)
-    assert torch.equal(unseen == 0, w0[3:].abs() <= lr)
-
-
-def test_adam_metric_does_not_wipe_a_zero_initialized_lora_pair():
-    torch.manual_seed(0)
-    a, b = nn.Linear(8, 4, bias=False), nn.Linear(4, 8, bias=False)
-    nn.init.zeros_(b.weight)  # LoRA: B = 0, so A gets no gradient at step 1
-    model = nn.Sequential(a, b)
-    a0 = a.weight.detach().clone()
-    opt = dl.regularize(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0), model,
-                        dl.Rule(dl.L1(1e-4), params="*", metric="adam"))
-    Fn.mse_loss(model(torch.randn(16, 8)), torch.randn(16, 8)).backward()
-    assert float(a.weight.grad.abs().max()) == 0.0
-    opt.step()
-    assert float((a.weight == 0).float().mean()) < 0.05
-    assert float((a.weight - a0).abs().max()) <= 1e-3 + 1e-6
-
-
-def test_adam_metric_under_amsgrad_uses_the_max_second_moment():
-    lr, alpha = 0.1, 1e-2
-    model = _linear([[0.5, -0.5]])
-    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True), model,
-                        dl.Rule(dl.L1(alpha), metric="adam"))
-    for g in (10.0, 0.05):  # a big gradient, then a small one: max_exp_avg_sq > exp_avg_sq
-        before = model.weight.detach().clone()
-        model.weight.grad = torch.tensor([[g, -g]])
-        ref = nn.Parameter(before.clone())
-        ref_opt = torch.optim.Adam([ref], lr=lr, amsgrad=True)
-        ref_opt.load_state_dict(copy.deepcopy(opt.optimizer.state_dict()))
-        ref.grad = model.weight.grad.clone()
-        opt.step()
-        ref_opt.step()
-    st = opt.state[model.weight]
-    assert not torch.equal(st["max_exp_avg_sq"], st["exp_avg_sq"])
-    v_hat = st["max_exp_avg_sq"] / (1 - 0.999 ** float(st["step"]))
-    thr = lr * alpha / torch.clamp_min(v_hat.sqrt() + 1e-8, alpha)
-    w = ref.detach()
-    torch.testing.assert_close(model.weight.detach(), torch.sign(w) * (w.abs() - thr).clamp_min(0))
 
 
 # -- the inner step: called past torch's profiling wrapper only where that changes nothing --
@@ -723,18 +588,250 @@ def test_without_hooks_the_wrapper_takes_the_plain_step(monkeypatch):
     assert sched.last_epoch == 1 and opt.steps == 2
 
 
-def test_adam_group_threshold_leaves_a_nan_coordinate_out_of_its_groups_mean():
+# -- copies: deepcopy, pickle and torch.save train their own parameters --------------
+
+
+class MixedPrecisionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(5, 4)
+        self.fc2 = nn.Linear(4, 2)
+        self.scale = nn.Parameter(torch.ones(4, 4, dtype=torch.bfloat16))  # low precision
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x)) @ self.scale.float()
+        return self.fc2(h)
+
+
+def _half_life(step):  # a module-level schedule: pickle needs a named function
+    return 1.0 / (1.0 + step)
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = MixedPrecisionNet()
+    rules = [
+        dl.Rule(dl.L1(1e-2), params="fc1.weight", metric="adam"),  # Adam-metric step buffers
+        dl.Rule(dl.L2(1e-2), params="scale"),  # bf16: fp32 residual buffer
+        dl.Rule(dl.GroupLasso(1e-2), params="fc2.weight", metric="adam", schedule=_half_life),
+    ]
+    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=1e-2), model, rules)
+    return model, opt
+
+
+def _data(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 5, generator=g), torch.randn(8, 2, generator=g)) for _ in range(n)]
+
+
+def _train(model, opt, data):
+    for x, y in data:
+        opt.zero_grad()
+        Fn.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_a_copy_of_model_and_optimizer_trains_on_its_own_parameters(how):
+    data = _data(12)
+    model, opt = _setup()
+    _train(model, opt, data[:4])
+    # both kinds of id-keyed buffers exist before the copy (the Adam-metric step buffers are private)
+    assert opt.state_dict()["decaylab"]["residuals"] and buckets(opt).buffers
+    pair = (model, opt)
+    if how == "deepcopy":
+        model2, opt2 = copy.deepcopy(pair)
+    elif how == "pickle":
+        model2, opt2 = pickle.loads(pickle.dumps(pair))
+    else:
+        model2, opt2 = pickled(pair)
+    before = _params(model)
+    _train(model2, opt2, data[4:])  # the copy alone: the original must not move
+    _assert_same(_params(model), before)
+    _train(model, opt, data[4:])
+    _assert_same(_params(model), _params(model2))  # and both continue identically
+    assert opt2.steps == opt.steps == 12
+
+
+def test_a_deepcopied_optimizer_alone_keeps_stepping():
+    model, opt = _setup()
+    _train(model, opt, _data(2))
+    opt2 = copy.deepcopy(opt)  # copies the parameters it holds too (EMA/SWA-style copies)
+    for p in (p for g in opt2.param_groups for p in g["params"]):
+        p.grad = torch.zeros_like(p)
+    opt2.step()
+    assert opt2.steps == 3
+
+
+def test_l2sp_snapshot_value_after_deepcopy():
+    model = nn.Linear(3, 2)
+    pen = dl.L2SP(1.0)
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, pen)
+    model2, opt2 = copy.deepcopy((model, opt))
+    with torch.no_grad():
+        model2.weight.add_(1.0)
+    # the copied penalty measures the copied weights against the copied snapshot
+    with torch.no_grad():
+        value = opt2.bindings[0].rule.penalty.value([model2.weight])
+    assert float(value) == pytest.approx(0.5 * 6)
+
+
+# -- closures: LBFGS and optimizers that evaluate them several times -----------------
+
+
+def _ridge_problem():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(40, 1, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def _lbfgs_run(alpha, wrapped):
+    x, y = _ridge_problem()
     torch.manual_seed(0)
-    lin = nn.Linear(6, 4, bias=False)
-    opt = dl.regularize(torch.optim.Adam(lin.parameters(), lr=0.1), lin, dl.GroupLasso(0.01), fused=False)
-    lin(torch.randn(8, 6)).pow(2).sum().backward()
-    opt.step()
-    v = opt.state[lin.weight]["exp_avg_sq"]
-    v[1, 2] = float("nan")
-    b = opt._buckets.all[0]
-    steps = StepSizes(opt.optimizer, b, 0.1, None, [lin.weight], opt._buckets.scratch)
-    (t,) = steps.group_thresholds([b.rule.penalty.kernel_dims(None, lin.weight)])
-    d = (v.sqrt() / math.sqrt(1 - 0.999) + 1e-8).clamp_min(0.01)
-    expected = 0.1 * 0.01 / torch.nanmean(d, dim=1, keepdim=True)
-    assert torch.isfinite(t).all()
-    torch.testing.assert_close(t, expected, rtol=1e-6, atol=0.0)
+    model = nn.Linear(6, 1, bias=False).double()
+    inner = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=50, line_search_fn="strong_wolfe",
+                              tolerance_grad=1e-12, tolerance_change=1e-14)
+    opt = dl.regularize(inner, model, dl.Rule(dl.L2(alpha), mode="coupled")) if wrapped else inner
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = 0.5 * ((model(x) - y) ** 2).mean()
+        if not wrapped:  # the textbook way: the penalty in the loss
+            loss = loss + alpha / 2 * (model.weight**2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(4):
+        opt.step(closure)
+    return model.weight.detach().T, len(calls)
+
+
+def test_lbfgs_with_coupled_l2_equals_lbfgs_on_the_penalized_loss():
+    alpha = 0.3
+    ours, calls = _lbfgs_run(alpha, wrapped=True)
+    theirs, their_calls = _lbfgs_run(alpha, wrapped=False)
+    assert calls == their_calls > 4  # LBFGS evaluated the closure several times per step
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    x, y = _ridge_problem()
+    n = x.shape[0]
+    # and both reach argmin 1/(2n)|Xw - y|^2 + alpha/2 |w|^2 = (X'X/n + alpha I)^-1 X'y/n
+    exact = torch.linalg.solve(x.T @ x / n + alpha * torch.eye(6, dtype=torch.float64), x.T @ y / n)
+    torch.testing.assert_close(ours, exact, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(_lbfgs_run(0.0, wrapped=True)[0], exact, atol=1e-3)  # alpha matters
+
+
+def test_lbfgs_with_prox_l1_runs_and_gives_exact_zeros():
+    x, y = _ridge_problem()
+    model = nn.Linear(6, 1, bias=False).double()
+    opt = dl.regularize(torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=5), model, dl.L1(2.0))
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    assert (model.weight == 0).all()  # lr * alpha per step far above every weight
+
+
+def test_a_closure_called_once_by_the_inner_optimizer_is_evaluated_once():
+    model = nn.Linear(3, 1)
+    opt = dl.regularize(torch.optim.Adam(model.parameters(), lr=0.1), model, dl.Rule(dl.L2(0.1), mode="coupled"))
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = model(torch.ones(2, 3)).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert len(calls) == 1
+
+
+# -- bad input -----------------------------------------------------------------------
+
+def _regularize_twice():
+    model = ConvFc()
+    opt = reg(dl.L1(1e-3), model=model)
+    dl.regularize(opt, model, dl.L2(1e-3))
+
+
+def _optimizer_missing_a_param():
+    model = ConvFc()
+    reg(dl.L1(1e-3), opt=torch.optim.SGD(model.conv.parameters(), lr=0.1), model=model)
+
+
+def _negative_schedule_at_step():
+    model = ConvFc()
+    opt = reg(dl.Rule(dl.L1(1e-3), schedule=lambda s: 1.0 - s), model=model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # multiplier 1.0: fine
+    opt.step()  # multiplier 0.0: fine
+    opt.step()  # multiplier -1.0: raises
+
+
+CASES = [
+    pytest.param(lambda: reg([]), r"at least one Penalty or Rule", id="no-rules"),
+    pytest.param(lambda: dl.regularize("sgd", ConvFc(), dl.L1(1e-3)), r"needs a torch\.optim\.Optimizer, got str",
+                 id="not-an-optimizer"),
+    pytest.param(_optimizer_missing_a_param, r"selects 'fc\.weight', but the optimizer does not hold", id="param-not-in-opt"),
+    pytest.param(_regularize_twice, r"already regularized", id="regularize-twice"),
+    pytest.param(_negative_schedule_at_step, r"schedule of L1\(alpha=0\.001\) returned -1\.0 at step 2", id="schedule"),
+    # raised at regularize(), not at the first step() or never
+    pytest.param(lambda: reg(dl.Rule(dl.L1(1e-3), schedule=lambda s: -1)),
+                 r"schedule of L1\(alpha=0\.001\) returned -1\.0 at step 0; it must be >= 0", id="schedule-at-bind"),
+    pytest.param(lambda: reg(dl.Rule(dl.L1(1e-3), schedule=lambda: 1.0)),
+                 r"schedule of L1\(alpha=0\.001\) must be a function f\(step\) -> multiplier", id="schedule-no-arg"),
+    pytest.param(lambda: reg(None), r"regularize\(\) needs a Penalty, a Rule or a list of them, got None",
+                 id="rules=None"),
+    pytest.param(lambda: dl.regularize(torch.optim.SGD(ConvFc().parameters(), lr=0.1), ConvFc().parameters(), dl.L1(1e-3)),
+                 r"regularize\(\) needs the model \(an nn\.Module\).*got generator.*not model\.parameters\(\)",
+                 id="parameters-not-model"),
+    *[
+        pytest.param(lambda make=make: reg_adam(make),
+                     rf"metric='adam' needs an optimizer that takes Adam's step.*{name} is not", id=f"adam-metric-{name}")
+        for name, make in [("SGD", lambda p: torch.optim.SGD(p, lr=0.1)),
+                           ("Adagrad", lambda p: torch.optim.Adagrad(p, lr=0.1)),
+                           ("Adamax", lambda p: torch.optim.Adamax(p, lr=0.1))]
+    ],
+]
+
+
+@pytest.mark.parametrize("make, match", CASES)
+def test_bad_input_raises_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_warns_when_the_inner_optimizer_also_decays_penalized_params():
+    model = ConvFc()
+    with pytest.warns(UserWarning, match=r"SGD param group 0 has weight_decay=0\.0001 .*L1\(alpha=0\.001\)"):
+        reg(dl.L1(1e-3), opt=torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4), model=model)
+
+
+def test_no_warning_when_only_unpenalized_params_decay():
+    model = ConvFc()
+    opt = torch.optim.SGD([
+        {"params": [model.conv.weight, model.fc.weight]},
+        {"params": [model.conv.bias, model.fc.bias], "weight_decay": 0.1},
+    ], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg(dl.L1(1e-3), opt=opt, model=model)

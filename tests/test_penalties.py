@@ -1,5 +1,6 @@
-"""Penalties: hand-computed values, autograd == grad(), decay_ == an explicit step (clamped),
-and batched strengths == one configuration at a time."""
+"""Penalties (decaylab.penalties): hand-computed values, autograd == grad(), decay_ == an
+explicit step (clamped), batched strengths == one configuration at a time, per-coordinate
+steps, the foreach choice reaching every kernel, and bad input named."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import decaylab as dl
+from decaylab import functional as F
 from decaylab.groups import Indexed
+
+from conftest import reg, reg_adam
 
 f64 = torch.float64
 
@@ -90,11 +95,6 @@ def test_l2sp_value_uses_the_snapshot_taken_by_bind():
     pen2 = dl.L2SP(1.0, {"w": t64(0.0, 0.0)})
     pen2.bind("w", w)
     assert float(pen2.value([w])) == pytest.approx(0.5 * (4 + 0), rel=1e-15)
-
-
-def test_l2sp_value_without_reference_raises():
-    with pytest.raises(ValueError, match="references="):
-        dl.L2SP(1.0).value([t64(1.0)])
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,6 +341,144 @@ def test_batched_prox_and_decay(name, dtype, op):
     assert not torch.equal(out, w)
 
 
-def test_batched_strength_must_match_the_leading_dim():
-    with pytest.raises(ValueError, match="leading dimension"):
-        dl.L1(torch.tensor([0.1, 0.2])).bind("fc.weight", torch.zeros(3, 4))
+# -- per-coordinate steps, dtypes and gradients --------------------------------------
+
+
+def test_group_prox_with_unequal_per_coordinate_steps_closed_form():
+    # row (3, 4): norm 5, steps (1, 1/4): harmonic mean 1 / ((1 + 4) / 2) = 0.4 (arithmetic: 0.625)
+    w = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    dl.GroupLasso(1.0, groups="rows").prox_([w], [torch.tensor([[1.0, 0.25]], dtype=torch.float64)])
+    factor = 1 - 0.4 * math.sqrt(2) / 5
+    torch.testing.assert_close(w, torch.tensor([[3.0 * factor, 4.0 * factor]], dtype=torch.float64),
+                               rtol=1e-15, atol=0)
+
+
+def test_l2sp_prox_with_per_coordinate_steps_and_a_float32_strength_on_float64_weights():
+    w = torch.tensor([[3.0, 3.0]], dtype=torch.float64)
+    ref = torch.tensor([[1.0, 1.0]], dtype=torch.float32)
+    dl.L2SP(1.0).prox_([w], [torch.tensor([[1.0, 3.0]], dtype=torch.float64)], [ref])
+    # (w + s*w0) / (1 + s): s = 1 -> 2, s = 3 -> 1.5
+    torch.testing.assert_close(w, torch.tensor([[2.0, 1.5]], dtype=torch.float64), rtol=1e-15, atol=0)
+    v = torch.full((2, 2), 3.0, dtype=torch.float64)
+    dl.L2SP(torch.tensor([1.0, 3.0])).prox_([v], 1.0, [torch.ones(2, 2, dtype=torch.float64)])
+    torch.testing.assert_close(v[:, 0], torch.tensor([2.0, 1.5], dtype=torch.float64), rtol=1e-7, atol=0)
+
+
+def test_l2sp_reference_is_stored_in_the_parameters_dtype():
+    model = nn.Linear(2, 2)
+    ref = {n: torch.ones_like(p, dtype=torch.float64) for n, p in model.named_parameters()}
+    opt = dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, dl.L2SP(0.1, ref))
+    assert opt.bindings[0].ctxs[0].dtype == torch.float32
+
+
+def test_group_lasso_gradient_is_the_scaled_unit_direction_and_zero_at_zero():
+    w = torch.tensor([[0.3, 0.4], [0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)  # a norm below 1 too
+    g = dl.GroupLasso(2.0, groups="rows").grad(w)
+    expected = torch.tensor([[0.6, 0.8], [0.0, 0.0], [0.6, 0.8]], dtype=torch.float64) * 2.0 * math.sqrt(2)
+    torch.testing.assert_close(g, expected, rtol=1e-15, atol=0)
+    tiny = torch.tensor([[1e-30, 1e-30]])  # float32: the norm underflows to 0
+    assert dl.GroupLasso(1.0, groups="rows").grad(tiny).abs().max() <= math.sqrt(2)
+
+
+def test_elastic_net_default_l1_ratio_is_one_half():
+    assert dl.ElasticNet(0.1).l1_ratio == 0.5
+    assert repr(dl.ElasticNet(0.1)) == "ElasticNet(alpha=0.1, l1_ratio=0.5)"
+
+
+def test_elastic_net_gradient_at_zero_is_the_l2_part_only():
+    w = torch.tensor([0.0, 2.0, -1.0])
+    g = dl.ElasticNet(2.0, l1_ratio=0.25).grad(w)  # alpha * (r * sign(w) + (1 - r) * w)
+    torch.testing.assert_close(g, torch.tensor([0.0, 2.0 * (0.25 + 0.75 * 2.0), 2.0 * (-0.25 - 0.75)]))
+
+
+def test_group_lasso_gradient_keeps_the_weights_dtype():
+    w = torch.ones(2, 3, dtype=torch.bfloat16)
+    assert dl.GroupLasso(0.1).grad(w).dtype == torch.bfloat16
+
+
+def test_group_lasso_function_groups_refuse_per_coordinate_steps():
+    pen = dl.GroupLasso(0.1, groups=lambda s: torch.zeros(s, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^GroupLasso with groups=<function> supports metric='lr' only; "
+                                         r"use metric='lr' or a built-in grouping \('rows', 'inputs', 'channels'\)$"):
+        pen.prox_([torch.ones(2, 2)], [torch.ones(2, 2)])
+
+
+def test_error_messages_name_the_parameter_and_the_keys():
+    with pytest.raises(ValueError, match=r"^L2SP\.value\(\) needs references= for tensors not bound by regularize\(\)$"):
+        dl.L2SP(1.0).value([torch.ones(1)])
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"no entry for 'weight' \(its keys are 'bias', 'a', 'b', 'c', 'd', \.\.\.\)"):
+        dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                      dl.L2SP(0.1, {k: torch.zeros(2) for k in ("bias", "a", "b", "c", "d", "e")}))
+    for keys, shown in [(("bias", "a", "b", "c", "d"), "'bias', 'a', 'b', 'c', 'd'"), ((), "none")]:
+        with pytest.raises(ValueError, match=rf"no entry for 'weight' \(its keys are {shown}\); pass"):
+            dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model,
+                          dl.L2SP(0.1, {k: torch.zeros(2) for k in keys}))
+    model = nn.Linear(2, 3)
+    for pen in (dl.GroupLasso(torch.tensor([0.1, 0.2])), dl.L2SP(torch.tensor([0.1, 0.2]))):
+        with pytest.raises(ValueError, match=r"2 strengths .* but 'weight' has shape \(3, 2\)"):
+            dl.regularize(torch.optim.SGD(model.parameters(), lr=0.1), model, pen)
+
+
+# -- the foreach choice reaches every functional kernel ------------------------------
+
+
+_KERNELS = ("shrink_", "soft_threshold_", "elastic_net_prox_", "div_", "pull_toward_")
+
+
+@pytest.fixture
+def foreach_seen(monkeypatch):
+    """The ``foreach`` value each functional kernel was called with."""
+    seen = []
+    for name in _KERNELS:
+        real = getattr(F, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            fe = kwargs["foreach"] if "foreach" in kwargs else args[-1]
+            seen.append((_name, fe))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(F, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("op, make", [
+    ("decay_", lambda: dl.L2(0.1)), ("prox_", lambda: dl.L2(0.1)), ("decay_", lambda: dl.L1(0.1)),
+    ("decay_", lambda: dl.ElasticNet(0.1, l1_ratio=0.5)), ("prox_", lambda: dl.ElasticNet(0.1, l1_ratio=0.5)),
+    ("decay_", lambda: dl.L2SP(0.1)),
+], ids=["L2-decay", "L2-prox", "L1-decay", "EN-decay", "EN-prox", "L2SP-decay"])
+@pytest.mark.parametrize("foreach", [True, False])
+def test_the_foreach_choice_reaches_every_kernel(op, make, foreach, foreach_seen):
+    w = [torch.full((3, 2), 2.0), torch.full((4,), -2.0)]
+    ctxs = [torch.zeros_like(t) for t in w]
+    getattr(make(), op)(w, 0.1, ctxs, foreach=foreach)
+    assert foreach_seen and all(fe is foreach for _, fe in foreach_seen), foreach_seen
+
+
+# -- bad input -----------------------------------------------------------------------
+
+CASES = [
+    *[
+        pytest.param(lambda r=r: dl.ElasticNet(1e-3, l1_ratio=r), rf"ElasticNet\(l1_ratio\) must be in \[0, 1\], got {s}",
+                     id=f"l1_ratio={s}")
+        for r, s in [(-0.1, "-0.1"), (1.5, "1.5"), (float("nan"), "nan"), ("half", "'half'")]
+    ],
+    pytest.param(lambda: reg(dl.Rule(dl.L2SP(1e-3, {"fc.weight": torch.zeros(4, 3)}), params="fc.weight")),
+                 r"L2SP reference for 'fc\.weight' has shape \(4, 3\) but the parameter has shape \(3, 4\)",
+                 id="L2SP-shape"),
+    pytest.param(lambda: reg(dl.Rule(dl.L2SP(1e-3, {"fc.bias": torch.zeros(3)}), params="fc.*")),
+                 r"L2SP reference has no entry for 'fc\.weight'", id="L2SP-missing"),
+    pytest.param(lambda: reg_adam(lambda p: torch.optim.Adam(p), dl.GroupLasso(
+                     1e-3, groups=lambda s: torch.zeros(s, dtype=torch.long)), "fc.weight"),
+                 r"GroupLasso with groups=<function> supports metric='lr' only", id="adam-metric-group-fn"),
+    pytest.param(lambda: dl.ElasticNet(1e-3, l1_ratio="0.5"), r"ElasticNet\(l1_ratio\) must be in \[0, 1\], got '0\.5'",
+                 id="l1_ratio=str"),
+    pytest.param(lambda: dl.ElasticNet(1e-3, l1_ratio=True), r"ElasticNet\(l1_ratio\) must be in \[0, 1\], got True",
+                 id="l1_ratio=True"),
+]
+
+
+@pytest.mark.parametrize("make, match", CASES)
+def test_bad_input_raises_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

@@ -15,6 +15,8 @@ from torch import nn
 
 import decaylab as dl
 
+from conftest import Holder
+
 FAST = settings(max_examples=60, deadline=None)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 STRENGTHS = [0.0, 1e-6, 1e-2, 1.0, 1e3, 1e20]  # 0 and huge included
@@ -93,12 +95,6 @@ def test_l2sp_never_passes_the_reference(w, alpha, lr):
         assert torch.isfinite(v).all()
         assert ((v - ref).abs() <= (w - ref).abs()).all()
         assert ((v - ref) * (w - ref) >= 0).all()
-
-
-class Holder(nn.Module):
-    def __init__(self, w):
-        super().__init__()
-        self.w = nn.Parameter(w)
 
 
 OPTIMIZERS = {

@@ -11,6 +11,7 @@ from matplotlib.colors import to_hex
 from matplotlib.patches import Rectangle
 
 from decaylab.lab import figures_sweep as figures
+# private: _page_html assembles the page without rendering its figures (build_report renders all)
 from decaylab.lab.report import _page_html, figures as report_figures, load_run_folder
 from report_fixtures import make_run_folder
 

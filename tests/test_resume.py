@@ -325,6 +325,7 @@ def _assert_same_compare(a: Path, b: Path) -> None:
 def test_the_main_job_resumes_in_the_sweep_and_in_the_seeded_runs(chosen_reference, tmp_path, monkeypatch, capsys):
     from decaylab.lab import sweep
 
+    # private: the lab has no public hook to interrupt a chosen epoch
     real_log, calls = sweep._log_epoch, []
 
     def ctrl_c_in_the_second_sweep(stack, data, epoch, *rest):

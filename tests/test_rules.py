@@ -1,4 +1,5 @@
-"""Rules: which parameter gets which penalty; unwrapping; tied weights; summary; stats."""
+"""Rules (decaylab.rules): which parameter gets which penalty; unwrapping; tied weights;
+the default selection; bad rules and selections named."""
 from __future__ import annotations
 
 import math
@@ -11,18 +12,7 @@ from torch import nn
 
 import decaylab as dl
 
-
-class Net(nn.Module):
-    """One of each kind of layer the default rule has an opinion about."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(10, 4)    # weight 40
-        self.conv = nn.Conv2d(1, 2, 3)    # weight 18, bias 2
-        self.bn = nn.BatchNorm2d(2)       # weight 2, bias 2
-        self.fc1 = nn.Linear(8, 6)        # weight 48, bias 6
-        self.ln = nn.LayerNorm(6)         # weight 6, bias 6
-        self.fc2 = nn.Linear(6, 3)        # weight 18, bias 3
+from conftest import EveryLayer, reg, zero_grads
 
 
 ALL = ["emb.weight", "conv.weight", "conv.bias", "bn.weight", "bn.bias",
@@ -34,13 +24,8 @@ def _sgd(model, lr=0.1):
     return torch.optim.SGD(model.parameters(), lr=lr)
 
 
-def _zero_grads(model):
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-
-
 def test_default_selection_is_linear_and_conv_weights_only():
-    net = Net()
+    net = EveryLayer()
     opt = dl.regularize(_sgd(net), net, dl.L1(1e-3))
     assert [b.names for b in opt.bindings] == [["conv.weight", "fc1.weight", "fc2.weight"]]
     assert opt.unpenalized == [n for n in ALL if n not in ("conv.weight", "fc1.weight", "fc2.weight")]
@@ -63,14 +48,14 @@ def test_default_selection_is_linear_and_conv_weights_only():
          "list-union", "list-overlapping"],
 )
 def test_selectors(selector, expected):
-    net = Net()
+    net = EveryLayer()
     opt = dl.regularize(_sgd(net), net, dl.Rule(dl.L2(1e-3), params=selector))
     assert opt.bindings[0].names == expected
     assert opt.unpenalized == [n for n in ALL if n not in expected]
 
 
 def test_selector_by_tensor():
-    net = Net()
+    net = EveryLayer()
     opt = dl.regularize(_sgd(net), net, dl.Rule(dl.L2(1e-3), params=net.fc2.bias))
     assert opt.bindings[0].names == ["fc2.bias"]
 
@@ -79,7 +64,7 @@ def test_selector_by_tensor():
 def test_explicit_rules_take_precedence_over_default(default_first):
     """design.md's example: default L1 + GroupLasso on fc1 + explicit nothing on bias/norm."""
     torch.manual_seed(0)
-    net = Net()
+    net = EveryLayer()
     lr, a1, a2 = 0.1, 0.05, 0.3
     default = dl.Rule(dl.L1(a1))
     rest = [dl.Rule(dl.GroupLasso(a2, groups="inputs"), params="fc1.weight"),
@@ -101,7 +86,7 @@ def test_explicit_rules_take_precedence_over_default(default_first):
         net.bn.weight.fill_(0.5)  # BatchNorm defaults are 1/0; make them shrinkable
         net.ln.weight.fill_(0.5)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    _zero_grads(net)
+    zero_grads(net)
     opt.step()
     after = dict(net.named_parameters())
     for n in ("conv.weight", "fc2.weight"):
@@ -117,7 +102,7 @@ def test_explicit_rules_take_precedence_over_default(default_first):
 
 class _CompiledLike(nn.Module):
     """What ``torch.compile(model)`` returns (an OptimizedModule holding ``_orig_mod``),
-    without importing dynamo, which takes several seconds."""
+    without importing dynamo."""
 
     def __init__(self, mod):
         super().__init__()
@@ -166,107 +151,10 @@ def test_tied_parameters_are_counted_once():
     assert re.search(r"\s1\s+4\s+\S+%", dl.summary(opt).splitlines()[2])
     with torch.no_grad():
         a.weight.copy_(torch.tensor([[1.0, -0.75], [0.5, -0.125]]))
-    _zero_grads(model)
+    zero_grads(model)
     opt.step()
     # shrunk by lr*alpha = 0.125 once, not twice
     assert torch.equal(a.weight.detach(), torch.tensor([[0.875, -0.625], [0.375, 0.0]]))
-
-
-_ROW = re.compile(r"(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+)%\s+(\S+)$")
-
-
-def _rows(text):
-    out = {}
-    for line in text.splitlines()[2:]:
-        m = _ROW.search(line)
-        assert m, line
-        out[line[:32].strip()] = (m.group(1), int(m.group(2)), int(m.group(3)), float(m.group(4)), float(m.group(5)))
-    return out
-
-
-def test_summary_counts_tensors_and_elements():
-    torch.manual_seed(0)
-    net = Net()
-    with torch.no_grad():
-        net.fc2.weight.zero_()
-    opt = dl.regularize(_sgd(net), net, [
-        dl.Rule(dl.L1(1e-3)),
-        dl.Rule(dl.GroupLasso(1e-3, groups="inputs"), params="fc1.weight"),
-        dl.Rule(None, params=["*.bias", dl.norm_layers]),
-    ])
-    text = dl.summary(opt)
-    assert text.splitlines()[0].split() == ["rule", "penalty", "mode", "tensors", "elements", "zeros", "L2", "norm"]
-    rows = _rows(text)
-    assert list(rows) == ["weights >= 2-D", "fc1.weight", "*.bias | norm_layers", "(no rule)"]
-    # (mode, tensors, elements, zero %, norm)
-    conv_norm = float(net.conv.weight.detach().norm())
-    assert rows["weights >= 2-D"][:4] == ("prox/auto", 2, 18 + 18, 50.0)  # fc2.weight is all zero
-    assert rows["weights >= 2-D"][4] == pytest.approx(conv_norm, rel=2e-3)
-    assert rows["fc1.weight"][:4] == ("prox/auto", 1, 48, 0.0)  # metric: set at step 1
-    assert rows["*.bias | norm_layers"][:3] == ("-", 7, 2 + 2 + 2 + 6 + 6 + 6 + 3)
-    assert rows["(no rule)"][:3] == ("-", 1, 40)
-    assert "L1(alpha=0.001)" in text and "GroupLasso(alpha=" in text
-    lines = {line[:32].strip(): line for line in text.splitlines()[2:]}
-    assert " none " in lines["*.bias | norm_layers"] and " none " in lines["(no rule)"]
-
-
-def test_summary_without_free_parameters_has_no_free_row():
-    net = nn.Linear(3, 2)
-    opt = dl.regularize(_sgd(net), net, [dl.L2(1e-3), dl.Rule(None, params="bias")])
-    assert "(no rule)" not in dl.summary(opt)
-
-
-# -- stats ---------------------------------------------------------------------------
-
-def test_sparsity_of_tensors_and_of_a_model():
-    assert dl.sparsity([torch.tensor([0.0, 1.0]), torch.zeros(2, 3)]) == 7 / 8
-    assert dl.sparsity([]) == 0.0
-    net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 1))
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([[0.0, 1.0], [2.0, 0.0]]))
-        net[2].weight.copy_(torch.tensor([[0.0, 3.0]]))
-        net[0].bias.zero_()  # biases and norm parameters do not count
-        net[1].bias.zero_()
-    assert dl.sparsity(net) == 3 / 6
-
-
-def test_layer_stats_on_hand_made_weights():
-    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Conv2d(2, 3, 1))
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([[3.0, 0.0, -4.0], [0.0, 0.0, 0.0]]))
-        net[2].weight.zero_()
-        net[2].weight[1, 0, 0, 0] = -2.0
-    s = dl.layer_stats(net)
-    assert list(s) == ["0.weight", "2.weight"]
-    assert s["0.weight"] == {"numel": 6, "zeros": 4, "zero_fraction": pytest.approx(4 / 6), "l1": 7.0,
-                             "l2": 5.0, "live_rows": 1, "rows": 2}
-    assert s["2.weight"] == {"numel": 6, "zeros": 5, "zero_fraction": pytest.approx(5 / 6), "l1": 2.0,
-                             "l2": 2.0, "live_rows": 1, "rows": 3}
-
-
-def test_live_groups_rows_columns_channels():
-    w = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, -2.0, 0.0], [5.0, 0.0, 0.0]])
-    assert dl.live_groups(w, "rows") == (3, 4)
-    assert dl.live_groups(w, "outputs") == (3, 4)
-    assert dl.live_groups(w, "columns") == (2, 3)
-    assert dl.live_groups(w, "inputs") == (2, 3)
-    conv = torch.zeros(4, 3, 2, 2)
-    conv[1, 2, 1, 0] = 1.0
-    conv[3, 2, 0, 0] = -1.0
-    assert dl.live_groups(conv, "channels") == (2, 4)
-    assert dl.live_groups(conv, "inputs") == (1, 3)
-    assert dl.live_groups(torch.zeros(2, 2)) == (0, 2)
-
-
-def test_surviving_inputs_linear_and_conv():
-    w = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -3.0]])
-    assert dl.surviving_inputs(w).tolist() == [False, True, False, True]
-    conv = torch.zeros(2, 3, 2, 2)
-    conv[1, 0, 1, 1] = 0.5
-    assert dl.surviving_inputs(conv).tolist() == [True, False, False]
-    conv1d = torch.zeros(2, 3, 5)
-    conv1d[0, 2, 4] = 1.0
-    assert dl.surviving_inputs(conv1d).tolist() == [False, False, True]
 
 
 def test_adam_metric_implies_prox_mode_when_no_mode_is_given():
@@ -351,7 +239,7 @@ def test_the_default_selection_decays_a_tied_head_once(extra_linear):
     names = opt.bindings[0].names
     assert "emb.weight" in names and ("mix.weight" in names) == extra_linear
     before = model.emb.weight.detach().clone()
-    _zero_grads(model)
+    zero_grads(model)
     opt.step()
     assert torch.equal(model.emb.weight.detach(), before * (1 - lr * alpha))  # once, not twice
 
@@ -407,3 +295,56 @@ def test_frozen_weights_are_not_decayed_by_the_default_selection():
     model[0].weight.grad = torch.zeros(2, 2)  # even with a gradient lying around
     opt.step()
     assert torch.equal(model[0].weight, frozen)
+
+
+# -- bad input -----------------------------------------------------------------------
+
+class SparseEmb(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 2, sparse=True)
+        self.fc = nn.Linear(2, 2)
+
+
+def _one_arg_predicate():
+    return reg(dl.Rule(dl.L1(1e-3), params=lambda name: name.endswith("weight")))
+
+
+FC = nn.Sequential(nn.Linear(4, 3))
+
+
+CASES = [
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), mode="proximal"), r"unknown mode 'proximal'.*'prox', 'decoupled', 'coupled'",
+                 id="mode"),
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), metric="fisher"), r"unknown metric 'fisher'.*'lr', 'adam'", id="metric"),
+    pytest.param(lambda: dl.Rule(dl.L2(1e-3), mode="decoupled", metric="adam"),
+                 r"metric='adam' applies to mode='prox' only, got mode='decoupled'", id="adam-metric-decoupled"),
+    pytest.param(lambda: dl.Rule("L1"), r"Rule needs a Penalty or None, got 'L1'", id="rule-not-penalty"),
+    pytest.param(lambda: reg(dl.Rule(dl.L1(1e-3), params="decoder.*")),
+                 r"params='decoder\.\*'\) matches no parameter of ConvFc", id="matches-nothing"),
+    pytest.param(lambda: reg([dl.Rule(dl.L1(1e-3), params="fc.*"), dl.Rule(dl.L2(1e-3), params="*.weight")]),
+                 r"'fc\.weight' is selected by two rules.*fc\.\*.*\*\.weight", id="two-rules"),
+    pytest.param(lambda: reg([dl.L1(1e-3), dl.Rule(dl.L2(1e-3))]), r"two rules use the default selection",
+                 id="two-default-rules"),
+    pytest.param(lambda: reg(dl.Rule(dl.L1(1e-3), params=42)), r"cannot select parameters with 42", id="bad-selector"),
+    pytest.param(lambda: dl.Rule(dl.L1(1e-3), schedule=0.5),
+                 r"schedule must be a function f\(step\) -> multiplier, got 0\.5", id="schedule-not-callable"),
+    pytest.param(_one_arg_predicate, r"predicate '<lambda>' must take \(name, param, module\)", id="one-arg-predicate"),
+    pytest.param(lambda: reg(dl.Rule(dl.L2(1e-3), params="emb.weight", mode="coupled"), model=SparseEmb()),
+                 r"sparse gradient of 'emb\.weight'.*mode='decoupled'", id="coupled-sparse-embedding"),
+    *[
+        pytest.param(lambda make=make, mode=mode: reg(dl.Rule(make(FC), params="0.weight", mode=mode), model=FC),
+                     rf"{name}\(alpha=0\.001.*acts through its prox only, got mode='{mode}'; use mode='prox'",
+                     id=f"{name}-mode={mode}")
+        for name, make in [("TargetSparsity", lambda m: dl.TargetSparsity(1e-3, 0.5)),
+                           ("AdaptiveGroupLasso", lambda m: dl.AdaptiveGroupLasso(1e-3, m.state_dict())),
+                           ("CoupledGroupLasso", lambda m: dl.CoupledGroupLasso(1e-3, m, "inputs"))]
+        for mode in ("coupled", "decoupled")
+    ],
+]
+
+
+@pytest.mark.parametrize("make, match", CASES)
+def test_bad_input_raises_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

@@ -20,6 +20,8 @@ from torch import nn
 import decaylab as dl
 from decaylab import fused
 
+from conftest import buckets, mlp, residuals
+
 FLAGS = {"fused=True": True, "fused=None": None}
 
 
@@ -39,14 +41,9 @@ def compiles(monkeypatch):
     return seen
 
 
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-
-
 def _trajectory(flag, make_opt, rule, change=None, sched=None, steps=8, counter=None):
     """Weights after each step, and how many programs had been compiled by then."""
-    m = _mlp()
+    m = mlp(8, 16, 4)
     opt = dl.regularize(make_opt(m.parameters()), m, [rule(), dl.Rule(None, params="*.bias")], fused=flag)
     scheduler = sched(opt) if sched else None
     g = torch.Generator().manual_seed(1)
@@ -130,7 +127,7 @@ def test_a_value_changed_between_steps_reaches_the_compiled_kernel(name, flag, c
     make_opt, rule, change = CHANGES[name]
     eager, _, _ = _trajectory(False, make_opt, rule, change)
     comp, counts, opt = _trajectory(FLAGS[flag], make_opt, rule, change, counter=compiles)
-    assert all(b.kernel for b in opt._buckets.by_mode["prox"] + opt._buckets.by_mode["decoupled"]), "not compiled"
+    assert all(b.kernel for b in buckets(opt).by_mode["prox"] + buckets(opt).by_mode["decoupled"]), "not compiled"
     _assert_same_trajectory(eager, comp)
     assert counts[-1] == counts[1], f"programs compiled after step 2: {counts}"
 
@@ -143,7 +140,7 @@ def test_inductor_kernels_follow_a_value_changed_between_steps(name, monkeypatch
     make_opt, rule, change = CHANGES[name]
     eager, _, _ = _trajectory(False, make_opt, rule, change)
     comp, _, opt = _trajectory(True, make_opt, rule, change)
-    assert all(b.kernel and b.kernel.calls for b in opt._buckets.by_mode["prox"])
+    assert all(b.kernel and b.kernel.calls for b in buckets(opt).by_mode["prox"])
     _assert_same_trajectory(eager, comp)
 
 
@@ -180,7 +177,7 @@ def test_one_cycle_lr_compiles_nothing_after_the_second_step(flag, compiles, mon
         eager, _, _ = _trajectory(False, _adam(), rule, sched=one_cycle, steps=steps)
         comp, counts, opt = _trajectory(FLAGS[flag], _adam(), rule, sched=one_cycle, steps=steps,
                                         counter=compiles)
-        assert all(b.kernel for b in opt._buckets.all)
+        assert all(b.kernel for b in buckets(opt).all)
         _assert_same_trajectory(eager, comp)
         assert counts[1] >= 1 and counts[-1] == counts[1], f"programs compiled by each step: {counts}"
     assert len(fused._COMPILED) <= 2  # one program per bucket signature, nothing per value
@@ -219,9 +216,8 @@ def _decay_run(model, flag, convert, fp32_steps, steps, wrap_after=False):
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
         opt.step()
-    residuals = [opt._buckets.residuals.get(opt._buckets.position[id(p)]) for p in model.parameters()]
     return [p.detach().double() + (0.0 if c is None else c.double())
-            for p, c in zip(model.parameters(), residuals)], opt
+            for p, c in zip(model.parameters(), residuals(opt, model.parameters()))], opt
 
 
 @pytest.mark.parametrize("flag", [False, True], ids=["eager", "fused"])
@@ -233,8 +229,8 @@ def test_a_model_converted_after_regularize_is_decayed_as_if_converted_before(ki
     for a, b in zip(late, early):
         assert torch.equal(a, b)
     dtype = next(_conv_model().apply(_convert(kind)).parameters()).dtype
-    assert all(b.params[0].dtype == dtype for b in opt._buckets.all)
-    assert all(b.low_precision == (dtype in (torch.bfloat16, torch.float16)) for b in opt._buckets.all)
+    assert all(b.params[0].dtype == dtype for b in buckets(opt).all)
+    assert all(b.low_precision == (dtype in (torch.bfloat16, torch.float16)) for b in buckets(opt).all)
     for w0, w in zip(before, late):
         if w.dim() > 1:  # the weights (biases get no rule): (1 - 5e-5) ** 1003 = 0.951
             ratio = float(w.norm() / w0.norm())
@@ -247,16 +243,16 @@ def test_a_converted_model_is_checked_cheaply_and_rebuilt_once(compiles):
         dl.Rule(dl.L2(5e-4), params="0.weight"), dl.Rule(dl.L1(1e-4), params="2.weight")], fused=True)
     m(torch.randn(2, 2, 6, 6)).sum().backward()
     opt.step()
-    buckets = list(opt._buckets.all)
+    first = list(buckets(opt).all)
     opt.step()
-    assert opt._buckets.all == buckets  # nothing changed: the same buckets
+    assert buckets(opt).all == first  # nothing changed: the same buckets
     m[0].to(torch.bfloat16)
     opt.step()
-    rebuilt = list(opt._buckets.all)
-    assert rebuilt[0] is not buckets[0] and rebuilt[0].low_precision and not rebuilt[1].low_precision
-    assert rebuilt[1].kernel is buckets[1].kernel  # the unchanged bucket keeps its kernel
+    rebuilt = list(buckets(opt).all)
+    assert rebuilt[0] is not first[0] and rebuilt[0].low_precision and not rebuilt[1].low_precision
+    assert rebuilt[1].kernel is first[1].kernel  # the unchanged bucket keeps its kernel
     opt.step()
-    assert opt._buckets.all == rebuilt
+    assert buckets(opt).all == rebuilt
 
 
 @pytest.mark.parametrize("flag", [False, True], ids=["eager", "fused"])
@@ -268,11 +264,11 @@ def test_a_weight_leaving_low_precision_keeps_the_decay_its_residual_carried(fla
     for _ in range(300):
         m.weight.grad = torch.zeros_like(m.weight)
         opt.step()
-    residual = opt._buckets.residuals[opt._buckets.position[id(m.weight)]]
+    (residual,) = residuals(opt, [m.weight])
     assert residual.abs().max() > 0
     carried = m.weight.detach().float() + residual
     m.float()
     m.weight.grad = torch.zeros_like(m.weight)
     opt.step()  # the schedule is 0 from here: the step only follows the conversion
-    assert torch.equal(m.weight.detach(), carried) and opt._buckets.residuals == {}
-    assert not any(b.low_precision for b in opt._buckets.all)
+    assert torch.equal(m.weight.detach(), carried) and residuals(opt, [m.weight]) == [None]
+    assert not any(b.low_precision for b in buckets(opt).all)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import decaylab as dl
 from decaylab.lab import cli, config, select
 from decaylab.lab import data as data_mod
 
@@ -65,12 +64,6 @@ def test_one_se_rule_counts_a_model_exactly_one_se_below_the_best_as_within():
     assert (n - 2) / n < best.mean() - se  # rounding puts it a hair outside: the case this guards
     assert select.one_se_choice([(n - 2) / n, best.mean()], [0.0, se]) == 0
     assert select.one_se_choice([(n - 3) / n, best.mean()], [0.0, se]) == 1
-
-
-def test_adaptive_weights_are_inverse_dense_norms():
-    w0 = torch.tensor([[3.0, 0.0, 1.0], [4.0, 0.0, 0.0]])  # column norms 5, 0, 1 -> mean 2
-    c = dl.adaptive_weights(w0, dl.Columns(), gamma=2.0)
-    assert c.flatten().tolist() == pytest.approx([(2 / 5) ** 2, 1e12, 4.0])
 
 
 def write_csv(path, x, y, names):

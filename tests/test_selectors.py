@@ -1,4 +1,5 @@
-"""Selectors: norm layers of any library, declared exemptions, and the HF / timm presets.
+"""Selectors: name predicates, norm layers of any library, declared exemptions, and the
+HF / timm presets.
 
 The presets are checked against the real packages (transformers, timm) on small models
 built from configs, nothing from a hub; those tests skip where the package is absent.
@@ -144,3 +145,17 @@ def test_timm_preset_is_what_create_optimizer_decays(arch):
     _same_params(model, _names(model, dl.preset("timm")), {by_id[i] for i in decayed})
     if arch == "vit":  # the default honours the model's no_weight_decay() as timm does
         assert not {"cls_token", "pos_embed"} & _names(model, None)
+
+
+def test_name_predicates_on_top_level_and_nested_names():
+    lin, conv = nn.Linear(2, 2), nn.Conv2d(1, 1, 1)
+    assert dl.biases("bias", lin.bias, lin) and dl.biases("a.b.bias", lin.bias, lin)
+    assert not dl.biases("weight", lin.weight, lin) and not dl.biases("a.bias.weight", lin.weight, lin)
+    sel = dl.weights(nn.Linear, nn.Bilinear)  # built here, not at collection time
+    assert sel.__name__ == "weights(Linear, Bilinear)"
+    assert sel("weight", lin.weight, lin) and sel("a.b.weight", lin.weight, lin)
+    assert not sel("bias", lin.bias, lin) and not sel("a.weight.bias", lin.bias, lin)
+    assert not sel("weight", conv.weight, conv)
+    opt = dl.regularize(torch.optim.SGD(lin.parameters(), lr=0.1), lin,
+                        [dl.Rule(dl.L2(0.1), params=dl.biases), dl.Rule(dl.L1(0.1), params=dl.weights(nn.Linear))])
+    assert [b.names for b in opt.bindings] == [["bias"], ["weight"]]

@@ -1,7 +1,9 @@
 """TargetSparsity: the cubic budget, exact-zero fraction reached on a short run, alpha=0 is
-magnitude pruning, bad targets named."""
+magnitude pruning, exactly the budget held at the end of the ramp, bad targets named."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -154,3 +156,44 @@ def test_keep_counts_bad_input():
         dl.keep_counts([(4, 5)], 30)
     with pytest.raises(ValueError, match="budget"):
         dl.keep_counts([(4, 5)], 3, "global")
+
+
+# -- the budget at the end of the ramp -----------------------------------------------
+
+
+def _target_sparsity_run(make_opt, alpha, steps=30):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(256, 20), torch.randn(256, 4)
+    pen = dl.TargetSparsity(alpha, target=0.3, begin=0, end=20)
+    opt = dl.regularize(make_opt(model.parameters()), model, pen)
+    zeros = []
+    weights = [model[0].weight, model[2].weight]
+    for _ in range(steps):
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        zeros.append(sum(int((w == 0).sum()) for w in weights))
+    return pen, zeros, sum(w.numel() for w in weights)
+
+
+def test_target_sparsity_with_a_strong_l1_ends_at_its_target():
+    """The README's "exactly floor(target * n) held at zero": a strong L1 zeroes more than
+    the budget while it ramps (the objective asks for at least s(t)); from `end` on the L1
+    term is off and the weights beyond the budget train again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pen, zeros, n = _target_sparsity_run(lambda p: torch.optim.Adam(p, lr=1e-2), 2.0)
+    assert max(zeros[:20]) > 0.9 * n
+    assert zeros[-1] == int(0.3 * n)
+
+
+def test_target_sparsity_holds_exactly_its_budget_and_warns_when_dead_weights_exceed_it():
+    """A strong L1 under SGD kills whole units: their weights have zero gradient and stay
+    zero after the ramp. The mask holds exactly floor(target * n) (not every zero), and a
+    warning says that the zero fraction ends above the target."""
+    with pytest.warns(RuntimeWarning, match=r"TargetSparsity.*more than the target 0\.3.*Lower alpha"):
+        pen, zeros, n = _target_sparsity_run(lambda p: torch.optim.SGD(p, lr=0.1), 1.0)
+    masks = pen.state_dict()["masks"]
+    assert sum(int((~m).sum()) for m in masks) == int(0.3 * n)
+    assert zeros[-1] > int(0.3 * n)

@@ -258,6 +258,7 @@ def test_resume_in_the_middle_of_halving_decides_as_an_uninterrupted_sweep(tmp_p
     args = ("--penalty", "l2", "--alphas", "1e-3:100:8")
     sets = ["train.epochs=8"]  # rungs at epochs 2 and 4: 8 -> 4 -> 2
     assert _sweep(tmp_path, "ref", *args, sets=sets) == 0
+    # private: the lab has no public hook to interrupt a chosen epoch
     real = sweep._log_epoch
 
     def kill_at_epoch_4(stack, data, epoch, *rest):

@@ -1,5 +1,6 @@
-"""The wrapper's state-dict hooks run as on a torch optimizer, and its warnings point at
-the user's line."""
+"""Warnings point at the user's line (decaylab._warn): from regularize(), from inside step()
+(hooked or not) and from the compiled-kernel fallback."""
+
 from __future__ import annotations
 
 import warnings
@@ -9,44 +10,6 @@ import torch
 from torch import nn
 
 import decaylab as dl
-
-
-def _opt(penalty=None, inner=None):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3))
-    opt = dl.regularize(inner(model.parameters()) if inner else torch.optim.SGD(model.parameters(), lr=0.1),
-                        model, penalty or dl.L1(1e-3))
-    model(torch.randn(5, 4)).sum().backward()
-    opt.step()
-    return model, opt
-
-
-def test_state_dict_pre_and_post_hooks_run_and_a_post_hook_may_replace_the_dict():
-    _, opt = _opt()
-    seen = []
-    opt.register_state_dict_pre_hook(lambda o: seen.append(("pre", o)))
-    opt.register_state_dict_post_hook(lambda o, sd: seen.append(("post", o, "decaylab" in sd)))
-    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "extra": 1})
-    sd = opt.state_dict()
-    assert seen == [("pre", opt), ("post", opt, True)]
-    assert sd["extra"] == 1 and sd["decaylab"]["steps"] == 1
-
-
-def test_load_state_dict_pre_hook_may_replace_the_dict_and_post_hook_runs_after_loading():
-    _, opt = _opt()
-    sd = opt.state_dict()
-    sd["decaylab"] = {**sd["decaylab"], "steps": 0}
-    seen = []
-
-    def pre(o, state_dict):
-        seen.append(("pre", o))
-        return {**state_dict, "decaylab": {**state_dict["decaylab"], "steps": 7}}
-
-    opt.register_load_state_dict_pre_hook(pre)
-    opt.register_load_state_dict_post_hook(lambda o: seen.append(("post", o, o.steps)))
-    opt.load_state_dict(sd)
-    assert seen == [("pre", opt), ("post", opt, 7)]
-    assert opt.steps == 7
 
 
 def test_a_warning_from_regularize_points_at_the_users_line():
