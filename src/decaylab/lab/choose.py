@@ -11,7 +11,6 @@ zeros, plus a sentence per penalty saying whether it beat no penalty beyond seed
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -80,43 +79,42 @@ def _run_compare(cfg: dict, run_dir: Path, progress, say, resume: bool) -> dict:
     expanded = [{**r, "name": _seed_name(r["name"], s, len(seeds))} for s in seeds for r in runs]
     runfolder.set_status(run_dir, "running")
     if not resume:
-        runfolder.write_json(run_dir / "config.json", {**cfg, "runs": expanded, "base_runs": runs,
-                                                         "command": "compare", "versions": train_mod.versions(),
-                                                         "created": runfolder.now()})
+        runfolder.write_config(run_dir, {**cfg, "runs": expanded, "base_runs": runs}, "compare",
+                               versions=train_mod.versions())
     with runfolder.tracking(run_dir, train_mod.resume_command(run_dir)):
         data0 = train_mod.load_data(cfg)
-        runfolder.write_json(run_dir / "data.json", data0.info())
+        runfolder.write_data_info(run_dir, data0.info())
         chosen = {}
         for r in runs:
             if r.get("alphas"):
-                sw = _choose_alpha({**cfg, "runs": [r]}, choice_spec(cfg, r), run_dir / "sweeps" / r["name"],
+                sw = _choose_alpha({**cfg, "runs": [r]}, choice_spec(cfg, r), runfolder.sweep_dir(run_dir, r["name"]),
                                    data0, resume)
                 r["alpha"] = sw["chosen"]["best"]
                 chosen[r["name"]] = {"grid": sw["alphas"], "best": sw["chosen"]["best"], "one_se": sw["chosen"]["one_se"],
-                                     "sweep": f"sweeps/{r['name']}/sweep.json"}
+                                     "sweep": runfolder.sweep_ref(r["name"])}
                 say(f"{r['name']}: alpha {r['alpha']:g} chosen on validation from {len(sw['alphas'])} strengths "
                     f"({sw['wall_time']:.1f} s)")
         expanded = [{**r, "name": _seed_name(r["name"], s, len(seeds))} for s in seeds for r in runs]
-        cfg_json = json.loads((run_dir / "config.json").read_text())
-        runfolder.write_json(run_dir / "config.json", {**cfg_json, "runs": expanded, "base_runs": runs})
+        runfolder.update_config(run_dir, runs=expanded, base_runs=runs)
         for s in seeds:
             cfg_s = {**cfg, "seed": s}
             data = data0 if s == cfg["seed"] else train_mod.load_data(cfg_s)
             for r in runs:
                 name = _seed_name(r["name"], s, len(seeds))
-                train_mod.train_run(cfg_s, data, {**r, "name": name}, run_dir / "runs" / name, progress, resume)
+                train_mod.train_run(cfg_s, data, {**r, "name": name}, runfolder.run(run_dir, name).path, progress,
+                                    resume)
         result = summarize(run_dir, runs, seeds, chosen)
-        runfolder.write_json(run_dir / "compare.json", result)
+        runfolder.write_compare(run_dir, result)
     return result
 
 
 def _choose_alpha(cfg: dict, spec: dict, folder: Path, data, resume: bool) -> dict:
     """The sweep of one run's grid into ``folder``: run, resumed, or (finished) read back."""
     if resume and runfolder.read_status(folder).get("state") == "complete":
-        done = runfolder.read_json(folder / "sweep.json")
-        if isinstance(done, dict) and "chosen" in done:
+        done = runfolder.read_sweep(folder)
+        if done is not None and "chosen" in done:
             return done
-    started = resume and (folder / runfolder.CONFIG).is_file()  # else killed before the sweep began
+    started = resume and runfolder.has_config(folder)  # else killed before the sweep began
     folder.mkdir(parents=True, exist_ok=resume)
     return sweep_mod.run_sweep(cfg, spec, folder, data=data, say=lambda s: None, resume=started)
 
@@ -151,8 +149,7 @@ def beats(a: dict, b: dict, key: str = "test_acc") -> bool:
 def summarize(run_dir: Path, runs: list[dict], seeds: list[int], chosen: dict) -> dict:
     rows = []
     for r in runs:
-        finals = [json.loads((run_dir / "runs" / _seed_name(r["name"], s, len(seeds)) / "final.json").read_text())
-                  for s in seeds]
+        finals = [runfolder.final(run_dir, _seed_name(r["name"], s, len(seeds))) for s in seeds]
         row = {"name": r["name"], "penalty": r["penalty"], "alpha": r["alpha"],
                "describe": describe(r), "n": len(seeds), "chosen": chosen.get(r["name"])}
         row.update({k: list(mean_sd([f.get(k) for f in finals])) for k in STATS})

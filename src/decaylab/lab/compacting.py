@@ -61,13 +61,13 @@ def compact_run_folder(run_dir, say=print) -> dict:
 
     run_dir = Path(run_dir)
     cfg = folder_config(run_dir)
-    models = sorted((run_dir / "runs").glob(f"*/{runfolder.MODEL}"))
-    if not models:
-        raise FileNotFoundError(f"{run_dir} has no runs/*/{runfolder.MODEL}; train first (decaylab compare/train)")
+    trained = sorted((r for r in runfolder.runs(run_dir) if r.model_path.is_file()), key=lambda r: r.model_path)
+    if not trained:
+        raise FileNotFoundError(f"{run_dir} has no {runfolder.RUNS}/*/{runfolder.MODEL}; train first "
+                                f"(decaylab compare/train)")
     data = load_data(cfg)
     out = {}
-    for path in models:
-        run = runfolder.Run(path.parent)
+    for run in trained:
         model = _rebuild(cfg, data, run)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -88,9 +88,8 @@ def compact_run_folder(run_dir, say=print) -> dict:
                       "max_abs_diff_test": diff, "batch": len(batch),
                       "time_dense_batch256": dense_s, "time_compact_batch256": small_s,
                       "speedup_batch256": dense_s / small_s}
-            runfolder.save_pt(small.state_dict(), path.parent / "compact.pt")
-        runfolder.write_json(path.parent / runfolder.COMPACT, result)
-        name = path.parent.name
+        run.write_compact(result, None if small is model else small.state_dict())
+        name = run.path.name
         say(f"{name}: " + (small.compaction.summary() + f"; test max |diff| {result['max_abs_diff_test']:.2g}, "
                            f"{speed_text(result['speedup_batch256'])} (batch 256)"
                            if result["compacted"] else result["reason"]))

@@ -140,8 +140,8 @@ def markdown_table(run_dirs, within: float = 0.005) -> str:
 
 def _sweep_choice(folder: dict, several: bool) -> str | None:
     """A sweep folder's choice (sweep.json), with the learning rate when it swept several."""
-    sw = runfolder.read_json(Path(folder["path"]) / "sweep.json")
-    if not isinstance(sw, dict) or "chosen" not in sw:
+    sw = runfolder.read_sweep(folder["path"])
+    if sw is None or "chosen" not in sw:
         return None
     lr = len(sw.get("lrs") or []) > 1
     picks = "; ".join(f"{k} alpha={sw['chosen'][k]:g}" + (f", lr={sw['chosen_lr'][k]:g}" if lr else "")

@@ -123,7 +123,7 @@ def _fetch(url: str, target: Path, md5: str) -> None:
     """Download ``url`` to ``target`` via a temp file; keep it only if its MD5 matches."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        from .runfolder import umask_mode
+        from .files import umask_mode
 
         umask_mode(fd)
         digest = hashlib.md5(usedforsecurity=False)

@@ -11,10 +11,10 @@ Selection (validation only; test is reported, never used to choose):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+from . import runfolder
 from .seeds import mean_sd
 from .recipe import describe
 
@@ -43,12 +43,12 @@ def choose(points: list[dict], higher_is_better: bool = True) -> dict:
 
 def summarize(run_dir: Path, spec: dict, points: list[dict], run: dict, method: dict) -> dict:
     """Read every point's final.json and write the path and the choice (sweep.json)."""
-    data_info = json.loads((run_dir / "data.json").read_text())
+    data_info = runfolder.read_data_info(run_dir)
     classification = data_info["task"] == "classification"
     n_val = data_info["n_val"]
     by_key: dict[str, list] = {}
     for p in points:
-        f = json.loads((run_dir / "runs" / p["name"] / "final.json").read_text())
+        f = runfolder.final(run_dir, p["name"])
         by_key.setdefault(p["key"], []).append((p, f))
     out_points = []
     for key, items in by_key.items():

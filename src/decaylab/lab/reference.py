@@ -104,7 +104,7 @@ def train_reference(cfg: dict, result: dict, run_dir: Path, data=None, progress=
         for t in want:
             name = run_name(t, seed, len(seeds))
             run = make_run(t, cfg_s, len(data_s.x_train), name)
-            train_mod.train_run(cfg_s, data_s, run, run_dir / "runs" / name, progress, resume=resume)
+            train_mod.train_run(cfg_s, data_s, run, runfolder.run(run_dir, name).path, progress, resume=resume)
             finals[t].append((name, runfolder.run(run_dir, name).final()))
     for t in want:
         out["points"].append(_point(t, finals[t], result["metric"] == "accuracy"))

@@ -44,16 +44,8 @@ def load_run_folder(run_dir) -> dict:
     >>> load_run_folder("runs/digits-compare")["sweeps"]  # doctest: +SKIP
     []
     """
-    run = runfolder.load(run_dir)
-    root = pathlib.Path(run_dir)
-    sweeps_dir = root / "sweeps"
-    sweeps = [(p.name, runfolder.read_json(p / "sweep.json")) for p in sorted(sweeps_dir.iterdir())] \
-        if sweeps_dir.is_dir() else []
-    sweep = runfolder.read_json(root / "sweep.json")
-    compare = runfolder.read_json(root / "compare.json")
-    return {**run, "sweep": sweep if isinstance(sweep, dict) else None,
-            "compare": compare if isinstance(compare, dict) else None,
-            "sweeps": [(name, sw) for name, sw in sweeps if isinstance(sw, dict)]}
+    return {**runfolder.load(run_dir), "sweep": runfolder.read_sweep(run_dir),
+            "compare": runfolder.read_compare(run_dir), "sweeps": runfolder.read_sweeps(run_dir)}
 
 
 def figures(run) -> dict[str, bytes]:
@@ -293,6 +285,6 @@ def build_report(run_dir, out=None) -> pathlib.Path:
     """
     run = load_run_folder(run_dir)
     page = _page_html(run, figures(run))
-    path = pathlib.Path(out) if out is not None else pathlib.Path(run_dir) / "report.html"
+    path = pathlib.Path(out) if out is not None else runfolder.report_path(run_dir)
     runfolder.write_text(path, page)   # atomic: a browser never sees half a report
     return path

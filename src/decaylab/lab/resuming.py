@@ -26,9 +26,9 @@ def finished(run_dir: Path, saved: dict) -> bool:
     if runfolder.read_status(run_dir).get("state") != "complete":
         return False
     if saved.get("command") == "sweep":
-        return (Path(run_dir) / "sweep.json").is_file()
+        return runfolder.read_sweep(run_dir) is not None
     if "base_runs" in saved:
-        return (Path(run_dir) / "compare.json").is_file()
+        return runfolder.read_compare(run_dir) is not None
     names = [r.get("name") for r in saved.get("runs", []) if isinstance(r, dict)]
     return all(runfolder.run(run_dir, n).is_complete() for n in names)
 
@@ -41,7 +41,7 @@ def stack_size(run_dir: Path, spec: dict, planned: int, resume: bool) -> int:
         return spec["per_stack"]
     if not spec.get("per_stack"):
         spec["per_stack"] = planned
-        runfolder.write_json(Path(run_dir) / runfolder.CONFIG, {**runfolder.read_config(run_dir), "sweep": spec})
+        runfolder.update_config(run_dir, sweep=spec)
     return planned
 
 

@@ -1,35 +1,40 @@
-"""The run folder: the only code that writes and reads one.
+"""The run folder: the only code that knows its layout, writes and reads one.
 
-The layout is documented in ``docs/run-folder.md``. Training (``train.py``), the console
-table, the HTML report, and the later commands (``sweep``, ``select``, ``compact``,
-``resume``) all go through this module, so a file name or a reading rule lives in one place.
+The layout is documented in ``docs/run-folder.md``; every file and folder name in it is a
+constant here. Training (``train.py``), the sweeps (local and Ray), compare with selection,
+``select``, ``compact``, ``resume``, the console table and the HTML report all go through
+this module, so a file name or a reading rule lives in one place.
 
-Writing rules: every JSON file and every checkpoint is written to a temporary file in the
-same folder, flushed to disk (fsync) and renamed over the old one, so a process killed at
-any moment leaves either the old or the new file, never half of one. ``metrics.jsonl`` is
-appended one flushed line per epoch; a reader skips a last line that does not parse.
-
-This module imports torch only to save or load ``.pt`` files, and every load uses
-``torch.load(..., weights_only=True)``: a shared checkpoint cannot run code.
+Writing rules (:mod:`decaylab.lab.files`): every JSON file and every checkpoint is
+written to a temporary file in the same folder, flushed to disk (fsync) and renamed over
+the old one, so a process killed at any moment leaves either the old or the new file,
+never half of one. ``metrics.jsonl`` is appended one flushed line per epoch; a reader skips
+a last line that does not parse. Every ``.pt`` load uses ``torch.load(...,
+weights_only=True)``: a shared checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-CONFIG, STATUS, DATA, REPORT = "config.json", "status.json", "data.json", "report.html"
+# the primitives, re-exported: ``runfolder.write_json`` etc. keep working for old callers
+from .files import load_pt, read_json, read_metrics, save_pt, write_json, write_text  # noqa: F401
+from .files import FileLock, FolderInUse, append_line, check_name  # noqa: F401
+
+# RUN_DIR/
+CONFIG, STATUS, DATA, REPORT, LOCK = "config.json", "status.json", "data.json", "report.html", ".lock"
+RUNS, SWEEPS, RAY = "runs", "sweeps", "ray"  # runs/<name>/, sweeps/<run>/, Ray Tune's storage
+SWEEP, COMPARE = "sweep.json", "compare.json"  # decaylab sweep; compare with selection or seeds
+PATH, SELECTION, SELECTION_FIGURE = "path.json", "selection.json", "selection.png"  # decaylab select
+# RUN_DIR/runs/<name>/
 SPEC, METRICS, FINAL = "spec.json", "metrics.jsonl", "final.json"
 MODEL, RULES, CHECKPOINT = "model.pt", "rules.txt", "checkpoint.pt"
-COMPACT = "compact.json"  # written by `decaylab compact RUN_DIR`
+COMPACT, COMPACT_MODEL = "compact.json", "compact.pt"  # written by `decaylab compact RUN_DIR`
 STATES = ("running", "complete", "failed", "interrupted")
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,127}")
 
 
 def now() -> str:
@@ -37,26 +42,7 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-# -- names ------------------------------------------------------------------------------
-def check_name(name: str, what: str = "run name") -> str:
-    """Return ``name`` if it is a safe single folder name, else raise ``ValueError``.
-
-    A safe name is 1-128 characters of letters, digits and ``_ . + = -``, not starting with
-    a dot or a dash: no path separator, no ``..``, so a folder can never escape its parent.
-
-    >>> check_name("l1-1e-4")
-    'l1-1e-4'
-    >>> check_name("../x")
-    Traceback (most recent call last):
-    ...
-    ValueError: run name '../x' is not a safe folder name: use 1-128 letters, digits and _ . + = - (not starting with '.' or '-')
-    """
-    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
-        raise ValueError(f"{what} {name!r} is not a safe folder name: use 1-128 letters, digits "
-                         f"and _ . + = - (not starting with '.' or '-')")
-    return name
-
-
+# -- the folder -------------------------------------------------------------------------
 def folder_path(out: str | os.PathLike, name: str) -> Path:
     """``out/name``, refusing a name that is not one plain folder name.
 
@@ -76,143 +62,66 @@ def create(out: str | os.PathLike, name: str) -> Path:
     return path
 
 
-# -- atomic writes and tolerant reads ---------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def umask_mode(fd: int) -> None:
-    """Give a ``mkstemp`` file (always 0600) the mode ``open()`` would: 0666 less the umask
-    (0644 usually), so reports and checkpoints can be shared like any tool's output."""
-    if hasattr(os, "fchmod"):
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
-
-
-def _atomic(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file next to ``path``, fsync it, rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask_mode(fd)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically (temp file, fsync, rename).
-
-    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "x.json"
-    >>> write_json(p, {"a": 1}); read_json(p), read_json(p.with_name("missing.json"), {})
-    ({'a': 1}, {})
-    """
-    data = json.dumps(obj, indent=2).encode()
-    _atomic(Path(path), lambda f: f.write(data))
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically."""
-    data = text.encode("utf-8")
-    _atomic(Path(path), lambda f: f.write(data))
-
-
-def read_json(path: str | os.PathLike, default=None):
-    """Parse a JSON file; a missing or half-written file gives ``default``."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
-        return default
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """One dict per parsable line of ``metrics.jsonl``; a partial last line is skipped."""
-    path, rows = Path(path), []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [row for row in rows if isinstance(row, dict)]
-
-
-def save_pt(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically: a kill mid-write leaves the previous file intact."""
-    import torch
-
-    _atomic(Path(path), lambda f: torch.save(obj, f))
-
-
-def load_pt(path: str | os.PathLike):
-    """``torch.load(path, weights_only=True)`` onto the CPU: tensors and plain data only."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-# -- the folder -------------------------------------------------------------------------
-class FolderInUse(FileExistsError):
-    """Another process is training into the run folder."""
-
-
-class lock:
+def lock(root: str | os.PathLike) -> FileLock:
     """Hold ``RUN_DIR/.lock`` (an OS file lock) while training into a folder, so a second
-    ``decaylab resume`` of the same folder fails instead of writing over the first. The OS
-    drops the lock when the process ends, even on SIGKILL. No-op where ``fcntl`` is missing.
-    """
-
-    def __init__(self, root: str | os.PathLike):
-        self.path = Path(root) / ".lock"
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return self
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            raise FolderInUse(f"run folder '{self.path.parent}' is in use by another decaylab process; "
-                              f"wait for it to end (or stop it) and try again") from None
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-            self.fd = None
-        return False
-
+    ``decaylab resume`` of the same folder fails (:class:`FolderInUse`) instead of writing
+    over the first. The OS drops the lock when the process ends, even on SIGKILL."""
+    return FileLock(Path(root) / LOCK)
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
+    """True if ``path`` has a ``config.json`` or a ``runs/`` folder."""
     root = Path(path)
-    return (root / CONFIG).is_file() or (root / "runs").is_dir()
+    return (root / CONFIG).is_file() or (root / RUNS).is_dir()
 
 
-def write_config(root: Path, cfg: dict) -> None:
+def _dict_or_none(path: Path) -> dict | None:
+    obj = read_json(path)
+    return obj if isinstance(obj, dict) else None
+
+
+def _required(path: Path, why: str) -> dict:
+    obj = _dict_or_none(path)
+    if obj is None:
+        raise FileNotFoundError(f"'{path}' is missing or unreadable: {why}")
+    return obj
+
+
+# -- config.json, status.json, data.json ------------------------------------------------
+def write_config(root: str | os.PathLike, cfg: dict, command: str | None = None, *,
+                 versions: dict | None = None, sweep: dict | None = None) -> None:
+    """Write ``config.json`` (every command writes it through here).
+
+    Args:
+        root: the run folder.
+        cfg: the resolved config (every key, defaults filled in).
+        command: the command making the folder. Given, the file also gets ``"command"``,
+            ``"sweep"`` (if given), ``"versions"`` and ``"created"`` (now); omitted,
+            ``cfg`` is written as it is.
+        versions: ``train.versions()``: what the folder was made with.
+        sweep: a ``decaylab sweep`` folder's spec.
+
+    >>> import tempfile; root = tempfile.mkdtemp()
+    >>> write_config(root, {"seed": 0}, "train", versions={"torch": "2"}); sorted(read_config(root))
+    ['command', 'created', 'seed', 'versions']
+    """
+    if command is not None:
+        cfg = {**cfg, "command": command, **({"sweep": sweep} if sweep is not None else {}),
+               "versions": versions or {}, "created": now()}
     write_json(Path(root) / CONFIG, cfg)
+
+
+def update_config(root: str | os.PathLike, **changes) -> dict:
+    """Rewrite ``config.json`` with some keys changed (e.g. the runs once strengths are
+    chosen); returns the new config.
+
+    >>> import tempfile; root = tempfile.mkdtemp(); write_config(root, {"seed": 0})
+    >>> update_config(root, seed=1)
+    {'seed': 1}
+    """
+    cfg = {**read_config(root), **changes}
+    write_json(Path(root) / CONFIG, cfg)
+    return cfg
 
 
 def read_config(root: str | os.PathLike) -> dict:
@@ -222,6 +131,10 @@ def read_config(root: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"'{root}' is not a run folder: it has no readable {CONFIG}; pass "
                                 f"a folder written by 'decaylab compare' or 'decaylab train'")
     return cfg
+
+
+def has_config(root: str | os.PathLike) -> bool:
+    return (Path(root) / CONFIG).is_file()
 
 
 def set_status(root: str | os.PathLike, state: str, error: str | None = None) -> None:
@@ -258,9 +171,89 @@ def write_data_info(root: str | os.PathLike, info: dict) -> None:
     write_json(Path(root) / DATA, info)
 
 
+def read_data_info(root: str | os.PathLike) -> dict:
+    """``data.json`` (task, split sizes, ...); ``FileNotFoundError`` if the folder has none."""
+    return _required(Path(root) / DATA, "the data set is described once the data is loaded")
+
+
+# -- what sweep, compare with selection, select and report add --------------------------
+def sweep_dir(root: str | os.PathLike, run_name: str) -> Path:
+    """``root/sweeps/<run>/``: the sweep folder that chooses run ``run_name``'s strength.
+
+    >>> sweep_dir("out", "l1").as_posix(), sweep_ref("l1")
+    ('out/sweeps/l1', 'sweeps/l1/sweep.json')
+    """
+    return Path(root) / SWEEPS / check_name(run_name)
+
+
+def sweep_ref(run_name: str) -> str:
+    """That sweep's ``sweep.json`` relative to the folder, as ``compare.json`` names it."""
+    return f"{SWEEPS}/{check_name(run_name)}/{SWEEP}"
+
+
+def write_sweep(root: str | os.PathLike, result: dict) -> None:
+    """Write ``sweep.json``: a sweep's path and choice."""
+    write_json(Path(root) / SWEEP, result)
+
+
+def read_sweep(root: str | os.PathLike) -> dict | None:
+    """``sweep.json``, or None where there is none (not a sweep, or not finished)."""
+    return _dict_or_none(Path(root) / SWEEP)
+
+
+def read_sweeps(root: str | os.PathLike) -> list[tuple[str, dict]]:
+    """``[(run name, sweep.json)]`` of the ``sweeps/*/`` that have one, by name."""
+    folder = Path(root) / SWEEPS
+    found = [(p.name, read_sweep(p)) for p in sorted(folder.iterdir())] if folder.is_dir() else []
+    return [(name, sw) for name, sw in found if sw is not None]
+
+
+def write_compare(root: str | os.PathLike, result: dict) -> None:
+    """Write ``compare.json``: a compare's chosen strengths and mean ± sd over seeds."""
+    write_json(Path(root) / COMPARE, result)
+
+
+def read_compare(root: str | os.PathLike) -> dict | None:
+    return _dict_or_none(Path(root) / COMPARE)
+
+
+def write_selection(root: str | os.PathLike, path: dict, selection: dict) -> Path:
+    """Write ``decaylab select``'s ``path.json`` and ``selection.json``; returns the latter."""
+    write_json(Path(root) / PATH, path)
+    write_json(Path(root) / SELECTION, selection)
+    return Path(root) / SELECTION
+
+
+def selection_figure(root: str | os.PathLike) -> Path:
+    return Path(root) / SELECTION_FIGURE
+
+
+def report_path(root: str | os.PathLike) -> Path:
+    return Path(root) / REPORT
+
+
+def ray_storage(root: str | os.PathLike) -> Path:
+    """``root/ray/`` (absolute): where Ray Tune keeps its trials' state for a Ray sweep."""
+    return (Path(root) / RAY).resolve()
+
+
+# -- the runs ---------------------------------------------------------------------------
 def run(root: str | os.PathLike, name: str) -> "Run":
     """The run called ``name`` inside the run folder ``root`` (``root/runs/name``)."""
-    return Run(Path(root) / "runs" / check_name(name))
+    return Run(Path(root) / RUNS / check_name(name))
+
+
+def runs(root: str | os.PathLike) -> list["Run"]:
+    """Every run folder under ``root/runs/``, by name."""
+    folder = Path(root) / RUNS
+    return [Run(p) for p in sorted(folder.iterdir()) if p.is_dir()] if folder.is_dir() else []
+
+
+def final(root: str | os.PathLike, name: str) -> dict:
+    """A finished run's ``final.json``; ``FileNotFoundError`` naming it if the run has none."""
+    out = run(root, name)
+    return _required(out.final_path, f"run '{name}' has not finished; continue it with "
+                                      f"'decaylab resume {root}'")
 
 
 class Run:
@@ -280,6 +273,7 @@ class Run:
     model_path = property(lambda self: self.path / MODEL)
     rules_path = property(lambda self: self.path / RULES)
     checkpoint_path = property(lambda self: self.path / CHECKPOINT)
+    compact_model_path = property(lambda self: self.path / COMPACT_MODEL)
 
     # writing
     def begin(self, spec: dict) -> None:
@@ -291,10 +285,7 @@ class Run:
 
     def append_metrics(self, row: dict) -> None:
         """Append one epoch's line and push it to disk before the next epoch starts."""
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.metrics_path, row)
 
     def keep_epochs(self, epochs: int) -> None:
         """Drop metric lines past ``epochs`` (and a torn last line) and temporary files a
@@ -323,6 +314,13 @@ class Run:
     def drop_checkpoint(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
 
+    def write_compact(self, result: dict, state_dict: dict | None = None) -> None:
+        """``decaylab compact``'s ``compact.pt`` (the compacted weights, if any), then
+        ``compact.json`` (``result``)."""
+        if state_dict is not None:
+            save_pt(state_dict, self.compact_model_path)
+        write_json(self.path / COMPACT, result)
+
     # reading
     def spec(self) -> dict:
         return read_json(self.spec_path, {}) or {}
@@ -331,13 +329,11 @@ class Run:
         return read_metrics(self.metrics_path)
 
     def final(self) -> dict | None:
-        final = read_json(self.final_path)
-        return final if isinstance(final, dict) else None
+        return _dict_or_none(self.final_path)
 
     def compact(self) -> dict | None:
         """``compact.json`` (what ``decaylab compact`` removed), or None before it ran."""
-        result = read_json(self.path / COMPACT)
-        return result if isinstance(result, dict) else None
+        return _dict_or_none(self.path / COMPACT)
 
     def load_model(self) -> dict:
         return load_pt(self.model_path)
@@ -384,12 +380,11 @@ def load(root: str | os.PathLike) -> dict:
     """
     root = Path(root)
     if not is_run_folder(root):
-        raise FileNotFoundError(f"'{root}' is not a run folder: it has no config.json and no "
-                                f"runs/; pass the folder written by 'decaylab compare'")
+        raise FileNotFoundError(f"'{root}' is not a run folder: it has no {CONFIG} and no "
+                                f"{RUNS}/; pass the folder written by 'decaylab compare'")
     config = read_json(root / CONFIG, {}) or {}
-    runs_dir = root / "runs"
-    runs = [Run(p).read() for p in sorted(runs_dir.iterdir()) if p.is_dir()] if runs_dir.is_dir() else []
+    found = [r.read() for r in runs(root)]
     rank = {name: i for i, name in enumerate(_config_order(config))}
-    runs.sort(key=lambda r: (rank.get(r["name"], rank.get(r["dir"], len(rank))), r["name"]))
+    found.sort(key=lambda r: (rank.get(r["name"], rank.get(r["dir"], len(rank))), r["name"]))
     return {"path": str(root), "config": config, "status": read_status(root),
-            "data": read_json(root / DATA, {}) or {}, "runs": runs}
+            "data": read_json(root / DATA, {}) or {}, "runs": found}

@@ -181,15 +181,14 @@ def run_select(cfg: dict, say=print, data=None, run_dir: Path | None = None) -> 
         run_dir = new_run_dir(cfg, "select")
     runfolder.set_status(run_dir, "running")
     with runfolder.tracking(run_dir):
-        runfolder.write_config(run_dir, {**cfg, "command": "select", "versions": versions()})
+        runfolder.write_config(run_dir, cfg, "select", versions=versions())
         runfolder.write_data_info(run_dir, data.info())
         selection, path = select_features(cfg, data, say)
-        runfolder.write_json(run_dir / "path.json", path)
-        runfolder.write_json(run_dir / "selection.json", selection)
-        figure(selection, data.image_shape, run_dir / "selection.png")
+        written = runfolder.write_selection(run_dir, path, selection)
+        figure(selection, data.image_shape, runfolder.selection_figure(run_dir))
     say(f"{len(selection['features'])} features kept: {', '.join(selection['features'][:20])}"
         f"{' ...' if len(selection['features']) > 20 else ''}")
-    say(f"selection: {run_dir / 'selection.json'}")
+    say(f"selection: {written}")
     return run_dir
 
 

@@ -4,14 +4,14 @@ Each trial is a plain function of its config (``ray.tune.Tuner`` over a grid of 
 indices): it trains one stacked batch of points (:func:`decaylab.lab.sweep.train_stack`,
 full schedule, no halving) into the same run folder and reports each point's final
 metrics with ``ray.tune.report``. The result is the run folder a local sweep writes, plus
-Ray's own records under ``ray/``. Ray is optional: ``pip install "decaylab[ray]"``.
+Ray's own records under ``ray/`` (:func:`runfolder.ray_storage`). Ray is optional:
+``pip install "decaylab[ray]"``.
 
 Without ``--address`` a local Ray is started; with one, the run folder must be on storage
 every node can write (a trial writes its points' folders where it runs).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -64,7 +64,7 @@ def _trial(config, *, cfg, run, batches, run_dir, log_every):
     data = train_mod.load_data(cfg_s)
     sweep_mod.train_stack(cfg_s, data, run, points, Path(run_dir), None, [], None, log_every)
     for p in points:
-        f = json.loads((Path(run_dir) / "runs" / p["name"] / "final.json").read_text())
+        f = runfolder.final(run_dir, p["name"])
         tune.report({"point": p["name"], "alpha": p["alpha"], "lr": p["lr"], "seed": p["seed"],
                      "val_acc": f["val_acc"], "test_acc": f["test_acc"], "val_loss": f["val_loss"]})
 
@@ -81,13 +81,10 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
     run_ = {**cfg["runs"][0], "penalty": spec["penalty"]}
     runfolder.set_status(run_dir, "running")
     cfg_saved = {**cfg, "runs": [{**run_, "name": p["name"], "alpha": p["alpha"]} for p in points]}
-    runfolder.write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
-                                                     "versions": train_mod.versions(), "created": runfolder.now()})
-    state, error = "failed", None
-    started = False
-    try:
+    runfolder.write_config(run_dir, cfg_saved, "sweep", versions=train_mod.versions(), sweep=spec)
+    with runfolder.tracking(run_dir):
         data = train_mod.load_data(cfg)
-        runfolder.write_json(run_dir / "data.json", data.info())
+        runfolder.write_data_info(run_dir, data.info())
         cpus = num_cpus or os.cpu_count() or 1
         per_seed = math.ceil(len(points) / len(seeds) / max(1, cpus // len(seeds)))
         batches = []
@@ -95,41 +92,29 @@ def run(cfg: dict, spec: dict, run_dir: Path, address: str | None = None, say=pr
             mine = [p for p in points if p["seed"] == s]
             batches += [mine[i:i + per_seed] for i in range(0, len(mine), per_seed)]
         for p in points:
-            d = run_dir / "runs" / p["name"]
-            d.mkdir(parents=True)
-            runfolder.write_json(d / "spec.json", {**run_, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
-                                                    "seed": p["seed"],
-                                                    "describe": describe({**run_, "alpha": p["alpha"]})})
+            runfolder.run(run_dir, p["name"]).begin({**run_, "name": p["name"], "alpha": p["alpha"], "lr": p["lr"],
+                                                     "seed": p["seed"],
+                                                     "describe": describe({**run_, "alpha": p["alpha"]})})
         src = str(Path(__file__).resolve().parents[2])
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
         ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
                  log_to_driver=False, runtime_env={"env_vars": env}, ignore_reinit_error=True)
-        started = True
-        say(f"ray: {len(batches)} trials (stacked batches of up to {per_seed} points) on "
-            f"{'a local Ray' if not address else address}")
-        trainable = tune.with_parameters(_trial, cfg=cfg, run=run_, batches=batches, run_dir=str(run_dir.resolve()),
-                                         log_every=spec.get("log_every", 0))
-        tuner = tune.Tuner(trainable, param_space={"batch": tune.grid_search(list(range(len(batches))))},
-                           run_config=tune.RunConfig(name="tune", storage_path=str((run_dir / "ray").resolve()),
-                                                     verbose=0))
-        grid = tuner.fit()
-        failed = [r.error for r in grid if r.error is not None]
-        if failed:
-            raise RuntimeError(f"{len(failed)} Ray trials failed; first: {failed[0]}")
+        try:
+            say(f"ray: {len(batches)} trials (stacked batches of up to {per_seed} points) on "
+                f"{'a local Ray' if not address else address}")
+            trainable = tune.with_parameters(_trial, cfg=cfg, run=run_, batches=batches,
+                                             run_dir=str(run_dir.resolve()), log_every=spec.get("log_every", 0))
+            tuner = tune.Tuner(trainable, param_space={"batch": tune.grid_search(list(range(len(batches))))},
+                               run_config=tune.RunConfig(name="tune", storage_path=str(runfolder.ray_storage(run_dir)),
+                                                         verbose=0))
+            failed = [r.error for r in tuner.fit() if r.error is not None]
+            if failed:
+                raise RuntimeError(f"{len(failed)} Ray trials failed; first: {failed[0]}")
+        finally:
+            ray.shutdown()
         method = {"stacked": True, "backend": "ray", "trials": len(batches), "per_stack": per_seed,
                   "halving_rungs": [], "warm_starts": False,
                   "logged_epochs": "at the last epoch" if not spec.get("log_every") else f"every {spec['log_every']}"}
         result = summarize(run_dir, {**spec, "lrs": lrs}, points, run_, method)
-        runfolder.write_json(run_dir / "sweep.json", result)
-        state = "complete"
-    except KeyboardInterrupt:
-        state, error = "interrupted", "interrupted by the user (Ctrl-C)"
-        raise
-    except BaseException as err:
-        error = f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        if started:
-            ray.shutdown()
-        runfolder.set_status(run_dir, state, error)
+        runfolder.write_sweep(run_dir, result)
     return result
