@@ -253,20 +253,27 @@ def test_resume_after_a_kill_recomputes_nothing_finished(tmp_path, monkeypatch):
         assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
 
 
+def _ctrl_c_when_logging_epoch(monkeypatch, epoch: int):
+    """Make the sweep's logging of ``epoch`` raise KeyboardInterrupt (as Ctrl-C); returns
+    the real ``_log_epoch`` to put back."""
+    # private: the lab has no public hook to interrupt a chosen epoch
+    real = sweep._log_epoch
+
+    def ctrl_c(stack, data, at, *rest):
+        if at == epoch:
+            raise KeyboardInterrupt
+        return real(stack, data, at, *rest)
+
+    monkeypatch.setattr(sweep, "_log_epoch", ctrl_c)
+    return real
+
+
 @pytest.mark.slow
 def test_resume_in_the_middle_of_halving_decides_as_an_uninterrupted_sweep(tmp_path, monkeypatch):
     args = ("--penalty", "l2", "--alphas", "1e-3:100:8")
     sets = ["train.epochs=8"]  # rungs at epochs 2 and 4: 8 -> 4 -> 2
     assert _sweep(tmp_path, "ref", *args, sets=sets) == 0
-    # private: the lab has no public hook to interrupt a chosen epoch
-    real = sweep._log_epoch
-
-    def kill_at_epoch_4(stack, data, epoch, *rest):
-        if epoch == 4:
-            raise KeyboardInterrupt
-        return real(stack, data, epoch, *rest)
-
-    monkeypatch.setattr(sweep, "_log_epoch", kill_at_epoch_4)
+    real = _ctrl_c_when_logging_epoch(monkeypatch, 4)
     assert _sweep(tmp_path, "k", *args, sets=sets) == 130
     d = tmp_path / "k"
     assert len(list((d / "runs").glob("*/final.json"))) == 4  # stopped at the first rung
@@ -285,14 +292,7 @@ def test_resume_continues_a_stack_from_its_last_epoch_checkpoint(tmp_path, monke
     args = ("--penalty", "l2sp", "--alphas", "0.01,0.1,1,10", "--min-full", "2")
     sets = ["train.epochs=4"]  # logged at the rung (2) and the last epoch
     assert _sweep(tmp_path, "ref", *args, sets=sets) == 0
-    real_log, real_epoch, epochs = sweep._log_epoch, loop.epoch, []
-
-    def ctrl_c_at_the_last_epoch(stack, data, epoch, *rest):
-        if epoch == 4:
-            raise KeyboardInterrupt
-        return real_log(stack, data, epoch, *rest)
-
-    monkeypatch.setattr(sweep, "_log_epoch", ctrl_c_at_the_last_epoch)
+    real_log, real_epoch, epochs = _ctrl_c_when_logging_epoch(monkeypatch, 4), loop.epoch, []
     assert _sweep(tmp_path, "k", *args, sets=sets) == 130
     d = tmp_path / "k"
     assert (d / "runs" / "a0.01" / "checkpoint.pt").is_file()  # the stack's, after epoch 3
