@@ -42,6 +42,7 @@ import threading
 import time
 
 import torch
+from torch.nn import functional as F
 
 
 class Interrupted(KeyboardInterrupt):
@@ -54,6 +55,14 @@ STOP = threading.Event()  # set by a SIGINT handler; the loop stops after the cu
 def request_stop() -> None:
     """Ask the running loop to stop after its current step and checkpoint (as Ctrl-C does)."""
     STOP.set()
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """The lab's loss of one model's outputs: cross-entropy for a classification, else the
+    mean squared error of the one regression output."""
+    if task == "classification":
+        return F.cross_entropy(out, y)
+    return F.mse_loss(out.squeeze(1), y)
 
 
 def steps(trainee, x: torch.Tensor, y: torch.Tensor, batch_size: int, loss, *,

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import decaylab as dl
@@ -49,7 +48,6 @@ def _fit(model, data, tr: dict, epochs: int, rules=None, mask=None, seed: int = 
     if rules:
         opt = dl.regularize(opt, model, rules)
     trainee = TrainState(model, opt, None, torch.Generator().manual_seed(seed))
-    loss_fn = F.cross_entropy if data.task == "classification" else (lambda o, y: F.mse_loss(o.squeeze(1), y))
     first = _first(model)
 
     @torch.no_grad()
@@ -58,7 +56,7 @@ def _fit(model, data, tr: dict, epochs: int, rules=None, mask=None, seed: int = 
 
     model.train()
     for _ in range(epochs):
-        loop.epoch(trainee, data.x_train, data.y_train, tr["batch_size"], lambda xb, yb: loss_fn(model(xb), yb),
+        loop.epoch(trainee, data.x_train, data.y_train, tr["batch_size"], lambda xb, yb: loop.task_loss(model(xb), yb, data.task),
                    after_step=hold_mask if mask is not None else None)
     model.eval()
     return model

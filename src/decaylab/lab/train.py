@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 import decaylab as dl
 from decaylab.stats import selected_weights
@@ -72,12 +71,6 @@ def enter_finetune(state: TrainState, run: dict, tr: dict) -> None:
     state.phase = "finetune"
 
 
-def _loss(out, yb, task: str):
-    if task == "classification":
-        return F.cross_entropy(out, yb)
-    return F.mse_loss(out.squeeze(1), yb)
-
-
 @torch.no_grad()
 def _hold_zeros(state: TrainState) -> None:
     for (_, p), mask in zip(selected_weights(state.model), state.masks):
@@ -87,7 +80,7 @@ def _hold_zeros(state: TrainState) -> None:
 def _run_loss(state: TrainState, task: str, run_name: str):
     """The loss of one batch for :mod:`loop`; a NaN or infinite loss stops the run."""
     def loss(xb, yb):
-        value = _loss(state.model(xb), yb, task)
+        value = loop.task_loss(state.model(xb), yb, task)
         if not torch.isfinite(value):
             raise TrainingDiverged(
                 f"run '{run_name}': loss became {float(value.detach())} at {state.phase} epoch "
