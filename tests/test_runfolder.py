@@ -13,9 +13,6 @@ import torch
 from decaylab.lab import runfolder
 
 LAB = Path(runfolder.__file__).parent
-# Being rewritten onto runfolder.Run with the one training loop (#17 §2); the ratchet test
-# below fails once one of them no longer needs its place here.
-PENDING = {"sweep.py"}
 
 
 def test_root_writers_put_each_file_at_its_documented_name(tmp_path):
@@ -154,14 +151,9 @@ def _spelled(path: Path, names: set[str]) -> list[str]:
 
 def test_no_lab_module_but_runfolder_spells_a_layout_name():
     names = _layout_names()
-    spelled = [hit for path in sorted(LAB.glob("*.py")) if path.name not in PENDING | {"runfolder.py"}
+    spelled = [hit for path in sorted(LAB.glob("*.py")) if path.name != "runfolder.py"
                for hit in _spelled(path, names)]
     assert spelled == [], "use the runfolder constants and functions instead:\n" + "\n".join(spelled)
-
-
-@pytest.mark.parametrize("name", sorted(PENDING))
-def test_pending_modules_still_need_their_exemption(name):
-    assert _spelled(LAB / name, _layout_names()), f"{name} no longer spells a layout name; remove it from PENDING"
 
 
 def test_the_detector_finds_a_literal_path(tmp_path):

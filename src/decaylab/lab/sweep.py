@@ -207,8 +207,7 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
     runfolder.set_status(run_dir, "running")
     if not resume:
         cfg_saved = {**cfg, "runs": [{**run, "name": p["name"], "alpha": p["alpha"]} for p in points]}
-        runfolder.write_json(run_dir / "config.json", {**cfg_saved, "command": "sweep", "sweep": spec,
-                                                         "versions": train_mod.versions(), "created": runfolder.now()})
+        runfolder.write_config(run_dir, cfg_saved, "sweep", versions=train_mod.versions(), sweep=spec)
     with runfolder.tracking(run_dir, train_mod.resume_command(run_dir)):
         stops, method = None, {}
         eta, min_full = spec.get("eta", 2), spec.get("min_full", 2)
@@ -259,13 +258,13 @@ def run_sweep(cfg: dict, spec: dict, run_dir: Path, data=None, progress=None, sa
                 stops = {k: f["epochs"] for k, f in finals.items() if f.get("stopped_early")}
         result = summarize(run_dir, spec, points, run, method)
         result["wall_time"] = time.perf_counter() - t_start
-        runfolder.write_json(run_dir / "sweep.json", result)
+        runfolder.write_sweep(run_dir, result)
         if (cfg.get("pareto") or {}).get("reference", "none") == "magnitude":
             from .reference import train_reference
 
             result["reference"] = train_reference(cfg, result, run_dir, data, progress, say, resume)
             result["wall_time"] = time.perf_counter() - t_start
-            runfolder.write_json(run_dir / "sweep.json", result)
+            runfolder.write_sweep(run_dir, result)
     return result
 
 
