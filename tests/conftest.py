@@ -177,7 +177,8 @@ FUSED_RULES = {
 
 
 def buckets(opt):
-    """The wrapper's private bucket index (``.all``, ``.by_mode``, ``.buffers``). Only tests of
-    the compiled kernels and of the per-weight buffers use it: whether a bucket compiled,
-    which program it runs, how often, and which buffers it keeps are not public behaviour."""
+    """The wrapper's private bucket index (``.all``, ``.by_mode``, ``.buffers``). What a bucket
+    did is public (:func:`decaylab.updates`); only tests of the wrapper's own parts use this:
+    bucket identity after a model conversion, StepSizes built for a bucket, the plan of
+    decaylab._inner_decay."""
     return opt._buckets

@@ -19,7 +19,7 @@ from torch import nn
 import decaylab as dl
 from decaylab import _compat, fused
 
-from conftest import FUSED_RULES, assert_fused_equals_eager, buckets, fused_loss, fused_model, train_fused
+from conftest import FUSED_RULES, assert_fused_equals_eager, fused_loss, fused_model, train_fused
 
 
 @pytest.fixture(autouse=True)
@@ -65,11 +65,9 @@ def test_a_private_backend_that_fails_falls_back_to_the_guarded_call(broken, rul
     comp, opt, seen = _train_warned(FUSED_RULES[rule], sched=True)
     _one_warning(seen, "private compiler hooks \\((ImportError: cannot import|TypeError: compile_fx)")
     assert_fused_equals_eager(eager, comp)
-    for b in buckets(opt).all:  # still compiled, through torch.compile's public path
-        # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
-        compiled = b.kernel._adam_fn or b.kernel._fn
-        assert compiled.level == "guarded" and compiled._direct is None
-        assert b.kernel.calls == (3 if "L1" in rule else 4)  # L1: Adam's own first step, then in the kernel
+    for r in dl.updates(opt):  # still compiled, through torch.compile's public path, at every call
+        assert r["kernel"] == "compiled" and r["level"] == "guarded" and r["guarded_calls"] == r["calls"]
+        assert r["calls"] == (3 if "L1" in rule else 4)  # L1: Adam's own first step, then in the kernel
 
 
 def test_a_changed_direct_calling_convention_falls_back_to_dynamos_call(monkeypatch):
@@ -82,9 +80,8 @@ def test_a_changed_direct_calling_convention_falls_back_to_dynamos_call(monkeypa
     comp, opt, seen = _train_warned(FUSED_RULES["GroupLasso rows lr"], steps=5)
     _one_warning(seen, "direct call failed \\(TypeError: forward\\(\\) takes 2")
     assert_fused_equals_eager(eager, comp)  # the failed call changed nothing; dynamo took the step
-    (b,) = buckets(opt).all
-    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
-    assert b.kernel.calls == 5 and b.kernel._fn.level == "direct" and not b.kernel._fn.direct
+    (r,) = dl.updates(opt)
+    assert r["calls"] == r["guarded_calls"] == 5 and r["level"] == "guarded"
 
 
 def test_a_compiler_that_fails_everywhere_leaves_that_kernel_eager_with_one_warning(monkeypatch):
@@ -92,7 +89,7 @@ def test_a_compiler_that_fails_everywhere_leaves_that_kernel_eager_with_one_warn
     monkeypatch.setattr(fused, "_BACKEND", "no_such_backend")  # unknown to lookup_backend and torch.compile
     comp, opt, seen = _train_warned(FUSED_RULES["L1 prox lr"])
     _one_warning(seen, "torch.compile failed for a kernel .*no_such_backend.*eager path")
-    assert all(b.kernel is False for b in buckets(opt).all) and fused.available()
+    assert {r["kernel"] for r in dl.updates(opt)} == {"eager"} and fused.available()
     for a, b in zip(eager, comp):
         assert torch.equal(a, b)
 
@@ -124,8 +121,8 @@ def test_a_failing_kernel_leaves_the_other_kernels_compiled(monkeypatch):
         comp, opt = train(True)
     seen = [w for w in seen if "decaylab" in str(w.message)]
     _one_warning(seen, "torch.compile failed for a kernel \\(RuntimeError: inductor: internal error")
-    l1, group = buckets(opt).all
-    assert group.kernel is False and l1.kernel and l1.kernel.calls == 3  # Adam + prox from step 2
+    l1, group = dl.updates(opt)
+    assert group["kernel"] == "eager" and l1["kernel"] == "compiled" and l1["calls"] == 3  # Adam + prox from step 2
     assert_fused_equals_eager(eager, comp)
 
 
@@ -188,9 +185,8 @@ def test_unreadable_hook_tables_keep_adams_step_out_of_the_kernel(monkeypatch):
     monkeypatch.setattr(_compat, "_optim_mod", types.SimpleNamespace())
     comp, opt, seen = _train_warned(FUSED_RULES["L1 prox lr"])
     _one_warning(seen, "could not read torch's optimizer step-hook tables")
-    (b,) = buckets(opt).all
-    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
-    assert b.kernel._adam_fn is None and b.kernel.calls == 4  # a hook might see hidden gradients
+    (r,) = dl.updates(opt)
+    assert r["adam_calls"] == 0 and r["calls"] == 4  # a hook might see hidden gradients
     assert_fused_equals_eager(eager, comp)
 
 
@@ -203,9 +199,8 @@ def test_on_a_tested_torch_the_private_path_works_with_inductor(monkeypatch):
     eager, _ = train_fused(FUSED_RULES["L1 prox lr"], torch.float32, False, opt_cls=torch.optim.SGD)
     comp, opt, seen = _train_warned(FUSED_RULES["L1 prox lr"], opt_cls=torch.optim.SGD)
     assert seen == []
-    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
-    compiled = buckets(opt).all[0].kernel._fn
-    assert compiled.level == "direct" and compiled._direct is not None and buckets(opt).all[0].kernel.calls == 4
+    (r,) = dl.updates(opt)
+    assert r["level"] == "direct" and r["calls"] == 4 and r["guarded_calls"] == 1  # then the kept program
     assert_fused_equals_eager(eager, comp)
     _, wrapped, calls, seen = _run_adam()  # and the inner step skips torch's wrapper
     assert wrapped == 0 and seen == []
@@ -222,8 +217,8 @@ def test_inductors_guarded_call_takes_the_kernels_settings_as_public_options(mon
         warnings.simplefilter("always")
         comp, opt = train_fused(FUSED_RULES["ElasticNet prox lr"], torch.bfloat16, True, opt_cls=torch.optim.SGD)
     _one_warning([w for w in seen if "decaylab" in str(w.message)], "private compiler hooks")
-    # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
-    assert buckets(opt).all[0].kernel._fn.level == "guarded" and buckets(opt).all[0].kernel.calls == 4
+    (r,) = dl.updates(opt)
+    assert r["level"] == "guarded" and r["calls"] == r["guarded_calls"] == 4
     assert_fused_equals_eager(eager, comp)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 import decaylab as dl
 from decaylab import functional as F
 
-from conftest import buckets, carried, mlp
+from conftest import carried, mlp
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -93,7 +93,7 @@ def test_cuda_l1_adam_metric_prox_gives_exact_zeros(fused):
         opt.step()
         opt.zero_grad()
     assert dl.sparsity(model) > 0.1
-    assert all(bool(b.kernel) == fused for b in buckets(opt).all)
+    assert {r["kernel"] for r in dl.updates(opt)} == {"compiled" if fused else "eager"}
 
 
 @cuda
@@ -150,13 +150,13 @@ def test_cuda_fused_equals_eager(name, dtype):
     comp, opt = _train_cuda(CUDA_RULES[name], dtype, True)
     # an fp32 elementwise prox bucket takes Adam's step into its kernel from step 2 on
     # (step 1 is Adam's own, eager prox): 4 compiled calls; the others compile at step 1: 5
-    for b in buckets(opt).all:
-        fused_adam = b.rule.mode == "prox" and not b.low_precision and b.kernel.op != "group"
-        assert b.kernel and b.kernel.calls == (4 if fused_adam else 5)
-        # private: which program a kernel runs (direct, guarded, Adam's step in it) is not observable
-        assert (b.kernel._adam_fn is not None) == fused_adam
+    for r in dl.updates(opt):
+        fused_adam = r["mode"].startswith("prox") and r["dtype"] not in ("bfloat16", "float16") \
+            and not r["penalty"].startswith("GroupLasso")
+        assert r["kernel"] == "compiled" and r["calls"] == (4 if fused_adam else 5)
+        assert (r["adam_calls"] > 0) == fused_adam
         # after its first call the kernel runs its program without dynamo's guards
-        assert (b.kernel._adam_fn or b.kernel._fn)._direct is not None
+        assert r["level"] == "direct" and r["guarded_calls"] == 1
     for a, b in zip(eager, comp):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
@@ -184,7 +184,7 @@ def test_cuda_fused_compiles_once(monkeypatch):
 
     monkeypatch.setattr(fused, "_BACKEND", counting)
     _, opt = _train_cuda(CUDA_RULES["GroupLasso-inputs-adam"], torch.float32, True, steps=6)
-    assert len(compiles) == len(buckets(opt).all) == 1 and buckets(opt).all[0].kernel.calls == 6
+    assert len(compiles) == len(dl.updates(opt)) == 1 and dl.updates(opt)[0]["calls"] == 6
 
 
 @cuda

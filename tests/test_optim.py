@@ -14,7 +14,7 @@ from torch import nn
 
 import decaylab as dl
 from decaylab import _compat
-from conftest import ConvFc, Holder, buckets, linear_from, pickled, reg, reg_adam, zero_grads
+from conftest import ConvFc, Holder, linear_from, pickled, reg, reg_adam, zero_grads
 
 
 # -- the Optimizer surface -----------------------------------------------------------
@@ -462,8 +462,8 @@ def test_default_metric_follows_what_the_optimizer_keeps(name):
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
     assert opt.metrics == [expected, expected, "lr"]
-    # private: the buckets the step runs with, not only the metrics it reports
-    assert [b.metric for b in buckets(opt).all] == [expected, expected, "lr"]
+    # the buckets the step runs with, not only the metrics it reports
+    assert [r["mode"] for r in dl.updates(opt)] == [f"prox/{expected}", f"prox/{expected}", "decoupled"]
     assert f"prox/{expected}" in dl.summary(opt)
 
 
@@ -646,8 +646,8 @@ def test_a_copy_of_model_and_optimizer_trains_on_its_own_parameters(how):
     data = _data(12)
     model, opt = _setup()
     _train(model, opt, data[:4])
-    # both kinds of id-keyed buffers exist before the copy (the Adam-metric step buffers are private)
-    assert opt.state_dict()["decaylab"]["residuals"] and buckets(opt).buffers
+    # both kinds of id-keyed buffers exist before the copy
+    assert opt.state_dict()["decaylab"]["residuals"] and sum(r["buffer_bytes"] for r in dl.updates(opt))
     pair = (model, opt)
     if how == "deepcopy":
         model2, opt2 = copy.deepcopy(pair)

@@ -107,3 +107,39 @@ def test_surviving_inputs_linear_and_conv():
     conv1d = torch.zeros(2, 3, 5)
     conv1d[0, 2, 4] = 1.0
     assert dl.surviving_inputs(conv1d).tolist() == [False, False, True]
+
+
+# -- updates: how each bucket was updated --------------------------------------------------
+def test_updates_shows_each_bucket_before_and_after_its_first_step():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2).to(torch.bfloat16))
+    opt = dl.regularize(torch.optim.Adam(m.parameters(), lr=0.1), m,
+                        [dl.Rule(dl.L1(1e-2), params="*.weight", metric="adam"), dl.Rule(None, params="*.bias")],
+                        fused=False)
+    rows = dl.updates(opt)
+    # one rule over two dtypes: two buckets; no rule, no bucket
+    assert [(r["dtype"], r["tensors"], r["kernel"], r["mode"]) for r in rows] == [
+        ("float32", 1, "not chosen", "prox/adam"), ("bfloat16", 1, "not chosen", "prox/adam")]
+    assert rows[0]["penalty"] == "L1(alpha=0.01)"
+    for _ in range(2):
+        m[1](m[0](torch.randn(5, 4)).to(torch.bfloat16)).float().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    f32, bf16 = dl.updates(opt)
+    assert f32["kernel"] == bf16["kernel"] == "eager" and f32["calls"] == f32["adam_calls"] == 0
+    assert f32["level"] is None and f32["residual_bytes"] == 0
+    assert bf16["residual_bytes"] == m[1].weight.numel() * 4  # its fp32 rounding residual
+    assert f32["buffer_bytes"] == m[0].weight.numel() * 4  # the eager Adam-metric step buffer
+
+
+def test_updates_finds_the_wrapper_inside_a_framework_optimizer():
+    m = nn.Linear(4, 3)
+    opt = dl.regularize(torch.optim.SGD(m.parameters(), lr=0.1), m, dl.L1(1e-3))
+
+    class FrameworkWrapper:
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+    assert dl.updates(FrameworkWrapper(opt)) == opt.updates() == dl.updates(opt)
+    with pytest.raises(ValueError, match="decaylab"):
+        dl.updates(torch.optim.SGD(m.parameters(), lr=0.1))

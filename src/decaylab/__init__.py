@@ -20,7 +20,7 @@ from .rules import Rule
 from .selectors import biases, declared_no_decay, default_selection, embeddings, is_norm, norm_layers, preset, weights
 from .metric import register_adam_metric, takes_adam_step
 from .monitor import find_regularized, histograms, metrics
-from .stats import layer_stats, live_groups, sparsity, summary, surviving_inputs
+from .stats import layer_stats, live_groups, sparsity, summary, surviving_inputs, updates
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,7 @@ __all__ = [
     "norm_layers", "embeddings", "biases", "weights", "default_selection", "is_norm",
     "declared_no_decay", "preset",
     "metrics", "histograms", "find_regularized", "register_adam_metric", "takes_adam_step",
-    "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary",
+    "sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary", "updates",
     "CoupledGroupLasso", "coupled_groups", "compact", "Compaction",
     "TargetSparsity", "cubic_sparsity", "keep_counts", "AdaptiveGroupLasso", "adaptive_weights",
     "functional", "groups", "coupled",

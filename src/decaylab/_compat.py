@@ -168,10 +168,17 @@ class Compiled:
     name), ``"eager"``. A direct call that fails raises before the program runs (a changed
     calling convention), so the step is taken again through dynamo.
 
+    ``direct_calls`` and ``guarded_calls`` count the calls that ran the kept program
+    directly and those that went through dynamo (the first, a recompile, a changed layout).
+
     >>> c = Compiled(lambda x: x.mul_(2), "demo", "eager", None)
     >>> x = torch.ones(2)
     >>> c([x], x), x.tolist(), c.level
     (True, [2.0, 2.0], 'direct')
+    >>> with torch.no_grad():
+    ...     _ = c([x], x), c([x], x)
+    >>> x.tolist(), c.guarded_calls, c.direct_calls
+    ([8.0, 8.0], 2, 1)
     """
 
     direct = True  # False: every call through dynamo (bench/step_overhead.py --only direct compares)
@@ -183,6 +190,7 @@ class Compiled:
         self._captured: tuple | None = None
         self._direct: tuple | None = None  # (program, input positions, layout)
         self._failed = ""  # why the "direct" level failed, warned once "guarded" works
+        self.direct_calls = self.guarded_calls = 0
 
     def __call__(self, tensors: list, *args) -> bool:
         """Run on ``args``; ``tensors``: every tensor in ``args``, flattened."""
@@ -190,6 +198,7 @@ class Compiled:
         if direct is not None and self.direct and not torch.is_grad_enabled() and layout(tensors) == direct[2]:
             try:
                 call_direct(direct[0], [tensors[i] for i in direct[1]])
+                self.direct_calls += 1
                 return True
             except Exception as err:  # noqa: BLE001 - e.g. a changed calling convention
                 self.direct, self._direct = False, None
@@ -204,6 +213,7 @@ class Compiled:
                 self._fall(err)
                 continue
             self._keep(tensors)
+            self.guarded_calls += 1
             if self._failed:
                 warn_once(f"decaylab: a compiled kernel could not use torch's private compiler hooks "
                           f"({self._failed}; torch {torch.__version__}); it runs through torch.compile's "

@@ -175,3 +175,24 @@ class Buckets:
     def drop_buffers(self, params) -> None:
         for p in params:
             self.buffers.pop(self.position[id(p)], None)
+
+    def rows(self) -> list[dict]:
+        """One row per bucket: how it is updated (:func:`decaylab.updates`)."""
+        out = []
+        for b in self.all:
+            k = b.kernel
+            failed = bool(k) and k.level == "eager"
+            out.append({
+                "rule": b.rule.label, "penalty": repr(b.rule.penalty), "mode": b.rule.mode + (f"/{b.metric}" if b.rule.mode == "prox" and b.metric else ""),
+                "group": b.group, "tensors": len(b.params), "dtype": str(b.params[0].dtype).replace("torch.", ""),
+                "device": str(b.params[0].device),
+                "kernel": "not chosen" if k is None else "compiled" if k and not failed else "eager",
+                "calls": k.calls if k else 0, "adam_calls": k.adam_calls if k else 0,
+                "guarded_calls": k.guarded_calls if k else 0, "level": k.level if k else None,
+                "residual_bytes": self._bytes(self.residuals, b.params),
+                "buffer_bytes": self._bytes(self.buffers, b.params)})
+        return out
+
+    def _bytes(self, kept: dict, params: list) -> int:
+        found = (kept.get(self.position[id(p)]) for p in params)
+        return sum(t.numel() * t.element_size() for t in found if t is not None)

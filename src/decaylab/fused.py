@@ -79,10 +79,8 @@ from ._warn import warn
 __all__ = ["available", "disable", "plan", "Kernel", "CPU_MIN_NUMEL"]
 
 # From this many penalized elements in a bucket, fused=None (auto) compiles on a CPU:
-# below it the compile time is not won back in a typical run. A cold compile costs seconds
-# per bucket and saves a fraction of a step's time; on a 5.8M-weight MLP that pays after
-# about a thousand steps, on a 270k-weight LeNet-300-100 only after ten times as many
-# (bench/step_overhead.py: "first two calls" and the step tables, BENCHMARKS.md).
+# below it the compile time is not won back in a typical run (how long it takes to pay
+# back: bench/step_overhead.py, "first two calls" and the step tables, BENCHMARKS.md).
 CPU_MIN_NUMEL = 1 << 20
 # Below this many weights a CPU bucket's compiled kernel runs on one thread (Kernel._compiled).
 CPU_SINGLE_THREAD_NUMEL = 1 << 18
@@ -278,22 +276,28 @@ class Kernel:
     Adam's betas and weight decay) comes with each call. ``r`` is the ``l1_ratio`` of calls
     that pass none.
 
+    What it did is public: ``calls`` (compiled calls that ran), ``adam_calls`` (of them,
+    those that took Adam's step inside the kernel), ``guarded_calls`` (of them, those that
+    went through dynamo's guards rather than straight to the kept program: the first call,
+    a recompile, a changed tensor layout) and ``level`` (:class:`decaylab._compat.Compiled`).
+
     >>> k = Kernel("soft", 1.0, [(1,)], "demo")
-    >>> k.op, k.calls
-    ('soft', 0)
+    >>> k.op, k.calls, k.level
+    ('soft', 0, None)
     """
 
     def __init__(self, op: str, r: float, dims: Sequence[tuple], tag: str):
         self.op, self.r, self.dims, self.calls = op, float(r), tuple(tuple(d) for d in dims), 0
-        self.tag, self._fn = tag, None
+        self.adam_calls = self.guarded_calls = 0
+        self.tag, self._fn, self._last = tag, None, None
         self._adam_fn, self._adam_key = None, None
         self._scalars: dict = {}  # the last run-time scalars: values -> tensor (one entry)
 
     def __getstate__(self):  # a copy or a pickle finds its compiled function again
-        return {**self.__dict__, "_fn": None, "_adam_fn": None, "_scalars": {}}
+        return {**self.__dict__, "_fn": None, "_adam_fn": None, "_last": None, "_scalars": {}}
 
     def __setstate__(self, state):
-        self.__dict__.update({"_scalars": {}, **state})
+        self.__dict__.update({"_scalars": {}, "_last": None, "adam_calls": 0, "guarded_calls": 0, **state})
 
     def _compiled(self, key: tuple, body: Callable, ws) -> _compat.Compiled:
         """The compiled function for this bucket's signature, shared by every bucket with
@@ -367,18 +371,30 @@ class Kernel:
             self._adam_fn, self._adam_key = self._compiled(key, _bucket_adam_update, ws), flags
         ws, gs, ms, vs = list(ws), list(gs), list(ms), list(vs)
         tensors = [*ws, *gs, *ms, *vs, scalars, *(alphas or ())]
-        return self._run(self._adam_fn, tensors, ws, gs, ms, vs, scalars, alphas, flags, self.op, self.dims)
+        ran = self._run(self._adam_fn, tensors, ws, gs, ms, vs, scalars, alphas, flags, self.op, self.dims)
+        self.adam_calls += ran
+        return ran
 
     @property
     def fresh(self) -> bool:
         """Nothing compiled yet for this bucket."""
         return self._fn is None and self._adam_fn is None
 
+    @property
+    def level(self) -> str | None:
+        """How the last call's program runs: ``"direct"``, ``"guarded"`` (through dynamo at
+        every call), ``"eager"`` (it fell back: the eager kernels run), or None before the
+        first call."""
+        fn = self._last
+        return None if fn is None else "guarded" if fn.level == "direct" and not fn.direct else fn.level
+
     def _run(self, fn: _compat.Compiled, tensors: list, *args) -> bool:
         """Never raises: a failure falls back within ``fn`` (this kernel only, warned once)
         and ends, at worst, in False: the caller runs the eager kernels, from then on."""
+        self._last, guarded = fn, fn.guarded_calls
         if not fn(tensors, *args):
             return False
         self.calls += 1
+        self.guarded_calls += fn.guarded_calls - guarded  # fn may be shared with other buckets
         return True
 

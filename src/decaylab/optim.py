@@ -305,6 +305,10 @@ class Regularized(torch.optim.Optimizer):
         """Real optimizer steps taken so far (what schedules see)."""
         return self._steps
 
+    def updates(self) -> list[dict]:
+        """How each bucket of weights is updated: :func:`decaylab.updates`."""
+        return self._buckets.rows()
+
     def penalty_values(self) -> list[Tensor | None]:
         """Each rule's penalty at the current weights, times its schedule (differentiable);
         None for a ``Rule(None)``."""

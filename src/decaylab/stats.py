@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .groups import Rows
 from .rules import default_selection, param_aliases
 
-__all__ = ["sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary", "selected_weights"]
+__all__ = ["sparsity", "layer_stats", "live_groups", "surviving_inputs", "summary", "updates", "selected_weights"]
 
 
 def selected_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
@@ -115,6 +115,39 @@ def summary(opt) -> str:
     if free:
         lines.append(_row("(no rule)", "none", "-", free))
     return "\n".join(lines)
+
+
+def updates(opt) -> list[dict]:
+    """How the wrapper updates its weights: one row per bucket (the weights of one rule,
+    param group, dtype and device, updated by one kernel call), to check that the compiled
+    path is taken and stays taken, and who takes Adam's step.
+
+    Each row has ``rule`` (its label), ``penalty`` (its repr), ``mode`` (as in :func:`summary`), ``group`` (the
+    param group), ``tensors``, ``dtype``, ``device`` and:
+
+    * ``kernel``: ``"compiled"`` (:mod:`decaylab.fused`), ``"eager"`` (``fused=False``, a
+      small CPU bucket, a penalty without a compiled kernel, or a compile that failed and
+      fell back) or ``"not chosen"`` (before the bucket's first update);
+    * ``calls``: compiled calls so far; ``adam_calls``: of them, those that took Adam's
+      step inside the kernel (the inner optimizer skipped these weights);
+      ``guarded_calls``: those that went through ``torch.compile``'s guards (the first, a
+      recompile, a changed tensor layout) rather than straight to the compiled program:
+      it stays at 1 while nothing but run-time values change;
+    * ``level``: ``"direct"`` or ``"guarded"`` (how a compiled kernel runs), else None;
+    * ``residual_bytes``: the fp32 rounding residuals kept for bf16/fp16 weights;
+      ``buffer_bytes``: the per-weight step buffers kept for the eager prox in Adam's
+      metric (a kernel that takes Adam's step keeps none).
+
+    >>> import decaylab as dl
+    >>> m = nn.Linear(4, 3)
+    >>> opt = dl.regularize(torch.optim.SGD(m.parameters(), lr=0.1), m, dl.L1(1e-3), fused=False)
+    >>> m(torch.ones(2, 4)).sum().backward(); opt.step()
+    >>> [(r["rule"], r["mode"], r["kernel"], r["calls"]) for r in dl.updates(opt)]
+    [('weights >= 2-D', 'prox/lr', 'eager', 0)]
+    """
+    from .monitor import find_regularized
+
+    return find_regularized(opt).updates()
 
 
 def _row(label: str, pen: str, mode: str, tensors: list[Tensor]) -> str:
