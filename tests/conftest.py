@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: tiny models, the small training loop the compiled
-kernels are checked with, and the one accessor that looks inside the wrapper.
+kernels are checked with, the one accessor that looks inside the wrapper, and the
+``seeded`` run folder the report's figure and page tests share.
 
 Test modules import them by name (``from conftest import Holder``); pytest puts this folder
 on ``sys.path``, as it does for ``report_fixtures``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 from torch import nn
 
@@ -182,3 +184,16 @@ def buckets(opt):
     bucket identity after a model conversion, StepSizes built for a bucket, the plan of
     decaylab._inner_decay."""
     return opt._buckets
+
+
+# -- a loaded run folder for the report's figure and page tests ----------------------
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    """A compare of none, l2 and l1 over three seeds with 20 % label noise, as
+    :func:`decaylab.lab.report.load_run_folder` gives it (``report_fixtures``)."""
+    from decaylab.lab.report import load_run_folder
+    from report_fixtures import make_run_folder
+
+    return load_run_folder(make_run_folder(tmp_path / "run", seeds=3, label_noise=0.2))

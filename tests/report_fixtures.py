@@ -1,4 +1,5 @@
-"""Write a fake but valid run folder (docs/run-folder.md) with plausible, deterministic numbers."""
+"""Write a fake but valid run folder (docs/run-folder.md) with plausible, deterministic numbers,
+and the sweep.json and compact.json contents the figure and page tests draw from."""
 from __future__ import annotations
 
 import json
@@ -169,3 +170,30 @@ def _compare(root, base, seeds):
         rows.append({"name": n, "penalty": _kind(n), "alpha": 0.0, "describe": _DESCRIBE[_kind(n)], "n": seeds,
                      **stats})
     return {"seeds": list(range(seeds)), "runs": rows, "verdicts": [], "note": "strengths chosen on validation"}
+
+
+# -- sweep.json and compact.json contents, for figures and page text drawn from constructed data --
+def sweep_point(a, v, *, zeros=0.3, stopped=False, nonzero=None, lr=1e-3):
+    """One point of a sweep.json: strength ``a`` with validation accuracy ``v``."""
+    return {"alpha": a, "lr": lr, "val_acc": v, "val_acc_sd": None, "val_acc_se": 0.01, "test_acc": v - 0.01,
+            "test_acc_sd": None, "gap": 0.05, "zeros": zeros, "layer_norms": {"fc1": 1.0, "fc2": 2.0},
+            "nonzero_params": nonzero if nonzero is not None else int(5000 * (1 - zeros)), "n_params": 5000,
+            "stopped_early": stopped, "epochs": 15 if stopped else 30}
+
+
+def sweep_of(points, best, one_se):
+    """A sweep.json over ``points`` that chose ``best`` and ``one_se``."""
+    return {"chosen": {"best": best, "one_se": one_se}, "chosen_lr": {"best": 1e-3}, "seeds": 1, "points": points}
+
+
+# four L1 strengths, the two strongest stopped early; best and one-SE are the same point
+SWEEP = sweep_of([sweep_point(0.1, 0.80, zeros=0.1), sweep_point(0.3, 0.83, zeros=0.3),
+                  sweep_point(1.0, 0.82, zeros=0.5, stopped=True), sweep_point(3.0, 0.75, zeros=0.6, stopped=True)],
+                 best=0.3, one_se=0.3)
+
+
+def compact_result(kept_inputs, layers, dense_s=2e-3, small_s=5e-4):
+    """A compact.json of a compacted run: 64 inputs, the kept units per layer, the times."""
+    return {"compacted": True, "kept_inputs": kept_inputs, "n_inputs": 64, "layers": layers,
+            "params_before": 1000, "params_after": 300, "max_abs_diff_test": 0.0,
+            "time_dense_batch256": dense_s, "time_compact_batch256": small_s, "speedup_batch256": dense_s / small_s}

@@ -1,5 +1,7 @@
-"""The lab's command line as a new user meets it: bad input fails early and clearly, before
-a run folder exists; labels and files say what they hold; --quiet, --version, --print-config."""
+"""Tests for decaylab.lab.cli: the lab's command line as a new user meets it. Bad input fails
+early and clearly, before a run folder exists; labels and files say what they hold; --quiet,
+--version, --print-config (which only prints); help written for each command; Ctrl-C says how
+to go on; output into a closed pipe (``| head``) ends quietly."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import decaylab as dl
-from decaylab.lab import cli, config, figures_runs, report, runfolder
+from decaylab.lab import cli, config, figures_runs, report
 from report_fixtures import make_run_folder
 
 TINY = ["data.n_train=150", "train.epochs=1", "model.hidden=[8]", "train.batch_size=50"]
+TINY_2 = ["data.n_train=150", "train.epochs=2", "model.hidden=[8]", "train.batch_size=50"]  # two epochs
+SELECT = TINY_2 + ["select.n_alphas=2", "select.path_epochs=1", "select.refit_epochs=1"]
 ROOT = Path(__file__).parents[1]
 
 
@@ -25,6 +28,13 @@ def _main(command, tmp_path, *items, name="x", extra=()):
     for item in [*TINY, *items]:
         args += ["--set", item]
     return cli.main(args)
+
+
+def _args(command, tmp_path, items, name="x", extra=()):
+    args = [command, "--out", str(tmp_path), "--name", name, "--quiet", *extra]
+    for item in items:
+        args += ["--set", item]
+    return args
 
 
 def _one_line_error(capsys, pattern):
@@ -154,6 +164,88 @@ def test_print_config_is_a_config_file_that_reads_back_the_same(tmp_path, capsys
     cfg = config.resolve({}, TINY + items, command=command)
     cfg["out"], cfg["name"] = str(tmp_path), "x"
     assert config.resolve(tomllib.loads(text), command=command) == cfg
+
+
+def test_ctrl_c_in_a_sweep_prints_the_resume_command(tmp_path, monkeypatch, capsys):
+    from decaylab.lab import sweep
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "_log_epoch", ctrl_c)
+    assert cli.main(_args("sweep", tmp_path, TINY_2, extra=["--penalty", "l2", "--alphas", "0.01,1"])) == 130
+    assert f"interrupted: continue with: decaylab resume {tmp_path / 'x'}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "x" / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_ctrl_c_in_select_says_it_is_run_again_not_resumed(tmp_path, monkeypatch, capsys):
+    from decaylab.lab import select
+
+    # private: the lab has no public hook to interrupt a chosen fit
+    real, calls = select._fit, []
+
+    def fit_then_ctrl_c(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(select, "_fit", fit_then_ctrl_c)
+    assert cli.main(_args("select", tmp_path, SELECT)) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: '{tmp_path / 'x'}' is incomplete and cannot be resumed; run the command again" in err
+    assert json.loads((tmp_path / "x" / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_select_print_config_prints_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    from decaylab.lab import select
+
+    monkeypatch.setattr(select, "select_features", lambda *a, **k: pytest.fail("select ran"))
+    assert cli.main(_args("select", tmp_path, SELECT, extra=["--print-config"])) == 0
+    assert not (tmp_path / "x").exists()
+    cfg = config.resolve({}, SELECT, command="select")
+    cfg["out"], cfg["name"] = str(tmp_path), "x"
+    assert config.resolve(tomllib.loads(capsys.readouterr().out), command="select") == cfg
+
+
+@pytest.mark.parametrize("command, says, not_says", [
+    ("train", ["[penalty] table", "penalty.alpha"], ["six penalties", "--only", "runs.l1"]),
+    ("select", ["[select]", "data.path"], ["six penalties", "--only", "runs.l1"]),
+    ("compare", ["[[runs]]", "--only", "runs.l1.alpha"], ["[penalty]"]),
+])
+def test_help_is_written_for_each_command(capsys, command, says, not_says):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(s in text for s in says), text
+    assert not any(s in text for s in not_says), text
+
+
+def test_piping_into_head_ends_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for name in ("a", "b"):
+        assert cli.main(_args("train", tmp_path, TINY_2 + ["penalty.penalty=\"l1\""], name=name)) == 0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "decaylab.lab.cli", "report", str(tmp_path / "a"), str(tmp_path / "b")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"report: ")
+    proc.stdout.close()  # as `| head -1` does after its line; the second report line has no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert err == "", err
+
+
+@pytest.mark.parametrize("flag, value", [("--alphas", "-1e-3,1e-2"), ("--alphas", "-1:1:3"), ("--lrs", "-.1,1")])
+def test_a_negative_grid_value_gets_the_grids_own_error(tmp_path, capsys, flag, value):
+    argv = ["sweep", "--penalty", "l1", "--alphas", "1e-3,1e-2", flag, value, "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"decaylab: error: {flag} {value!r} has -" in err and "must be finite and > 0" in err, err
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_fashion_mnist_config_does_not_fix_the_folder_name():

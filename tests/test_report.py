@@ -1,10 +1,10 @@
-"""Tests for decaylab.lab.report: a self-contained report rebuilt from a run folder alone."""
+"""Tests for decaylab.lab.report: a self-contained report rebuilt from a run folder alone,
+whose text (captions, tables, the sweep's choice) says what the figures and numbers mean."""
 from __future__ import annotations
 
 import base64
 import fcntl
 import functools
-import html
 import http.server
 import json
 import os
@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from decaylab.lab.report import build_report, figures, load_run_folder
-from report_fixtures import make_run_folder
+# private: _page_html assembles the page without rendering its figures (build_report renders all)
+from decaylab.lab.report import _page_html, build_report, figures, load_run_folder
+from report_fixtures import SWEEP, compact_result, make_run_folder
 
 ALL_FIGURES = {"curves", "loss-curves", "histograms", "weights-overlaid", "layer-sparsity", "sparsity-over-time",
                "input-maps"}
@@ -188,6 +189,41 @@ def test_text_is_escaped(tmp_path):
 def test_not_a_run_folder_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         load_run_folder(tmp_path)
+
+
+# -- captions, tables and figures that depend on what the folder holds -----------------------
+def test_label_noise_is_explained_next_to_the_curves_and_the_tables(seeded, tmp_path):
+    page = _page_html(seeded, {"curves": b"png"})
+    curves = re.search(r'<figcaption>(.*?)</figcaption>', page).group(1)
+    assert "flipped" in curves and "below test" in curves and "narrows" not in curves
+    assert page.count("A negative gap is expected here") == 2  # selection and summary notes
+    clean = load_run_folder(make_run_folder(tmp_path / "clean"))
+    assert "flipped" not in _page_html(clean, {"curves": b"png"})
+
+
+def test_selection_table_uses_the_summary_units(seeded):
+    page = _page_html(seeded, {})
+    table = re.search(r'<table id="selection">(.*?)</table>', page).group(1)
+    cells = re.findall(r"<td>([^<]*)</td>", table)
+    assert cells and all(c.endswith("%") for c in cells), cells
+    assert not any("± +" in c or "± -" in c for c in cells)
+
+
+def test_sweep_choice_paragraph_uses_percent_like_the_summary(seeded):
+    sw = {**SWEEP, "describe": "L1(alpha=λ)", "chosen_test_acc": {"best": 0.8234, "one_se": 0.8234}}
+    page = _page_html({**seeded, "compare": None, "sweep": sw}, {})
+    assert "(test 82.3%)" in page
+
+
+@pytest.mark.slow
+def test_report_shows_the_compaction_figure_only_after_compact(tmp_path):
+    folder = make_run_folder(tmp_path / "run")
+    assert "compaction" not in figures(folder)
+    (folder / "runs" / "l1" / "compact.json").write_text(json.dumps(compact_result([1, 2, 3], {"fc1": [5, 16]})))
+    (folder / "runs" / "l2" / "compact.json").write_text(json.dumps({"compacted": False, "reason": "x"}))
+    assert "compaction" in figures(folder)
+    page = build_report(folder).read_text()
+    assert 'data-figure="compaction"' in page and "Nothing to remove (no zero neuron, channel or input): l2." in page
 
 
 # ----------------------------------------------------------------------------- browser

@@ -1,4 +1,7 @@
-"""#7 item 6: the magnitude-pruning reference on the Pareto figure, and the compaction figure."""
+"""Tests for decaylab.lab.reference: the magnitude-pruning reference of a sweep (#7 item 6).
+Its targets and ramp, real gradual magnitude pruning to the sweep points' exact zeros trained
+inside a sweep or a compare and stored in sweep.json, resume after a kill in it, and bad
+``pareto.*`` config refused in one line."""
 
 from __future__ import annotations
 
@@ -7,10 +10,7 @@ import json
 import pytest
 
 from decaylab.lab import cli, recipe, reference
-from decaylab.lab import figures_sweep as figures
 from decaylab.lab import train as train_mod
-from decaylab.lab.report import build_report, figures as report_figures
-from report_fixtures import make_run_folder
 
 TINY = ["data.n_train=200", "train.epochs=2", "model.hidden=[16]", "train.batch_size=50", "penalty.metric=\"adam\""]
 REF = ["pareto.reference=\"magnitude\""]
@@ -27,6 +27,19 @@ def _sweep(tmp_path, name, alphas, *sets, extra=()):
 
 def _json(path):
     return json.loads(path.read_text())
+
+
+# -- the targets and the pruning ramp --------------------------------------------------------------
+def test_reference_targets_and_ramp():
+    sw = {"chosen_lr": {"best": 1}, "points": [{"lr": 1, "zeros": z} for z in (0.01, 0.3333, 0.9999)]
+          + [{"lr": 2, "zeros": 0.5}]}
+    assert reference.targets(sw, []) == [0.333]  # at the chosen lr, 5 %..99.5 %, to 0.1 %
+    assert reference.targets(sw, [0.9, 0.5, 0.9]) == [0.5, 0.9]
+    assert [reference.ramp_epochs(e) for e in (1, 3, 28, 40)] == [(0, 1), (0, 2), (1, 15), (2, 22)]
+    run = reference.make_run(0.9, {"train": {"batch_size": 50, "epochs": 28}}, 1000, "m")
+    assert run["ramp_steps"] == [20, 300] and run["every"] == 2
+    pen = recipe.make_penalty(run, None)
+    assert (pen.target, pen.begin, pen.end, float(pen.alpha)) == (0.9, 20, 300, 0.0)  # alpha 0: plain GMP
 
 
 # -- the reference curve is real gradual magnitude pruning, stored in sweep.json -----------------
@@ -135,75 +148,3 @@ def test_bad_reference_config_exits_2_with_one_line(tmp_path, capsys, command, s
     err = capsys.readouterr().err
     assert rc == 2 and match in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
-
-
-# -- figures from constructed data ---------------------------------------------------------------
-def _sw(reference_points=None):
-    pts = [{"alpha": a, "lr": 1e-3, "val_acc": v, "test_acc": v - 0.01, "nonzero_params": n, "n_params": 1000,
-            "zeros": z, "stopped_early": False} for a, v, n, z in [(0.1, 0.9, 800, 0.2), (1.0, 0.8, 200, 0.8)]]
-    sw = {"chosen_lr": {"best": 1e-3}, "points": pts, "metric": "accuracy"}
-    if reference_points is not None:
-        sw["reference"] = {"points": reference_points}
-    return sw
-
-
-def test_pareto_draws_the_reference_only_when_the_sweep_has_one():
-    ref = [{"target": t, "val_acc": v, "val_acc_sd": 0.01, "test_acc": v, "test_acc_sd": 0.02,
-            "nonzero_params": n, "n_params": 1000} for t, v, n in [(0.2, 0.91, 800), (0.8, 0.88, 200)]]
-    with_ref = figures.fig_pareto([("l1", _sw(ref))])
-    without = figures.fig_pareto([("l1", _sw())])
-    for fig, labels in ((with_ref, ["l1 (over λ)", "magnitude pruning"]), (without, ["l1 (over λ)"])):
-        val, test = fig.axes[:2]
-        assert [t.get_text() for t in val.get_legend().get_texts()] == labels
-        assert val.get_title().startswith("validation accuracy") and test.get_title().startswith("test accuracy")
-    curves = {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
-              for c in with_ref.axes[1].containers}  # the test panel, sorted by size
-    assert curves["l1 (over λ)"] == ([200, 800], [pytest.approx(0.79), pytest.approx(0.89)])
-    assert curves["magnitude pruning"] == ([200, 800], [0.88, 0.91])
-
-
-def _compact(kept_inputs, layers, dense_s=2e-3, small_s=5e-4):
-    return {"compacted": True, "kept_inputs": kept_inputs, "n_inputs": 64, "layers": layers,
-            "params_before": 1000, "params_after": 300, "max_abs_diff_test": 0.0,
-            "time_dense_batch256": dense_s, "time_compact_batch256": small_s, "speedup_batch256": dense_s / small_s}
-
-
-def test_compaction_figure_bars_are_the_kept_units_and_the_times():
-    runs = [{"name": "coupled", "compact": _compact(list(range(40)), {"layers.0": [12, 16]})},
-            {"name": "l2", "compact": {"compacted": False, "reason": "no zero group"}},
-            {"name": "none", "compact": None}]
-    fig = figures.fig_compaction(runs)
-    units, times = fig.axes[:2]
-    heights = [round(b.get_height()) for b in units.patches]
-    assert heights == [64, 16, 40, 12]  # dense widths (inputs, layers.0), then the run's kept
-    assert [t.get_text() for t in units.get_xticklabels()] == ["inputs", "layers.0"]
-    assert sorted(round(b.get_width(), 6) for b in times.patches) == [0.5, 2.0]  # ms per batch
-    assert [t.get_text() for t in times.get_yticklabels()] == ["coupled"]
-    assert figures.fig_compaction(runs[1:]) is None
-    old = {k: v for k, v in runs[0]["compact"].items() if not k.startswith("time_")}  # before absolute times
-    times = figures.fig_compaction([{"name": "coupled", "compact": old}]).axes[1]
-    assert times.get_xlabel() == "time relative to dense (CPU)"
-    assert sorted(round(b.get_width(), 6) for b in times.patches) == [0.25, 1.0]
-
-
-@pytest.mark.slow
-def test_report_shows_the_compaction_figure_only_after_compact(tmp_path):
-    folder = make_run_folder(tmp_path / "run")
-    assert "compaction" not in report_figures(folder)
-    (folder / "runs" / "l1" / "compact.json").write_text(json.dumps(_compact([1, 2, 3], {"fc1": [5, 16]})))
-    (folder / "runs" / "l2" / "compact.json").write_text(json.dumps({"compacted": False, "reason": "x"}))
-    assert "compaction" in report_figures(folder)
-    page = build_report(folder).read_text()
-    assert 'data-figure="compaction"' in page and "Nothing to remove (no zero neuron, channel or input): l2." in page
-
-
-def test_reference_targets_and_ramp():
-    sw = {"chosen_lr": {"best": 1}, "points": [{"lr": 1, "zeros": z} for z in (0.01, 0.3333, 0.9999)]
-          + [{"lr": 2, "zeros": 0.5}]}
-    assert reference.targets(sw, []) == [0.333]  # at the chosen lr, 5 %..99.5 %, to 0.1 %
-    assert reference.targets(sw, [0.9, 0.5, 0.9]) == [0.5, 0.9]
-    assert [reference.ramp_epochs(e) for e in (1, 3, 28, 40)] == [(0, 1), (0, 2), (1, 15), (2, 22)]
-    run = reference.make_run(0.9, {"train": {"batch_size": 50, "epochs": 28}}, 1000, "m")
-    assert run["ramp_steps"] == [20, 300] and run["every"] == 2
-    pen = recipe.make_penalty(run, None)
-    assert (pen.target, pen.begin, pen.end, float(pen.alpha)) == (0.9, 20, 300, 0.0)  # alpha 0: plain GMP
