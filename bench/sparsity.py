@@ -32,7 +32,6 @@ Prints mean ± sd of the final-epoch test accuracy over seeds and the TARGET lin
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time

@@ -4,8 +4,12 @@ truth. Weight histograms, layer sparsity, sparsity over time, and one colour per
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
 from matplotlib.colors import to_hex
 
+from decaylab.lab import figures_runs
 from decaylab.lab.report import figures as report_figures
 
 
@@ -57,3 +61,25 @@ def test_compare_sweeps_take_their_penalty_colour(seeded):
     from decaylab.lab.figures_runs import penalty_colors
     assert penalty_colors(seeded) == {"none": "C0", "l2": "C1", "l1": "C2"}
     assert set(report_figures(seeded)) >= {"curves", "histograms", "layer-sparsity"}
+
+
+def _layer_label_boxes(n_runs: int, n_layers: int, value: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    layers = {f"layers.{j}": {"numel": 100, "zeros": 100, "zero_fraction": value} for j in range(n_layers)}
+    runs = [{"name": f"run{i}", "dir": f"run{i}", "spec": {}, "metrics": [], "final": {"layers": layers}}
+            for i in range(n_runs)]
+    fig = figures_runs.fig_layer_sparsity({"runs": runs, "data": {}})
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ax = fig.axes[0]
+    boxes = [t.get_window_extent(canvas.get_renderer()) for t in ax.texts if t.get_text()]
+    return boxes, ax.get_window_extent(canvas.get_renderer())
+
+
+@pytest.mark.parametrize("n_runs, n_layers", [(2, 2), (3, 3), (3, 5), (6, 3), (20, 5)])
+def test_layer_sparsity_labels_never_overlap(n_runs, n_layers):
+    boxes, axes = _layer_label_boxes(n_runs, n_layers, 1.0)  # the widest label, "100%", everywhere
+    assert len(boxes) == n_runs * n_layers
+    assert not [(a, b) for a, b in itertools.combinations(boxes, 2) if a.overlaps(b)]
+    assert all(b.y1 <= axes.y1 + 0.5 for b in boxes)  # inside the plot, not over the title

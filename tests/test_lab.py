@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from decaylab.lab import cli, config, report, runfolder, train
+from decaylab.lab import cli, config, report, runfolder
 
 TINY = ["data.n_train=150", "train.epochs=2", "model.hidden=[16]", "train.batch_size=50"]
 

@@ -5,7 +5,6 @@ to go on; output into a closed pipe (``| head``) ends quietly."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import tomllib
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from decaylab.lab import cli, config, figures_runs, report
+from decaylab.lab import cli, config, report
 from report_fixtures import make_run_folder
 
 TINY = ["data.n_train=150", "train.epochs=1", "model.hidden=[8]", "train.batch_size=50"]
@@ -251,28 +250,6 @@ def test_a_negative_grid_value_gets_the_grids_own_error(tmp_path, capsys, flag, 
 def test_the_fashion_mnist_config_does_not_fix_the_folder_name():
     cfg = config.resolve(config.load_file(ROOT / "experiments" / "fashion_mnist_lenet300.toml"))
     assert cfg["name"] == ""
-
-
-def _layer_label_boxes(n_runs: int, n_layers: int, value: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    layers = {f"layers.{j}": {"numel": 100, "zeros": 100, "zero_fraction": value} for j in range(n_layers)}
-    runs = [{"name": f"run{i}", "dir": f"run{i}", "spec": {}, "metrics": [], "final": {"layers": layers}}
-            for i in range(n_runs)]
-    fig = figures_runs.fig_layer_sparsity({"runs": runs, "data": {}})
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    ax = fig.axes[0]
-    boxes = [t.get_window_extent(canvas.get_renderer()) for t in ax.texts if t.get_text()]
-    return boxes, ax.get_window_extent(canvas.get_renderer())
-
-
-@pytest.mark.parametrize("n_runs, n_layers", [(2, 2), (3, 3), (3, 5), (6, 3), (20, 5)])
-def test_layer_sparsity_labels_never_overlap(n_runs, n_layers):
-    boxes, axes = _layer_label_boxes(n_runs, n_layers, 1.0)  # the widest label, "100%", everywhere
-    assert len(boxes) == n_runs * n_layers
-    assert not [(a, b) for a, b in itertools.combinations(boxes, 2) if a.overlaps(b)]
-    assert all(b.y1 <= axes.y1 + 0.5 for b in boxes)  # inside the plot, not over the title
 
 
 def test_hostile_strings_are_escaped_in_the_report(tmp_path):
