@@ -17,6 +17,7 @@ sys.path.insert(0, str(HERE / "_ext"))
 
 import benchmarks  # noqa: E402  (docs/_ext/benchmarks.py)
 import mainjob  # noqa: E402  (docs/_ext/mainjob.py)
+import registries  # noqa: E402  (docs/_ext/registries.py)
 
 project = "decaylab"
 author = "decaylab engineers"
@@ -104,6 +105,9 @@ for mod, ok in _have.items():
         _parts.append(f"``decaylab.integrations.{mod}`` is documented when its framework is installed "
                       f"(``pip install -e \".[integrations]\"``).\n")
 _write("integrations.rst.inc", "\n".join(_parts))
+
+# the lab's models, data sets, penalties and figures, from the registries the CLI reads
+_write("lab-choices.md.inc", registries.markdown())
 
 # the Getting-started page's report: the main job run now, its figures drawn by the lab's own
 # report code (no pasted images)

@@ -172,3 +172,24 @@ def test_the_site_builds_without_a_warning(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     assert (tmp_path / "html" / "api.html").is_file()
+
+
+def test_the_lab_choices_page_is_written_from_the_registries():
+    from decaylab.lab import build
+    from decaylab.lab.figures import FIGURES
+
+    spec = importlib.util.spec_from_file_location("docs_registries", DOCS / "_ext" / "registries.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    page = mod.markdown()
+    rows = {m.group(1) for m in re.finditer(r"^\| `([^`]+)` \|", page, re.M)}
+    expected = {*build.MODELS, *build.DATASETS, *build.PENALTIES, *(f.id for f in FIGURES)}
+    assert expected <= rows, f"missing from the page: {sorted(expected - rows)}"
+    assert rows - expected == {"model.factory", "data.factory"}
+    for kind in build.PENALTIES.values():
+        assert kind.help in page
+    assert "{metric}" not in page
+    assert "_generated/lab-choices.md.inc" in (DOCS / "lab-choices.md").read_text()
+    assert "lab-choices" in (DOCS / "index.rst").read_text()
+    # the Getting-started figures take the report's captions, not a copy of them
+    assert "CAPTIONS" not in (DOCS / "_ext" / "mainjob.py").read_text()

@@ -12,7 +12,6 @@ an existing run of the same mode is reused (docs/build.sh deletes it to start fr
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,18 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "_generated"
-CAPTIONS = {
-    "curves": "Train and test accuracy per epoch, one panel per run.",
-    "loss-curves": "Train and test loss per epoch.",
-    "histograms": "Weight histograms at the end of training.",
-    "weights-overlaid": "The weight distributions of the runs overlaid.",
-    "layer-sparsity": "Exact-zero fraction per layer.",
-    "sparsity-over-time": "Exact-zero fraction over the epochs.",
-    "input-maps": "Which inputs survive (first-layer columns that are not all zero).",
-    "lambda-path": "The regularization path of each swept penalty (seed 0): accuracy against the "
-                   "strength; the solid line marks the chosen one, hollow points stopped early.",
-    "pareto": "Accuracy against the number of nonzero parameters over the swept strengths.",
-}
 
 
 def generate(fast: bool) -> Path:
@@ -56,9 +43,12 @@ def generate(fast: bool) -> Path:
                             "sys.exit(main(sys.argv[1:]))", "report", "--markdown", str(run)],
                            check=True, cwd=ROOT, capture_output=True, text=True).stdout
     lines.append("What this build's run found (`decaylab report --markdown RUN_DIR`):\n\n" + table + "\n")
+    from decaylab.lab.figures import FIGURES  # the report's own titles and captions
+
+    captions = {f.id: f"**{f.title}.** " + f.caption.format(metric="accuracy") for f in FIGURES}
     for fig_id, png in figures(run).items():
         (figdir / f"{fig_id}.png").write_bytes(png)
-        caption = CAPTIONS.get(fig_id, fig_id)
+        caption = captions.get(fig_id, fig_id)
         lines.append(f"```{{figure}} /_generated/figures/{fig_id}.png\n:alt: {fig_id}\n\n{caption}\n```\n")
     text = "\n".join(lines)
     inc = OUT / "mainjob.md.inc"
