@@ -197,3 +197,15 @@ def seeded(tmp_path):
     from report_fixtures import make_run_folder
 
     return load_run_folder(make_run_folder(tmp_path / "run", seeds=3, label_noise=0.2))
+
+
+# -- the lab's command line ------------------------------------------------------------------
+TINY_CLI = ["data.n_train=150", "train.epochs=2", "model.hidden=[8]", "train.batch_size=50"]  # two epochs
+
+
+def cli_args(command, tmp_path, items, name="x", extra=()) -> list[str]:
+    """``decaylab COMMAND --out tmp_path --name NAME --quiet [extra] --set ITEM ...``."""
+    args = [command, "--out", str(tmp_path), "--name", name, "--quiet", *extra]
+    for item in items:
+        args += ["--set", item]
+    return args

@@ -8,19 +8,11 @@ import json
 
 from decaylab.lab import cli
 
-TINY = ["data.n_train=150", "train.epochs=2", "model.hidden=[8]", "train.batch_size=50"]
-
-
-def _args(command, tmp_path, items, name="x", extra=()):
-    args = [command, "--out", str(tmp_path), "--name", name, "--quiet", *extra]
-    for item in items:
-        args += ["--set", item]
-    return args
-
+from conftest import TINY_CLI, cli_args
 
 def test_markdown_of_several_folders_says_which_rows_are_whose(tmp_path, capsys):
     for name, noise in (("a", "0"), ("b", "0.3")):  # the same run name, "l2", in both folders
-        assert cli.main(_args("train", tmp_path, TINY + ['penalty.penalty="l2"', f"data.label_noise={noise}"],
+        assert cli.main(cli_args("train", tmp_path, TINY_CLI + ['penalty.penalty="l2"', f"data.label_noise={noise}"],
                               name=name)) == 0
     capsys.readouterr()
     assert cli.main(["report", "--markdown", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
@@ -33,7 +25,7 @@ def test_markdown_of_several_folders_says_which_rows_are_whose(tmp_path, capsys)
 def test_a_sweep_over_learning_rates_shows_the_chosen_one(tmp_path, capsys):
     argv = ["sweep", "--penalty", "l2", "--alphas", "0.01,1", "--lrs", "1e-3,1e-2", "--full", "--out", str(tmp_path),
             "--name", "s"]
-    for item in TINY:
+    for item in TINY_CLI:
         argv += ["--set", item]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out

@@ -8,15 +8,7 @@ import pytest
 
 from decaylab.lab import cli
 
-TINY = ["data.n_train=150", "train.epochs=2", "model.hidden=[8]", "train.batch_size=50"]
-
-
-def _args(command, tmp_path, items, name="x", extra=()):
-    args = [command, "--out", str(tmp_path), "--name", name, "--quiet", *extra]
-    for item in items:
-        args += ["--set", item]
-    return args
-
+from conftest import TINY_CLI, cli_args
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_files_are_written_with_the_process_umask(tmp_path, monkeypatch, umask):
@@ -29,7 +21,7 @@ def test_files_are_written_with_the_process_umask(tmp_path, monkeypatch, umask):
                         lambda self, row: (real(self, row), lines.append(1), len(lines) == 3 and train.request_stop()))
     old = os.umask(umask)
     try:
-        assert cli.main(_args("compare", tmp_path, TINY, extra=["--only", "none,l1"])) == 130
+        assert cli.main(cli_args("compare", tmp_path, TINY_CLI, extra=["--only", "none,l1"])) == 130
     finally:
         os.umask(old)
     files = [p for p in (tmp_path / "x").rglob("*") if p.is_file() and p.name != ".lock"]

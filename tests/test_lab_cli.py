@@ -14,26 +14,16 @@ import pytest
 import torch
 
 from decaylab.lab import cli, config, report
+from conftest import TINY_CLI, cli_args
 from report_fixtures import make_run_folder
 
 TINY = ["data.n_train=150", "train.epochs=1", "model.hidden=[8]", "train.batch_size=50"]
-TINY_2 = ["data.n_train=150", "train.epochs=2", "model.hidden=[8]", "train.batch_size=50"]  # two epochs
-SELECT = TINY_2 + ["select.n_alphas=2", "select.path_epochs=1", "select.refit_epochs=1"]
+SELECT = TINY_CLI + ["select.n_alphas=2", "select.path_epochs=1", "select.refit_epochs=1"]
 ROOT = Path(__file__).parents[1]
 
 
 def _main(command, tmp_path, *items, name="x", extra=()):
-    args = [command, "--out", str(tmp_path), "--name", name, "--quiet", *extra]
-    for item in [*TINY, *items]:
-        args += ["--set", item]
-    return cli.main(args)
-
-
-def _args(command, tmp_path, items, name="x", extra=()):
-    args = [command, "--out", str(tmp_path), "--name", name, "--quiet", *extra]
-    for item in items:
-        args += ["--set", item]
-    return args
+    return cli.main(cli_args(command, tmp_path, [*TINY, *items], name, extra))
 
 
 def _one_line_error(capsys, pattern):
@@ -172,7 +162,7 @@ def test_ctrl_c_in_a_sweep_prints_the_resume_command(tmp_path, monkeypatch, caps
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep, "_log_epoch", ctrl_c)
-    assert cli.main(_args("sweep", tmp_path, TINY_2, extra=["--penalty", "l2", "--alphas", "0.01,1"])) == 130
+    assert cli.main(cli_args("sweep", tmp_path, TINY_CLI, extra=["--penalty", "l2", "--alphas", "0.01,1"])) == 130
     assert f"interrupted: continue with: decaylab resume {tmp_path / 'x'}" in capsys.readouterr().err
     assert json.loads((tmp_path / "x" / "status.json").read_text())["state"] == "interrupted"
 
@@ -190,7 +180,7 @@ def test_ctrl_c_in_select_says_it_is_run_again_not_resumed(tmp_path, monkeypatch
         return real(*a, **k)
 
     monkeypatch.setattr(select, "_fit", fit_then_ctrl_c)
-    assert cli.main(_args("select", tmp_path, SELECT)) == 130
+    assert cli.main(cli_args("select", tmp_path, SELECT)) == 130
     err = capsys.readouterr().err
     assert f"interrupted: '{tmp_path / 'x'}' is incomplete and cannot be resumed; run the command again" in err
     assert json.loads((tmp_path / "x" / "status.json").read_text())["state"] == "interrupted"
@@ -200,7 +190,7 @@ def test_select_print_config_prints_and_trains_nothing(tmp_path, capsys, monkeyp
     from decaylab.lab import select
 
     monkeypatch.setattr(select, "select_features", lambda *a, **k: pytest.fail("select ran"))
-    assert cli.main(_args("select", tmp_path, SELECT, extra=["--print-config"])) == 0
+    assert cli.main(cli_args("select", tmp_path, SELECT, extra=["--print-config"])) == 0
     assert not (tmp_path / "x").exists()
     cfg = config.resolve({}, SELECT, command="select")
     cfg["out"], cfg["name"] = str(tmp_path), "x"
@@ -227,7 +217,7 @@ def test_piping_into_head_ends_quietly(tmp_path):
     from pathlib import Path
 
     for name in ("a", "b"):
-        assert cli.main(_args("train", tmp_path, TINY_2 + ["penalty.penalty=\"l1\""], name=name)) == 0
+        assert cli.main(cli_args("train", tmp_path, TINY_CLI + ["penalty.penalty=\"l1\""], name=name)) == 0
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "decaylab.lab.cli", "report", str(tmp_path / "a"), str(tmp_path / "b")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
