@@ -182,8 +182,9 @@ class Buckets:
         for b in self.all:
             k = b.kernel
             failed = bool(k) and k.level == "eager"
+            metric = f"/{b.metric}" if b.rule.mode == "prox" and b.metric else ""
             out.append({
-                "rule": b.rule.label, "penalty": repr(b.rule.penalty), "mode": b.rule.mode + (f"/{b.metric}" if b.rule.mode == "prox" and b.metric else ""),
+                "rule": b.rule.label, "penalty": repr(b.rule.penalty), "mode": b.rule.mode + metric,
                 "group": b.group, "tensors": len(b.params), "dtype": str(b.params[0].dtype).replace("torch.", ""),
                 "device": str(b.params[0].device),
                 "kernel": "not chosen" if k is None else "compiled" if k and not failed else "eager",

@@ -122,17 +122,18 @@ def updates(opt) -> list[dict]:
     param group, dtype and device, updated by one kernel call), to check that the compiled
     path is taken and stays taken, and who takes Adam's step.
 
-    Each row has ``rule`` (its label), ``penalty`` (its repr), ``mode`` (as in :func:`summary`), ``group`` (the
-    param group), ``tensors``, ``dtype``, ``device`` and:
+    Each row has ``rule`` (its label), ``penalty`` (its repr), ``mode`` (as in
+    :func:`summary`), ``group`` (the param group), ``tensors``, ``dtype``, ``device`` and:
 
     * ``kernel``: ``"compiled"`` (:mod:`decaylab.fused`), ``"eager"`` (``fused=False``, a
       small CPU bucket, a penalty without a compiled kernel, or a compile that failed and
       fell back) or ``"not chosen"`` (before the bucket's first update);
     * ``calls``: compiled calls so far; ``adam_calls``: of them, those that took Adam's
       step inside the kernel (the inner optimizer skipped these weights);
-      ``guarded_calls``: those that went through ``torch.compile``'s guards (the first, a
-      recompile, a changed tensor layout) rather than straight to the compiled program:
-      it stays at 1 while nothing but run-time values change;
+      ``guarded_calls``: those that went through ``torch.compile``'s guards rather than
+      straight to the kept program. It grows only when a program is needed that was not
+      kept (a kernel's first call, Adam's step joining the kernel, a changed tensor
+      layout), never because lr, betas, eps, the strength or a schedule changed;
     * ``level``: ``"direct"`` or ``"guarded"`` (how a compiled kernel runs), else None;
     * ``residual_bytes``: the fp32 rounding residuals kept for bf16/fp16 weights;
       ``buffer_bytes``: the per-weight step buffers kept for the eager prox in Adam's
