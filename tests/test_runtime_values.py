@@ -181,6 +181,8 @@ def test_one_cycle_lr_compiles_nothing_after_the_second_step(flag, compiles, mon
         assert {r["kernel"] for r in dl.updates(opt)} == {"compiled"}
         _assert_same_trajectory(eager, comp)
         assert counts[1] >= 1 and counts[-1] == counts[1], f"programs compiled by each step: {counts}"
+        # lr and beta1 moved at every step: only the first call of the one program went through dynamo
+        assert all(r["guarded_calls"] == 1 for r in dl.updates(opt)), dl.updates(opt)
     assert len(fused._COMPILED) <= 2  # one program per bucket signature, nothing per value
 
 
