@@ -143,3 +143,13 @@ def test_updates_finds_the_wrapper_inside_a_framework_optimizer():
     assert dl.updates(FrameworkWrapper(opt)) == opt.updates() == dl.updates(opt)
     with pytest.raises(ValueError, match="decaylab"):
         dl.updates(torch.optim.SGD(m.parameters(), lr=0.1))
+
+
+def test_updates_and_summary_show_the_same_mode_before_and_after_auto_resolves():
+    m = nn.Linear(4, 3)
+    opt = dl.regularize(torch.optim.Adam(m.parameters(), lr=0.1), m, dl.L1(1e-3), fused=False)
+    for expected in ("prox/auto", "prox/adam"):  # Adam's state appears at the first step
+        assert [r["mode"] for r in dl.updates(opt)] == [expected]
+        assert _rows(dl.summary(opt))["weights >= 2-D"][0] == expected
+        m(torch.ones(2, 4)).sum().backward()
+        opt.step()

@@ -16,7 +16,7 @@ def _cell(text: str) -> str:
 
 def markdown() -> str:
     from decaylab.lab import build
-    from decaylab.lab.figures import FIGURES
+    from decaylab.lab.figures import BOTH, FIGURES, RUNS
 
     out = ["## Models (`model.kind`)\n", "| kind | what it is |", "|---|---|"]
     out += [f"| `{k}` | {_cell(v)} |" for k, v in build.MODELS.items()]
@@ -32,7 +32,7 @@ def markdown() -> str:
             "figure need swept strengths (`decaylab sweep`, or `compare` with `alphas`), the input "
             "maps image inputs, the compaction figure a `decaylab compact`.\n",
             "| id | title | drawn for | what it shows |", "|---|---|---|---|"]
-    kinds = {("runs",): "train, compare", ("runs", "sweep"): "train, compare, sweep"}  # figures.RUNS, BOTH
+    kinds = {RUNS: "train, compare", BOTH: "train, compare, sweep"}
     out += [f"| `{f.id}` | {_cell(f.title)} | {kinds.get(f.kinds, ', '.join(f.kinds))} | "
             f"{_cell(f.caption.format(metric='accuracy (loss for regression)'))} |" for f in FIGURES]
     return "\n".join(out) + "\n"

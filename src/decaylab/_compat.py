@@ -168,8 +168,9 @@ class Compiled:
     name), ``"eager"``. A direct call that fails raises before the program runs (a changed
     calling convention), so the step is taken again through dynamo.
 
-    ``direct_calls`` and ``guarded_calls`` count the calls that ran the kept program
-    directly and those that went through dynamo (the first, a recompile, a changed layout).
+    ``path`` says how calls run now (``"direct"``, ``"guarded"`` or ``"eager"``, the level
+    once a failed direct call has sent them through dynamo); ``guarded_calls`` counts the
+    calls that went through dynamo (the first, a recompile, a changed layout).
 
     >>> c = Compiled(lambda x: x.mul_(2), "demo", "eager", None)
     >>> x = torch.ones(2)
@@ -177,8 +178,8 @@ class Compiled:
     (True, [2.0, 2.0], 'direct')
     >>> with torch.no_grad():
     ...     _ = c([x], x), c([x], x)
-    >>> x.tolist(), c.guarded_calls, c.direct_calls
-    ([8.0, 8.0], 2, 1)
+    >>> x.tolist(), c.guarded_calls, c.path  # the third call ran the kept program directly
+    ([8.0, 8.0], 2, 'direct')
     """
 
     direct = True  # False: every call through dynamo (bench/step_overhead.py --only direct compares)
@@ -190,7 +191,7 @@ class Compiled:
         self._captured: tuple | None = None
         self._direct: tuple | None = None  # (program, input positions, layout)
         self._failed = ""  # why the "direct" level failed, warned once "guarded" works
-        self.direct_calls = self.guarded_calls = 0
+        self.guarded_calls = 0
 
     def __call__(self, tensors: list, *args) -> bool:
         """Run on ``args``; ``tensors``: every tensor in ``args``, flattened."""
@@ -198,7 +199,6 @@ class Compiled:
         if direct is not None and self.direct and not torch.is_grad_enabled() and layout(tensors) == direct[2]:
             try:
                 call_direct(direct[0], [tensors[i] for i in direct[1]])
-                self.direct_calls += 1
                 return True
             except Exception as err:  # noqa: BLE001 - e.g. a changed calling convention
                 self.direct, self._direct = False, None
@@ -221,6 +221,10 @@ class Compiled:
                 self._failed = ""
             return True
         return False
+
+    @property
+    def path(self) -> str:
+        return "guarded" if self.level == "direct" and not self.direct else self.level
 
     def _build(self) -> Callable:
         if self.level == "direct":

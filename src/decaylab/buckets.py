@@ -181,13 +181,11 @@ class Buckets:
         out = []
         for b in self.all:
             k = b.kernel
-            failed = bool(k) and k.level == "eager"
-            metric = f"/{b.metric}" if b.rule.mode == "prox" and b.metric else ""
-            out.append({
-                "rule": b.rule.label, "penalty": repr(b.rule.penalty), "mode": b.rule.mode + metric,
+            out.append({  # a bucket's metric is None until the first step resolves "auto"
+                "rule": b.rule.label, "penalty": repr(b.rule.penalty), "mode": b.rule.shown_mode(b.metric or "auto"),
                 "group": b.group, "tensors": len(b.params), "dtype": str(b.params[0].dtype).replace("torch.", ""),
                 "device": str(b.params[0].device),
-                "kernel": "not chosen" if k is None else "compiled" if k and not failed else "eager",
+                "kernel": "not chosen" if k is None else "compiled" if k and k.level != "eager" else "eager",
                 "calls": k.calls if k else 0, "adam_calls": k.adam_calls if k else 0,
                 "guarded_calls": k.guarded_calls if k else 0, "level": k.level if k else None,
                 "residual_bytes": self._bytes(self.residuals, b.params),

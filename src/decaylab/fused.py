@@ -385,8 +385,7 @@ class Kernel:
         """How the last call's program runs: ``"direct"``, ``"guarded"`` (through dynamo at
         every call), ``"eager"`` (it fell back: the eager kernels run), or None before the
         first call."""
-        fn = self._last
-        return None if fn is None else "guarded" if fn.level == "direct" and not fn.direct else fn.level
+        return None if self._last is None else self._last.path
 
     def _run(self, fn: _compat.Compiled, tensors: list, *args) -> bool:
         """Never raises: a failure falls back within ``fn`` (this kernel only, warned once)

@@ -111,6 +111,16 @@ class Rule:
     def is_default(self) -> bool:
         return self.params is None
 
+    def shown_mode(self, metric: str | None) -> str:
+        """The mode as tables show it: a prox rule's carries its ``metric`` (``prox/lr``,
+        ``prox/adam``, or ``prox/auto`` before the first step has shown what the inner
+        optimizer keeps).
+
+        >>> Rule(L1(1e-4)).shown_mode("auto"), Rule(L1(1e-4), mode="decoupled").shown_mode("lr")
+        ('prox/auto', 'decoupled')
+        """
+        return self.mode + (f"/{metric}" if self.mode == "prox" and metric else "")
+
 
 def describe_selector(sel) -> str:
     if sel is None:

@@ -109,7 +109,7 @@ def summary(opt) -> str:
         pen = repr(b.rule.penalty) if b.rule.penalty is not None else "none"
         mode = "-"
         if b.rule.penalty is not None:  # prox rules show their metric: lr, adam, auto (set at step 1)
-            mode = b.rule.mode + (f"/{metric}" if b.rule.mode == "prox" and metric else "")
+            mode = b.rule.shown_mode(metric)
         lines.append(_row(b.rule.label, pen, mode, b.params))
     free = list(getattr(opt, "unpenalized_params", {}).values())
     if free:
